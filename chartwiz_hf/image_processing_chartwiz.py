@@ -1,0 +1,281 @@
+"""Image processor for ChartWiz: Pix2Struct's variable-resolution patches with an offline, cached DePlot header."""
+
+import math
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image
+from transformers import Pix2StructImageProcessor
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import ChannelDimension, ImageInput, make_flat_list_of_images, valid_images
+from transformers.models.pix2struct.image_processing_pix2struct import render_text
+from transformers.utils import TensorType, cached_file
+
+
+DEPLOT_HEADER_TEXT = "Generate underlying data table of the figure below:"
+DEFAULT_FONT_FILENAME = "NanumGothic.ttf"
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
+_HIGH_BIT_DEPTH_RANGES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
+def bundled_font_path() -> Optional[str]:
+    """Path of the OFL Hangul font shipped with the `chartwiz_hf` package, or None outside of it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fonts", DEFAULT_FONT_FILENAME)
+    return path if os.path.isfile(path) else None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB like Pix2Struct's `convert_to_rgb`, but 16-bit and float images are scaled to 8 bits instead of clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_BIT_DEPTH_RANGES or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = _HIGH_BIT_DEPTH_RANGES.get(image.mode) or max(float(values.max()), 1.0)
+        if image.mode in ("I", "F") and top <= 255.0:
+            top = 255.0
+        scaled = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def find_checkpoint_file(pretrained_model_name_or_path, filename: str, **kwargs) -> str:
+    """`filename` itself if it exists, else the file of that name in a local or Hub checkpoint, else `filename`."""
+    if os.path.isabs(filename) or os.path.isfile(filename):
+        return filename
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    resolved = cached_file(
+        pretrained_model_name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+    return resolved or filename
+
+
+class ChartWizImageProcessor(Pix2StructImageProcessor):
+    r"""
+    Constructs a ChartWiz image processor: `Pix2StructImageProcessor` with the same arguments and the same output
+    values for the same font, that renders the DePlot header offline with a bundled OFL font covering Hangul, reuses
+    the rendered header across images, and names its outputs for [`ChartWizForConditionalGeneration`].
+
+    Args:
+        do_convert_rgb (`bool`, *optional*, defaults to `True`):
+            Whether to convert images to RGB (16-bit images are scaled, not clipped).
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to standardize each image by its own mean and standard deviation, as Pix2Struct does.
+        patch_size (`dict[str, int]`, *optional*, defaults to `{"height": 16, "width": 16}`):
+            The patch size.
+        max_patches (`int`, *optional*, defaults to 512):
+            Number of patches per image (padded with zeros), which is also the number of image tokens.
+        is_vqa (`bool`, *optional*, defaults to `True`):
+            Whether to render `header_text` above the image, as DePlot expects.
+        header_text (`str`, *optional*, defaults to DePlot's `"Generate underlying data table of the figure below:"`):
+            The default header; a `header_text` passed to `preprocess` overrides it.
+        font_path (`str`, *optional*):
+            A TrueType font for the header. Defaults to the bundled NanumGothic (SIL OFL 1.1); a relative name is
+            resolved inside the checkpoint the processor was loaded from, where `save_pretrained` copies the font.
+        num_workers (`int`, *optional*, defaults to 2):
+            Threads used to process the images of one call (the heavy steps release the GIL).
+    """
+
+    model_input_names = ["pixel_values", "pixel_attention_mask"]
+
+    def __init__(
+        self,
+        do_convert_rgb: bool = True,
+        do_normalize: bool = True,
+        patch_size: Optional[dict[str, int]] = None,
+        max_patches: int = 512,
+        is_vqa: bool = True,
+        header_text: Optional[str] = DEPLOT_HEADER_TEXT,
+        font_path: Optional[str] = None,
+        num_workers: int = 2,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            do_convert_rgb=do_convert_rgb,
+            do_normalize=do_normalize,
+            patch_size=patch_size,
+            max_patches=max_patches,
+            is_vqa=is_vqa,
+            **kwargs,
+        )
+        self.header_text = header_text
+        self.font_path = font_path
+        self.num_workers = num_workers
+        self._header_cache: dict[tuple, Image.Image] = {}
+
+    @classmethod
+    def get_image_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        image_processor_dict, kwargs = super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
+        font_path = image_processor_dict.get("font_path")
+        if font_path:
+            image_processor_dict["font_path"] = find_checkpoint_file(pretrained_model_name_or_path, font_path, **kwargs)
+        return image_processor_dict, kwargs
+
+    def locate_font(self, pretrained_model_name_or_path, **kwargs):
+        """Points a relative `font_path` at the font saved in the checkpoint this processor came from."""
+        if self.font_path:
+            self.font_path = find_checkpoint_file(pretrained_model_name_or_path, self.font_path, **kwargs)
+
+    def to_dict(self):
+        output = super().to_dict()
+        output.pop("_header_cache", None)
+        if output.get("font_path"):
+            # Saved checkpoints carry the font beside the config, so store its file name only.
+            output["font_path"] = os.path.basename(output["font_path"])
+        return output
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs):
+        os.makedirs(save_directory, exist_ok=True)
+        font = self.resolve_font_path()
+        if font is not None and self.font_path is None:
+            self.font_path = font
+        if font is not None:
+            target = os.path.join(save_directory, os.path.basename(font))
+            if not os.path.exists(target) or not os.path.samefile(font, target):
+                shutil.copyfile(font, target)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def resolve_font_path(self) -> Optional[str]:
+        """The font file the header is drawn with."""
+        if self.font_path is None:
+            return bundled_font_path()
+        if os.path.isfile(self.font_path):
+            return self.font_path
+        bundled = bundled_font_path()
+        if bundled is not None and os.path.basename(bundled) == os.path.basename(self.font_path):
+            return bundled
+        raise FileNotFoundError(
+            f"Header font {self.font_path!r} not found. Load the processor with AutoProcessor.from_pretrained or "
+            "ChartWizImageProcessor.from_pretrained (they fetch the font saved with the checkpoint), or pass "
+            "font_path= a TrueType file that covers Hangul."
+        )
+
+    def rendered_header(self, text: str, width: Optional[int] = None, font_path: Optional[str] = None) -> Image.Image:
+        """The header image drawn by transformers' `render_text`, cached per text, font and target width."""
+        font_path = font_path or self.resolve_font_path()
+        if font_path is None:
+            raise FileNotFoundError(
+                "No font to render the DePlot header: this copy of the image processor has no bundled font; pass "
+                "font_path= a TrueType file."
+            )
+        key = (text, font_path, width)
+        header = self._header_cache.get(key)
+        if header is None:
+            if width is None:
+                header = render_text(text, font_path=font_path)
+            else:
+                drawn = self.rendered_header(text, None, font_path)
+                # Same rounding as Pix2Struct's render_header
+                height = int(drawn.height * (width / drawn.width))
+                header = drawn.resize((width, height))
+            self._header_cache[key] = header
+        return header
+
+    def _with_header(self, image: Image.Image, header_text: str, font_path: Optional[str]) -> np.ndarray:
+        # Same geometry as Pix2Struct's render_header, without redrawing the header or pasting into a canvas.
+        header = self.rendered_header(header_text, None, font_path)
+        new_width = max(header.width, image.width)
+        new_height = int(image.height * (new_width / image.width))
+        header = self.rendered_header(header_text, new_width, font_path)
+        if image.size != (new_width, new_height):
+            image = image.resize((new_width, new_height))
+        # [header_height + height, width, 3]
+        return np.concatenate([np.asarray(header), np.asarray(image)], axis=0)
+
+    def _standardize(self, image: np.ndarray) -> np.ndarray:
+        # Pix2Struct's per-image standardization with identical float32 arithmetic, done in place on one scalar.
+        image = image.astype(np.float32)
+        mean = np.mean(image)
+        std = np.std(image)
+        adjusted_stddev = max(std, 1.0 / math.sqrt(np.prod(image.shape)))
+        image -= np.float32(mean)
+        image /= np.float32(adjusted_stddev)
+        return image
+
+    def _process_one(self, image, header_text, do_convert_rgb, do_normalize, max_patches, patch_size, font_path):
+        if not isinstance(image, Image.Image):
+            image = to_pil_image(image)
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"Image has an empty size {image.size}.")
+        if do_convert_rgb:
+            image = to_rgb(image)
+        if header_text is not None:
+            pixels = self._with_header(image, header_text, font_path)
+        else:
+            pixels = np.asarray(image)
+        if do_normalize:
+            pixels = self._standardize(pixels)
+        patches = self.extract_flattened_patches(
+            image=pixels, max_patches=max_patches, patch_size=patch_size, input_data_format=ChannelDimension.LAST
+        )
+        return patches, (patches.sum(axis=-1) != 0).astype(np.float32)
+
+    def preprocess(
+        self,
+        images: ImageInput,
+        header_text: Optional[Union[str, list[str]]] = None,
+        do_convert_rgb: Optional[bool] = None,
+        do_normalize: Optional[bool] = None,
+        max_patches: Optional[int] = None,
+        patch_size: Optional[dict[str, int]] = None,
+        return_tensors: Optional[Union[str, TensorType]] = None,
+        font_path: Optional[str] = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Turns one image or a batch into `pixel_values` (`(num_images, max_patches, 2 + 3 * patch_h * patch_w)`
+        flattened patches with row and column ids) and `pixel_attention_mask` (`(num_images, max_patches)`).
+
+        Args:
+            images (`ImageInput`): a PIL image, array or tensor, or a (nested) list of them.
+            header_text (`str` or `list[str]`, *optional*): header(s) to render when `is_vqa`; defaults to the
+                processor's `header_text`.
+            font_path (`str`, *optional*): overrides the processor's font for this call.
+            Other arguments: as [`Pix2StructImageProcessor.preprocess`].
+        """
+        do_normalize = do_normalize if do_normalize is not None else self.do_normalize
+        do_convert_rgb = do_convert_rgb if do_convert_rgb is not None else self.do_convert_rgb
+        patch_size = patch_size if patch_size is not None else self.patch_size
+        max_patches = max_patches if max_patches is not None else self.max_patches
+        if kwargs.get("data_format") is not None:
+            raise ValueError("data_format is not accepted: the outputs are flattened patches.")
+
+        images = make_flat_list_of_images(images)
+        if not valid_images(images):
+            raise ValueError("Invalid image type: expected PIL.Image.Image, numpy.ndarray or torch.Tensor images.")
+
+        header_texts = [None] * len(images)
+        if self.is_vqa:
+            header_text = header_text if header_text is not None else self.header_text
+            if header_text is None:
+                raise ValueError("A header text must be provided for VQA models (is_vqa=True).")
+            header_texts = [header_text] * len(images) if isinstance(header_text, str) else list(header_text)
+            if len(header_texts) != len(images):
+                raise ValueError(f"Got {len(header_texts)} header texts for {len(images)} images.")
+            font_path = font_path or self.resolve_font_path()
+
+        def process(index):
+            return self._process_one(
+                images[index], header_texts[index], do_convert_rgb, do_normalize, max_patches, patch_size, font_path
+            )
+
+        if self.num_workers > 1 and len(images) > 1:
+            with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
+                results = list(pool.map(process, range(len(images))))
+        else:
+            results = [process(index) for index in range(len(images))]
+
+        return BatchFeature(
+            data={"pixel_values": [patches for patches, _ in results], "pixel_attention_mask": [m for _, m in results]},
+            tensor_type=return_tensors,
+        )
+
+
+__all__ = ["ChartWizImageProcessor"]

@@ -1,0 +1,385 @@
+"""PyTorch ChartWiz model: a Pix2Struct (DePlot) encoder, a projector and a causal language model."""
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, Pix2StructVisionModel, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+from .configuration_chartwiz import ChartWizConfig, projector_depth
+
+
+@dataclass
+class ChartWizModelOutputWithPast(BaseModelOutputWithPast):
+    """
+    Base class for ChartWiz outputs, with the projected image features.
+
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, max_patches, hidden_size)`, *optional*):
+        Image features after the projector.
+    """
+
+    image_hidden_states: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class ChartWizCausalLMOutputWithPast(ModelOutput):
+    """
+    Base class for ChartWiz causal language model outputs.
+
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): language modeling loss, image positions excluded.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): prediction scores.
+    past_key_values (`Cache`, *optional*): the key/value cache for generation.
+    image_hidden_states (`torch.FloatTensor`, *optional*): image features after the projector.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    past_key_values: Optional[Cache] = None
+    hidden_states: Optional[tuple[torch.FloatTensor]] = None
+    attentions: Optional[tuple[torch.FloatTensor]] = None
+    image_hidden_states: Optional[torch.FloatTensor] = None
+
+
+class ChartWizMultiModalProjector(nn.Module):
+    """`linear_1 -> act -> linear_2 -> ... -> linear_N` (Llava's names), or nothing for `identity`."""
+
+    def __init__(self, config: ChartWizConfig):
+        super().__init__()
+        self.depth = projector_depth(config.projector_type)
+        vision_size, text_size = config.vision_config.hidden_size, config.text_config.hidden_size
+        for index in range(1, self.depth + 1):
+            in_features = vision_size if index == 1 else text_size
+            linear = nn.Linear(in_features, text_size, bias=config.multimodal_projector_bias)
+            setattr(self, f"linear_{index}", linear)
+        if self.depth > 1:
+            self.act = ACT2FN["gelu"]
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = image_features
+        for index in range(1, self.depth + 1):
+            if index > 1:
+                hidden_states = self.act(hidden_states)
+            hidden_states = getattr(self, f"linear_{index}")(hidden_states)
+        return hidden_states
+
+
+class ChartWizPreTrainedModel(PreTrainedModel):
+    config_class = ChartWizConfig
+    config: ChartWizConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = "past_key_values"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
+        if isinstance(module, ChartWizMultiModalProjector):
+            for child in module.children():
+                if isinstance(child, nn.Linear):
+                    child.weight.data.normal_(mean=0.0, std=std)
+                    if child.bias is not None:
+                        child.bias.data.zero_()
+
+
+class ChartWizModel(ChartWizPreTrainedModel):
+    """The ChartWiz model without a language modeling head."""
+
+    _checkpoint_conversion_mapping = {"language_model.model": "language_model"}
+
+    def __init__(self, config: ChartWizConfig):
+        super().__init__(config)
+        # Pix2Struct's encoder only has its own (eager) attention; the text model uses what the user asked for.
+        config.vision_config._attn_implementation = "eager"
+        self.vision_tower = Pix2StructVisionModel(config.vision_config)
+        self.multi_modal_projector = ChartWizMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def set_decoder(self, decoder):
+        self.language_model = decoder
+
+    def get_decoder(self):
+        return self.language_model
+
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, pixel_attention_mask: Optional[torch.Tensor] = None
+    ) -> torch.FloatTensor:
+        """
+        Encodes Pix2Struct flattened patches and projects them to the language model's width.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, max_patches, 2 + 3 * patch_height * patch_width)`):
+                Flattened patches with their row and column ids, as `ChartWizImageProcessor` returns them.
+            pixel_attention_mask (`torch.Tensor` of shape `(num_images, max_patches)`, *optional*):
+                1 for real patches, 0 for padding patches.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_images, max_patches, text_hidden_size)`.
+        """
+        if pixel_values.dim() != 3:
+            raise ValueError(
+                "pixel_values must be (num_images, max_patches, patch_dim) flattened patches, "
+                f"got shape {tuple(pixel_values.shape)}."
+            )
+        vision_dtype = self.vision_tower.embeddings.patch_projection.weight.dtype
+        if pixel_attention_mask is not None:
+            pixel_attention_mask = pixel_attention_mask.to(vision_dtype)
+        # [num_images, max_patches, vision_hidden]
+        vision_outputs = self.vision_tower(
+            flattened_patches=pixel_values.to(vision_dtype), attention_mask=pixel_attention_mask
+        )
+        # [num_images, max_patches, text_hidden]
+        return self.multi_modal_projector(vision_outputs.last_hidden_state)
+
+    def get_placeholder_mask(self, input_ids: Optional[torch.LongTensor], inputs_embeds: torch.FloatTensor):
+        """Boolean mask of the `<image>` positions, from `input_ids` or, without them, from the embeddings."""
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            return (inputs_embeds == image_embedding).all(-1)
+        return input_ids == self.config.image_token_id
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        pixel_attention_mask: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        use_cache: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        **kwargs,
+    ) -> ChartWizModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        if self.config.image_token_id is None:
+            raise ValueError("config.image_token_id is not set; compose the model with a tokenizer that has <image>.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        self._check_context_length(inputs_embeds, cache_position)
+
+        image_features = None
+        image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values, pixel_attention_mask)
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            n_image_tokens = int(image_mask.sum())
+            n_image_features = image_features.shape[0] * image_features.shape[1]
+            if n_image_tokens != n_image_features:
+                raise ValueError(
+                    f"Image features and image tokens do not match: tokens: {n_image_tokens}, features "
+                    f"{n_image_features} ({image_features.shape[0]} images x {image_features.shape[1]} patches)."
+                )
+            # [batch, seq, hidden] with the image features written at the <image> positions, in order
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(inputs_embeds), image_features)
+        elif (past_key_values is None or past_key_values.get_seq_length() == 0) and bool(image_mask.any()):
+            raise ValueError(
+                f"The input has {int(image_mask.sum())} <image> tokens but no pixel_values were given; "
+                "pass the image through the processor."
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cache_position=cache_position,
+            **kwargs,
+        )
+        return ChartWizModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+    def _check_context_length(self, inputs_embeds: torch.Tensor, cache_position: Optional[torch.LongTensor]):
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        if context is None:
+            return
+        length = int(cache_position[-1]) + 1 if cache_position is not None else inputs_embeds.shape[1]
+        if length > context:
+            raise ValueError(
+                f"The sequence is {length} tokens long (each image alone takes {self.config.max_patches}), longer than "
+                f"the language model's context of {context} tokens (text_config.max_position_embeddings). "
+                "Shorten the question or the generation length."
+            )
+
+
+class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin):
+    """ChartWiz with a language modeling head: answers questions about charts."""
+
+    _checkpoint_conversion_mapping = {
+        "^language_model.model": "model.language_model",
+        "^vision_tower": "model.vision_tower",
+        "^multi_modal_projector": "model.multi_modal_projector",
+        "^language_model.lm_head": "lm_head",
+    }
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: ChartWizConfig):
+        super().__init__(config)
+        self.model = ChartWizModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:
+            # Remote code: map both auto classes our users call to this class, not just the registered one.
+            class_path = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for auto_class in ("AutoModelForVision2Seq", "AutoModelForImageTextToText"):
+                auto_map.setdefault(auto_class, class_path)
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def set_decoder(self, decoder):
+        self.model.set_decoder(decoder)
+
+    def get_decoder(self):
+        return self.model.get_decoder()
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, pixel_attention_mask: Optional[torch.Tensor] = None):
+        return self.model.get_image_features(pixel_values, pixel_attention_mask)
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self):
+        return self.model.multi_modal_projector
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        pixel_attention_mask: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+        **kwargs,
+    ) -> ChartWizCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Labels for the language modeling loss. Positions holding `<image>` tokens are ignored whatever their label.
+
+        Example:
+
+        ```python
+        >>> from PIL import Image
+        >>> from transformers import AutoModelForVision2Seq, AutoProcessor
+
+        >>> model = AutoModelForVision2Seq.from_pretrained("path/to/chartwiz")
+        >>> processor = AutoProcessor.from_pretrained("path/to/chartwiz")
+        >>> messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "가장 큰 값은?"}]}]
+        >>> prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        >>> inputs = processor(images=Image.open("chart.png"), text=prompt, return_tensors="pt")
+        >>> output_ids = model.generate(**inputs, max_new_tokens=64)
+        >>> processor.decode(output_ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        ```"""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            pixel_attention_mask=pixel_attention_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cache_position=cache_position,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        # Only compute the logits that are needed, and do not upcast them unless computing the loss
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, self.config.ignore_index)
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.text_config.vocab_size,
+                ignore_index=self.config.ignore_index,
+                **kwargs,
+            )
+
+        return ChartWizCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        inputs_embeds=None,
+        pixel_values=None,
+        pixel_attention_mask=None,
+        attention_mask=None,
+        cache_position=None,
+        logits_to_keep=None,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache_position=cache_position,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        # After the first step the cache holds the image; the new tokens contain no <image> to fill.
+        if cache_position[0] == 0:
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["pixel_attention_mask"] = pixel_attention_mask
+        return model_inputs
+
+
+__all__ = ["ChartWizForConditionalGeneration", "ChartWizModel", "ChartWizPreTrainedModel", "ChartWizMultiModalProjector"]

@@ -1,0 +1,188 @@
+"""Processor for ChartWiz: the image processor, the tokenizer and the chat template in one object."""
+
+from typing import Optional, Union
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.tokenization_utils_base import TextInput
+
+
+SYNATRA_MINI_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+# The original's `synatra_mini` conversation: "<system> USER: <image>\n<question> ASSISTANT: <answer><eos>USER: ..."
+SYNATRA_MINI_CHAT_TEMPLATE = (
+    "{%- set system_prompt = '" + SYNATRA_MINI_SYSTEM_PROMPT.replace("'", "\\'") + "' -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set system_prompt = messages[0]['content'] -%}"
+    "{%- else -%}{%- set system_prompt = messages[0]['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join('') -%}{%- endif -%}"
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- system_prompt + ' ' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- 'ASSISTANT: ' -}}"
+    "{%- else -%}{{- raise_exception('Only system, user and assistant roles are supported, got ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>\n' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- else -%}{{- ' ' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+class ChartWizImagesKwargs(ImagesKwargs, total=False):
+    header_text: Optional[Union[str, list[str]]]
+    max_patches: Optional[int]
+    font_path: Optional[str]
+
+
+class ChartWizProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: ChartWizImagesKwargs
+    _defaults = {
+        "text_kwargs": {"padding": False},
+        "images_kwargs": {},
+    }
+
+
+class ChartWizProcessor(ProcessorMixin):
+    r"""
+    Constructs a ChartWiz processor from a [`ChartWizImageProcessor`] and a tokenizer: each `<image>` in the text is
+    expanded to one token per Pix2Struct patch, and the images become `pixel_values` / `pixel_attention_mask`.
+
+    Args:
+        image_processor ([`ChartWizImageProcessor`], *optional*):
+            The image processor is a required input.
+        tokenizer ([`PreTrainedTokenizerFast`], *optional*):
+            The tokenizer is a required input; it must know `image_token` as one token.
+        chat_template (`str`, *optional*, defaults to the `synatra_mini` template):
+            A Jinja template turning messages into a prompt.
+        image_token (`str`, *optional*, defaults to `"<image>"`):
+            The placeholder of an image in the text.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or image_token
+        image_token_ids = tokenizer.encode(self.image_token, add_special_tokens=False) if tokenizer else []
+        if tokenizer is not None and len(image_token_ids) != 1:
+            raise ValueError(
+                f"The tokenizer splits the image token {self.image_token!r} into {image_token_ids}; add it as a "
+                "special token (tokenizer.add_special_tokens({'additional_special_tokens': ['<image>']}))."
+            )
+        self.image_token_id = image_token_ids[0] if image_token_ids else None
+        if chat_template is None:
+            chat_template = SYNATRA_MINI_CHAT_TEMPLATE
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # AutoImageProcessor builds the image processor from its config alone; the header font sits beside it.
+        processor.image_processor.locate_font(pretrained_model_name_or_path, **kwargs)
+        return processor
+
+    @property
+    def image_seq_length(self) -> int:
+        """Number of tokens one image takes."""
+        return self.image_processor.max_patches
+
+    def __call__(
+        self,
+        images: Optional[ImageInput] = None,
+        text: Union[TextInput, list[TextInput]] = None,
+        audio=None,
+        videos=None,
+        **kwargs: Unpack[ChartWizProcessorKwargs],
+    ) -> BatchFeature:
+        """
+        Prepares text and images for the model.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list or a list of lists of them):
+                The images, in the order of the `<image>` placeholders; a list per sample is accepted.
+            text (`str` or `list[str]`):
+                The prompts. Each `<image>` must match one image.
+            return_tensors, padding, padding_side, truncation, max_length, add_special_tokens:
+                Passed to the tokenizer.
+
+        Returns:
+            [`BatchFeature`] with `input_ids`, `attention_mask`, and when images are given `pixel_values`
+            (`(num_images, max_patches, patch_dim)`) and `pixel_attention_mask` (`(num_images, max_patches)`).
+        """
+        if images is None and text is None:
+            raise ValueError("You have to specify at least one of `images` or `text`.")
+        output_kwargs = self._merge_kwargs(
+            ChartWizProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        return_tensors = output_kwargs["text_kwargs"].pop("return_tensors", None)
+        output_kwargs["images_kwargs"].pop("return_tensors", None)
+
+        if text is None:
+            return BatchFeature(data=dict(self.image_processor(images, **output_kwargs["images_kwargs"])), tensor_type=return_tensors)
+        if isinstance(text, str):
+            text = [text]
+        elif not (isinstance(text, (list, tuple)) and all(isinstance(sample, str) for sample in text)):
+            raise TypeError("text must be a string or a list of strings.")
+
+        placeholder_counts = [sample.count(self.image_token) for sample in text]
+        self._check_image_count(images, placeholder_counts)
+
+        image_inputs = {}
+        image_seq_length = self.image_seq_length
+        if images is not None and sum(placeholder_counts) > 0:
+            image_inputs = dict(self.image_processor(images, **output_kwargs["images_kwargs"]))
+            image_seq_length = len(image_inputs["pixel_values"][0])
+        prompt_strings = [sample.replace(self.image_token, self.image_token * image_seq_length) for sample in text]
+        text_inputs = self.tokenizer(prompt_strings, **output_kwargs["text_kwargs"], return_tensors=None)
+        self._check_image_tokens(text_inputs["input_ids"], placeholder_counts, image_seq_length)
+        return BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
+
+    def _check_image_count(self, images, placeholder_counts: list[int]):
+        if images is None:
+            if sum(placeholder_counts) > 0:
+                raise ValueError(
+                    f"The text has {sum(placeholder_counts)} {self.image_token} placeholders but no images were given."
+                )
+            return
+        is_nested = isinstance(images, (list, tuple)) and any(isinstance(item, (list, tuple)) for item in images)
+        if is_nested:
+            image_counts = [len(item) if isinstance(item, (list, tuple)) else 1 for item in images]
+            if image_counts != placeholder_counts:
+                raise ValueError(
+                    f"Each image needs one {self.image_token} in its text: the texts have {placeholder_counts} "
+                    f"placeholders but {image_counts} images were given per sample."
+                )
+            return
+        num_images = len(images) if isinstance(images, (list, tuple)) else 1
+        if num_images != sum(placeholder_counts):
+            raise ValueError(
+                f"Each image needs one {self.image_token} in the text: got {num_images} images and "
+                f"{sum(placeholder_counts)} placeholders ({placeholder_counts} per sample). Write "
+                f"{self.image_token} where the chart goes, or use processor.apply_chat_template."
+            )
+
+    def _check_image_tokens(self, input_ids, placeholder_counts: list[int], image_seq_length: int):
+        for index, (ids, placeholders) in enumerate(zip(input_ids, placeholder_counts)):
+            found = sum(1 for token in ids if token == self.image_token_id)
+            expected = placeholders * image_seq_length
+            if found != expected:
+                raise ValueError(
+                    f"Sample {index} has {found} image tokens after tokenization but needs {expected} "
+                    f"({placeholders} images x {image_seq_length}); truncation (max_length) must not cut into the "
+                    "image, or the text contains stray image tokens."
+                )
+
+
+__all__ = ["ChartWizProcessor"]

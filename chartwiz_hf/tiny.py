@@ -1,0 +1,116 @@
+"""A tiny random ChartWiz made offline in seconds, for tests, benchmarks and trying the package."""
+
+import os
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig, PreTrainedTokenizerFast
+
+from .configuration_chartwiz import ChartWizConfig
+from .image_processing_chartwiz import ChartWizImageProcessor
+from .modeling_chartwiz import ChartWizForConditionalGeneration
+from .processing_chartwiz import SYNATRA_MINI_SYSTEM_PROMPT, ChartWizProcessor
+
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+IMAGE_TOKEN = "<image>"
+
+# Enough Korean chart language for byte-level BPE merges; any other text still encodes through the byte fallback.
+_TOKENIZER_CORPUS = [
+    SYNATRA_MINI_SYSTEM_PROMPT,
+    "USER: ASSISTANT: 이 차트를 테이블 정보로 변경해줘.",
+    "이 차트를 자세히 설명해줘. 이 차트의 내용을 요약해줘.",
+    "TITLE | 연도별 점유율\n| 2021 | 2022 | 2023\nA사 | 30% | 35.5% | 40%\nB사 | 70% | 64.5% | 60%",
+    "지역별 인구 서울 부산 대구 인천 광주 대전 울산 세종 경기 강원 충북 충남 전북 전남 경북 경남 제주",
+    "가장 큰 값은 무엇인가요? 가장 작은 값은 무엇인가요? 두 값의 차이는 얼마인가요? 합계는 얼마인가요?",
+    "매출액 영업이익 순이익 점유율 증가율 감소 증가 비율 단위 만 명 억 원 천 톤 % 개 건 명",
+    "1월 2월 3월 4월 5월 6월 7월 8월 9월 10월 11월 12월 2019년 2020년 2021년 2022년 2023년 2024년",
+    "이 차트는 막대형 차트로, 항목별 값을 보여줍니다. 선형 차트 원형 차트 방사형 차트 누적 막대 100% 누적",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 0.5 12.5 3.14 입니다. 입니다 있습니다 보입니다 높습니다 낮습니다",
+    "Generate underlying data table of the figure below: chart table value category legend title unit",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 600, model_max_length: int = 1024) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on a built-in Korean chart corpus, with `<|endoftext|>`, `<pad>` and `<image>`."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_TOKENIZER_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        model_max_length=model_max_length,
+        padding_side="right",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def tiny_configs(vocab_size: int, max_patches: int = 64, max_position_embeddings: int = 1024, **text_overrides):
+    """The vision and text configs of the tiny model (also the sizes the tests use)."""
+    vision_config = Pix2StructVisionConfig(
+        hidden_size=32,
+        patch_embed_hidden_size=768,
+        d_ff=64,
+        d_kv=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        seq_len=max(max_patches + 1, 128),
+    )
+    text_kwargs = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": max_position_embeddings,
+        "tie_word_embeddings": False,
+    }
+    text_kwargs.update(text_overrides)
+    return vision_config, LlamaConfig(**text_kwargs)
+
+
+def make_tiny_chartwiz(
+    output_dir: str | None = None, seed: int = 0, max_patches: int = 64, projector_type: str = "mlp2x_gelu"
+) -> tuple[ChartWizForConditionalGeneration, ChartWizProcessor]:
+    """Builds (and, with `output_dir`, saves) a tiny random ChartWiz model and its processor."""
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    vision_config, text_config = tiny_configs(
+        len(tokenizer),
+        max_patches=max_patches,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    tokenizer.model_max_length = text_config.max_position_embeddings
+    config = ChartWizConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        projector_type=projector_type,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        max_patches=max_patches,
+    )
+    model = ChartWizForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    processor = ChartWizProcessor(image_processor=ChartWizImageProcessor(max_patches=max_patches), tokenizer=tokenizer)
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    return model, processor
+
+
+__all__ = ["build_tiny_tokenizer", "make_tiny_chartwiz", "tiny_configs"]

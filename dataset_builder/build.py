@@ -1,0 +1,237 @@
+"""`chartwiz data build`: run the builder per config and split, write Parquet shards, a card and a build report."""
+
+import glob
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.table import embed_table_storage
+from tqdm.auto import tqdm
+
+from .aihub import check_tree, unknown_folders
+from .builder import ChartWizAIHub
+from .card import write_card
+
+
+logger = logging.getLogger(__name__)
+BUILT_CONFIGS = ("pretrain", "finetune", "gpt")
+LOCAL_ROWS_PER_SHARD = 250_000
+HUB_BYTES_PER_SHARD = 500 << 20
+
+
+def expand_gpt_sources(sources: Iterable[str]) -> list[str]:
+    """GPT conversation files from files and folders (`*.json` and `*.jsonl` inside, sorted)."""
+    files = []
+    for source in sources:
+        if os.path.isdir(source):
+            found = sorted(glob.glob(os.path.join(source, "**", "*.json*"), recursive=True))
+            files.extend(path for path in found if path.endswith((".json", ".jsonl")))
+        elif os.path.isfile(source):
+            files.append(source)
+        else:
+            raise FileNotFoundError(f"--gpt {source}: no such file or directory")
+    return [os.path.abspath(path) for path in files]
+
+
+def arrow_tables(arrow_files: list[str]) -> Iterator[pa.Table]:
+    """Record batches of `datasets` Arrow files, streamed."""
+    for path in arrow_files:
+        with pa.memory_map(path) as source:
+            reader = pa.ipc.open_stream(source)
+            for batch in reader:
+                yield pa.Table.from_batches([batch], schema=reader.schema)
+
+
+def parquet_tables(parquet_files: list[str], batch_size: int = 256) -> Iterator[pa.Table]:
+    """Record batches of Parquet files, streamed."""
+    for path in parquet_files:
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            yield pa.Table.from_batches([batch], schema=parquet.schema_arrow)
+
+
+def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str, embed_images: bool) -> list[str]:
+    """
+    Writes a split's tables as `<split>-0000i-of-0000n.parquet`. With `embed_images` the image bytes go into the
+    shards (as the Hub wants) and shards are cut by size; without, rows point at the image files, stored once.
+    Shards are renamed into place only when complete.
+    """
+    os.makedirs(directory, exist_ok=True)
+    pending, writer, rows, size = [], None, 0, 0
+    for table in tables:
+        if embed_images:
+            table = embed_table_storage(table)
+        full = size >= HUB_BYTES_PER_SHARD if embed_images else rows >= LOCAL_ROWS_PER_SHARD
+        if writer is None or full:
+            if writer is not None:
+                writer.close()
+            pending.append(os.path.join(directory, f"{split}-{len(pending):05d}.parquet.partial"))
+            writer, rows, size = pq.ParquetWriter(pending[-1], table.schema), 0, 0
+        writer.write_table(table)
+        rows += table.num_rows
+        size += table.nbytes
+    if writer is not None:
+        writer.close()
+    final = []
+    for index, path in enumerate(pending):
+        target = os.path.join(directory, f"{split}-{index:05d}-of-{len(pending):05d}.parquet")
+        os.replace(path, target)
+        final.append(target)
+    return final
+
+
+def _collect_report(report_dir: str) -> dict:
+    counts, skipped = {}, []
+    for path in sorted(glob.glob(os.path.join(report_dir, "*.jsonl"))):
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                entry = json.loads(line)
+                key = (entry["config"], entry["split"])
+                total = counts.setdefault(key, {"read": 0, "written": 0, "skipped": 0})
+                if entry["type"] == "counts":
+                    for name in ("read", "written", "skipped"):
+                        total[name] += entry[name]
+                else:
+                    skipped.append({name: value for name, value in entry.items() if name != "type"})
+    return {"counts": counts, "skipped": skipped}
+
+
+def _prepare_config(config: str, data_dir: str, gpt_files: list[str], work_dir: str, num_proc: Optional[int]):
+    builder = ChartWizAIHub(
+        config_name=config,
+        data_dir=data_dir,
+        gpt_files=tuple(gpt_files),
+        report_dir=os.path.join(work_dir, "report"),
+        cache_dir=os.path.join(work_dir, "cache"),
+    )
+    arrow_dir = os.path.join(work_dir, "arrow", config)
+    builder.download_and_prepare(output_dir=arrow_dir, file_format="arrow", num_proc=num_proc)
+    return arrow_dir
+
+
+def build_dataset(
+    data_dir: str,
+    output_dir: str,
+    gpt_sources: Iterable[str] = (),
+    configs: Iterable[str] = BUILT_CONFIGS,
+    num_proc: Optional[int] = None,
+    push_to_hub: Optional[str] = None,
+    private: bool = False,
+) -> dict:
+    """
+    Materializes the requested configs of an AI-Hub tree as Parquet shards under `output_dir/<config>/`, with a
+    dataset card (`README.md`, whose `configs:` front matter makes `load_dataset(output_dir, config)` work; `all` is
+    finetune + gpt) and `build_report.json`. Returns the report.
+    """
+    data_dir = os.path.abspath(data_dir)
+    splits = check_tree(data_dir)
+    configs = list(dict.fromkeys(configs))
+    unknown = [name for name in configs if name not in (*BUILT_CONFIGS, "all")]
+    if unknown:
+        raise ValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
+    if "all" in configs:
+        configs = [name for name in configs if name != "all"] + [n for n in ("finetune", "gpt") if n not in configs]
+    gpt_files = expand_gpt_sources(gpt_sources)
+    if "gpt" in configs and not gpt_files:
+        raise ValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
+    os.makedirs(output_dir, exist_ok=True)
+
+    shards: dict[str, dict[str, list[str]]] = {}
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".build-") as work_dir:
+        for config in configs:
+            logger.info("Building %s from %s", config, data_dir)
+            arrow_dir = _prepare_config(config, data_dir, gpt_files, work_dir, num_proc)
+            shards[config] = {}
+            for split in splits:
+                arrow_files = sorted(glob.glob(os.path.join(arrow_dir, f"*-{split}*.arrow")))
+                final_dir = os.path.join(output_dir, config)
+                for old in glob.glob(os.path.join(final_dir, f"{split}-*.parquet")):
+                    os.remove(old)
+                written = write_parquet_shards(arrow_tables(arrow_files), final_dir, split, embed_images=False)
+                shards[config][split] = [os.path.relpath(path, output_dir) for path in written]
+        collected = _collect_report(os.path.join(work_dir, "report"))
+
+    report = _report(collected, shards, output_dir, data_dir, gpt_files, splits)
+    with open(os.path.join(output_dir, "build_report.json"), "w", encoding="utf-8") as file:
+        json.dump(report, file, ensure_ascii=False, indent=2)
+    write_card(output_dir, report, images_embedded=False)
+    if push_to_hub:
+        push_dataset(output_dir, push_to_hub, private=private)
+    return report
+
+
+def _parquet_rows(output_dir: str, paths: list[str]) -> int:
+    return sum(pq.ParquetFile(os.path.join(output_dir, path)).metadata.num_rows for path in paths)
+
+
+def _report(collected: dict, shards: dict, output_dir: str, data_dir: str, gpt_files: list[str], splits: list[str]):
+    counts = {}
+    for config, by_split in shards.items():
+        counts[config] = {}
+        for split in splits:
+            total = collected["counts"].get((config, split), {"read": 0, "written": 0, "skipped": 0})
+            on_disk = _parquet_rows(output_dir, by_split.get(split, []))
+            if on_disk != total["written"] or total["read"] != total["written"] + total["skipped"]:
+                raise RuntimeError(
+                    f"{config}/{split}: read {total['read']}, wrote {total['written']} ({on_disk} rows on disk), "
+                    f"skipped {total['skipped']}: the counts do not add up."
+                )
+            counts[config][split] = {**total, "files": by_split.get(split, [])}
+    return {
+        "data_dir": data_dir,
+        "gpt_files": gpt_files,
+        "ignored_folders": {split: unknown_folders(data_dir, split) for split in splits},
+        "counts": counts,
+        "skipped": collected["skipped"],
+    }
+
+
+def export_for_hub(output_dir: str, staging_dir: str) -> None:
+    """Copies a local build into `staging_dir` with the images embedded in the Parquet shards."""
+    with open(os.path.join(output_dir, "build_report.json"), encoding="utf-8") as file:
+        report = json.load(file)
+    for config, by_split in report["counts"].items():
+        for split, counts in by_split.items():
+            local_files = [os.path.join(output_dir, path) for path in counts["files"]]
+            files = write_parquet_shards(
+                parquet_tables(local_files), os.path.join(staging_dir, config), split, embed_images=True
+            )
+            counts["files"] = [os.path.relpath(path, staging_dir) for path in files]
+    with open(os.path.join(staging_dir, "build_report.json"), "w", encoding="utf-8") as file:
+        json.dump(report, file, ensure_ascii=False, indent=2)
+    write_card(staging_dir, report, images_embedded=True)
+
+
+def push_dataset(output_dir: str, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
+    """Uploads a local build to a Hub dataset repo, images embedded; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="chartwiz-hub-") as staging_dir:
+        export_for_hub(output_dir, staging_dir)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=staging_dir,
+            commit_message="Upload ChartWiz AI-Hub chart dataset",
+            delete_patterns=["*.parquet"],
+        )
+    return str(commit)
+
+
+__all__ = [
+    "arrow_tables",
+    "build_dataset",
+    "expand_gpt_sources",
+    "export_for_hub",
+    "parquet_tables",
+    "push_dataset",
+    "write_parquet_shards",
+]

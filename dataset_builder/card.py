@@ -1,0 +1,142 @@
+"""The dataset card (`README.md`): `configs:` front matter for `load_dataset`, columns, counts and provenance."""
+
+import collections
+import os
+
+import pyarrow.parquet as pq
+
+from .aihub import CHART_TYPES
+from .builder import CONFIG_TASKS, _DESCRIPTION, _LICENSE
+
+
+def _data_files(report: dict, config: str) -> list[dict]:
+    entries = []
+    for split in ("train", "test"):
+        paths = []
+        for part in CONFIG_TASKS[config]:
+            if report["counts"].get(part, {}).get(split, {}).get("files"):
+                paths.append(f"{part}/{split}-*.parquet")
+        if paths:
+            entries.append({"split": split, "paths": paths})
+    return entries
+
+
+def _front_matter(report: dict) -> str:
+    lines = [
+        "---",
+        "language:",
+        "- ko",
+        "license: other",
+        "task_categories:",
+        "- image-text-to-text",
+        "- visual-question-answering",
+        "pretty_name: ChartWiz AI-Hub charts",
+        "configs:",
+    ]
+    for config in CONFIG_TASKS:
+        entries = _data_files(report, config)
+        if not entries:
+            continue
+        lines.append(f"- config_name: {config}")
+        if config == "finetune":
+            lines.append("  default: true")
+        lines.append("  data_files:")
+        for entry in entries:
+            lines.append(f"  - split: {entry['split']}")
+            if len(entry["paths"]) == 1:
+                lines.append(f"    path: {entry['paths'][0]}")
+            else:
+                lines.append("    path:")
+                lines.extend(f"    - {path}" for path in entry["paths"])
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _breakdown(directory: str, files: list[str]) -> collections.Counter:
+    counter = collections.Counter()
+    for path in files:
+        table = pq.read_table(os.path.join(directory, path), columns=["chart_type", "task"])
+        counter.update(zip(table.column("chart_type").to_pylist(), table.column("task").to_pylist()))
+    return counter
+
+
+def _count_tables(directory: str, report: dict) -> list[str]:
+    lines = []
+    for config, by_split in report["counts"].items():
+        lines += [f"### `{config}`", "", "| split | read | written | skipped |", "| --- | ---: | ---: | ---: |"]
+        for split, counts in by_split.items():
+            lines.append(f"| {split} | {counts['read']} | {counts['written']} | {counts['skipped']} |")
+        counter = collections.Counter()
+        for counts in by_split.values():
+            counter.update(_breakdown(directory, counts["files"]))
+        tasks = sorted({task for _, task in counter})
+        if tasks:
+            lines += ["", "| chart_type | " + " | ".join(tasks) + " |", "| --- |" + " ---: |" * len(tasks)]
+            for chart_type in CHART_TYPES:
+                lines.append(f"| {chart_type} | " + " | ".join(str(counter[(chart_type, task)]) for task in tasks) + " |")
+        lines.append("")
+    return lines
+
+
+def write_card(directory: str, report: dict, images_embedded: bool) -> str:
+    """Writes `README.md` for a build in `directory` and returns its path."""
+    storage = (
+        "The images are embedded in the Parquet shards (the `image` column holds the JPEG bytes)."
+        if images_embedded
+        else "The images are not copied: each row's `image` holds the absolute path of the chart in the AI-Hub tree "
+        f"(`{report['data_dir']}`), so the three finetune rows of a chart share one file. Keep that tree in place, "
+        "or push the dataset (`chartwiz data build ... --push-to-hub REPO`), which embeds the images."
+    )
+    skipped = len(report["skipped"])
+    body = [
+        _front_matter(report),
+        "",
+        "# ChartWiz AI-Hub charts",
+        "",
+        _DESCRIPTION.replace("\n", " "),
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'finetune = load_dataset("path/or/repo", "finetune")  # also: pretrain, gpt, all (finetune + gpt)',
+        "```",
+        "",
+        "## Columns",
+        "",
+        "| column | content |",
+        "| --- | --- |",
+        "| `id` | pretrain: the annotation file's stem; finetune: `<stem>-<task>`; gpt: `<conversation id>-<turn>` |",
+        "| `image` | the chart (`datasets.Image`) |",
+        "| `chart_type` | " + ", ".join(f"`{name}`" for name in CHART_TYPES) + " |",
+        "| `task` | `table`, `description`, `summary` or `qa` |",
+        "| `prompt` | `[{\"role\": \"user\", \"content\": ...}]`, earlier turns first for multi-turn QA |",
+        "| `completion` | `[{\"role\": \"assistant\", \"content\": ...}]` |",
+        "",
+        "This is TRL's conversational prompt-completion format: `SFTTrainer` puts the image into the first user "
+        "turn and the loss on the completion only.",
+        "",
+        "## Image storage",
+        "",
+        storage,
+        "",
+        "## Counts",
+        "",
+        *_count_tables(directory, report),
+        "## Provenance",
+        "",
+        f"Built by `chartwiz data build` from the AI-Hub chart image-text tree; GPT conversations from "
+        f"{len(report['gpt_files'])} file(s). {skipped} record(s) were skipped; `build_report.json` lists each with "
+        "its reason.",
+        "",
+        "## License",
+        "",
+        _LICENSE,
+        "",
+    ]
+    path = os.path.join(directory, "README.md")
+    with open(path, "w", encoding="utf-8") as file:
+        file.write("\n".join(body))
+    return path
+
+
+__all__ = ["write_card"]

@@ -1,0 +1,52 @@
+"""`chartwiz data build` and `chartwiz synth`."""
+
+import json
+
+
+def _build(args):
+    from .build import build_dataset
+
+    report = build_dataset(
+        args.data_dir,
+        args.out,
+        gpt_sources=args.gpt,
+        configs=args.configs,
+        num_proc=args.num_proc,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+    )
+    summary = {config: {split: {k: v for k, v in counts.items() if k != "files"} for split, counts in by_split.items()}
+               for config, by_split in report["counts"].items()}
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    print(f"{len(report['skipped'])} skipped records are listed in {args.out}/build_report.json")
+
+
+def _synth(args):
+    from .synth import generate
+
+    generate(args.out, args.n, seed=args.seed, test_fraction=args.test_fraction, num_proc=args.num_proc)
+    print(f"Wrote {args.n} synthetic charts to {args.out} (GPT conversations in {args.out}/gpt_qa.jsonl)")
+
+
+def add_data_commands(commands) -> None:
+    """Adds `data build` and `synth` to the `chartwiz` sub-command parser."""
+    data = commands.add_parser("data", help="dataset commands")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    build = data_commands.add_parser("build", help="AI-Hub tree -> Parquet datasets (pretrain, finetune, gpt, all)")
+    build.add_argument("--data-dir", required=True, help="the AI-Hub tree holding train/ and test/")
+    build.add_argument("--gpt", nargs="*", default=[], help="GPT conversation files or folders (JSON / JSONL)")
+    build.add_argument("--out", required=True, help="output directory")
+    build.add_argument("--configs", nargs="+", default=["pretrain", "finetune", "gpt"],
+                       choices=["pretrain", "finetune", "gpt", "all"])
+    build.add_argument("--num-proc", type=int, default=None, help="processes per config")
+    build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
+    build.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    build.set_defaults(func=_build)
+
+    synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
+    synth.add_argument("out", help="output directory")
+    synth.add_argument("--n", type=int, required=True, help="number of charts")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-fraction", type=float, default=0.1)
+    synth.add_argument("--num-proc", type=int, default=1)
+    synth.set_defaults(func=_synth)

@@ -1,0 +1,184 @@
+"""Training rows (TRL's conversational prompt-completion format) from charts and GPT conversations."""
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from .aihub import CHART_TYPE_FOLDERS, BadRecord, ChartRecord, image_dir
+
+
+FINETUNE_TASKS = ("table", "description", "summary")
+
+# The first instruction of each set is the original ChartWiz one; the others are paraphrases.
+INSTRUCTIONS = {
+    "table": [
+        "이 차트를 테이블 정보로 변경해줘.",
+        "차트의 데이터를 표로 정리해줘.",
+        "이 그래프의 기반 데이터를 테이블로 만들어줘.",
+        "차트에 나타난 값을 표 형식으로 바꿔줘.",
+    ],
+    "description": [
+        "이 차트를 자세히 설명해줘.",
+        "차트의 내용을 상세하게 서술해줘.",
+        "이 그래프가 보여주는 것을 자세히 알려줘.",
+    ],
+    "summary": [
+        "이 차트의 내용을 요약해줘.",
+        "차트를 간단히 요약해줘.",
+        "이 그래프의 핵심 내용을 짧게 정리해줘.",
+    ],
+}
+
+
+def instruction_for(task: str, record_id: str, paraphrases: bool) -> str:
+    """The task's instruction: the original one, or a paraphrase chosen deterministically from the record id."""
+    choices = INSTRUCTIONS[task]
+    if not paraphrases:
+        return choices[0]
+    digest = hashlib.sha1(record_id.encode("utf-8")).digest()
+    return choices[int.from_bytes(digest[:4], "big") % len(choices)]
+
+
+def check_image(path: str) -> None:
+    """Raises `BadRecord` unless `path` is an image that decodes to the end."""
+    if not os.path.isfile(path):
+        raise BadRecord(f"image {path} is missing")
+    try:
+        with Image.open(path) as image:
+            # JPEG decodes at 1/8 scale through DCT scaling: every byte is still read, so truncation shows, 8x faster.
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadRecord(f"image {path} does not decode: {error}") from None
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def row(row_id: str, image_path: str, chart_type: str, task: str, prompt: list, completion_text: str) -> dict:
+    return {
+        "id": row_id,
+        "image": {"path": image_path, "bytes": None},
+        "chart_type": chart_type,
+        "task": task,
+        "prompt": prompt,
+        "completion": [assistant(completion_text)],
+    }
+
+
+def pretrain_row(record: ChartRecord) -> dict:
+    # Projector pretraining learns from the image alone: an empty user turn that TRL fills with the image.
+    return row(record.stem, record.image_path, record.chart_type, "table", [user("")], record.table)
+
+
+def finetune_rows(record: ChartRecord, paraphrases: bool = False) -> Iterator[tuple[str, dict | BadRecord]]:
+    """(task, row) for each task the chart gives, (task, BadRecord) for each it cannot."""
+    completions = {"table": record.table, "description": record.description, "summary": record.summary}
+    for task in FINETUNE_TASKS:
+        text = completions[task]
+        if not text:
+            yield task, BadRecord(f"empty {task}")
+            continue
+        row_id = f"{record.stem}-{task}"
+        prompt = [user(instruction_for(task, row_id, paraphrases))]
+        yield task, row(row_id, record.image_path, record.chart_type, task, prompt, text)
+
+
+@dataclass
+class Conversation:
+    """One GPT conversation and where it came from (`file:line` or `file[index]`)."""
+
+    source: str
+    data: object
+
+
+def iter_conversations(path: str) -> Iterator[Conversation]:
+    """The conversations of a JSON (array or object) or JSON Lines file; unparseable lines come as strings."""
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8-sig") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield Conversation(f"{path}:{number}", json.loads(line))
+                except json.JSONDecodeError as error:
+                    yield Conversation(f"{path}:{number}", f"JSON does not parse: {error}")
+        return
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            data = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        yield Conversation(path, f"JSON does not parse: {error}")
+        return
+    items = data if isinstance(data, list) else [data]
+    for index, item in enumerate(items):
+        yield Conversation(f"{path}[{index}]", item)
+
+
+def find_chart_image(root: str, split: str, filename: str) -> tuple[str, str] | None:
+    """(path, chart_type) of an image file in one split's img_data/ tree, looking in each of the ten folders."""
+    for folder, chart_type in CHART_TYPE_FOLDERS.items():
+        path = os.path.join(image_dir(root, split, folder), filename)
+        if os.path.isfile(path):
+            return path, chart_type
+    return None
+
+
+def qa_turns(conversation: dict) -> list[tuple[str, str] | BadRecord]:
+    """(question, answer) per turn, or a BadRecord for a turn that has no usable question or answer."""
+    messages = conversation.get("conversations")
+    if not isinstance(messages, list) or not messages:
+        raise BadRecord("missing field 'conversations'")
+    turns = []
+    for index in range(0, len(messages), 2):
+        question, answer = messages[index], messages[index + 1] if index + 1 < len(messages) else None
+        if not isinstance(question, dict) or question.get("from") != "human":
+            raise BadRecord(f"conversations[{index}] should come from 'human'")
+        if answer is not None and (not isinstance(answer, dict) or answer.get("from") != "gpt"):
+            raise BadRecord(f"conversations[{index + 1}] should come from 'gpt'")
+        question_text = str(question.get("value") or "").replace("<image>", "").strip()
+        answer_text = str(answer.get("value") or "").strip() if answer is not None else ""
+        if answer is None:
+            turns.append(BadRecord(f"turn {index // 2 + 1} has a question but no answer"))
+        elif not question_text or not answer_text:
+            turns.append(BadRecord(f"turn {index // 2 + 1} has an empty question or answer"))
+        else:
+            turns.append((question_text, answer_text))
+    return turns
+
+
+def qa_rows(conversation_id: str, image_path: str, chart_type: str, turns) -> Iterator[tuple[int, dict | BadRecord]]:
+    """(turn number, row or BadRecord); a turn's prompt holds the earlier turns as context."""
+    context = []
+    for number, turn in enumerate(turns, start=1):
+        if isinstance(turn, BadRecord):
+            yield number, turn
+            continue
+        question, answer = turn
+        prompt = [*context, user(question)]
+        yield number, row(f"{conversation_id}-{number}", image_path, chart_type, "qa", prompt, answer)
+        context = [*prompt, assistant(answer)]
+
+
+__all__ = [
+    "FINETUNE_TASKS",
+    "INSTRUCTIONS",
+    "Conversation",
+    "check_image",
+    "find_chart_image",
+    "finetune_rows",
+    "instruction_for",
+    "iter_conversations",
+    "pretrain_row",
+    "qa_rows",
+    "qa_turns",
+]

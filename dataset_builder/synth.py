@@ -1,0 +1,411 @@
+"""Synthetic AI-Hub charts: the release's layout and JSON schema, rendered by matplotlib with Korean text."""
+
+import json
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from .aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
+
+
+FOLDER_OF_TYPE = {chart_type: folder for folder, chart_type in CHART_TYPE_FOLDERS.items()}
+METADATA = {
+    "vertical_bar": ("세로 막대형", "표준형"),
+    "vertical_bar_stacked": ("세로 막대형", "누적형"),
+    "vertical_bar_100": ("세로 막대형", "100% 기준 누적형"),
+    "horizontal_bar": ("가로 막대형", "표준형"),
+    "horizontal_bar_stacked": ("가로 막대형", "누적형"),
+    "horizontal_bar_100": ("가로 막대형", "100% 기준 누적형"),
+    "line": ("꺾은선형", "표준형"),
+    "pie": ("원형", "표준형"),
+    "radial": ("기타", "방사형"),
+    "mix": ("기타", "혼합형"),
+}
+KOREAN_TYPE_NAMES = {
+    "vertical_bar": "세로 막대",
+    "vertical_bar_stacked": "세로 누적 막대",
+    "vertical_bar_100": "세로 100% 누적 막대",
+    "horizontal_bar": "가로 막대",
+    "horizontal_bar_stacked": "가로 누적 막대",
+    "horizontal_bar_100": "가로 100% 누적 막대",
+    "line": "꺾은선",
+    "pie": "원형",
+    "radial": "방사형",
+    "mix": "혼합형",
+}
+CATEGORY_POOLS = {
+    "지역": ["서울", "부산", "대구", "인천", "광주", "대전", "울산", "세종", "경기", "강원", "제주"],
+    "연도": [f"{year}년" for year in range(2015, 2025)],
+    "월": [f"{month}월" for month in range(1, 13)],
+    "연령대": ["10대", "20대", "30대", "40대", "50대", "60대 이상"],
+    "업종": ["제조업", "건설업", "도소매업", "숙박음식업", "정보통신업", "금융업", "교육서비스업"],
+    "품목": ["쌀", "보리", "콩", "감자", "고구마", "배추", "사과"],
+}
+LEGEND_POOL = ["남성", "여성", "A사", "B사", "C사", "수출", "수입", "온라인", "오프라인", "도시", "농촌", "전년", "올해"]
+SUBJECTS = ["인구", "매출액", "생산량", "이용자 수", "판매량", "방문객 수", "응답 비율", "투자액", "점유율", "고용률"]
+UNITS = ["%", "만 명", "억 원", "천 톤", "개", "건", "명", "천 대", ""]
+
+
+@dataclass
+class SynthChart:
+    """One synthetic chart: its data in the contract's schema plus the table the contract says it linearizes to."""
+
+    stem: str
+    split: str
+    chart_type: str
+    annotation: dict
+    expected_table: str
+    qa: dict
+
+
+def _number(rng: random.Random, low: float, high: float, floats: bool):
+    if floats:
+        return round(rng.uniform(low, high), 1)
+    return rng.randint(int(low), int(high))
+
+
+def _as_typed(rng: random.Random, value):
+    # Annotators sometimes typed numbers as strings; the table keeps such a string as it is.
+    return str(value) if rng.random() < 0.1 else value
+
+
+def _shown(value) -> str:
+    return value if isinstance(value, str) else (str(value) if isinstance(value, int) else repr(value))
+
+
+def _numeric(value) -> float:
+    return float(value) if not isinstance(value, str) else float(value.replace(",", ""))
+
+
+def _hundred_percent_rows(rng: random.Random, legends: int, categories: int) -> list[list]:
+    columns = []
+    for _ in range(categories):
+        cuts = sorted(rng.sample(range(1, 100), legends - 1))
+        columns.append([b - a for a, b in zip([0, *cuts], [*cuts, 100])])
+    return [[columns[c][l] for c in range(categories)] for l in range(legends)]
+
+
+def make_chart(index: int, seed: int, test_fraction: float) -> SynthChart:
+    """The `index`-th chart of a seeded set: chart types cycle so every ten charts hold all ten types."""
+    rng = random.Random(seed * 1_000_003 + index)
+    chart_type = list(METADATA)[index % len(METADATA)]
+    round_index = index // len(METADATA)
+    every = max(1, round(1 / test_fraction)) if test_fraction > 0 else 0
+    split = "test" if every and round_index % every == 0 else "train"
+    pool_name = rng.choice(list(CATEGORY_POOLS))
+    subject = rng.choice(SUBJECTS)
+    unit = "%" if chart_type.endswith("_100") or chart_type == "pie" else rng.choice(UNITS)
+    floats = rng.random() < 0.3 and not chart_type.endswith("_100")
+    title = f"{pool_name}별 {subject}"
+    horizontal = chart_type.startswith("horizontal")
+    pool = CATEGORY_POOLS[pool_name]
+    start = rng.randrange(0, max(1, len(pool) - 3))
+    categories = pool[start : start + rng.randint(3, min(7, len(pool) - start))]
+    n_legends = 0 if chart_type in ("vertical_bar", "horizontal_bar") and rng.random() < 0.6 else rng.randint(2, 3)
+    # Pie slices are named by the legend, with no axis labels.
+    legends = list(categories) if chart_type == "pie" else rng.sample(LEGEND_POOL, n_legends)
+
+    blocks = []
+    if chart_type == "pie":
+        shares = _hundred_percent_rows(rng, len(legends), 1)
+        values = [row[0] for row in shares]
+        data_label = [values] if rng.random() < 0.5 else [[value] for value in values]
+        blocks.append({"title": title, "unit": unit, "legend": legends, "axis_label": {"x_axis": [], "y_axis": []},
+                       "data_label": data_label})
+    elif chart_type == "mix":
+        bar_legend, line_legend = rng.sample(LEGEND_POOL, 2)
+        line_unit = rng.choice(["%", "명", "개"])
+        bar_values = [_number(rng, 10, 500, floats) for _ in categories]
+        line_values = [_number(rng, 1, 100, True) for _ in categories]
+        blocks.append({"title": title, "unit": unit, "legend": [bar_legend],
+                       "axis_label": {"x_axis": list(categories), "y_axis": []}, "data_label": [bar_values]})
+        blocks.append({"title": f"{bar_legend} 대비 {line_legend}", "unit": line_unit, "legend": [line_legend],
+                       "axis_label": {"x_axis": list(categories), "y_axis": []}, "data_label": [line_values]})
+    else:
+        rows_needed = max(1, n_legends)
+        if chart_type.endswith("_100"):
+            rows_needed = max(2, n_legends)
+            legends = legends or rng.sample(LEGEND_POOL, rows_needed)
+            rows = _hundred_percent_rows(rng, rows_needed, len(categories))
+        else:
+            rows = [[_number(rng, 5, 900, floats) for _ in categories] for _ in range(rows_needed)]
+        rows = [[_as_typed(rng, value) for value in row] for row in rows]
+        axes = {"x_axis": [], "y_axis": list(categories)} if horizontal else {"x_axis": list(categories), "y_axis": []}
+        data_label = rows if legends or rng.random() < 0.5 else rows[0]
+        blocks.append({"title": title, "unit": unit, "legend": legends, "axis_label": axes, "data_label": data_label})
+
+    stem = f"S_{seed}_{index:07d}_{chart_type}"
+    main, sub = METADATA[chart_type]
+    annotation = {
+        "image": [{"filename": f"{stem}.jpg", "width": 800, "height": 600}],
+        "metadata": {"chart_main": main, "chart_sub": sub, "source": "synthetic"},
+        "annotations": blocks,
+    }
+    facts = _facts(blocks)
+    annotation["description"] = _description(title, chart_type, facts, blocks)
+    annotation["summary"] = _summary(title, facts)
+    return SynthChart(stem, split, chart_type, annotation, _expected_table(blocks), _qa(stem, facts, rng))
+
+
+def _series(block: dict) -> list[tuple[str, list[tuple[str, object]]]]:
+    """[(series name, [(label, value)])] of a block, in data order."""
+    rows = block["data_label"] if isinstance(block["data_label"][0], list) else [block["data_label"]]
+    categories = block["axis_label"]["x_axis"] or block["axis_label"]["y_axis"]
+    if not categories:
+        values = rows[0] if len(rows) == 1 else [row[0] for row in rows]
+        return [("", list(zip(block["legend"], values)))]
+    names = block["legend"] or [""]
+    return [(name, list(zip(categories, row))) for name, row in zip(names, rows)]
+
+
+def _expected_table(blocks: list[dict]) -> str:
+    lines = [f"TITLE | {blocks[0]['title']}"]
+    header_done = False
+    for block in blocks:
+        categories = block["axis_label"]["x_axis"] or block["axis_label"]["y_axis"]
+        if block["legend"] and categories and not header_done:
+            lines.append("| " + " | ".join(categories))
+            header_done = True
+        for name, pairs in _series(block):
+            cells = [f"{_shown(value)}{block['unit']}" for _, value in pairs]
+            if block["legend"] and categories:
+                lines.append(" | ".join([name, *cells]))
+            else:
+                lines.extend(f"{label} | {cell}" for (label, _), cell in zip(pairs, cells))
+    return "\n".join(lines)
+
+
+def _facts(blocks: list[dict]) -> list[dict]:
+    facts = []
+    for block in blocks:
+        for name, pairs in _series(block):
+            for label, value in pairs:
+                facts.append({"series": name, "label": label, "value": _numeric(value), "shown": _shown(value),
+                              "unit": block["unit"]})
+    return facts
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:.1f}".rstrip("0").rstrip(".")
+
+
+def _name(fact: dict) -> str:
+    return f"{fact['series']}의 {fact['label']}" if fact["series"] else fact["label"]
+
+
+def _description(title: str, chart_type: str, facts: list[dict], blocks: list[dict]) -> str:
+    largest = max(facts, key=lambda fact: fact["value"])
+    smallest = min(facts, key=lambda fact: fact["value"])
+    series = [name for block in blocks for name in block["legend"]]
+    parts = [f"이 차트는 '{title}'을(를) 나타낸 {KOREAN_TYPE_NAMES[chart_type]} 차트입니다."]
+    if series:
+        parts.append(f"범례는 {', '.join(series)}(으)로 구성되어 있습니다.")
+    parts.append(f"가장 큰 값은 {_name(largest)}으로 {largest['shown']}{largest['unit']}입니다.")
+    parts.append(f"가장 작은 값은 {_name(smallest)}으로 {smallest['shown']}{smallest['unit']}입니다.")
+    return " ".join(parts)
+
+
+def _summary(title: str, facts: list[dict]) -> list[str]:
+    largest = max(facts, key=lambda fact: fact["value"])
+    smallest = min(facts, key=lambda fact: fact["value"])
+    gap = largest["value"] - smallest["value"]
+    return [
+        f"'{title}' 차트에서 {_name(largest)}이(가) {largest['shown']}{largest['unit']}로 가장 높습니다.",
+        f"가장 낮은 {_name(smallest)}과(와)의 차이는 {_fmt(gap)}{largest['unit']}입니다.",
+    ]
+
+
+def _qa(stem: str, facts: list[dict], rng: random.Random) -> dict:
+    """A LLaVA-format conversation whose answers are computed from the data, with follow-up turns."""
+    same_unit = [fact for fact in facts if fact["unit"] == facts[0]["unit"]]
+    largest = max(same_unit, key=lambda fact: fact["value"])
+    smallest = min(same_unit, key=lambda fact: fact["value"])
+    first, second = rng.sample(same_unit, 2)
+    unit = facts[0]["unit"]
+    turns = [
+        ("가장 큰 값을 가진 항목은 무엇인가요?", f"{_name(largest)}이(가) {largest['shown']}{unit}로 가장 큽니다."),
+        ("그럼 가장 작은 항목은요?", f"{_name(smallest)}이(가) {smallest['shown']}{unit}로 가장 작습니다."),
+        (f"{_name(first)}의 값은 얼마인가요?", f"{first['shown']}{unit}입니다."),
+        (
+            f"{_name(first)}과(와) {_name(second)}의 차이는 얼마인가요?",
+            f"{_fmt(abs(first['value'] - second['value']))}{unit} 차이가 납니다.",
+        ),
+        ("모든 값을 더하면 얼마인가요?", f"합계는 {_fmt(round(sum(fact['value'] for fact in same_unit), 1))}{unit}입니다."),
+        (
+            f"{_name(first)}과(와) {_name(second)} 중 어느 쪽이 더 큰가요?",
+            "두 값이 같습니다." if first["value"] == second["value"] else
+            f"{_name(first if first['value'] > second['value'] else second)}이(가) 더 큽니다.",
+        ),
+    ]
+    chosen = turns[:2] + rng.sample(turns[2:], rng.randint(1, 3))
+    conversations = []
+    for number, (question, answer) in enumerate(chosen):
+        conversations.append({"from": "human", "value": f"<image>\n{question}" if number == 0 else question})
+        conversations.append({"from": "gpt", "value": answer})
+    return {"id": stem, "image": f"{stem}.jpg", "conversations": conversations}
+
+
+_FONT_READY = False
+
+
+def _setup_matplotlib():
+    global _FONT_READY
+    if _FONT_READY:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import font_manager, pyplot
+
+    from chartwiz_hf.image_processing_chartwiz import bundled_font_path
+
+    font_manager.fontManager.addfont(bundled_font_path())
+    pyplot.rcParams["font.family"] = font_manager.FontProperties(fname=bundled_font_path()).get_name()
+    pyplot.rcParams["axes.unicode_minus"] = False
+    _FONT_READY = True
+
+
+def render_chart(chart: SynthChart, path: str, size: tuple[int, int] = (800, 600)):
+    """Draws the chart the annotation describes and saves it as a JPEG."""
+    _setup_matplotlib()
+    from matplotlib import pyplot
+
+    blocks = chart.annotation["annotations"]
+    kind = chart.chart_type
+    figure = pyplot.figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+    try:
+        if kind == "radial":
+            _draw_radial(figure, blocks[0])
+        else:
+            axes = figure.add_subplot(1, 1, 1)
+            if kind == "pie":
+                _draw_pie(axes, blocks[0])
+            elif kind == "mix":
+                _draw_mix(axes, blocks)
+            else:
+                _draw_bars_or_lines(axes, blocks[0], kind)
+        figure.suptitle(blocks[0]["title"], fontsize=15)
+        figure.savefig(path, format="jpeg", pil_kwargs={"quality": 90})
+    finally:
+        pyplot.close(figure)
+
+
+def _unit_label(block: dict) -> str:
+    return f"단위: {block['unit']}" if block["unit"] else ""
+
+
+def _draw_bars_or_lines(axes, block: dict, kind: str):
+    import numpy
+
+    series = _series(block)
+    labels = [label for label, _ in series[0][1]]
+    positions = numpy.arange(len(labels))
+    horizontal = kind.startswith("horizontal")
+    stacked = kind.endswith("_stacked") or kind.endswith("_100")
+    if kind == "line":
+        for name, pairs in series:
+            axes.plot(labels, [_numeric(value) for _, value in pairs], marker="o", label=name or None)
+    else:
+        width = 0.7 if stacked or len(series) == 1 else 0.8 / len(series)
+        base = numpy.zeros(len(labels))
+        for number, (name, pairs) in enumerate(series):
+            values = numpy.array([_numeric(value) for _, value in pairs])
+            offset = positions if stacked or len(series) == 1 else positions - 0.4 + width * (number + 0.5)
+            if horizontal:
+                axes.barh(offset, values, height=width, left=base if stacked else None, label=name or None)
+            else:
+                axes.bar(offset, values, width=width, bottom=base if stacked else None, label=name or None)
+            if stacked:
+                base = base + values
+        if horizontal:
+            axes.set_yticks(positions, labels)
+            axes.invert_yaxis()
+        else:
+            axes.set_xticks(positions, labels)
+    axes.set_xlabel(_unit_label(block)) if horizontal else axes.set_ylabel(_unit_label(block))
+    if block["legend"]:
+        axes.legend(loc="best", fontsize=9)
+    axes.grid(axis="x" if horizontal else "y", alpha=0.3)
+
+
+def _draw_pie(axes, block: dict):
+    pairs = _series(block)[0][1]
+    axes.pie([_numeric(value) for _, value in pairs], labels=[label for label, _ in pairs], autopct="%1.0f%%",
+             startangle=90, counterclock=False)
+    axes.axis("equal")
+
+
+def _draw_mix(axes, blocks: list[dict]):
+    bar_name, bar_pairs = _series(blocks[0])[0]
+    line_name, line_pairs = _series(blocks[1])[0]
+    labels = [label for label, _ in bar_pairs]
+    axes.bar(labels, [_numeric(value) for _, value in bar_pairs], color="#4C72B0", label=bar_name)
+    axes.set_ylabel(_unit_label(blocks[0]))
+    twin = axes.twinx()
+    twin.plot(labels, [_numeric(value) for _, value in line_pairs], color="#DD8452", marker="o", label=line_name)
+    twin.set_ylabel(_unit_label(blocks[1]))
+    handles = axes.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    axes.legend(handles, [bar_name, line_name], loc="upper left", fontsize=9)
+
+
+def _draw_radial(figure, block: dict):
+    import numpy
+
+    series = _series(block)
+    labels = [label for label, _ in series[0][1]]
+    angles = numpy.linspace(0, 2 * numpy.pi, len(labels), endpoint=False).tolist()
+    axes = figure.add_subplot(1, 1, 1, polar=True)
+    for name, pairs in series:
+        values = [_numeric(value) for _, value in pairs]
+        axes.plot([*angles, angles[0]], [*values, values[0]], marker="o", label=name or None)
+        axes.fill([*angles, angles[0]], [*values, values[0]], alpha=0.15)
+    axes.set_xticks(angles, labels)
+    if block["legend"]:
+        axes.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=9)
+
+
+def _write_chart(job: tuple[str, int, int, float]) -> tuple[str, str]:
+    out_dir, index, seed, test_fraction = job
+    chart = make_chart(index, seed, test_fraction)
+    folder = FOLDER_OF_TYPE[chart.chart_type]
+    render_chart(chart, os.path.join(image_dir(out_dir, chart.split, folder), f"{chart.stem}.jpg"))
+    with open(os.path.join(text_dir(out_dir, chart.split, folder), f"{chart.stem}.json"), "w", encoding="utf-8") as file:
+        json.dump(chart.annotation, file, ensure_ascii=False, indent=1)
+    manifest = {"stem": chart.stem, "split": chart.split, "chart_type": chart.chart_type, "table": chart.expected_table}
+    return json.dumps(manifest, ensure_ascii=False), json.dumps(chart.qa, ensure_ascii=False)
+
+
+def generate(out_dir: str, n: int, seed: int = 0, test_fraction: float = 0.1, num_proc: int = 1, progress: bool = True):
+    """
+    Writes `n` synthetic charts as an AI-Hub tree under `out_dir`, plus `gpt_qa.jsonl` (LLaVA conversations whose
+    answers are computed from the data) and `synth_manifest.jsonl` (each chart's expected table text).
+    """
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}.")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"--test-fraction must be in [0, 1), got {test_fraction}.")
+    for split in ("train", "test"):
+        for folder in CHART_TYPE_FOLDERS:
+            os.makedirs(image_dir(out_dir, split, folder), exist_ok=True)
+            os.makedirs(text_dir(out_dir, split, folder), exist_ok=True)
+    from tqdm.auto import tqdm
+
+    jobs = [(out_dir, index, seed, test_fraction) for index in range(n)]
+    with open(os.path.join(out_dir, "synth_manifest.jsonl"), "w", encoding="utf-8") as manifest_file, open(
+        os.path.join(out_dir, "gpt_qa.jsonl"), "w", encoding="utf-8"
+    ) as qa_file:
+        if num_proc > 1:
+            with ProcessPoolExecutor(max_workers=num_proc) as pool:
+                results = pool.map(_write_chart, jobs, chunksize=16)
+                for manifest, qa in tqdm(results, total=n, desc="Rendering charts", disable=not progress):
+                    manifest_file.write(manifest + "\n")
+                    qa_file.write(qa + "\n")
+        else:
+            for job in tqdm(jobs, desc="Rendering charts", disable=not progress):
+                manifest, qa = _write_chart(job)
+                manifest_file.write(manifest + "\n")
+                qa_file.write(qa + "\n")
+
+
+__all__ = ["SynthChart", "generate", "make_chart", "render_chart"]

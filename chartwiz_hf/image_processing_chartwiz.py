@@ -38,7 +38,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode in ("I", "F") and top <= 255.0:
             top = 255.0
         scaled = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        return Image.fromarray(scaled).convert("RGB")
     return image.convert("RGB")
 
 

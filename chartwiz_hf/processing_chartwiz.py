@@ -48,7 +48,8 @@ class ChartWizImagesKwargs(ImagesKwargs, total=False):
 class ChartWizProcessorKwargs(ProcessingKwargs, total=False):
     images_kwargs: ChartWizImagesKwargs
     _defaults = {
-        "text_kwargs": {"padding": False},
+        # The model has no token types; some tokenizers return them unless told not to.
+        "text_kwargs": {"padding": False, "return_token_type_ids": False},
         "images_kwargs": {},
     }
 

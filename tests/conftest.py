@@ -1,0 +1,53 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def draw_chart(width: int = 320, height: int = 240, bars=(3, 7, 5), seed: int = 0) -> Image.Image:
+    """A small bar chart drawn with PIL: white background, axes, bars of random colors."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(20, height - 20), (width - 10, height - 20)], fill="black", width=2)
+    draw.line([(20, 10), (20, height - 20)], fill="black", width=2)
+    slot = (width - 40) // max(1, len(bars))
+    for index, value in enumerate(bars):
+        top = height - 20 - int((height - 40) * value / max(bars))
+        color = tuple(int(c) for c in rng.integers(0, 200, 3))
+        draw.rectangle([30 + index * slot, top, 30 + index * slot + slot // 2, height - 21], fill=color)
+    return image
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from chartwiz_hf.tiny import make_tiny_chartwiz
+
+    directory = tmp_path_factory.mktemp("tiny-chartwiz")
+    make_tiny_chartwiz(str(directory), seed=0, max_patches=16)
+    return str(directory)
+
+
+@pytest.fixture()
+def tiny(tiny_dir):
+    from chartwiz_hf import ChartWizForConditionalGeneration, ChartWizProcessor
+
+    torch.manual_seed(0)
+    model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    return model, processor
+
+
+@pytest.fixture()
+def charts():
+    return [
+        draw_chart(320, 240, (3, 7, 5), seed=0),
+        draw_chart(200, 300, (1, 2, 3, 4), seed=1),
+        draw_chart(500, 150, (9, 4), seed=2),
+    ]

@@ -1,0 +1,148 @@
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import Pix2StructImageProcessor
+from transformers.models.pix2struct import image_processing_pix2struct
+
+import chartwiz_hf.image_processing_chartwiz as chartwiz_image_processing
+from chartwiz_hf import ChartWizImageProcessor
+from chartwiz_hf.image_processing_chartwiz import DEPLOT_HEADER_TEXT, bundled_font_path
+
+from .conftest import draw_chart
+
+
+def varied_images():
+    rng = np.random.default_rng(0)
+    images = [draw_chart(w, h, tuple(rng.integers(1, 10, 4)), seed=i) for i, (w, h) in enumerate(
+        [(800, 600), (1200, 500), (300, 900), (640, 480), (1500, 1000), (90, 60)]
+    )]
+    images.append(Image.fromarray(rng.integers(0, 255, (333, 777, 3), dtype=np.uint8)))
+    images.append(draw_chart(400, 300).convert("L"))
+    images.append(draw_chart(400, 300).convert("RGBA"))
+    return images
+
+
+@pytest.mark.parametrize("is_vqa", [True, False])
+@pytest.mark.parametrize("max_patches", [64, 512])
+def test_same_values_as_pix2struct_for_the_same_font(is_vqa, max_patches):
+    images = varied_images()
+    reference = Pix2StructImageProcessor(is_vqa=is_vqa, max_patches=max_patches)
+    ours = ChartWizImageProcessor(is_vqa=is_vqa, max_patches=max_patches)
+    kwargs = {"header_text": DEPLOT_HEADER_TEXT, "font_path": bundled_font_path()} if is_vqa else {}
+    expected = reference(images, return_tensors="np", **kwargs)
+    actual = ours(images, return_tensors="np")
+    np.testing.assert_array_equal(actual["pixel_values"], expected["flattened_patches"])
+    np.testing.assert_array_equal(actual["pixel_attention_mask"], expected["attention_mask"])
+
+
+def test_korean_header_renders_with_the_bundled_font():
+    from fontTools.ttLib import TTFont
+
+    cmap = TTFont(bundled_font_path()).getBestCmap()
+    header = "아래 차트의 데이터 표를 만들어 주세요:"
+    assert all(ord(character) in cmap for character in header if not character.isspace())
+    processor = ChartWizImageProcessor()
+    korean = np.asarray(processor.rendered_header(header).convert("L"))
+    other = np.asarray(processor.rendered_header("아래 차트의 값을 알려 주세요:").convert("L"))
+    assert (korean < 128).sum() > 500, "the Hangul header should have ink"
+    assert korean.shape != other.shape or not np.array_equal(korean, other)
+
+
+def test_header_is_drawn_once_and_never_downloaded(monkeypatch):
+    calls = []
+    real_render_text = chartwiz_image_processing.render_text
+
+    def counting_render_text(*args, **kwargs):
+        calls.append(args)
+        return real_render_text(*args, **kwargs)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the header font must not be downloaded")
+
+    monkeypatch.setattr(chartwiz_image_processing, "render_text", counting_render_text)
+    monkeypatch.setattr(image_processing_pix2struct, "hf_hub_download", no_download)
+    processor = ChartWizImageProcessor(max_patches=32)
+    processor([draw_chart(300 + 10 * i, 200) for i in range(6)])
+    processor([draw_chart(320, 240)])
+    assert len(calls) == 1
+
+
+def test_font_travels_with_the_checkpoint(tmp_path, monkeypatch):
+    processor = ChartWizImageProcessor(max_patches=32)
+    processor.save_pretrained(tmp_path)
+    assert os.path.isfile(tmp_path / os.path.basename(bundled_font_path()))
+    monkeypatch.setattr(chartwiz_image_processing, "bundled_font_path", lambda: None)
+    loaded = ChartWizImageProcessor.from_pretrained(tmp_path)
+    assert os.path.dirname(loaded.resolve_font_path()) == str(tmp_path)
+    image = draw_chart()
+    np.testing.assert_array_equal(loaded(image)["pixel_values"][0], processor(image)["pixel_values"][0])
+
+
+def test_missing_font_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(chartwiz_image_processing, "bundled_font_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match="font"):
+        ChartWizImageProcessor()(draw_chart())
+
+
+@pytest.mark.parametrize(
+    "make_image",
+    [
+        lambda: draw_chart().convert("RGBA"),
+        lambda: draw_chart().convert("L"),
+        lambda: draw_chart().convert("CMYK"),
+        lambda: draw_chart().convert("P"),
+        lambda: draw_chart(4000, 50),
+        lambda: draw_chart(50, 4000),
+        lambda: Image.new("RGB", (1, 1), "red"),
+    ],
+    ids=["rgba", "grayscale", "cmyk", "palette", "4000x50", "50x4000", "1x1"],
+)
+@pytest.mark.parametrize("is_vqa", [True, False])
+def test_unusual_images_give_valid_patches(make_image, is_vqa):
+    processor = ChartWizImageProcessor(max_patches=64, is_vqa=is_vqa)
+    output = processor(make_image(), return_tensors="np")
+    patches, mask = output["pixel_values"][0], output["pixel_attention_mask"][0]
+    assert patches.shape == (64, 2 + 16 * 16 * 3)
+    assert np.isfinite(patches).all()
+    assert 1 <= mask.sum() <= 64
+    rows, cols = patches[mask == 1, 0], patches[mask == 1, 1]
+    assert rows.min() >= 1 and cols.min() >= 1 and rows.max() * cols.max() <= 64
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped():
+    gradient = (np.linspace(0, 65535, 256)[None, :].repeat(64, axis=0)).astype(np.uint16)
+    image16 = Image.fromarray(gradient)
+    assert image16.mode.startswith("I;16")
+    image8 = Image.fromarray((gradient / 257).round().astype(np.uint8))
+    processor = ChartWizImageProcessor(max_patches=64, is_vqa=False)
+    np.testing.assert_allclose(processor(image16)["pixel_values"][0], processor(image8)["pixel_values"][0], atol=1e-5)
+    assert chartwiz_image_processing.to_rgb(image16).getextrema()[0] == (0, 255)
+
+
+def test_header_text_override_and_count_check():
+    processor = ChartWizImageProcessor(max_patches=32)
+    images = [draw_chart(), draw_chart(200, 200)]
+    default = processor(images)["pixel_values"]
+    korean = processor(images, header_text="차트의 데이터를 표로 만들어 주세요:")["pixel_values"]
+    assert not np.array_equal(default[0], korean[0])
+    with pytest.raises(ValueError, match="2 images"):
+        processor(images, header_text=["a", "b", "c"])
+
+
+def test_truncated_file_is_reported_by_the_loader(tmp_path):
+    from chartwiz_hf.inference import load_chart_image
+
+    buffer = io.BytesIO()
+    draw_chart(640, 480).save(buffer, format="JPEG")
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ValueError, match="truncated.jpg: cannot decode"):
+        load_chart_image(path)
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="garbage.png: cannot decode"):
+        load_chart_image(tmp_path / "garbage.png")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_chart_image(tmp_path / "missing.png")

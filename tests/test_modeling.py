@@ -1,0 +1,300 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoModelForVision2Seq,
+    AutoProcessor,
+    LlamaForCausalLM,
+    Pix2StructVisionModel,
+)
+
+from chartwiz_hf import (
+    ChartWizConfig,
+    ChartWizForConditionalGeneration,
+    ChartWizImageProcessor,
+    ChartWizModel,
+    ChartWizProcessor,
+)
+from chartwiz_hf.inference import build_prompt
+
+
+def prompt_inputs(processor, images, questions, **kwargs):
+    prompts = [build_prompt(processor, question) for question in questions]
+    return processor(images=images, text=prompts, return_tensors="pt", **kwargs)
+
+
+def reference_logits(model, inputs):
+    """Logits from HF's own Pix2StructVisionModel + a hand-written projector + HF's LlamaForCausalLM."""
+    config = model.config
+    vision = Pix2StructVisionModel(config.vision_config).eval()
+    vision.load_state_dict(model.model.vision_tower.state_dict())
+    language_model = LlamaForCausalLM(config.text_config).eval()
+    language_model.model.load_state_dict(model.model.language_model.state_dict())
+    language_model.lm_head.load_state_dict(model.lm_head.state_dict())
+    projector = model.model.multi_modal_projector
+
+    features = vision(flattened_patches=inputs["pixel_values"], attention_mask=inputs["pixel_attention_mask"])
+    hidden = F.linear(features.last_hidden_state, projector.linear_1.weight, projector.linear_1.bias)
+    hidden = F.linear(F.gelu(hidden), projector.linear_2.weight, projector.linear_2.bias)
+    embeds = language_model.get_input_embeddings()(inputs["input_ids"]).clone()
+    image_positions = inputs["input_ids"] == config.image_token_id
+    embeds[image_positions] = hidden.reshape(-1, hidden.shape[-1])
+    return language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+
+
+@torch.no_grad()
+def test_logits_equal_an_independent_composition_of_hf_models(tiny, charts):
+    model, processor = tiny
+    inputs = prompt_inputs(processor, charts[:2], ["가장 큰 값은?", "두 번째 막대의 값은 얼마인가요?"], padding=True)
+    logits = model(**inputs).logits
+    expected = reference_logits(model, inputs)
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(logits[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_forward_backward_trains_every_part(tiny, charts):
+    model, processor = tiny
+    model.train()
+    inputs = prompt_inputs(processor, charts[:1], ["값을 표로 알려줘"])
+    outputs = model(**inputs, labels=inputs["input_ids"].clone())
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    for part in (model.model.vision_tower, model.model.multi_modal_projector, model.model.language_model, model.lm_head):
+        grads = [p.grad for p in part.parameters() if p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@torch.no_grad()
+def test_loss_ignores_labels_at_image_positions(tiny, charts):
+    model, processor = tiny
+    inputs = prompt_inputs(processor, charts[:1], ["합계는?"])
+    image_positions = inputs["input_ids"] == model.config.image_token_id
+    labels = inputs["input_ids"].clone()
+    masked = labels.masked_fill(image_positions, -100)
+    noisy = labels.masked_fill(image_positions, 7)
+    loss_masked = model(**inputs, labels=masked).loss
+    assert torch.equal(model(**inputs, labels=noisy).loss, loss_masked)
+    # and the loss by hand over the text positions only
+    logits = model(**inputs).logits[:, :-1].flatten(0, 1)
+    target = masked[:, 1:].flatten()
+    torch.testing.assert_close(loss_masked, F.cross_entropy(logits, target, ignore_index=-100))
+
+
+@torch.no_grad()
+def test_greedy_generation_with_cache_equals_without(tiny, charts):
+    model, processor = tiny
+    inputs = prompt_inputs(processor, charts[:1], ["가장 작은 값은?"])
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+    with_cache = model.generate(**inputs, use_cache=True, **kwargs)
+    without_cache = model.generate(**inputs, use_cache=False, **kwargs)
+    assert with_cache.shape[1] == inputs["input_ids"].shape[1] + 8
+    assert torch.equal(with_cache, without_cache)
+
+
+@torch.no_grad()
+def test_left_padded_batch_equals_each_alone(tiny, charts):
+    model, processor = tiny
+    questions = ["값?", "이 차트에서 가장 큰 막대와 가장 작은 막대의 차이는 얼마인가요?", "두 번째 항목의 값을 알려줘"]
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    batch = prompt_inputs(processor, charts, questions, padding=True, padding_side="left")
+    assert (batch["attention_mask"][:, 0] == 0).any(), "the prompts should need padding"
+    batch_new = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]
+    for index, (image, question) in enumerate(zip(charts, questions)):
+        alone = prompt_inputs(processor, [image], [question])
+        alone_new = model.generate(**alone, **kwargs)[:, alone["input_ids"].shape[1] :]
+        assert torch.equal(batch_new[index], alone_new[0]), f"sample {index} differs when batched"
+
+
+@torch.no_grad()
+def test_eager_and_sdpa_agree(tiny_dir, charts):
+    eager = ChartWizForConditionalGeneration.from_pretrained(tiny_dir, attn_implementation="eager").eval()
+    sdpa = ChartWizForConditionalGeneration.from_pretrained(tiny_dir, attn_implementation="sdpa").eval()
+    assert sdpa.model.language_model.config._attn_implementation == "sdpa"
+    assert sdpa.model.vision_tower.config._attn_implementation == "eager"
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    inputs = prompt_inputs(processor, charts[:2], ["값?", "가장 큰 값은 무엇인가요?"], padding=True, padding_side="left")
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(eager(**inputs).logits[mask], sdpa(**inputs).logits[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_save_load_round_trip_is_bit_identical(tiny, tmp_path, charts):
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert os.path.exists(tmp_path / "model.safetensors")
+    assert not any(name.endswith((".bin", ".pt")) for name in os.listdir(tmp_path))
+    loaded = ChartWizForConditionalGeneration.from_pretrained(tmp_path).eval()
+    original_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert original_state.keys() == loaded_state.keys()
+    for key, value in original_state.items():
+        assert torch.equal(value, loaded_state[key]), key
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
+
+
+def test_loads_through_every_auto_class(tiny_dir):
+    assert isinstance(AutoConfig.from_pretrained(tiny_dir), ChartWizConfig)
+    assert type(AutoModelForVision2Seq.from_pretrained(tiny_dir)) is ChartWizForConditionalGeneration
+    assert type(AutoModelForImageTextToText.from_pretrained(tiny_dir)) is ChartWizForConditionalGeneration
+    assert type(AutoModel.from_pretrained(tiny_dir)) is ChartWizModel
+    assert type(AutoProcessor.from_pretrained(tiny_dir)) is ChartWizProcessor
+    assert type(AutoImageProcessor.from_pretrained(tiny_dir)) is ChartWizImageProcessor
+
+
+def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny, tiny_dir, tmp_path, charts):
+    model, processor = tiny
+    image_path = tmp_path / "chart.png"
+    charts[0].save(image_path)
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, json, sys
+
+        class BlockChartWiz(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("chartwiz_hf", "dataset_builder"):
+                    raise ImportError("chartwiz_hf is not installed here")
+
+        sys.meta_path.insert(0, BlockChartWiz())
+        import torch
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoModelForVision2Seq, AutoProcessor
+
+        model = AutoModelForVision2Seq.from_pretrained({tiny_dir!r}, trust_remote_code=True).eval()
+        AutoModelForImageTextToText.from_pretrained({tiny_dir!r}, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained({tiny_dir!r}, trust_remote_code=True)
+        assert not any(name.startswith("chartwiz_hf") for name in sys.modules)
+        messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "값?"}}]}}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=Image.open({str(image_path)!r}), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        print(json.dumps({{"model": type(model).__module__, "logits": logits[0, -1].tolist(),
+                           "pixels": inputs["pixel_values"].sum().item()}}))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert remote["model"].startswith("transformers_modules")
+    inputs = prompt_inputs(processor, [charts[0]], ["값?"])
+    assert remote["pixels"] == pytest.approx(inputs["pixel_values"].sum().item(), rel=1e-6)
+    with torch.no_grad():
+        expected = model(**inputs).logits[0, -1]
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_image_text_to_text_pipeline(tiny_dir, charts):
+    from transformers import pipeline
+
+    pipe = pipeline("image-text-to-text", model=tiny_dir)
+    messages = [{"role": "user", "content": [{"type": "image", "image": charts[0]}, {"type": "text", "text": "값?"}]}]
+    output = pipe(text=messages, max_new_tokens=4, return_full_text=False)
+    assert isinstance(output[0]["generated_text"], str)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir, charts):
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    results = []
+    for checkpointing in (False, True):
+        model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.model.language_model.gradient_checkpointing
+        loss = model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        results.append((loss.detach(), model.lm_head.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+@torch.no_grad()
+def test_bf16_and_device_map_auto(tiny_dir, charts):
+    model = AutoModelForVision2Seq.from_pretrained(tiny_dir, dtype=torch.bfloat16, device_map="auto").eval()
+    assert model.dtype == torch.bfloat16
+    assert getattr(model, "hf_device_map", None)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    output = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@torch.no_grad()
+def test_resize_token_embeddings(tiny, charts):
+    model, processor = tiny
+    old = model.get_input_embeddings().num_embeddings
+    processor.tokenizer.add_tokens(["<새토큰>"])
+    model.resize_token_embeddings(len(processor.tokenizer))
+    assert model.get_input_embeddings().num_embeddings == old + 1
+    assert model.lm_head.out_features == old + 1
+    assert model.config.text_config.vocab_size == old + 1
+    inputs = prompt_inputs(processor, charts[:1], ["<새토큰> 값?"])
+    assert model(**inputs).logits.shape[-1] == old + 1
+
+
+@pytest.mark.parametrize("projector_type", ["linear", "mlp3x_gelu", "identity"])
+@torch.no_grad()
+def test_projector_types(projector_type):
+    from chartwiz_hf.tiny import tiny_configs
+
+    vision_config, text_config = tiny_configs(vocab_size=50, max_patches=8)
+    if projector_type == "identity":
+        text_config.hidden_size = vision_config.hidden_size
+    config = ChartWizConfig(vision_config, text_config, projector_type=projector_type, image_token_id=3, max_patches=8)
+    model = ChartWizForConditionalGeneration(config).eval()
+    linears = [m for m in model.multi_modal_projector.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == {"linear": 1, "mlp3x_gelu": 3, "identity": 0}[projector_type]
+    patches = torch.randn(2, 8, 770)
+    patches[..., 0], patches[..., 1] = 1.0, torch.arange(1, 9, dtype=torch.float)  # one row of 8 patches
+    features = model.get_image_features(patches, torch.ones(2, 8))
+    assert features.shape == (2, 8, text_config.hidden_size)
+
+
+@torch.no_grad()
+def test_image_token_count_mismatch_says_both_counts(tiny, charts):
+    model, processor = tiny
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    two_images = torch.cat([inputs["pixel_values"]] * 2)
+    with pytest.raises(ValueError, match=r"tokens: 16, features 32"):
+        model(input_ids=inputs["input_ids"], pixel_values=two_images, attention_mask=inputs["attention_mask"])
+
+
+@torch.no_grad()
+def test_image_tokens_without_pixels_are_an_error(tiny, charts):
+    model, processor = tiny
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+
+
+@torch.no_grad()
+def test_prompt_longer_than_the_context_is_a_clear_error(tiny_dir, charts):
+    model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    context = model.config.text_config.max_position_embeddings
+    inputs = prompt_inputs(processor, charts[:1], ["가" * (context * 2)])
+    with pytest.raises(ValueError, match=f"longer than the language model's context of {context}"):
+        model.generate(**inputs, max_new_tokens=2)
+
+
+@torch.no_grad()
+def test_text_only_input_runs_without_images(tiny):
+    model, processor = tiny
+    inputs = processor(text=["안녕하세요"], return_tensors="pt")
+    assert "pixel_values" not in inputs
+    assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape

@@ -1,0 +1,128 @@
+import pytest
+import torch
+from datasets import Dataset, Features, Image, List, Value
+
+from chartwiz_hf import ChartWizForConditionalGeneration, ChartWizProcessor
+from chartwiz_hf.processing_chartwiz import SYNATRA_MINI_SYSTEM_PROMPT
+
+from .conftest import draw_chart
+
+
+def test_image_placeholder_is_expanded_and_outputs_are_named_apart(tiny):
+    _, processor = tiny
+    output = processor(images=draw_chart(), text="USER: <image>\n값? ASSISTANT:", return_tensors="pt")
+    assert set(output) == {"input_ids", "attention_mask", "pixel_values", "pixel_attention_mask"}
+    image_token_id = processor.image_token_id
+    assert (output["input_ids"] == image_token_id).sum() == processor.image_seq_length == 16
+    assert output["pixel_values"].shape == (1, 16, 770)
+    assert output["pixel_attention_mask"].shape == (1, 16)
+    assert output["attention_mask"].shape == output["input_ids"].shape
+
+
+def test_synatra_mini_chat_template(tiny):
+    _, processor = tiny
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "가장 큰 값은?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "서울입니다."}]},
+        {"role": "user", "content": "그럼 가장 작은 값은?"},
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == (
+        f"{SYNATRA_MINI_SYSTEM_PROMPT} USER: <image>\n가장 큰 값은? ASSISTANT: 서울입니다.<|endoftext|>"
+        "USER: 그럼 가장 작은 값은? ASSISTANT:"
+    )
+    with_system = processor.apply_chat_template([{"role": "system", "content": "시스템."}, *messages[:1]])
+    assert with_system == "시스템. USER: <image>\n가장 큰 값은? "
+
+
+def test_padding_side_truncation_and_special_tokens_pass_through(tiny):
+    _, processor = tiny
+    texts = ["<image>\n짧은 질문", "<image>\n조금 더 긴 질문입니다 정말로 길어요"]
+    images = [draw_chart(), draw_chart(200, 200)]
+    left = processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
+    right = processor(images=images, text=texts, padding=True, padding_side="right", return_tensors="pt")
+    assert left["attention_mask"][0, 0] == 0 and left["attention_mask"][0, -1] == 1
+    assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
+    truncated = processor(text=["안녕하세요 반갑습니다 " * 10], truncation=True, max_length=7)
+    assert len(truncated["input_ids"][0]) == 7
+
+
+def test_count_mismatches_are_clear_errors(tiny):
+    _, processor = tiny
+    chart = draw_chart()
+    with pytest.raises(ValueError, match="no images"):
+        processor(text="<image>\n값?")
+    with pytest.raises(ValueError, match="1 images and 0 placeholders"):
+        processor(images=chart, text="값?")
+    with pytest.raises(ValueError, match=r"\[1, 0\] placeholders but \[1, 1\] images"):
+        processor(images=[[chart], [chart]], text=["<image>a", "b"])
+    with pytest.raises(ValueError, match="max_length"):
+        processor(images=chart, text="<image>\n값?", truncation=True, max_length=5)
+    with pytest.raises(TypeError, match="string"):
+        processor(images=chart, text=[1, 2])
+
+
+def test_empty_question_is_a_clear_error(tiny):
+    from chartwiz_hf.inference import build_prompt
+
+    _, processor = tiny
+    with pytest.raises(ValueError, match="question is empty"):
+        build_prompt(processor, "   ")
+
+
+def chart_dataset(n: int = 4) -> Dataset:
+    features = Features(
+        {
+            "image": Image(),
+            "prompt": List({"role": Value("string"), "content": Value("string")}),
+            "completion": List({"role": Value("string"), "content": Value("string")}),
+        }
+    )
+    rows = [
+        {
+            "image": draw_chart(240, 180, (index + 1, 3, 5), seed=index),
+            "prompt": [{"role": "user", "content": "이 차트를 테이블 정보로 변경해줘."}],
+            "completion": [{"role": "assistant", "content": f"TITLE | 값\nA | {index + 1}\nB | 3\nC | 5"}],
+        }
+        for index in range(n)
+    ]
+    return Dataset.from_list(rows, features=features)
+
+
+def test_sft_trainer_step_with_prompt_completion_data(tiny_dir, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir)
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    model.model.vision_tower.requires_grad_(False)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        max_length=None,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=chart_dataset(), processing_class=processor)
+
+    batch = trainer.data_collator([dict(example) for example in chart_dataset(2)])
+    assert batch["pixel_values"].shape == (2, 16, 770)
+    assert "pixel_attention_mask" in batch
+    labels, input_ids = batch["labels"], batch["input_ids"]
+    assert (labels[input_ids == processor.image_token_id] == -100).all(), "image tokens carry no loss"
+    completion = processor.tokenizer.decode(labels[0][labels[0] != -100])
+    assert completion.strip() == "TITLE | 값\nA | 1\nB | 3\nC | 5<|endoftext|>", "loss on the completion only"
+
+    trainer.train()
+    assert trainer.state.log_history[0]["loss"] > 0
+    for name, param in model.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        if name.startswith("model.vision_tower."):
+            assert not changed, f"frozen {name} changed"
+    for prefix in ("model.multi_modal_projector.", "model.language_model.", "lm_head."):
+        assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n.startswith(prefix))

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compose = commands.add_parser("compose", help="join a Pix2Struct/DePlot encoder and a causal LM into a checkpoint")
     compose.add_argument("--vision", required=True, help="Pix2Struct/DePlot checkpoint (e.g. google/deplot)")
-    compose.add_argument("--text", required=True, help="causal LM with its tokenizer (e.g. maywell/Synatra-42dot-1.3B)")
+    compose.add_argument(
+        "--text", required=True, help="causal LM with its tokenizer (e.g. maywell/Synatra-42dot-1.3B)"
+    )
     compose.add_argument("--out", required=True, help="output directory")
     compose.add_argument("--projector-type", default="mlp2x_gelu", help="linear, identity or mlp{N}x_gelu")
     compose.add_argument("--max-patches", type=int, default=512, help="patches (= image tokens) per image")

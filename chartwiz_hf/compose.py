@@ -28,7 +28,9 @@ def load_pix2struct_encoder(vision_name_or_path: str, **kwargs) -> Pix2StructVis
     try:
         return Pix2StructForConditionalGeneration.from_pretrained(vision_name_or_path, **kwargs).encoder
     except (ValueError, KeyError, TypeError) as error:
-        logger.info("%s is not a full Pix2Struct checkpoint (%s); loading it as a vision model", vision_name_or_path, error)
+        logger.info(
+            "%s is not a full Pix2Struct checkpoint (%s); loading it as a vision model", vision_name_or_path, error
+        )
         return Pix2StructVisionModel.from_pretrained(vision_name_or_path, **kwargs)
 
 
@@ -63,7 +65,9 @@ def compose_chartwiz(
     tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
 
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
+        )
     if tokenizer.pad_token is None:
         # Padding positions are masked out, so the end-of-text token serves without growing the vocabulary.
         tokenizer.pad_token = tokenizer.eos_token

@@ -50,7 +50,9 @@ class ChartWizConfig(PretrainedConfig):
     >>> from transformers import LlamaConfig, Pix2StructVisionConfig
     >>> from chartwiz_hf import ChartWizConfig, ChartWizForConditionalGeneration
 
-    >>> vision_config = Pix2StructVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, d_ff=64, d_kv=16)
+    >>> vision_config = Pix2StructVisionConfig(
+    ...     hidden_size=32, num_hidden_layers=1, num_attention_heads=2, d_ff=64, d_kv=16
+    ... )
     >>> text_config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
     ...                           num_attention_heads=2, num_key_value_heads=2)
     >>> configuration = ChartWizConfig(vision_config, text_config, image_token_id=3, max_patches=16)

@@ -115,7 +115,9 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         image_processor_dict, kwargs = super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
         font_path = image_processor_dict.get("font_path")
         if font_path:
-            image_processor_dict["font_path"] = find_checkpoint_file(pretrained_model_name_or_path, font_path, **kwargs)
+            image_processor_dict["font_path"] = find_checkpoint_file(
+                pretrained_model_name_or_path, font_path, **kwargs
+            )
         return image_processor_dict, kwargs
 
     def locate_font(self, pretrained_model_name_or_path, **kwargs):
@@ -273,7 +275,10 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
             results = [process(index) for index in range(len(images))]
 
         return BatchFeature(
-            data={"pixel_values": [patches for patches, _ in results], "pixel_attention_mask": [m for _, m in results]},
+            data={
+                "pixel_values": [patches for patches, _ in results],
+                "pixel_attention_mask": [m for _, m in results],
+            },
             tensor_type=return_tensors,
         )
 

@@ -120,7 +120,7 @@ class ChartWizModel(ChartWizPreTrainedModel):
         Encodes Pix2Struct flattened patches and projects them to the language model's width.
 
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(num_images, max_patches, 2 + 3 * patch_height * patch_width)`):
+            pixel_values (`torch.FloatTensor` of shape `(num_images, max_patches, 2 + 3 * patch_h * patch_w)`):
                 Flattened patches with their row and column ids, as `ChartWizImageProcessor` returns them.
             pixel_attention_mask (`torch.Tensor` of shape `(num_images, max_patches)`, *optional*):
                 1 for real patches, 0 for padding patches.
@@ -186,7 +186,9 @@ class ChartWizModel(ChartWizPreTrainedModel):
                     f"{n_image_features} ({image_features.shape[0]} images x {image_features.shape[1]} patches)."
                 )
             # [batch, seq, hidden] with the image features written at the <image> positions, in order
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).expand_as(inputs_embeds), image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(
+                image_mask.unsqueeze(-1).expand_as(inputs_embeds), image_features
+            )
         elif (past_key_values is None or past_key_values.get_seq_length() == 0) and bool(image_mask.any()):
             raise ValueError(
                 f"The input has {int(image_mask.sum())} <image> tokens but no pixel_values were given; "
@@ -217,7 +219,7 @@ class ChartWizModel(ChartWizPreTrainedModel):
         length = int(cache_position[-1]) + 1 if cache_position is not None else inputs_embeds.shape[1]
         if length > context:
             raise ValueError(
-                f"The sequence is {length} tokens long (each image alone takes {self.config.max_patches}), longer than "
+                f"The sequence is {length} tokens long (each image takes {self.config.max_patches}), longer than "
                 f"the language model's context of {context} tokens (text_config.max_position_embeddings). "
                 "Shorten the question or the generation length."
             )
@@ -382,4 +384,9 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
         return model_inputs
 
 
-__all__ = ["ChartWizForConditionalGeneration", "ChartWizModel", "ChartWizPreTrainedModel", "ChartWizMultiModalProjector"]
+__all__ = [
+    "ChartWizForConditionalGeneration",
+    "ChartWizModel",
+    "ChartWizPreTrainedModel",
+    "ChartWizMultiModalProjector",
+]

@@ -26,7 +26,7 @@ SYNATRA_MINI_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}"
     "{%- elif message['role'] == 'assistant' -%}{{- 'ASSISTANT: ' -}}"
-    "{%- else -%}{{- raise_exception('Only system, user and assistant roles are supported, got ' + message['role']) -}}"
+    "{%- else -%}{{- raise_exception('Only system, user and assistant roles are allowed, got ' + message['role']) -}}"
     "{%- endif -%}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for item in message['content'] -%}"
@@ -131,7 +131,9 @@ class ChartWizProcessor(ProcessorMixin):
         output_kwargs["images_kwargs"].pop("return_tensors", None)
 
         if text is None:
-            return BatchFeature(data=dict(self.image_processor(images, **output_kwargs["images_kwargs"])), tensor_type=return_tensors)
+            return BatchFeature(
+                data=dict(self.image_processor(images, **output_kwargs["images_kwargs"])), tensor_type=return_tensors
+            )
         if isinstance(text, str):
             text = [text]
         elif not (isinstance(text, (list, tuple)) and all(isinstance(sample, str) for sample in text)):

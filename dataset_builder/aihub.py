@@ -138,7 +138,9 @@ def _require(mapping, key: str, expected_type, where: str):
         raise BadRecord(f"{where}: missing field {key!r}")
     value = mapping[key]
     if not isinstance(value, expected_type):
-        names = expected_type.__name__ if isinstance(expected_type, type) else "/".join(t.__name__ for t in expected_type)
+        names = (
+            expected_type.__name__ if isinstance(expected_type, type) else "/".join(t.__name__ for t in expected_type)
+        )
         raise BadRecord(f"{where}: field {key!r} should be {names}, got {type(value).__name__}")
     return value
 
@@ -202,12 +204,15 @@ def block_lines(block: dict, horizontal: bool, header_written: bool, where: str)
             values = [row[0] for row in rows]
         else:
             raise BadRecord(f"{where}: {len(rows)}x{width} values do not pair with {len(legend)} legend entries")
-        lines.extend(f"{name} | {cell(value, f'[{index}]')}" for index, (name, value) in enumerate(zip(legend, values)))
+        lines.extend(
+            f"{name} | {cell(value, f'[{index}]')}" for index, (name, value) in enumerate(zip(legend, values))
+        )
     elif categories:
         if len(rows) != 1:
             raise BadRecord(f"{where}: {len(rows)} value rows but no legend to name them")
         lines.extend(
-            f"{category} | {cell(value, f'[0][{index}]')}" for index, (category, value) in enumerate(zip(categories, rows[0]))
+            f"{category} | {cell(value, f'[0][{index}]')}"
+            for index, (category, value) in enumerate(zip(categories, rows[0]))
         )
     else:
         raise BadRecord(f"{where}: the block has neither categories nor a legend")

@@ -4,7 +4,6 @@ import glob
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Optional
@@ -64,6 +63,7 @@ def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str,
     """
     os.makedirs(directory, exist_ok=True)
     pending, writer, rows, size = [], None, 0, 0
+    progress = tqdm(desc=f"Writing {os.path.basename(directory)}/{split} shards", unit=" rows")
     for table in tables:
         if embed_images:
             table = embed_table_storage(table)
@@ -76,6 +76,8 @@ def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str,
         writer.write_table(table)
         rows += table.num_rows
         size += table.nbytes
+        progress.update(table.num_rows)
+    progress.close()
     if writer is not None:
         writer.close()
     final = []

@@ -9,7 +9,16 @@ from typing import Optional
 import datasets
 
 from .aihub import BadRecord, check_tree, iter_annotation_files, read_annotation
-from .rows import FINETUNE_TASKS, check_image, find_chart_image, finetune_rows, iter_conversations, pretrain_row, qa_rows, qa_turns
+from .rows import (
+    FINETUNE_TASKS,
+    check_image,
+    find_chart_image,
+    finetune_rows,
+    iter_conversations,
+    pretrain_row,
+    qa_rows,
+    qa_turns,
+)
 
 
 _DESCRIPTION = """\
@@ -98,7 +107,9 @@ class SkipLog:
             )
         if self._file is not None:
             counts = {"read": self.read, "written": self.written, "skipped": self.skipped}
-            self._file.write(json.dumps({"type": "counts", "config": self.config, "split": self.split, **counts}) + "\n")
+            self._file.write(
+                json.dumps({"type": "counts", "config": self.config, "split": self.split, **counts}) + "\n"
+            )
             self._file.close()
 
 
@@ -139,7 +150,9 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
                 sources.extend(iter_annotation_files(root, split))
             if "gpt" in kinds:
                 sources.extend(GptFile(os.path.abspath(path)) for path in self.config.gpt_files)
-            generators.append(datasets.SplitGenerator(name=split, gen_kwargs={"root": root, "split": split, "sources": sources}))
+            generators.append(
+                datasets.SplitGenerator(name=split, gen_kwargs={"root": root, "split": split, "sources": sources})
+            )
         return generators
 
     def _generate_examples(self, root, split, sources):

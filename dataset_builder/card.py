@@ -4,9 +4,13 @@ import collections
 import os
 
 import pyarrow.parquet as pq
+from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCardData
 
 from .aihub import CHART_TYPES
-from .builder import CONFIG_TASKS, _DESCRIPTION, _LICENSE
+from .builder import _DESCRIPTION, _LICENSE, CONFIG_TASKS, FEATURES
 
 
 def _data_files(report: dict, config: str) -> list[dict]:
@@ -21,35 +25,53 @@ def _data_files(report: dict, config: str) -> list[dict]:
     return entries
 
 
-def _front_matter(report: dict) -> str:
-    lines = [
-        "---",
-        "language:",
-        "- ko",
-        "license: other",
-        "task_categories:",
-        "- image-text-to-text",
-        "- visual-question-answering",
-        "pretty_name: ChartWiz AI-Hub charts",
-        "configs:",
-    ]
+def _split_sizes(directory: str, files: list[str]) -> tuple[int, int, int]:
+    """(rows, uncompressed bytes, bytes on disk) of a split's Parquet shards."""
+    rows = num_bytes = disk = 0
+    for path in files:
+        metadata = pq.ParquetFile(os.path.join(directory, path)).metadata
+        rows += metadata.num_rows
+        num_bytes += sum(metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups))
+        disk += os.path.getsize(os.path.join(directory, path))
+    return rows, num_bytes, disk
+
+
+def _front_matter(directory: str, report: dict) -> str:
+    # The same metadata `push_to_hub` writes; `datasets` also keys its cache of a local folder on it.
+    card_data = DatasetCardData(
+        language=["ko"],
+        license="other",
+        task_categories=["image-text-to-text", "visual-question-answering"],
+        pretty_name="ChartWiz AI-Hub charts",
+    )
+    configs, infos = {}, {}
     for config in CONFIG_TASKS:
         entries = _data_files(report, config)
         if not entries:
             continue
-        lines.append(f"- config_name: {config}")
+        configs[config] = {"data_files": [{"split": e["split"], "path": e["paths"]} for e in entries]}
         if config == "finetune":
-            lines.append("  default: true")
-        lines.append("  data_files:")
+            configs[config]["default"] = True
+        splits, download_size = SplitDict(), 0
         for entry in entries:
-            lines.append(f"  - split: {entry['split']}")
-            if len(entry["paths"]) == 1:
-                lines.append(f"    path: {entry['paths'][0]}")
-            else:
-                lines.append("    path:")
-                lines.extend(f"    - {path}" for path in entry["paths"])
-    lines.append("---")
-    return "\n".join(lines)
+            files = [
+                path
+                for part in CONFIG_TASKS[config]
+                for path in report["counts"].get(part, {}).get(entry["split"], {}).get("files", [])
+            ]
+            rows, num_bytes, disk = _split_sizes(directory, files)
+            splits.add(SplitInfo(name=entry["split"], num_bytes=num_bytes, num_examples=rows))
+            download_size += disk
+        infos[config] = DatasetInfo(
+            config_name=config,
+            features=FEATURES,
+            splits=splits,
+            download_size=download_size,
+            dataset_size=sum(split.num_bytes for split in splits.values()),
+        )
+    MetadataConfigs(configs).to_dataset_card_data(card_data)
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    return f"---\n{card_data.to_yaml()}\n---"
 
 
 def _breakdown(directory: str, files: list[str]) -> collections.Counter:
@@ -73,7 +95,9 @@ def _count_tables(directory: str, report: dict) -> list[str]:
         if tasks:
             lines += ["", "| chart_type | " + " | ".join(tasks) + " |", "| --- |" + " ---: |" * len(tasks)]
             for chart_type in CHART_TYPES:
-                lines.append(f"| {chart_type} | " + " | ".join(str(counter[(chart_type, task)]) for task in tasks) + " |")
+                lines.append(
+                    f"| {chart_type} | " + " | ".join(str(counter[(chart_type, task)]) for task in tasks) + " |"
+                )
         lines.append("")
     return lines
 
@@ -89,7 +113,7 @@ def write_card(directory: str, report: dict, images_embedded: bool) -> str:
     )
     skipped = len(report["skipped"])
     body = [
-        _front_matter(report),
+        _front_matter(directory, report),
         "",
         "# ChartWiz AI-Hub charts",
         "",
@@ -109,8 +133,8 @@ def write_card(directory: str, report: dict, images_embedded: bool) -> str:
         "| `image` | the chart (`datasets.Image`) |",
         "| `chart_type` | " + ", ".join(f"`{name}`" for name in CHART_TYPES) + " |",
         "| `task` | `table`, `description`, `summary` or `qa` |",
-        "| `prompt` | `[{\"role\": \"user\", \"content\": ...}]`, earlier turns first for multi-turn QA |",
-        "| `completion` | `[{\"role\": \"assistant\", \"content\": ...}]` |",
+        '| `prompt` | `[{"role": "user", "content": ...}]`, earlier turns first for multi-turn QA |',
+        '| `completion` | `[{"role": "assistant", "content": ...}]` |',
         "",
         "This is TRL's conversational prompt-completion format: `SFTTrainer` puts the image into the first user "
         "turn and the loss on the completion only.",

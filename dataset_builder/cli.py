@@ -15,8 +15,10 @@ def _build(args):
         push_to_hub=args.push_to_hub,
         private=args.private,
     )
-    summary = {config: {split: {k: v for k, v in counts.items() if k != "files"} for split, counts in by_split.items()}
-               for config, by_split in report["counts"].items()}
+    summary = {
+        config: {split: {k: v for k, v in counts.items() if k != "files"} for split, counts in by_split.items()}
+        for config, by_split in report["counts"].items()
+    }
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     print(f"{len(report['skipped'])} skipped records are listed in {args.out}/build_report.json")
 
@@ -36,8 +38,9 @@ def add_data_commands(commands) -> None:
     build.add_argument("--data-dir", required=True, help="the AI-Hub tree holding train/ and test/")
     build.add_argument("--gpt", nargs="*", default=[], help="GPT conversation files or folders (JSON / JSONL)")
     build.add_argument("--out", required=True, help="output directory")
-    build.add_argument("--configs", nargs="+", default=["pretrain", "finetune", "gpt"],
-                       choices=["pretrain", "finetune", "gpt", "all"])
+    build.add_argument(
+        "--configs", nargs="+", default=["pretrain", "finetune", "gpt"], choices=["pretrain", "finetune", "gpt", "all"]
+    )
     build.add_argument("--num-proc", type=int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")

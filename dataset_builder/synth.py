@@ -42,7 +42,21 @@ CATEGORY_POOLS = {
     "업종": ["제조업", "건설업", "도소매업", "숙박음식업", "정보통신업", "금융업", "교육서비스업"],
     "품목": ["쌀", "보리", "콩", "감자", "고구마", "배추", "사과"],
 }
-LEGEND_POOL = ["남성", "여성", "A사", "B사", "C사", "수출", "수입", "온라인", "오프라인", "도시", "농촌", "전년", "올해"]
+LEGEND_POOL = [
+    "남성",
+    "여성",
+    "A사",
+    "B사",
+    "C사",
+    "수출",
+    "수입",
+    "온라인",
+    "오프라인",
+    "도시",
+    "농촌",
+    "전년",
+    "올해",
+]
 SUBJECTS = ["인구", "매출액", "생산량", "이용자 수", "판매량", "방문객 수", "응답 비율", "투자액", "점유율", "고용률"]
 UNITS = ["%", "만 명", "억 원", "천 톤", "개", "건", "명", "천 대", ""]
 
@@ -83,7 +97,7 @@ def _hundred_percent_rows(rng: random.Random, legends: int, categories: int) -> 
     for _ in range(categories):
         cuts = sorted(rng.sample(range(1, 100), legends - 1))
         columns.append([b - a for a, b in zip([0, *cuts], [*cuts, 100])])
-    return [[columns[c][l] for c in range(categories)] for l in range(legends)]
+    return [[columns[column][row] for column in range(categories)] for row in range(legends)]
 
 
 def make_chart(index: int, seed: int, test_fraction: float) -> SynthChart:
@@ -111,17 +125,38 @@ def make_chart(index: int, seed: int, test_fraction: float) -> SynthChart:
         shares = _hundred_percent_rows(rng, len(legends), 1)
         values = [row[0] for row in shares]
         data_label = [values] if rng.random() < 0.5 else [[value] for value in values]
-        blocks.append({"title": title, "unit": unit, "legend": legends, "axis_label": {"x_axis": [], "y_axis": []},
-                       "data_label": data_label})
+        blocks.append(
+            {
+                "title": title,
+                "unit": unit,
+                "legend": legends,
+                "axis_label": {"x_axis": [], "y_axis": []},
+                "data_label": data_label,
+            }
+        )
     elif chart_type == "mix":
         bar_legend, line_legend = rng.sample(LEGEND_POOL, 2)
         line_unit = rng.choice(["%", "명", "개"])
         bar_values = [_number(rng, 10, 500, floats) for _ in categories]
         line_values = [_number(rng, 1, 100, True) for _ in categories]
-        blocks.append({"title": title, "unit": unit, "legend": [bar_legend],
-                       "axis_label": {"x_axis": list(categories), "y_axis": []}, "data_label": [bar_values]})
-        blocks.append({"title": f"{bar_legend} 대비 {line_legend}", "unit": line_unit, "legend": [line_legend],
-                       "axis_label": {"x_axis": list(categories), "y_axis": []}, "data_label": [line_values]})
+        blocks.append(
+            {
+                "title": title,
+                "unit": unit,
+                "legend": [bar_legend],
+                "axis_label": {"x_axis": list(categories), "y_axis": []},
+                "data_label": [bar_values],
+            }
+        )
+        blocks.append(
+            {
+                "title": f"{bar_legend} 대비 {line_legend}",
+                "unit": line_unit,
+                "legend": [line_legend],
+                "axis_label": {"x_axis": list(categories), "y_axis": []},
+                "data_label": [line_values],
+            }
+        )
     else:
         rows_needed = max(1, n_legends)
         if chart_type.endswith("_100"):
@@ -181,8 +216,15 @@ def _facts(blocks: list[dict]) -> list[dict]:
     for block in blocks:
         for name, pairs in _series(block):
             for label, value in pairs:
-                facts.append({"series": name, "label": label, "value": _numeric(value), "shown": _shown(value),
-                              "unit": block["unit"]})
+                facts.append(
+                    {
+                        "series": name,
+                        "label": label,
+                        "value": _numeric(value),
+                        "shown": _shown(value),
+                        "unit": block["unit"],
+                    }
+                )
     return facts
 
 
@@ -231,11 +273,15 @@ def _qa(stem: str, facts: list[dict], rng: random.Random) -> dict:
             f"{_name(first)}과(와) {_name(second)}의 차이는 얼마인가요?",
             f"{_fmt(abs(first['value'] - second['value']))}{unit} 차이가 납니다.",
         ),
-        ("모든 값을 더하면 얼마인가요?", f"합계는 {_fmt(round(sum(fact['value'] for fact in same_unit), 1))}{unit}입니다."),
+        (
+            "모든 값을 더하면 얼마인가요?",
+            f"합계는 {_fmt(round(sum(fact['value'] for fact in same_unit), 1))}{unit}입니다.",
+        ),
         (
             f"{_name(first)}과(와) {_name(second)} 중 어느 쪽이 더 큰가요?",
-            "두 값이 같습니다." if first["value"] == second["value"] else
-            f"{_name(first if first['value'] > second['value'] else second)}이(가) 더 큽니다.",
+            "두 값이 같습니다."
+            if first["value"] == second["value"]
+            else f"{_name(first if first['value'] > second['value'] else second)}이(가) 더 큽니다.",
         ),
     ]
     chosen = turns[:2] + rng.sample(turns[2:], rng.randint(1, 3))
@@ -331,8 +377,13 @@ def _draw_bars_or_lines(axes, block: dict, kind: str):
 
 def _draw_pie(axes, block: dict):
     pairs = _series(block)[0][1]
-    axes.pie([_numeric(value) for _, value in pairs], labels=[label for label, _ in pairs], autopct="%1.0f%%",
-             startangle=90, counterclock=False)
+    axes.pie(
+        [_numeric(value) for _, value in pairs],
+        labels=[label for label, _ in pairs],
+        autopct="%1.0f%%",
+        startangle=90,
+        counterclock=False,
+    )
     axes.axis("equal")
 
 
@@ -370,13 +421,22 @@ def _write_chart(job: tuple[str, int, int, float]) -> tuple[str, str]:
     chart = make_chart(index, seed, test_fraction)
     folder = FOLDER_OF_TYPE[chart.chart_type]
     render_chart(chart, os.path.join(image_dir(out_dir, chart.split, folder), f"{chart.stem}.jpg"))
-    with open(os.path.join(text_dir(out_dir, chart.split, folder), f"{chart.stem}.json"), "w", encoding="utf-8") as file:
+    with open(
+        os.path.join(text_dir(out_dir, chart.split, folder), f"{chart.stem}.json"), "w", encoding="utf-8"
+    ) as file:
         json.dump(chart.annotation, file, ensure_ascii=False, indent=1)
-    manifest = {"stem": chart.stem, "split": chart.split, "chart_type": chart.chart_type, "table": chart.expected_table}
+    manifest = {
+        "stem": chart.stem,
+        "split": chart.split,
+        "chart_type": chart.chart_type,
+        "table": chart.expected_table,
+    }
     return json.dumps(manifest, ensure_ascii=False), json.dumps(chart.qa, ensure_ascii=False)
 
 
-def generate(out_dir: str, n: int, seed: int = 0, test_fraction: float = 0.1, num_proc: int = 1, progress: bool = True):
+def generate(
+    out_dir: str, n: int, seed: int = 0, test_fraction: float = 0.1, num_proc: int = 1, progress: bool = True
+):
     """
     Writes `n` synthetic charts as an AI-Hub tree under `out_dir`, plus `gpt_qa.jsonl` (LLaVA conversations whose
     answers are computed from the data) and `synth_manifest.jsonl` (each chart's expected table text).
@@ -392,9 +452,10 @@ def generate(out_dir: str, n: int, seed: int = 0, test_fraction: float = 0.1, nu
     from tqdm.auto import tqdm
 
     jobs = [(out_dir, index, seed, test_fraction) for index in range(n)]
-    with open(os.path.join(out_dir, "synth_manifest.jsonl"), "w", encoding="utf-8") as manifest_file, open(
-        os.path.join(out_dir, "gpt_qa.jsonl"), "w", encoding="utf-8"
-    ) as qa_file:
+    with (
+        open(os.path.join(out_dir, "synth_manifest.jsonl"), "w", encoding="utf-8") as manifest_file,
+        open(os.path.join(out_dir, "gpt_qa.jsonl"), "w", encoding="utf-8") as qa_file,
+    ):
         if num_proc > 1:
             with ProcessPoolExecutor(max_workers=num_proc) as pool:
                 results = pool.map(_write_chart, jobs, chunksize=16)

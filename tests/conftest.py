@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -6,7 +7,12 @@ import torch
 from PIL import Image, ImageDraw
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Set before `datasets` is imported: its cache of local files is keyed by their mtimes alone, so a run must not
+# see another run's cached copies; nothing may come from the Hub either.
+_HF_HOME = tempfile.mkdtemp(prefix="chartwiz-tests-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

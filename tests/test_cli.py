@@ -51,8 +51,19 @@ def pretrained_parts(tmp_path_factory):
 def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
     root, pix2struct, language_model = pretrained_parts
     out = tmp_path / "chartwiz"
-    code = main(["compose", "--vision", str(root / "deplot"), "--text", str(root / "lm"), "--out", str(out),
-                 "--max-patches", "32"])
+    code = main(
+        [
+            "compose",
+            "--vision",
+            str(root / "deplot"),
+            "--text",
+            str(root / "lm"),
+            "--out",
+            str(out),
+            "--max-patches",
+            "32",
+        ]
+    )
     assert code == 0
     model = AutoModelForVision2Seq.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)

@@ -5,7 +5,9 @@ from chartwiz_hf import ChartWizConfig
 
 
 def small_vision(**kwargs):
-    return Pix2StructVisionConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, d_kv=8, d_ff=32, **kwargs)
+    return Pix2StructVisionConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, d_kv=8, d_ff=32, **kwargs
+    )
 
 
 def test_sub_configs_accepted_as_dicts_or_objects():
@@ -18,7 +20,9 @@ def test_sub_configs_accepted_as_dicts_or_objects():
 
 
 def test_round_trip_through_auto_config(tmp_path):
-    config = ChartWizConfig(small_vision(), LlamaConfig(hidden_size=16, num_attention_heads=2), projector_type="linear")
+    config = ChartWizConfig(
+        small_vision(), LlamaConfig(hidden_size=16, num_attention_heads=2), projector_type="linear"
+    )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, ChartWizConfig)

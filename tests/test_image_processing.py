@@ -16,9 +16,10 @@ from .conftest import draw_chart
 
 def varied_images():
     rng = np.random.default_rng(0)
-    images = [draw_chart(w, h, tuple(rng.integers(1, 10, 4)), seed=i) for i, (w, h) in enumerate(
-        [(800, 600), (1200, 500), (300, 900), (640, 480), (1500, 1000), (90, 60)]
-    )]
+    images = [
+        draw_chart(w, h, tuple(rng.integers(1, 10, 4)), seed=i)
+        for i, (w, h) in enumerate([(800, 600), (1200, 500), (300, 900), (640, 480), (1500, 1000), (90, 60)])
+    ]
     images.append(Image.fromarray(rng.integers(0, 255, (333, 777, 3), dtype=np.uint8)))
     images.append(draw_chart(400, 300).convert("L"))
     images.append(draw_chart(400, 300).convert("RGBA"))

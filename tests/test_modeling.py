@@ -69,7 +69,12 @@ def test_forward_backward_trains_every_part(tiny, charts):
     outputs = model(**inputs, labels=inputs["input_ids"].clone())
     assert torch.isfinite(outputs.loss)
     outputs.loss.backward()
-    for part in (model.model.vision_tower, model.model.multi_modal_projector, model.model.language_model, model.lm_head):
+    for part in (
+        model.model.vision_tower,
+        model.model.multi_modal_projector,
+        model.model.language_model,
+        model.lm_head,
+    ):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -122,7 +127,9 @@ def test_eager_and_sdpa_agree(tiny_dir, charts):
     assert sdpa.model.language_model.config._attn_implementation == "sdpa"
     assert sdpa.model.vision_tower.config._attn_implementation == "eager"
     processor = ChartWizProcessor.from_pretrained(tiny_dir)
-    inputs = prompt_inputs(processor, charts[:2], ["값?", "가장 큰 값은 무엇인가요?"], padding=True, padding_side="left")
+    inputs = prompt_inputs(
+        processor, charts[:2], ["값?", "가장 큰 값은 무엇인가요?"], padding=True, padding_side="left"
+    )
     mask = inputs["attention_mask"].bool()
     torch.testing.assert_close(eager(**inputs).logits[mask], sdpa(**inputs).logits[mask], rtol=1e-4, atol=1e-4)
 

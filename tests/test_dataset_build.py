@@ -1,0 +1,284 @@
+import io
+import json
+import os
+import shutil
+
+import pytest
+from datasets import load_dataset
+
+from dataset_builder.aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
+from dataset_builder.build import build_dataset
+from dataset_builder.rows import INSTRUCTIONS
+from dataset_builder.synth import generate
+
+from .conftest import draw_chart
+
+
+def write_chart(root, split, folder, stem, annotation=None, image="ok", raw_json=None):
+    os.makedirs(text_dir(root, split, folder), exist_ok=True)
+    os.makedirs(image_dir(root, split, folder), exist_ok=True)
+    if image == "ok":
+        draw_chart(160, 120).save(os.path.join(image_dir(root, split, folder), f"{stem}.jpg"))
+    elif image == "truncated":
+        buffer = io.BytesIO()
+        draw_chart(320, 240).save(buffer, format="JPEG")
+        with open(os.path.join(image_dir(root, split, folder), f"{stem}.jpg"), "wb") as file:
+            file.write(buffer.getvalue()[:300])
+    if annotation is None:
+        annotation = {
+            "image": [{"filename": f"{stem}.jpg"}],
+            "metadata": {"chart_main": "세로 막대형"},
+            "annotations": [
+                {
+                    "title": f"{stem} 제목",
+                    "unit": "개",
+                    "legend": [],
+                    "axis_label": {"x_axis": ["가", "나"], "y_axis": []},
+                    "data_label": [[1, 2]],
+                }
+            ],
+            "description": f"{stem} 설명입니다.",
+            "summary": [f"{stem} 요약.", "둘째 문장."],
+        }
+    with open(os.path.join(text_dir(root, split, folder), f"{stem}.json"), "w", encoding="utf-8") as file:
+        file.write(raw_json if raw_json is not None else json.dumps(annotation, ensure_ascii=False))
+    return annotation
+
+
+@pytest.fixture()
+def messy_tree(tmp_path):
+    """A small AI-Hub tree with one example of each kind of bad record."""
+    root = str(tmp_path / "aihub")
+    bar = "vertical bar_standard"
+    write_chart(root, "train", bar, "good1")
+    good2 = write_chart(
+        root,
+        "train",
+        "pie_standard",
+        "good2",
+        annotation={
+            "image": [{"filename": "good2.jpg"}],
+            "metadata": {"chart_main": "원형"},
+            "annotations": [
+                {
+                    "title": "비율",
+                    "unit": "%",
+                    "legend": ["A", "B"],
+                    "axis_label": {"x_axis": [], "y_axis": []},
+                    "data_label": [[40], [60]],
+                }
+            ],
+            "description": "",
+            "summary": "파이 요약.",
+        },
+    )
+    write_chart(root, "train", bar, "broken_json", raw_json="{not json")
+    write_chart(root, "train", bar, "no_image_file", image=None)
+    write_chart(root, "train", bar, "truncated_image", image="truncated")
+    missing_field = write_chart(root, "train", bar, "missing_field")
+    del missing_field["annotations"][0]["legend"]
+    write_chart(root, "train", bar, "missing_field", annotation=missing_field)
+    misfit = write_chart(root, "train", bar, "misfit")
+    misfit["annotations"][0]["data_label"] = [[1, 2, 3]]
+    write_chart(root, "train", bar, "misfit", annotation=misfit)
+    write_chart(root, "test", "line_standard", "good3")
+    os.makedirs(os.path.join(root, "train", "text_data", "text_unknown_type"))
+
+    qa = [
+        {
+            "id": "conv1",
+            "image": "good1.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\n가의 값은?"},
+                {"from": "gpt", "value": "1개입니다."},
+                {"from": "human", "value": "나는?"},
+                {"from": "gpt", "value": "2개입니다."},
+                {"from": "human", "value": "합은?"},
+            ],
+        },
+        {
+            "id": "conv2",
+            "image": "good3.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\n제목은?"},
+                {"from": "gpt", "value": "good3 제목입니다."},
+            ],
+        },
+        {
+            "id": "conv3",
+            "image": "nowhere.jpg",
+            "conversations": [{"from": "human", "value": "값?"}, {"from": "gpt", "value": "1"}],
+        },
+        {
+            "id": "conv4",
+            "image": "good2.jpg",
+            "conversations": [{"from": "gpt", "value": "순서가 틀림"}, {"from": "human", "value": "?"}],
+        },
+    ]
+    gpt_file = tmp_path / "qa.jsonl"
+    gpt_file.write_text(
+        "\n".join(json.dumps(item, ensure_ascii=False) for item in qa) + "\n{broken\n", encoding="utf-8"
+    )
+    return root, str(gpt_file), good2
+
+
+def test_bad_records_are_skipped_reported_and_counted(messy_tree, tmp_path):
+    root, gpt_file, _ = messy_tree
+    out = str(tmp_path / "out")
+    report = build_dataset(root, out, gpt_sources=[gpt_file])
+    counts = report["counts"]
+    assert counts["pretrain"]["train"] == {**counts["pretrain"]["train"], "read": 7, "written": 2, "skipped": 5}
+    assert counts["pretrain"]["test"]["written"] == 1
+    # 7 charts x 3 tasks; good2 has no description
+    assert counts["finetune"]["train"] == {**counts["finetune"]["train"], "read": 21, "written": 5, "skipped": 16}
+    # conv1: 2 answered turns + 1 unanswered; conv3: image nowhere; conv4: wrong order; one broken line
+    assert counts["gpt"]["train"] == {**counts["gpt"]["train"], "read": 6, "written": 2, "skipped": 4}
+    assert counts["gpt"]["test"] == {**counts["gpt"]["test"], "read": 1, "written": 1, "skipped": 0}
+
+    reasons = {
+        (entry["config"], os.path.basename(entry["source"]), entry.get("task")): entry["reason"]
+        for entry in report["skipped"]
+    }
+    assert "JSON does not parse" in reasons[("pretrain", "broken_json.json", None)]
+    assert "is missing" in reasons[("pretrain", "no_image_file.json", None)]
+    assert "does not decode" in reasons[("pretrain", "truncated_image.json", None)]
+    assert "missing field 'legend'" in reasons[("pretrain", "missing_field.json", None)]
+    assert "do not fit" in reasons[("pretrain", "misfit.json", None)]
+    assert reasons[("finetune", "good2.json", "description")] == "empty description"
+    gpt_reasons = [entry["reason"] for entry in report["skipped"] if entry["config"] == "gpt"]
+    assert any("neither split" in reason for reason in gpt_reasons)
+    assert any("should come from 'human'" in reason for reason in gpt_reasons)
+    assert any("no answer" in reason for reason in gpt_reasons)
+    assert any("JSON does not parse" in reason for reason in gpt_reasons)
+    assert report["ignored_folders"]["train"] == ["text_unknown_type"]
+
+    on_disk = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
+    assert on_disk["counts"]["finetune"]["train"]["skipped"] == 16
+
+
+def test_load_dataset_for_every_config(messy_tree, tmp_path):
+    root, gpt_file, good2 = messy_tree
+    out = str(tmp_path / "out")
+    build_dataset(root, out, gpt_sources=[gpt_file], num_proc=1)
+    pretrain = load_dataset(out, "pretrain")
+    assert sorted(pretrain["train"]["id"]) == ["good1", "good2"]
+    row = pretrain["train"].filter(lambda r: r["id"] == "good2")[0]
+    assert row["image"].size == (160, 120)
+    assert row["chart_type"] == "pie" and row["task"] == "table"
+    assert row["prompt"] == [{"role": "user", "content": ""}]
+    assert row["completion"] == [{"role": "assistant", "content": "TITLE | 비율\nA | 40%\nB | 60%"}]
+
+    finetune = load_dataset(out, "finetune")
+    by_id = {r["id"]: r for r in finetune["train"]}
+    assert set(by_id) == {"good1-table", "good1-description", "good1-summary", "good2-table", "good2-summary"}
+    assert (
+        by_id["good1-table"]["prompt"][0]["content"] == INSTRUCTIONS["table"][0] == "이 차트를 테이블 정보로 변경해줘."
+    )
+    assert by_id["good1-summary"]["completion"][0]["content"] == "good1 요약. 둘째 문장."
+    assert by_id["good1-description"]["task"] == "description"
+
+    gpt = load_dataset(out, "gpt")
+    turns = {r["id"]: r for r in gpt["train"]}
+    assert set(turns) == {"conv1-1", "conv1-2"}
+    assert turns["conv1-1"]["prompt"] == [{"role": "user", "content": "가의 값은?"}]
+    assert turns["conv1-2"]["prompt"] == [
+        {"role": "user", "content": "가의 값은?"},
+        {"role": "assistant", "content": "1개입니다."},
+        {"role": "user", "content": "나는?"},
+    ]
+    assert turns["conv1-2"]["completion"] == [{"role": "assistant", "content": "2개입니다."}]
+    assert gpt["test"][0]["id"] == "conv2-1" and gpt["test"][0]["chart_type"] == "line"
+
+    everything = load_dataset(out, "all")
+    assert len(everything["train"]) == len(finetune["train"]) + len(gpt["train"])
+    card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    assert "config_name: all" in card and "absolute path" in card
+
+
+def test_images_are_stored_once_locally(messy_tree, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, gpt_file, _ = messy_tree
+    out = str(tmp_path / "out")
+    build_dataset(root, out, configs=["finetune"])
+    table = pq.read_table(os.path.join(out, "finetune", "train-00000-of-00001.parquet"))
+    images = table.column("image").to_pylist()
+    assert all(image["bytes"] is None and os.path.isabs(image["path"]) for image in images)
+
+
+def test_synthetic_round_trip_regenerates_every_table(tmp_path):
+    raw = str(tmp_path / "synth")
+    generate(raw, 30, seed=5, test_fraction=0.2, progress=False)
+    manifest = [json.loads(line) for line in open(os.path.join(raw, "synth_manifest.jsonl"), encoding="utf-8")]
+    out = str(tmp_path / "out")
+    report = build_dataset(raw, out, gpt_sources=[os.path.join(raw, "gpt_qa.jsonl")], num_proc=2)
+    assert report["skipped"] == []
+    pretrain = load_dataset(out, "pretrain")
+    built = {
+        row["id"]: (row["completion"][0]["content"], row["chart_type"])
+        for split in pretrain.values()
+        for row in split.select_columns(["id", "completion", "chart_type"])
+    }
+    assert len(built) == len(manifest) == 30
+    for chart in manifest:
+        assert built[chart["stem"]] == (chart["table"], chart["chart_type"]), chart["stem"]
+    assert {row["chart_type"] for row in manifest if row["split"] == "test"} == set(CHART_TYPE_FOLDERS.values())
+    gpt = load_dataset(out, "gpt")
+    assert (
+        sum(len(split) for split in gpt.values())
+        == report["counts"]["gpt"]["train"]["read"] + report["counts"]["gpt"]["test"]["read"]
+    )
+
+
+def test_num_proc_gives_the_same_rows(tmp_path):
+    raw = str(tmp_path / "synth")
+    generate(raw, 20, seed=1, progress=False)
+    rows = []
+    for num_proc in (1, 2):
+        out = str(tmp_path / f"out{num_proc}")
+        build_dataset(raw, out, configs=["finetune"], num_proc=num_proc)
+        dataset = load_dataset(out, "finetune")["train"].select_columns(["id", "prompt", "completion"])
+        rows.append(sorted(dataset, key=lambda row: row["id"]))
+    assert rows[0] == rows[1]
+
+
+def test_push_uploads_files_that_load_with_images_embedded(messy_tree, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    root, gpt_file, _ = messy_tree
+    out = str(tmp_path / "out")
+    uploaded = tmp_path / "hub"
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        calls["upload_folder"] = (repo_id, kwargs)
+        shutil.copytree(folder_path, uploaded)
+        return "https://huggingface.co/datasets/org/charts/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    build_dataset(root, out, gpt_sources=[gpt_file], push_to_hub="org/charts", private=True)
+    assert calls["create_repo"] == ("org/charts", {"repo_type": "dataset", "private": True, "exist_ok": True})
+    assert calls["upload_folder"][1]["repo_type"] == "dataset"
+
+    shutil.rmtree(root)  # the uploaded shards must not need the raw tree
+    finetune = load_dataset(str(uploaded), "finetune")
+    assert finetune["train"][0]["image"].size == (160, 120)
+    assert "embedded" in (uploaded / "README.md").read_text(encoding="utf-8")
+    assert json.loads((uploaded / "build_report.json").read_text())["counts"]["finetune"]["train"]["written"] == 5
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        build_dataset(str(tmp_path / "missing"), str(tmp_path / "out"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="train/text_data"):
+        build_dataset(str(tmp_path / "empty"), str(tmp_path / "out"))
+    write_chart(str(tmp_path / "tree"), "train", "line_standard", "a")
+    with pytest.raises(ValueError, match="--gpt"):
+        build_dataset(str(tmp_path / "tree"), str(tmp_path / "out"), configs=["gpt"])
+    with pytest.raises(ValueError, match="Unknown configs"):
+        build_dataset(str(tmp_path / "tree"), str(tmp_path / "out"), configs=["nope"])

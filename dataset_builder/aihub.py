@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -81,14 +82,30 @@ def check_tree(root: str) -> list[str]:
     return splits
 
 
-def iter_annotation_files(root: str, split: str) -> Iterator[AnnotationFile]:
-    """The annotation files of one split, folder by folder in the contract's order, names sorted."""
-    for folder in CHART_TYPE_FOLDERS:
+def shard_of(name: str, num_shards: int) -> int:
+    """A stable shard index for a file name (the same on every machine and Python run)."""
+    return zlib.crc32(name.encode("utf-8")) % num_shards
+
+
+def iter_annotation_files(
+    root: str, split: str, folders=None, shard_index: int = 0, num_shards: int = 1
+) -> Iterator[AnnotationFile]:
+    """
+    The annotation files of one split, folder by folder in the contract's order, names sorted; with `num_shards`,
+    only the names that hash to `shard_index`. The folder is scanned as a stream and only that shard's names held.
+    """
+    for folder in folders or CHART_TYPE_FOLDERS:
         directory = text_dir(root, split, folder)
         if not os.path.isdir(directory):
             continue
         with os.scandir(directory) as entries:
-            names = sorted(entry.name for entry in entries if entry.name.endswith(".json") and entry.is_file())
+            names = sorted(
+                entry.name
+                for entry in entries
+                if entry.name.endswith(".json")
+                and (num_shards == 1 or shard_of(entry.name, num_shards) == shard_index)
+                and entry.is_file()
+            )
         images = image_dir(root, split, folder)
         for name in names:
             yield AnnotationFile(split=split, folder=folder, path=os.path.join(directory, name), image_dir=images)
@@ -281,6 +298,7 @@ __all__ = [
     "format_value",
     "image_dir",
     "iter_annotation_files",
+    "shard_of",
     "read_annotation",
     "summary_text",
     "table_text",

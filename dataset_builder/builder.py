@@ -8,7 +8,7 @@ from typing import Optional
 
 import datasets
 
-from .aihub import BadRecord, check_tree, iter_annotation_files, read_annotation
+from .aihub import CHART_TYPE_FOLDERS, BadRecord, check_tree, iter_annotation_files, read_annotation
 from .rows import (
     FINETUNE_TASKS,
     check_image,
@@ -57,18 +57,31 @@ class ChartWizAIHubConfig(datasets.BuilderConfig):
         gpt_files (`tuple[str]`): JSON / JSONL files of GPT conversations (LLaVA format), for `gpt` and `all`.
         report_dir (`str`, *optional*): where each job appends its skipped records and counts (JSON Lines).
         instruction_paraphrases (`bool`): use paraphrased instructions, chosen from the row id, beside the original.
+        shards_per_source (`int`): shards per chart-type folder and per GPT file, the units `num_proc` spreads.
     """
 
     gpt_files: tuple = ()
     report_dir: Optional[str] = None
     instruction_paraphrases: bool = False
+    shards_per_source: int = 8
 
 
 @dataclass(frozen=True)
-class GptFile:
-    """A file of GPT conversations to read for a split."""
+class ChartShard:
+    """The annotation files of one chart-type folder whose names hash to `index` of `count` shards."""
+
+    folder: str
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class GptShard:
+    """Every `count`-th conversation of a GPT file, starting at `index`."""
 
     path: str
+    index: int
+    count: int
 
 
 class SkipLog:
@@ -142,27 +155,33 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
         kinds = CONFIG_TASKS[self.config.name]
         if "gpt" in kinds and not self.config.gpt_files:
             raise ValueError(f"The {self.config.name!r} config needs gpt_files= the GPT conversation files.")
+        count = max(1, self.config.shards_per_source)
         generators = []
         for split in check_tree(root):
-            # One list of work items, so that num_proc shards charts and GPT files alike.
+            # Shards, not files: each job scans its folders itself, so no list of the whole tree is held.
             sources = []
             if "pretrain" in kinds or "finetune" in kinds:
-                sources.extend(iter_annotation_files(root, split))
+                sources.extend(
+                    ChartShard(folder, index, count) for folder in CHART_TYPE_FOLDERS for index in range(count)
+                )
             if "gpt" in kinds:
-                sources.extend(GptFile(os.path.abspath(path)) for path in self.config.gpt_files)
-            generators.append(
-                datasets.SplitGenerator(name=split, gen_kwargs={"root": root, "split": split, "sources": sources})
-            )
+                for path in self.config.gpt_files:
+                    sources.extend(GptShard(os.path.abspath(path), index, count) for index in range(count))
+            gen_kwargs = {"root": root, "split": split, "sources": sources}
+            generators.append(datasets.SplitGenerator(name=split, gen_kwargs=gen_kwargs))
         return generators
 
     def _generate_examples(self, root, split, sources):
         kinds = CONFIG_TASKS[self.config.name]
         log = SkipLog(self.config.report_dir, self.config.name, split)
         try:
-            charts = [source for source in sources if not isinstance(source, GptFile)]
-            yield from self._chart_examples(charts, kinds, log)
-            gpt_files = [source.path for source in sources if isinstance(source, GptFile)]
-            yield from self._gpt_examples(root, split, gpt_files, log)
+            for source in sources:
+                if isinstance(source, ChartShard):
+                    files = iter_annotation_files(root, split, [source.folder], source.index, source.count)
+                    yield from self._chart_examples(files, kinds, log)
+                else:
+                    conversations = iter_conversations(source.path, source.index, source.count)
+                    yield from self._gpt_examples(root, split, conversations, log)
         finally:
             log.close()
 
@@ -187,38 +206,37 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
                     log.wrote()
                     yield f"{key}-{task}", example
 
-    def _gpt_examples(self, root, split, gpt_files, log: SkipLog):
+    def _gpt_examples(self, root, split, conversations, log: SkipLog):
         # A conversation belongs to the split whose img_data/ holds its image; unresolved ones are reported with train.
-        for path in gpt_files:
-            for conversation in iter_conversations(path):
-                data = conversation.data
-                if isinstance(data, str) or not isinstance(data, dict):
-                    if split == "train":
-                        log.skip(conversation.source, data if isinstance(data, str) else "not a JSON object")
-                    continue
-                filename = data.get("image")
-                found = find_chart_image(root, split, filename) if isinstance(filename, str) and filename else None
-                if found is None:
-                    other = "test" if split == "train" else "train"
-                    in_other = isinstance(filename, str) and filename and find_chart_image(root, other, filename)
-                    if split == "train" and not in_other:
-                        reason = f"image {filename!r} is in neither split" if filename else "missing field 'image'"
-                        log.skip(conversation.source, reason, records=_turn_count(data))
-                    continue
-                image_path, chart_type = found
-                conversation_id = str(data.get("id") or os.path.splitext(filename)[0])
-                try:
-                    turns = qa_turns(data)
-                    check_image(image_path)
-                except BadRecord as error:
-                    log.skip(conversation.source, str(error), records=_turn_count(data))
-                    continue
-                for number, example in qa_rows(conversation_id, image_path, chart_type, turns):
-                    if isinstance(example, BadRecord):
-                        log.skip(f"{conversation.source}#turn{number}", str(example))
-                    else:
-                        log.wrote()
-                        yield f"{conversation.source}#{number}", example
+        for conversation in conversations:
+            data = conversation.data
+            if isinstance(data, str) or not isinstance(data, dict):
+                if split == "train":
+                    log.skip(conversation.source, data if isinstance(data, str) else "not a JSON object")
+                continue
+            filename = data.get("image")
+            found = find_chart_image(root, split, filename) if isinstance(filename, str) and filename else None
+            if found is None:
+                other = "test" if split == "train" else "train"
+                in_other = isinstance(filename, str) and filename and find_chart_image(root, other, filename)
+                if split == "train" and not in_other:
+                    reason = f"image {filename!r} is in neither split" if filename else "missing field 'image'"
+                    log.skip(conversation.source, reason, records=_turn_count(data))
+                continue
+            image_path, chart_type = found
+            conversation_id = str(data.get("id") or os.path.splitext(filename)[0])
+            try:
+                turns = qa_turns(data)
+                check_image(image_path)
+            except BadRecord as error:
+                log.skip(conversation.source, str(error), records=_turn_count(data))
+                continue
+            for number, example in qa_rows(conversation_id, image_path, chart_type, turns):
+                if isinstance(example, BadRecord):
+                    log.skip(f"{conversation.source}#turn{number}", str(example))
+                else:
+                    log.wrote()
+                    yield f"{conversation.source}#{number}", example
 
 
 def _turn_count(conversation: dict) -> int:
@@ -227,4 +245,4 @@ def _turn_count(conversation: dict) -> int:
     return max(1, (len(messages) + 1) // 2) if isinstance(messages, list) else 1
 
 
-__all__ = ["CONFIG_TASKS", "FEATURES", "ChartWizAIHub", "ChartWizAIHubConfig", "SkipLog"]
+__all__ = ["CONFIG_TASKS", "FEATURES", "ChartShard", "ChartWizAIHub", "ChartWizAIHubConfig", "GptShard", "SkipLog"]

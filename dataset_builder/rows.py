@@ -101,12 +101,15 @@ class Conversation:
     data: object
 
 
-def iter_conversations(path: str) -> Iterator[Conversation]:
-    """The conversations of a JSON (array or object) or JSON Lines file; unparseable lines come as strings."""
+def iter_conversations(path: str, shard_index: int = 0, num_shards: int = 1) -> Iterator[Conversation]:
+    """
+    The conversations of a JSON (array or object) or JSON Lines file; unparseable lines come as strings. With
+    `num_shards`, only the lines (or array items) whose index is `shard_index` modulo `num_shards`.
+    """
     if path.endswith(".jsonl"):
         with open(path, encoding="utf-8-sig") as file:
             for number, line in enumerate(file, start=1):
-                if not line.strip():
+                if number % num_shards != shard_index or not line.strip():
                     continue
                 try:
                     yield Conversation(f"{path}:{number}", json.loads(line))
@@ -117,11 +120,13 @@ def iter_conversations(path: str) -> Iterator[Conversation]:
         with open(path, encoding="utf-8-sig") as file:
             data = json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        yield Conversation(path, f"JSON does not parse: {error}")
+        if shard_index == 0:
+            yield Conversation(path, f"JSON does not parse: {error}")
         return
     items = data if isinstance(data, list) else [data]
     for index, item in enumerate(items):
-        yield Conversation(f"{path}[{index}]", item)
+        if index % num_shards == shard_index:
+            yield Conversation(f"{path}[{index}]", item)
 
 
 def find_chart_image(root: str, split: str, filename: str) -> tuple[str, str] | None:

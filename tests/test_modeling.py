@@ -235,6 +235,7 @@ def test_bf16_and_device_map_auto(tiny_dir, charts):
     model = AutoModelForVision2Seq.from_pretrained(tiny_dir, dtype=torch.bfloat16, device_map="auto").eval()
     assert model.dtype == torch.bfloat16
     assert getattr(model, "hf_device_map", None)
+    assert {"LlamaDecoderLayer", "Pix2StructVisionLayer"} <= set(model._get_no_split_modules("auto"))
     processor = AutoProcessor.from_pretrained(tiny_dir)
     inputs = prompt_inputs(processor, charts[:1], ["값?"])
     output = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3)

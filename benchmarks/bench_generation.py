@@ -1,0 +1,70 @@
+"""
+Greedy generation throughput on CPU: eight questions answered one at a time (as the original did) vs as one
+left-padded batch of eight.
+
+    python benchmarks/bench_generation.py --model small --new-tokens 64
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from charts import chart_images
+from models import make_model
+
+from chartwiz_hf.inference import answer_questions
+
+
+QUESTIONS = [
+    "가장 큰 값은 무엇인가요?",
+    "이 차트를 테이블 정보로 변경해줘.",
+    "가장 작은 항목은?",
+    "두 항목의 차이는 얼마인가요?",
+    "이 차트의 내용을 요약해줘.",
+    "합계는 얼마인가요?",
+    "2021년 값은?",
+    "이 차트를 자세히 설명해줘.",
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="small", choices=["tiny", "small", "100m"])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, processor = make_model(args.model)
+    images = chart_images(args.batch_size)
+    questions = (QUESTIONS * args.batch_size)[: args.batch_size]
+    kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    answer_questions(model, processor, images[:1], questions[:1], max_new_tokens=2)  # warm-up
+
+    start = time.perf_counter()
+    for image, question in zip(images, questions):
+        answer_questions(model, processor, [image], [question], **kwargs)
+    sequential_s = time.perf_counter() - start
+    start = time.perf_counter()
+    answer_questions(model, processor, images, questions, **kwargs)
+    batch_s = time.perf_counter() - start
+
+    tokens = args.batch_size * args.new_tokens
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "parameters": model.num_parameters(),
+                "image_tokens": processor.image_seq_length,
+                "torch_threads": torch.get_num_threads(),
+                "new_tokens_per_question": args.new_tokens,
+                "one_at_a_time_tokens_per_s": tokens / sequential_s,
+                "batch_tokens_per_s": tokens / batch_s,
+                "speedup": sequential_s / batch_s,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

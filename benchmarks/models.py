@@ -1,0 +1,57 @@
+"""Model sizes for the benchmarks: the tiny test model, a small CPU model and a ~100M-parameter one."""
+
+from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig
+
+from chartwiz_hf import ChartWizConfig, ChartWizForConditionalGeneration, ChartWizImageProcessor, ChartWizProcessor
+from chartwiz_hf.tiny import build_tiny_tokenizer, make_tiny_chartwiz
+
+
+SIZES = {
+    "small": {"vision": (128, 2, 4), "text": (256, 4, 8, 688), "max_patches": 512},
+    "100m": {"vision": (512, 6, 8), "text": (768, 10, 12, 2048), "max_patches": 512},
+}
+
+
+def make_model(name: str, output_dir: str | None = None):
+    if name == "tiny":
+        return make_tiny_chartwiz(output_dir, max_patches=64)
+    sizes = SIZES[name]
+    tokenizer = build_tiny_tokenizer()
+    vision_hidden, vision_layers, vision_heads = sizes["vision"]
+    hidden, layers, heads, intermediate = sizes["text"]
+    vision_config = Pix2StructVisionConfig(
+        hidden_size=vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        d_kv=vision_hidden // vision_heads,
+        d_ff=vision_hidden * 4,
+        patch_embed_hidden_size=768,
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    tokenizer.model_max_length = 2048
+    config = ChartWizConfig(
+        vision_config,
+        text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        max_patches=sizes["max_patches"],
+    )
+    model = ChartWizForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    processor = ChartWizProcessor(ChartWizImageProcessor(max_patches=sizes["max_patches"]), tokenizer)
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    return model, processor

@@ -18,6 +18,7 @@ from transformers.utils import TensorType, cached_file
 
 DEPLOT_HEADER_TEXT = "Generate underlying data table of the figure below:"
 DEFAULT_FONT_FILENAME = "NanumGothic.ttf"
+_HEADER_CACHE_SIZE = 256
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 _HIGH_BIT_DEPTH_RANGES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 
@@ -177,6 +178,9 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
                 # Same rounding as Pix2Struct's render_header
                 height = int(drawn.height * (width / drawn.width))
                 header = drawn.resize((width, height))
+            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
+                # Widths vary with the images; keep the most recent ones, never the whole history.
+                self._header_cache.pop(next(iter(self._header_cache)))
             self._header_cache[key] = header
         return header
 
@@ -262,6 +266,9 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
             if len(header_texts) != len(images):
                 raise ValueError(f"Got {len(header_texts)} header texts for {len(images)} images.")
             font_path = font_path or self.resolve_font_path()
+            for text in dict.fromkeys(header_texts):
+                # Drawn here, before the worker threads, so that two of them never draw the same header.
+                self.rendered_header(text, None, font_path)
 
         def process(index):
             return self._process_one(

@@ -69,6 +69,7 @@ def test_header_is_drawn_once_and_never_downloaded(monkeypatch):
     processor([draw_chart(300 + 10 * i, 200) for i in range(6)])
     processor([draw_chart(320, 240)])
     assert len(calls) == 1
+    assert len(processor._header_cache) <= chartwiz_image_processing._HEADER_CACHE_SIZE
 
 
 def test_font_travels_with_the_checkpoint(tmp_path, monkeypatch):

@@ -126,3 +126,16 @@ def test_sft_trainer_step_with_prompt_completion_data(tiny_dir, tmp_path):
             assert not changed, f"frozen {name} changed"
     for prefix in ("model.multi_modal_projector.", "model.language_model.", "lm_head."):
         assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+def test_processor_survives_pickling_for_dataloader_workers(tiny):
+    import pickle
+
+    _, processor = tiny
+    chart = draw_chart()
+    processor(images=chart, text="<image>\n값?")  # fills the header cache first
+    restored = pickle.loads(pickle.dumps(processor))
+    expected = processor(images=chart, text="<image>\n값?", return_tensors="pt")
+    actual = restored(images=chart, text="<image>\n값?", return_tensors="pt")
+    assert torch.equal(expected["input_ids"], actual["input_ids"])
+    assert torch.equal(expected["pixel_values"], actual["pixel_values"])

@@ -1,8 +1,9 @@
 """
 Greedy generation throughput on CPU: eight questions answered one at a time (as the original did) vs as one
-left-padded batch of eight.
+left-padded batch of eight, both through `chartwiz_hf.inference.answer_questions` (image processing included).
 
-    python benchmarks/bench_generation.py --model small --new-tokens 64
+    python benchmarks/bench_generation.py --model small --new-tokens 256
+    python benchmarks/bench_generation.py --model small --new-tokens 256 --max-patches 64
 """
 
 import argparse
@@ -33,13 +34,15 @@ def main():
     parser.add_argument("--model", default="small", choices=["tiny", "small", "100m"])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-patches", type=int, default=None, help="image tokens per chart (config default: 512)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, processor = make_model(args.model)
+    model, processor = make_model(args.model, max_patches=args.max_patches)
     images = chart_images(args.batch_size)
     questions = (QUESTIONS * args.batch_size)[: args.batch_size]
     kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     answer_questions(model, processor, images[:1], questions[:1], max_new_tokens=2)  # warm-up
+    answer_questions(model, processor, images[:2], questions[:2], max_new_tokens=2)
 
     start = time.perf_counter()
     for image, question in zip(images, questions):

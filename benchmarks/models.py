@@ -12,10 +12,10 @@ SIZES = {
 }
 
 
-def make_model(name: str, output_dir: str | None = None):
+def make_model(name: str, output_dir: str | None = None, max_patches: int | None = None):
     if name == "tiny":
-        return make_tiny_chartwiz(output_dir, max_patches=64)
-    sizes = SIZES[name]
+        return make_tiny_chartwiz(output_dir, max_patches=max_patches or 64)
+    sizes = {**SIZES[name], "max_patches": max_patches or SIZES[name]["max_patches"]}
     tokenizer = build_tiny_tokenizer()
     vision_hidden, vision_layers, vision_heads = sizes["vision"]
     hidden, layers, heads, intermediate = sizes["text"]

@@ -29,13 +29,13 @@ def _init_tiny(args):
 def _ask(args):
     from transformers import TextStreamer
 
-    from .inference import answer_questions, build_prompt, load_chart_image, load_chartwiz
+    from .inference import answer_questions, check_question, load_chart_image, load_chartwiz
 
+    question = check_question(args.question)
     image = load_chart_image(args.image)
     model, processor = load_chartwiz(args.model, device=args.device)
-    build_prompt(processor, args.question)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    answer_questions(model, processor, [image], [args.question], max_new_tokens=args.max_new_tokens, streamer=streamer)
+    answer_questions(model, processor, [image], [question], max_new_tokens=args.max_new_tokens, streamer=streamer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Union
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers import Pix2StructImageProcessor
 from transformers.image_processing_utils import BatchFeature
@@ -184,7 +185,7 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
             self._header_cache[key] = header
         return header
 
-    def _with_header(self, image: Image.Image, header_text: str, font_path: Optional[str]) -> np.ndarray:
+    def _with_header(self, image: Image.Image, header_text: str, font_path: Optional[str], dtype) -> np.ndarray:
         # Same geometry as Pix2Struct's render_header, without redrawing the header or pasting into a canvas.
         header = self.rendered_header(header_text, None, font_path)
         new_width = max(header.width, image.width)
@@ -192,18 +193,53 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         header = self.rendered_header(header_text, new_width, font_path)
         if image.size != (new_width, new_height):
             image = image.resize((new_width, new_height))
-        # [header_height + height, width, 3]
-        return np.concatenate([np.asarray(header), np.asarray(image)], axis=0)
+        # [header_height + height, width, 3], written once in the dtype the next step needs
+        pixels = np.empty((header.height + new_height, new_width, 3), dtype=dtype)
+        pixels[: header.height] = np.asarray(header)
+        pixels[header.height :] = np.asarray(image)
+        return pixels
 
-    def _standardize(self, image: np.ndarray) -> np.ndarray:
-        # Pix2Struct's per-image standardization with identical float32 arithmetic, done in place on one scalar.
-        image = image.astype(np.float32)
-        mean = np.mean(image)
-        std = np.std(image)
-        adjusted_stddev = max(std, 1.0 / math.sqrt(np.prod(image.shape)))
-        image -= np.float32(mean)
-        image /= np.float32(adjusted_stddev)
-        return image
+    @staticmethod
+    def _standardize(image: np.ndarray) -> np.ndarray:
+        """
+        Pix2Struct's per-image standardization, `(image - mean) / max(std, 1 / sqrt(size))` over a float32 image,
+        with the float32 operations numpy's `mean` and `std` perform, sharing their sum and reusing the buffers.
+        """
+        count = image.size
+        # [1, 1, 1] float32: the mean as np.mean and np.std compute it
+        mean = np.true_divide(np.add.reduce(image, axis=None, keepdims=True), count, casting="unsafe")
+        centered = np.subtract(image, mean)
+        squared = np.square(centered, out=image)
+        variance = np.add.reduce(squared, axis=None)
+        std = np.sqrt(variance.dtype.type(variance / count))
+        centered /= np.float32(max(std, 1.0 / math.sqrt(count)))
+        return centered
+
+    @staticmethod
+    def _flattened_patches(image: np.ndarray, max_patches: int, patch_size: dict) -> np.ndarray:
+        """Pix2Struct's `extract_flattened_patches` for a float32 HWC image, the layout written directly."""
+        patch_height, patch_width = patch_size["height"], patch_size["width"]
+        height, width, channels = image.shape
+        scale = math.sqrt(max_patches * (patch_height / height) * (patch_width / width))
+        rows = max(min(math.floor(scale * height / patch_height), max_patches), 1)
+        columns = max(min(math.floor(scale * width / patch_width), max_patches), 1)
+        # The same strided (channels-last) tensor transformers interpolates, so the same kernel and values.
+        tensor = torch.from_numpy(image.transpose(2, 0, 1)).unsqueeze(0)
+        resized = torch.nn.functional.interpolate(
+            tensor,
+            size=(rows * patch_height, columns * patch_width),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        # [channels, rows, patch_h, columns, patch_w] -> [rows * columns, patch_h * patch_w * channels]
+        patches = resized[0].numpy().reshape(channels, rows, patch_height, columns, patch_width)
+        patches = patches.transpose(1, 3, 2, 4, 0).reshape(rows * columns, -1)
+        result = np.zeros((max_patches, 2 + patches.shape[1]), dtype=np.float32)
+        result[: rows * columns, 0] = np.repeat(np.arange(1, rows + 1, dtype=np.float32), columns)
+        result[: rows * columns, 1] = np.tile(np.arange(1, columns + 1, dtype=np.float32), rows)
+        result[: rows * columns, 2:] = patches
+        return result
 
     def _process_one(self, image, header_text, do_convert_rgb, do_normalize, max_patches, patch_size, font_path):
         if not isinstance(image, Image.Image):
@@ -212,15 +248,18 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
             raise ValueError(f"Image has an empty size {image.size}.")
         if do_convert_rgb:
             image = to_rgb(image)
+        dtype = np.float32 if do_normalize else np.uint8
         if header_text is not None:
-            pixels = self._with_header(image, header_text, font_path)
+            pixels = self._with_header(image, header_text, font_path, dtype)
         else:
-            pixels = np.asarray(image)
+            pixels = np.asarray(image, dtype=dtype)
         if do_normalize:
-            pixels = self._standardize(pixels)
-        patches = self.extract_flattened_patches(
-            image=pixels, max_patches=max_patches, patch_size=patch_size, input_data_format=ChannelDimension.LAST
-        )
+            patches = self._flattened_patches(self._standardize(pixels), max_patches, patch_size)
+        else:
+            # Unnormalized pixels stay uint8, which torch interpolates with its own rounding: keep Pix2Struct's path.
+            patches = self.extract_flattened_patches(
+                image=pixels, max_patches=max_patches, patch_size=patch_size, input_data_format=ChannelDimension.LAST
+            )
         return patches, (patches.sum(axis=-1) != 0).astype(np.float32)
 
     def preprocess(

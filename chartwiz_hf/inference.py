@@ -19,11 +19,17 @@ def load_chart_image(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"{path}: cannot decode the image ({error})") from error
 
 
-def build_prompt(processor, question: str) -> str:
-    """The chat-template prompt of one question about one chart, ending with the assistant's turn."""
+def check_question(question: str) -> str:
+    """The question without surrounding whitespace; raises `ValueError` if nothing is asked."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError("The question is empty: ask something about the chart, e.g. '가장 큰 값은?'.")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.strip()}]}]
+    return question.strip()
+
+
+def build_prompt(processor, question: str) -> str:
+    """The chat-template prompt of one question about one chart, ending with the assistant's turn."""
+    question = check_question(question)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
@@ -43,7 +49,6 @@ def answer_questions(
     prompts = [build_prompt(processor, question) for question in questions]
     inputs = processor(images=images, text=prompts, padding=True, padding_side="left", return_tensors="pt")
     inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     generate_kwargs.setdefault("do_sample", False)
     output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
     new_tokens = output_ids[:, inputs["input_ids"].shape[1] :]
@@ -62,4 +67,4 @@ def load_chartwiz(model_name_or_path: str, device: Optional[str] = None, dtype="
     return model.eval(), processor
 
 
-__all__ = ["answer_questions", "build_prompt", "load_chart_image", "load_chartwiz"]
+__all__ = ["answer_questions", "build_prompt", "check_question", "load_chart_image", "load_chartwiz"]

@@ -306,3 +306,16 @@ def test_text_only_input_runs_without_images(tiny):
     inputs = processor(text=["안녕하세요"], return_tensors="pt")
     assert "pixel_values" not in inputs
     assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
+
+
+@torch.no_grad()
+def test_batched_answers_equal_answers_one_by_one_with_either_cache(tiny, charts):
+    from chartwiz_hf.inference import answer_questions
+
+    model, processor = tiny
+    questions = ["값?", "가장 큰 막대와 가장 작은 막대의 차이는 얼마인가요?", "두 번째 항목의 값"]
+    kwargs = {"max_new_tokens": 5, "min_new_tokens": 5}
+    batched = answer_questions(model, processor, charts, questions, **kwargs)
+    static = answer_questions(model, processor, charts, questions, cache_implementation="static", **kwargs)
+    alone = [answer_questions(model, processor, [image], [q], **kwargs)[0] for image, q in zip(charts, questions)]
+    assert batched == static == alone

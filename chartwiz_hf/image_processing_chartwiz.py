@@ -3,6 +3,7 @@
 import math
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Union
 
@@ -22,6 +23,25 @@ DEFAULT_FONT_FILENAME = "NanumGothic.ttf"
 _HEADER_CACHE_SIZE = 256
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 _HIGH_BIT_DEPTH_RANGES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
+_thread_buffers = threading.local()
+_LARGEST_KEPT_BUFFER = 16 << 20  # elements: charts up to about 2300 x 2300 reuse their buffers
+
+
+def scratch_array(name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
+    """
+    A reusable per-thread array of `shape`: a fresh ~10 MB array per image costs more in page faults than the
+    arithmetic done in it. Its contents are undefined, and it is valid until the same thread asks for `name` again.
+    """
+    size = math.prod(shape)
+    if size > _LARGEST_KEPT_BUFFER:
+        return np.empty(shape, dtype=dtype)
+    buffer = getattr(_thread_buffers, name, None)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_thread_buffers, name, buffer)
+    return buffer[:size].reshape(shape)
 
 
 def bundled_font_path() -> Optional[str]:
@@ -130,16 +150,14 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
     def to_dict(self):
         output = super().to_dict()
         output.pop("_header_cache", None)
-        if output.get("font_path"):
-            # Saved checkpoints carry the font beside the config, so store its file name only.
-            output["font_path"] = os.path.basename(output["font_path"])
+        # Saved checkpoints carry the font beside the config, so store its file name only.
+        font = self.font_path or bundled_font_path()
+        output["font_path"] = os.path.basename(font) if font else None
         return output
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs):
         os.makedirs(save_directory, exist_ok=True)
         font = self.resolve_font_path()
-        if font is not None and self.font_path is None:
-            self.font_path = font
         if font is not None:
             target = os.path.join(save_directory, os.path.basename(font))
             if not os.path.exists(target) or not os.path.samefile(font, target):
@@ -194,7 +212,7 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         if image.size != (new_width, new_height):
             image = image.resize((new_width, new_height))
         # [header_height + height, width, 3], written once in the dtype the next step needs
-        pixels = np.empty((header.height + new_height, new_width, 3), dtype=dtype)
+        pixels = scratch_array("pixels", (header.height + new_height, new_width, 3), dtype)
         pixels[: header.height] = np.asarray(header)
         pixels[header.height :] = np.asarray(image)
         return pixels
@@ -208,8 +226,8 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         count = image.size
         # [1, 1, 1] float32: the mean as np.mean and np.std compute it
         mean = np.true_divide(np.add.reduce(image, axis=None, keepdims=True), count, casting="unsafe")
-        centered = np.subtract(image, mean)
-        squared = np.square(centered, out=image)
+        centered = np.subtract(image, mean, out=image)
+        squared = np.square(centered, out=scratch_array("squared", image.shape))
         variance = np.add.reduce(squared, axis=None)
         std = np.sqrt(variance.dtype.type(variance / count))
         centered /= np.float32(max(std, 1.0 / math.sqrt(count)))
@@ -251,8 +269,11 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         dtype = np.float32 if do_normalize else np.uint8
         if header_text is not None:
             pixels = self._with_header(image, header_text, font_path, dtype)
+        elif do_normalize:
+            pixels = scratch_array("pixels", (image.height, image.width, 3))
+            pixels[...] = np.asarray(image)
         else:
-            pixels = np.asarray(image, dtype=dtype)
+            pixels = np.asarray(image)
         if do_normalize:
             patches = self._flattened_patches(self._standardize(pixels), max_patches, patch_size)
         else:

@@ -146,20 +146,29 @@ def build_dataset(
 
     shards: dict[str, dict[str, list[str]]] = {}
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".build-") as work_dir:
+        # Shards are staged here and replace the previous build only once all of them are written and counted,
+        # so an interrupted or failed build leaves the last good one in place.
+        staging_dir = os.path.join(work_dir, "parquet")
         for config in configs:
             logger.info("Building %s from %s", config, data_dir)
             arrow_dir = _prepare_config(config, data_dir, gpt_files, work_dir, num_proc)
             shards[config] = {}
             for split in splits:
                 arrow_files = sorted(glob.glob(os.path.join(arrow_dir, f"*-{split}*.arrow")))
-                final_dir = os.path.join(output_dir, config)
-                for old in glob.glob(os.path.join(final_dir, f"{split}-*.parquet")):
-                    os.remove(old)
-                written = write_parquet_shards(arrow_tables(arrow_files), final_dir, split, embed_images=False)
-                shards[config][split] = [os.path.relpath(path, output_dir) for path in written]
+                staged = write_parquet_shards(
+                    arrow_tables(arrow_files), os.path.join(staging_dir, config), split, embed_images=False
+                )
+                shards[config][split] = [os.path.relpath(path, staging_dir) for path in staged]
         collected = _collect_report(os.path.join(work_dir, "report"))
+        report = _report(collected, shards, staging_dir, data_dir, gpt_files, splits)
+        for config in shards:
+            final_dir = os.path.join(output_dir, config)
+            os.makedirs(final_dir, exist_ok=True)
+            for old in glob.glob(os.path.join(final_dir, "*.parquet")):
+                os.remove(old)
+            for path in glob.glob(os.path.join(staging_dir, config, "*.parquet")):
+                os.replace(path, os.path.join(final_dir, os.path.basename(path)))
 
-    report = _report(collected, shards, output_dir, data_dir, gpt_files, splits)
     with open(os.path.join(output_dir, "build_report.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, ensure_ascii=False, indent=2)
     write_card(output_dir, report, images_embedded=False)

@@ -75,12 +75,14 @@ def test_header_is_drawn_once_and_never_downloaded(monkeypatch):
 def test_font_travels_with_the_checkpoint(tmp_path, monkeypatch):
     processor = ChartWizImageProcessor(max_patches=32)
     processor.save_pretrained(tmp_path)
+    assert processor.font_path is None, "saving does not change the processor"
     assert os.path.isfile(tmp_path / os.path.basename(bundled_font_path()))
+    image = draw_chart()
+    expected = processor(image)["pixel_values"][0]
     monkeypatch.setattr(chartwiz_image_processing, "bundled_font_path", lambda: None)
     loaded = ChartWizImageProcessor.from_pretrained(tmp_path)
     assert os.path.dirname(loaded.resolve_font_path()) == str(tmp_path)
-    image = draw_chart()
-    np.testing.assert_array_equal(loaded(image)["pixel_values"][0], processor(image)["pixel_values"][0])
+    np.testing.assert_array_equal(loaded(image)["pixel_values"][0], expected)
 
 
 def test_missing_font_is_a_clear_error(monkeypatch):

@@ -7,10 +7,54 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, Pix2StructVisionModel, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from .configuration_chartwiz import ChartWizConfig, projector_depth
+
+
+# Built-in language models whose SDPA attention masks are transformers' causal mask and nothing else when all their
+# layers attend fully; for them a padded batch's mask can be handed over ready-made (see `expanded_attention_mask`).
+_FULL_ATTENTION_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
+
+
+def _attends_fully(text_config) -> bool:
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        return all(layer_type == "full_attention" for layer_type in layer_types)
+    return getattr(text_config, "sliding_window", None) is None
+
+
+def expanded_attention_mask(
+    attention_mask: Optional[torch.Tensor],
+    text_config,
+    cache_position: Optional[torch.LongTensor],
+    past_key_values: Optional[Cache],
+    query_length: int,
+) -> Optional[torch.Tensor]:
+    """
+    The `[batch, 1, query, key]` boolean causal-and-padding mask of a padded batch, built by broadcasting, for the
+    language models where it equals the SDPA mask transformers would build; otherwise `attention_mask` unchanged.
+    transformers 4.57 builds that mask with nested `vmap`s at every generation step, which costs more than a small
+    model's whole decoding step and erases the gain of batching; it takes a ready 4D mask as it is.
+    """
+    if (
+        attention_mask is None
+        or attention_mask.dim() != 2
+        or text_config._attn_implementation != "sdpa"
+        or text_config.model_type not in _FULL_ATTENTION_MODEL_TYPES
+        or not _attends_fully(text_config)
+        or not (past_key_values is None or type(past_key_values) is DynamicCache)
+        or bool(attention_mask.all())
+    ):
+        return attention_mask
+    key_length = attention_mask.shape[-1]
+    if cache_position is None:
+        cache_position = torch.arange(key_length - query_length, key_length, device=attention_mask.device)
+    # [query, key]: a query sees the keys at or before its own position
+    causal = torch.arange(key_length, device=attention_mask.device)[None, :] <= cache_position[:, None]
+    # [batch, 1, query, key]
+    return causal[None, None, :, :] & attention_mask.bool()[:, None, None, :]
 
 
 @dataclass
@@ -195,6 +239,9 @@ class ChartWizModel(ChartWizPreTrainedModel):
                 "pass the image through the processor."
             )
 
+        attention_mask = expanded_attention_mask(
+            attention_mask, self.config.text_config, cache_position, past_key_values, inputs_embeds.shape[1]
+        )
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,

@@ -319,3 +319,60 @@ def test_batched_answers_equal_answers_one_by_one_with_either_cache(tiny, charts
     static = answer_questions(model, processor, charts, questions, cache_implementation="static", **kwargs)
     alone = [answer_questions(model, processor, [image], [q], **kwargs)[0] for image, q in zip(charts, questions)]
     assert batched == static == alone
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@torch.no_grad()
+def test_ready_made_padding_mask_equals_transformers_mask(model_type, tiny_dir, charts, monkeypatch):
+    import chartwiz_hf.modeling_chartwiz as modeling
+    from chartwiz_hf.tiny import tiny_configs
+
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    vision_config, text_config = tiny_configs(len(processor.tokenizer), max_patches=16)
+    if model_type == "qwen2":
+        text_config = AutoConfig.for_model(
+            "qwen2", **{k: v for k, v in text_config.to_dict().items() if k != "model_type"}
+        )
+    config = ChartWizConfig(vision_config, text_config, image_token_id=processor.image_token_id, max_patches=16)
+    torch.manual_seed(0)
+    model = ChartWizForConditionalGeneration(config).eval()
+    inputs = prompt_inputs(
+        processor, charts, ["값?", "가장 큰 값은 무엇인가요? 자세히", "합"], padding=True, padding_side="left"
+    )
+    mask = inputs["attention_mask"].bool()
+    assert not mask.all()
+    expanded = modeling.expanded_attention_mask(
+        inputs["attention_mask"], config.text_config, None, None, mask.shape[1]
+    )
+    assert expanded.shape == (3, 1, mask.shape[1], mask.shape[1])
+    ours = model(**inputs).logits
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4)
+    monkeypatch.setattr(modeling, "_FULL_ATTENTION_MODEL_TYPES", ())
+    assert (
+        modeling.expanded_attention_mask(inputs["attention_mask"], config.text_config, None, None, 1)
+        is inputs["attention_mask"]
+    )
+    reference = model(**inputs).logits
+    torch.testing.assert_close(ours[mask], reference[mask], rtol=0, atol=1e-6)
+    assert torch.equal(generated, model.generate(**inputs, max_new_tokens=4, min_new_tokens=4))
+
+
+def test_ready_made_mask_only_where_it_equals_transformers_mask():
+    from transformers import MistralConfig
+
+    from chartwiz_hf.modeling_chartwiz import expanded_attention_mask
+
+    padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    sliding = MistralConfig(sliding_window=2)
+    sliding._attn_implementation = "sdpa"
+    assert expanded_attention_mask(padded, sliding, None, None, 3) is padded
+    full = MistralConfig(sliding_window=None)
+    for implementation, expanded in (("sdpa", True), ("eager", False)):
+        full._attn_implementation = implementation
+        assert (expanded_attention_mask(padded, full, None, None, 3) is not padded) == expanded
+    full._attn_implementation = "sdpa"
+    unpadded = torch.ones(2, 3, dtype=torch.long)
+    assert expanded_attention_mask(unpadded, full, None, None, 3) is unpadded
+    mask = expanded_attention_mask(padded, full, None, None, 3)
+    assert mask[0, 0].tolist() == [[False, False, False], [False, True, False], [False, True, True]]
+    assert mask[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]

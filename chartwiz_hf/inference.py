@@ -57,9 +57,9 @@ def answer_questions(
 
 def load_chartwiz(model_name_or_path: str, device: Optional[str] = None, dtype="auto", **kwargs):
     """Model and processor from a local directory or the Hub, through the Auto classes."""
-    from transformers import AutoModelForVision2Seq, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForVision2Seq.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
     if device is not None:
         model = model.to(device)
     # ChartWiz has one (numpy) image processor; saying so keeps AutoProcessor from suggesting a fast one.

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"chartwiz {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

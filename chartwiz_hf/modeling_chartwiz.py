@@ -215,7 +215,7 @@ class ChartWizModel(ChartWizPreTrainedModel):
             raise ValueError("config.image_token_id is not set; compose the model with a tokenizer that has <image>.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        self._check_context_length(inputs_embeds, cache_position)
+        self._check_context_length(inputs_embeds, past_key_values)
 
         image_features = None
         image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
@@ -259,11 +259,13 @@ class ChartWizModel(ChartWizPreTrainedModel):
             image_hidden_states=image_features,
         )
 
-    def _check_context_length(self, inputs_embeds: torch.Tensor, cache_position: Optional[torch.LongTensor]):
+    def _check_context_length(self, inputs_embeds: torch.Tensor, past_key_values: Optional[Cache]):
         context = getattr(self.config.text_config, "max_position_embeddings", None)
-        if context is None:
+        # Lengths from shapes only: reading a position tensor would wait on the GPU at every decoding step.
+        if context is None or not (past_key_values is None or type(past_key_values) is DynamicCache):
             return
-        length = int(cache_position[-1]) + 1 if cache_position is not None else inputs_embeds.shape[1]
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        length = past_length + inputs_embeds.shape[1]
         if length > context:
             raise ValueError(
                 f"The sequence is {length} tokens long (each image takes {self.config.max_patches}), longer than "

@@ -122,3 +122,19 @@ def test_ask_rejects_bad_input_with_a_message(tiny_dir, tmp_path, capsys):
     assert "question is empty" in capsys.readouterr().err
     assert main(["ask", "--model", tiny_dir, str(tmp_path / "nope.png"), "값?"]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_compose_with_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code = main(
+        [
+            "compose",
+            "--vision",
+            str(tmp_path / "no-deplot"),
+            "--text",
+            str(tmp_path / "no-lm"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert "no-deplot" in capsys.readouterr().err

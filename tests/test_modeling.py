@@ -376,3 +376,17 @@ def test_ready_made_mask_only_where_it_equals_transformers_mask():
     mask = expanded_attention_mask(padded, full, None, None, 3)
     assert mask[0, 0].tolist() == [[False, False, False], [False, True, False], [False, True, True]]
     assert mask[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+
+
+@torch.no_grad()
+def test_generation_running_past_the_context_is_a_clear_error(tiny_dir, charts):
+    model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir).eval()
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    room = model.config.text_config.max_position_embeddings - inputs["input_ids"].shape[1]
+    assert (
+        model.generate(**inputs, max_new_tokens=room, min_new_tokens=room).shape[1]
+        == inputs["input_ids"].shape[1] + room
+    )
+    with pytest.raises(ValueError, match="longer than the language model's context"):
+        model.generate(**inputs, max_new_tokens=room + 2, min_new_tokens=room + 2)

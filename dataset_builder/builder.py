@@ -166,7 +166,9 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
                 )
             if "gpt" in kinds:
                 for path in self.config.gpt_files:
-                    sources.extend(GptShard(os.path.abspath(path), index, count) for index in range(count))
+                    # JSON Lines stream line by line in every shard; a JSON array is parsed whole, so by one job.
+                    shards = count if path.endswith(".jsonl") else 1
+                    sources.extend(GptShard(os.path.abspath(path), index, shards) for index in range(shards))
             gen_kwargs = {"root": root, "split": split, "sources": sources}
             generators.append(datasets.SplitGenerator(name=split, gen_kwargs=gen_kwargs))
         return generators

@@ -120,8 +120,7 @@ def iter_conversations(path: str, shard_index: int = 0, num_shards: int = 1) -> 
         with open(path, encoding="utf-8-sig") as file:
             data = json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        if shard_index == 0:
-            yield Conversation(path, f"JSON does not parse: {error}")
+        yield Conversation(path, f"JSON does not parse: {error}")
         return
     items = data if isinstance(data, list) else [data]
     for index, item in enumerate(items):

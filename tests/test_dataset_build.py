@@ -282,3 +282,18 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         build_dataset(str(tmp_path / "tree"), str(tmp_path / "out"), configs=["gpt"])
     with pytest.raises(ValueError, match="Unknown configs"):
         build_dataset(str(tmp_path / "tree"), str(tmp_path / "out"), configs=["nope"])
+
+
+def test_gpt_as_a_json_array_with_several_processes(tmp_path):
+    raw = str(tmp_path / "synth")
+    generate(raw, 20, seed=2, progress=False)
+    with open(os.path.join(raw, "gpt_qa.jsonl"), encoding="utf-8") as file:
+        conversations = [json.loads(line) for line in file]
+    array_file = tmp_path / "qa.json"
+    array_file.write_text(json.dumps(conversations, ensure_ascii=False), encoding="utf-8")
+    report = build_dataset(raw, str(tmp_path / "out"), gpt_sources=[str(array_file)], configs=["gpt"], num_proc=2)
+    turns = sum(len(conversation["conversations"]) // 2 for conversation in conversations)
+    written = sum(counts["written"] for counts in report["counts"]["gpt"].values())
+    assert written == turns and report["skipped"] == []
+    ids = [row["id"] for split in load_dataset(str(tmp_path / "out"), "gpt").values() for row in split]
+    assert len(ids) == len(set(ids)) == turns

@@ -5,7 +5,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 # folder suffix -> canonical chart_type, in the contract's order
@@ -58,7 +58,6 @@ class ChartRecord:
     table: str
     description: str = ""
     summary: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def text_dir(root: str, split: str, folder: str) -> str:

@@ -3,6 +3,7 @@
 from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig
 
 from chartwiz_hf import ChartWizConfig, ChartWizForConditionalGeneration, ChartWizImageProcessor, ChartWizProcessor
+from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.tiny import build_tiny_tokenizer, make_tiny_chartwiz
 
 
@@ -50,7 +51,8 @@ def make_model(name: str, output_dir: str | None = None, max_patches: int | None
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    processor = ChartWizProcessor(ChartWizImageProcessor(max_patches=sizes["max_patches"]), tokenizer)
+    image_processor = ChartWizImageProcessor(max_patches=sizes["max_patches"])
+    processor = ChartWizProcessor(image_processor, tokenizer, chat_template=load_chat_template("synatra_mini"))
     if output_dir is not None:
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)

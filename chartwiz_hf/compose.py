@@ -13,6 +13,7 @@ from transformers import (
     Pix2StructVisionModel,
 )
 
+from .chat_templates import CHAT_TEMPLATES, load_chat_template
 from .configuration_chartwiz import ChartWizConfig
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT, ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
@@ -49,14 +50,15 @@ def compose_chartwiz(
     projector_type: str = "mlp2x_gelu",
     max_patches: int = 512,
     header_text: str = DEPLOT_HEADER_TEXT,
-    chat_template: str | None = None,
+    chat_template: str = "synatra_mini",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
 ) -> tuple[ChartWizForConditionalGeneration, ChartWizProcessor]:
     """
     Builds a ChartWiz model from pretrained parts: the Pix2Struct encoder of `vision_name_or_path`, the causal LM and
-    tokenizer of `text_name_or_path` (with an `<image>` token added), a freshly initialized projector, and the
-    `synatra_mini` chat template unless `chat_template` is given. Saves model and processor to `output_dir` if given.
+    tokenizer of `text_name_or_path` (with an `<image>` token added), a freshly initialized projector, and a chat
+    template (`chat_template`: `synatra_mini`, `vicuna_v1`, or Jinja source). Saves model and processor to
+    `output_dir` if given.
     """
     encoder = load_pix2struct_encoder(vision_name_or_path, dtype=dtype)
     language_model = AutoModelForCausalLM.from_pretrained(
@@ -99,6 +101,8 @@ def compose_chartwiz(
     image_processor = ChartWizImageProcessor(
         max_patches=max_patches, header_text=header_text, **_vision_image_processor_kwargs(vision_name_or_path)
     )
+    if chat_template in CHAT_TEMPLATES:
+        chat_template = load_chat_template(chat_template)
     processor = ChartWizProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)

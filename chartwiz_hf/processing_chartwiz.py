@@ -8,37 +8,6 @@ from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, Proces
 from transformers.tokenization_utils_base import TextInput
 
 
-SYNATRA_MINI_SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-
-# The original's `synatra_mini` conversation: "<system> USER: <image>\n<question> ASSISTANT: <answer><eos>USER: ..."
-SYNATRA_MINI_CHAT_TEMPLATE = (
-    "{%- set system_prompt = '" + SYNATRA_MINI_SYSTEM_PROMPT.replace("'", "\\'") + "' -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- if messages[0]['content'] is string -%}{%- set system_prompt = messages[0]['content'] -%}"
-    "{%- else -%}{%- set system_prompt = messages[0]['content'] | selectattr('type', 'equalto', 'text')"
-    " | map(attribute='text') | join('') -%}{%- endif -%}"
-    "{%- set messages = messages[1:] -%}"
-    "{%- endif -%}"
-    "{{- system_prompt + ' ' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}"
-    "{%- elif message['role'] == 'assistant' -%}{{- 'ASSISTANT: ' -}}"
-    "{%- else -%}{{- raise_exception('Only system, user and assistant roles are allowed, got ' + message['role']) -}}"
-    "{%- endif -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<image>\n' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- else -%}{{- ' ' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
-
-
 class ChartWizImagesKwargs(ImagesKwargs, total=False):
     header_text: Optional[Union[str, list[str]]]
     max_patches: Optional[int]
@@ -64,8 +33,9 @@ class ChartWizProcessor(ProcessorMixin):
             The image processor is a required input.
         tokenizer ([`PreTrainedTokenizerFast`], *optional*):
             The tokenizer is a required input; it must know `image_token` as one token.
-        chat_template (`str`, *optional*, defaults to the `synatra_mini` template):
-            A Jinja template turning messages into a prompt.
+        chat_template (`str`, *optional*):
+            A Jinja template turning messages into a prompt; `chartwiz_hf.chat_templates` holds the ones ChartWiz
+            models were trained with, and `compose` / `init-tiny` set one.
         image_token (`str`, *optional*, defaults to `"<image>"`):
             The placeholder of an image in the text.
     """
@@ -83,8 +53,6 @@ class ChartWizProcessor(ProcessorMixin):
                 "special token (tokenizer.add_special_tokens({'additional_special_tokens': ['<image>']}))."
             )
         self.image_token_id = image_token_ids[0] if image_token_ids else None
-        if chat_template is None:
-            chat_template = SYNATRA_MINI_CHAT_TEMPLATE
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     @classmethod

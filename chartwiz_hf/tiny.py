@@ -6,10 +6,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig, PreTrainedTokenizerFast
 
+from .chat_templates import load_chat_template
 from .configuration_chartwiz import ChartWizConfig
 from .image_processing_chartwiz import ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
-from .processing_chartwiz import SYNATRA_MINI_SYSTEM_PROMPT, ChartWizProcessor
+from .processing_chartwiz import ChartWizProcessor
 
 
 EOS_TOKEN = "<|endoftext|>"
@@ -18,7 +19,8 @@ IMAGE_TOKEN = "<image>"
 
 # Enough Korean chart language for byte-level BPE merges; any other text still encodes through the byte fallback.
 _TOKENIZER_CORPUS = [
-    SYNATRA_MINI_SYSTEM_PROMPT,
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
     "USER: ASSISTANT: 이 차트를 테이블 정보로 변경해줘.",
     "이 차트를 자세히 설명해줘. 이 차트의 내용을 요약해줘.",
     "TITLE | 연도별 점유율\n| 2021 | 2022 | 2023\nA사 | 30% | 35.5% | 40%\nB사 | 70% | 64.5% | 60%",
@@ -105,7 +107,11 @@ def make_tiny_chartwiz(
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
-    processor = ChartWizProcessor(image_processor=ChartWizImageProcessor(max_patches=max_patches), tokenizer=tokenizer)
+    processor = ChartWizProcessor(
+        image_processor=ChartWizImageProcessor(max_patches=max_patches),
+        tokenizer=tokenizer,
+        chat_template=load_chat_template("synatra_mini"),
+    )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         model.save_pretrained(output_dir)

@@ -44,7 +44,7 @@ def add_data_commands(commands) -> None:
     build.add_argument("--num-proc", type=int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    build.set_defaults(func=_build)
+    build.set_defaults(func=_build, prog=build.prog)
 
     synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
     synth.add_argument("out", help="output directory")
@@ -52,4 +52,4 @@ def add_data_commands(commands) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--test-fraction", type=float, default=0.1)
     synth.add_argument("--num-proc", type=int, default=1)
-    synth.set_defaults(func=_synth)
+    synth.set_defaults(func=_synth, prog=synth.prog)

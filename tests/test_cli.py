@@ -11,8 +11,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.cli import main
-from chartwiz_hf.processing_chartwiz import SYNATRA_MINI_CHAT_TEMPLATE
 from chartwiz_hf.tiny import tiny_configs
 
 from .conftest import draw_chart
@@ -82,7 +82,7 @@ def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
     assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
     assert len(tokenizer) == new_embeddings.shape[0] == old_vocab + 1
     assert tokenizer.pad_token == tokenizer.eos_token
-    assert processor.chat_template == SYNATRA_MINI_CHAT_TEMPLATE
+    assert processor.chat_template == load_chat_template("synatra_mini")
     assert processor.image_processor.is_vqa and processor.image_seq_length == 32
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "값?"}]}]
@@ -138,3 +138,8 @@ def test_compose_with_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "no-deplot" in capsys.readouterr().err
+
+
+def test_errors_name_the_sub_command_that_failed(tmp_path, capsys):
+    assert main(["data", "build", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("chartwiz data build: error: ")

@@ -3,7 +3,7 @@ import torch
 from datasets import Dataset, Features, Image, List, Value
 
 from chartwiz_hf import ChartWizForConditionalGeneration, ChartWizProcessor
-from chartwiz_hf.processing_chartwiz import SYNATRA_MINI_SYSTEM_PROMPT
+from chartwiz_hf.chat_templates import CHAT_TEMPLATES, load_chat_template
 
 from .conftest import draw_chart
 
@@ -19,20 +19,41 @@ def test_image_placeholder_is_expanded_and_outputs_are_named_apart(tiny):
     assert output["attention_mask"].shape == output["input_ids"].shape
 
 
-def test_synatra_mini_chat_template(tiny):
+# The original's conversations, written out from LLaVA's `Conversation.get_prompt` (sep " ", sep2 = the EOS).
+ORIGINAL_SYSTEM_PROMPTS = {
+    "synatra_mini": "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "vicuna_v1": "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+}
+
+
+@pytest.mark.parametrize("name", CHAT_TEMPLATES)
+def test_shipped_chat_templates_render_the_original_conversations(tiny, name):
     _, processor = tiny
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "가장 큰 값은?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "서울입니다."}]},
         {"role": "user", "content": "그럼 가장 작은 값은?"},
     ]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    template = load_chat_template(name)
+    prompt = processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True)
+    eos = processor.tokenizer.eos_token
     assert prompt == (
-        f"{SYNATRA_MINI_SYSTEM_PROMPT} USER: <image>\n가장 큰 값은? ASSISTANT: 서울입니다.<|endoftext|>"
+        f"{ORIGINAL_SYSTEM_PROMPTS[name]} USER: <image>\n가장 큰 값은? ASSISTANT: 서울입니다.{eos}"
         "USER: 그럼 가장 작은 값은? ASSISTANT:"
     )
-    with_system = processor.apply_chat_template([{"role": "system", "content": "시스템."}, *messages[:1]])
+    with_system = processor.apply_chat_template(
+        [{"role": "system", "content": "시스템."}, *messages[:1]], chat_template=template
+    )
     assert with_system == "시스템. USER: <image>\n가장 큰 값은? "
+
+
+def test_tiny_checkpoint_carries_the_synatra_mini_template_and_unknown_names_are_refused(tiny):
+    _, processor = tiny
+    assert processor.chat_template == load_chat_template("synatra_mini")
+    with pytest.raises(ValueError, match="synatra_mini, vicuna_v1"):
+        load_chat_template("chatml")
 
 
 def test_padding_side_truncation_and_special_tokens_pass_through(tiny):
@@ -139,3 +160,22 @@ def test_processor_survives_pickling_for_dataloader_workers(tiny):
     actual = restored(images=chart, text="<image>\n값?", return_tensors="pt")
     assert torch.equal(expected["input_ids"], actual["input_ids"])
     assert torch.equal(expected["pixel_values"], actual["pixel_values"])
+
+
+def test_history_turns_come_first_with_the_chart_in_the_first_user_turn(tiny):
+    from chartwiz_hf.inference import build_prompt, prepare_inputs
+
+    _, processor = tiny
+    history = [("가장 큰 값은?", "서울입니다."), ("가장 작은 값은?", "부산입니다.")]
+    prompt = build_prompt(processor, "둘의 차이는?", history)
+    eos = processor.tokenizer.eos_token
+    assert prompt.endswith(
+        f"USER: <image>\n가장 큰 값은? ASSISTANT: 서울입니다.{eos}USER: 가장 작은 값은? ASSISTANT: 부산입니다.{eos}"
+        "USER: 둘의 차이는? ASSISTANT:"
+    )
+    assert prompt.count("<image>") == 1
+    batch = prepare_inputs(processor, [draw_chart(), draw_chart(seed=1)], ["값?", "둘의 차이는?"], [[], history])
+    assert batch["pixel_values"].shape[0] == 2
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][1, 0] == 1, "left padded"
+    with pytest.raises(ValueError, match="2 histories for 1 questions"):
+        prepare_inputs(processor, [draw_chart()], ["값?"], [[], []])

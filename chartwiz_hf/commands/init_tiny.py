@@ -1,0 +1,16 @@
+"""`chartwiz init-tiny`: a tiny random ChartWiz, made offline in seconds."""
+
+
+def run(args):
+    from ..tiny import make_tiny_chartwiz
+
+    model, _ = make_tiny_chartwiz(args.out, seed=args.seed, max_patches=args.max_patches)
+    print(f"Saved a tiny random ChartWiz ({model.num_parameters():,} parameters) to {args.out}")
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser("init-tiny", help="save a tiny random ChartWiz, made offline in seconds")
+    parser.add_argument("out", help="output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-patches", type=int, default=64)
+    parser.set_defaults(func=run, prog=parser.prog)

@@ -28,6 +28,7 @@ from typing import Optional, Union
 import torch
 from accelerate import init_empty_weights
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, Pix2StructVisionConfig, PretrainedConfig
@@ -135,12 +136,15 @@ def _resolve(name_or_path: str, filename: str) -> Optional[str]:
     if os.path.isdir(name_or_path):
         path = os.path.join(name_or_path, filename)
         return path if os.path.isfile(path) else None
-    return cached_file(
-        name_or_path,
-        filename,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
+    try:
+        return cached_file(
+            name_or_path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except HFValidationError as error:
+        raise FileNotFoundError(f"{name_or_path}: no such folder, and not a Hub repo id") from error
 
 
 def load_weights_file(path: str) -> dict[str, torch.Tensor]:
@@ -213,7 +217,10 @@ def read_llava_config(llava_path: str) -> tuple[dict, LlavaSettings]:
     """
     path = _resolve(llava_path, "config.json")
     if path is None:
-        raise ValueError(f"{llava_path}: no config.json (the original saved one beside every checkpoint)")
+        where = (
+            "" if os.path.isdir(llava_path) else " (not a local folder; on the Hub, not found or not cached offline)"
+        )
+        raise ValueError(f"{llava_path}: no config.json{where}; the original saved one beside every checkpoint")
     try:
         with open(path, encoding="utf-8") as file:
             config = json.load(file)

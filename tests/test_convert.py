@@ -510,3 +510,11 @@ def test_stage1_without_the_base_language_model_says_what_to_pass(parts, tmp_pat
     argv = ["convert", "--llava", str(stage1), "--mm-projector", str(stage1 / "mm_projector.bin")]
     assert main([*argv, "--out", str(tmp_path / "out"), "--max-patches", str(MAX_PATCHES)]) == 2
     assert "pass --text with the base language model" in capsys.readouterr().err
+
+
+def test_a_checkpoint_path_that_does_not_exist_is_named(tmp_path, capsys):
+    assert main(["convert", "--llava", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"chartwiz convert: error: {tmp_path / 'nowhere'}: no such folder, and not a Hub repo id\n"
+    )

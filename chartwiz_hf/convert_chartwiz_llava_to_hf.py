@@ -654,7 +654,7 @@ def convert_llava_to_chartwiz(
             f"hidden_size {vision_config.hidden_size}: it is not the tower this projector was trained on"
         )
     logger.info(
-        "Converting a %s checkpoint; not carried over: %s",
+        "Converting a %s checkpoint; LLaVA settings taken out of the language model's config: %s",
         settings.model_type,
         ", ".join(f"{key}={value!r}" for key, value in settings.dropped.items()),
     )

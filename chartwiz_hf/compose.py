@@ -43,6 +43,44 @@ def _vision_image_processor_kwargs(vision_name_or_path: str) -> dict:
     return {"is_vqa": reference.is_vqa, "patch_size": reference.patch_size}
 
 
+def add_image_token(tokenizer, model) -> int:
+    """
+    Adds `<image>` to `tokenizer` as a special token (and makes its end-of-text token the pad token when it has
+    none), grows the token embeddings of `model` when the tokenizer outgrew them, and returns the id of `<image>`.
+    The new rows never matter as inputs: image positions take the projected patches instead.
+    """
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
+        )
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out, so the end-of-text token serves without growing the vocabulary.
+        tokenizer.pad_token = tokenizer.eos_token
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def build_processor(
+    tokenizer,
+    vision_name_or_path: str,
+    max_patches: int = 512,
+    header_text: str = DEPLOT_HEADER_TEXT,
+    chat_template: str = "synatra_mini",
+) -> ChartWizProcessor:
+    """
+    The ChartWiz processor of a checkpoint: an image processor with the patch settings of the Pix2Struct checkpoint
+    `vision_name_or_path` (`is_vqa`, `patch_size`), `tokenizer` (with `<image>`), and a chat template
+    (`synatra_mini`, `vicuna_v1`, or Jinja source).
+    """
+    image_processor = ChartWizImageProcessor(
+        max_patches=max_patches, header_text=header_text, **_vision_image_processor_kwargs(vision_name_or_path)
+    )
+    if chat_template in CHAT_TEMPLATES:
+        chat_template = load_chat_template(chat_template)
+    return ChartWizProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
 def compose_chartwiz(
     vision_name_or_path: str,
     text_name_or_path: str,
@@ -66,15 +104,7 @@ def compose_chartwiz(
     )
     tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
 
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
-        )
-    if tokenizer.pad_token is None:
-        # Padding positions are masked out, so the end-of-text token serves without growing the vocabulary.
-        tokenizer.pad_token = tokenizer.eos_token
-    if len(tokenizer) > language_model.get_input_embeddings().num_embeddings:
-        language_model.resize_token_embeddings(len(tokenizer))
+    image_token_id = add_image_token(tokenizer, language_model)
     text_config = language_model.config
     text_config.pad_token_id = tokenizer.pad_token_id
     if getattr(text_config, "max_position_embeddings", None):
@@ -84,7 +114,7 @@ def compose_chartwiz(
         vision_config=encoder.config.to_dict(),
         text_config=text_config.to_dict(),
         projector_type=projector_type,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_id=image_token_id,
         max_patches=max_patches,
         torch_dtype=language_model.dtype,
     )
@@ -98,12 +128,7 @@ def compose_chartwiz(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
 
-    image_processor = ChartWizImageProcessor(
-        max_patches=max_patches, header_text=header_text, **_vision_image_processor_kwargs(vision_name_or_path)
-    )
-    if chat_template in CHAT_TEMPLATES:
-        chat_template = load_chat_template(chat_template)
-    processor = ChartWizProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+    processor = build_processor(tokenizer, vision_name_or_path, max_patches, header_text, chat_template)
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         model.save_pretrained(output_dir)
@@ -111,4 +136,4 @@ def compose_chartwiz(
     return model, processor
 
 
-__all__ = ["compose_chartwiz", "load_pix2struct_encoder"]
+__all__ = ["add_image_token", "build_processor", "compose_chartwiz", "load_pix2struct_encoder"]

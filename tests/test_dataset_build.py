@@ -4,7 +4,7 @@ import os
 import shutil
 
 import pytest
-from datasets import load_dataset
+from datasets import Image, load_dataset
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
 from dataset_builder.build import build_dataset
@@ -297,3 +297,79 @@ def test_gpt_as_a_json_array_with_several_processes(tmp_path):
     assert written == turns and report["skipped"] == []
     ids = [row["id"] for split in load_dataset(str(tmp_path / "out"), "gpt").values() for row in split]
     assert len(ids) == len(set(ids)) == turns
+
+
+# Bad records that must neither end the build nor reach outside the tree.
+
+
+def one_chart_tree(root, value, stem="c1"):
+    """A tree with one vertical bar chart whose first value is `value` (same byte length for same-width values)."""
+    annotation = write_chart(root, "train", "vertical bar_standard", stem)
+    annotation["annotations"][0]["data_label"] = [[value, 2]]
+    write_chart(root, "train", "vertical bar_standard", stem, annotation=annotation)
+    return root
+
+
+def test_non_utf8_jsonl_lines_are_bad_records(messy_tree, tmp_path):
+    root, gpt_file, _ = messy_tree
+    lines = open(gpt_file, "rb").read().split(b"\n")
+    mixed = tmp_path / "mixed.jsonl"
+    # A line in EUC-KR (a common Korean encoding) between good UTF-8 lines.
+    mixed.write_bytes(b"\n".join([lines[0], '{"id": "깨짐"}'.encode("euc-kr"), *lines[1:]]))
+    report = build_dataset(root, str(tmp_path / "out"), gpt_sources=[str(mixed)], configs=["gpt"], num_proc=2)
+    assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "read": 7, "written": 2}
+    assert report["counts"]["gpt"]["test"]["written"] == 1
+    reasons = {entry["source"]: entry["reason"] for entry in report["skipped"]}
+    assert "not UTF-8" in reasons[f"{mixed}:2"]
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000)], ids=["bomb-error", "bomb-warning"])
+def test_decompression_bomb_is_a_bad_record(tmp_path, size):
+    from PIL import Image as PILImage
+
+    root = str(tmp_path / "raw")
+    one_chart_tree(root, 70)
+    annotation = write_chart(root, "train", "vertical bar_standard", "bomb", image=None)
+    annotation["image"][0]["filename"] = "bomb.png"
+    write_chart(root, "train", "vertical bar_standard", "bomb", annotation=annotation, image=None)
+    PILImage.new("1", size).save(os.path.join(image_dir(root, "train", "vertical bar_standard"), "bomb.png"))
+    report = build_dataset(root, str(tmp_path / "out"), configs=["pretrain"])
+    assert report["counts"]["pretrain"]["train"] == {**report["counts"]["pretrain"]["train"], "written": 1}
+    (entry,) = report["skipped"]
+    assert entry["source"].endswith("bomb.json") and "pixels" in entry["reason"]
+
+
+def test_image_paths_outside_the_tree_are_bad_records(messy_tree, tmp_path):
+    root, _, _ = messy_tree
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    draw_chart(160, 120).save(outside / "secret.jpg")
+    inside = os.path.join(image_dir(root, "train", "vertical bar_standard"), "good1.jpg")
+    bar = "vertical bar_standard"
+    for stem, filename in [("absolute", str(outside / "secret.jpg")), ("dotdot", "../../../../outside/secret.jpg")]:
+        annotation = write_chart(root, "train", bar, stem, image=None)
+        annotation["image"][0]["filename"] = filename
+        write_chart(root, "train", bar, stem, annotation=annotation, image=None)
+    turns = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "1개입니다."}]
+    conversations = [
+        {"id": "abs", "image": inside, "conversations": turns},
+        {"id": "up", "image": "../../../../outside/secret.jpg", "conversations": turns},
+        {"id": "sub", "image": "img_vertical bar_standard/good1.jpg", "conversations": turns},
+        {"id": "ok", "image": "good1.jpg", "conversations": turns},
+    ]
+    gpt_file = tmp_path / "paths.jsonl"
+    gpt_file.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations), encoding="utf-8")
+    out = str(tmp_path / "out")
+    report = build_dataset(root, out, gpt_sources=[str(gpt_file)], configs=["pretrain", "gpt"])
+    reasons = {os.path.basename(entry["source"]): entry["reason"] for entry in report["skipped"]}
+    assert "not a bare file name" in reasons["absolute.json"] and "not a bare file name" in reasons["dotdot.json"]
+    assert sum("not a bare file name" in reasons[f"paths.jsonl:{line}"] for line in (1, 2, 3)) == 3
+    gpt = load_dataset(out, "gpt")
+    assert gpt["train"]["id"] == ["ok-1"] and "test" not in gpt  # an absolute path would land in both splits
+    paths = [
+        row["image"]["path"]
+        for config in ("pretrain", "gpt")
+        for split in load_dataset(out, config).cast_column("image", Image(decode=False)).values()
+        for row in split
+    ]
+    assert all(path.startswith(root + os.sep) for path in paths)

@@ -38,7 +38,14 @@ def _build(args):
 def _synth(args):
     from .synth import generate
 
-    generate(args.out, args.n, seed=args.seed, test_fraction=args.test_fraction, num_proc=args.num_proc)
+    generate(
+        args.out,
+        args.n,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+    )
     print(f"Wrote {args.n} synthetic charts to {args.out} (GPT conversations in {args.out}/gpt_qa.jsonl)")
 
 
@@ -60,8 +67,9 @@ def add_data_commands(commands) -> None:
 
     synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
     synth.add_argument("out", help="output directory")
-    synth.add_argument("--n", type=int, required=True, help="number of charts")
+    synth.add_argument("--n", type=int, required=True, help="number of charts (from 2 on, both splits get charts)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--test-fraction", type=float, default=0.1)
+    synth.add_argument("--test-fraction", type=float, default=0.1, help="share of test charts, 0 to 0.5")
     synth.add_argument("--num-proc", type=positive_int, default=1)
+    synth.add_argument("--overwrite", action="store_true", help="replace an earlier synth output in OUT")
     synth.set_defaults(func=_synth, prog=synth.prog)

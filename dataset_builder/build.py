@@ -313,9 +313,9 @@ def build_dataset(
             if empty:
                 failed_path = os.path.join(output_dir, FAILED_REPORT_NAME)
                 write_text_atomic(failed_path, json.dumps(built, ensure_ascii=False, indent=2))
+                kept_note = f"{output_dir} keeps its previous build, and " if previous is not None else ""
                 raise ValueError(
-                    f"{'; '.join(empty)}. Nothing was written: {output_dir} keeps its previous build, and "
-                    f"{failed_path} lists every skipped record."
+                    f"{'; '.join(empty)}. Nothing was written: {kept_note}{failed_path} lists every skipped record."
                 )
             report = _merge(previous, built, kept)
             report_path = os.path.join(work_dir, REPORT_NAME)

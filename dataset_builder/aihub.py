@@ -81,6 +81,23 @@ def check_tree(root: str) -> list[str]:
     return splits
 
 
+def bare_file_name(name: str, field: str) -> str:
+    """
+    `name` if it is a bare file name; raises `BadRecord` for an absolute path, a folder part or `..`, which would
+    read a file outside the split's `img_data/<folder>/` (and upload it with `--push-to-hub`).
+    """
+    if (
+        name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or os.path.isabs(name)
+        or os.path.splitdrive(name)[0]
+    ):
+        raise BadRecord(f"{field} {name!r} is not a bare file name (images are read from the split's img_data/ only)")
+    return name
+
+
 def shard_of(name: str, num_shards: int) -> int:
     """A stable shard index for a file name (the same on every machine and Python run)."""
     return zlib.crc32(name.encode("utf-8")) % num_shards
@@ -274,12 +291,13 @@ def read_annotation(entry: AnnotationFile) -> ChartRecord:
     images = _require(annotation, "image", list, "record")
     if not images or not isinstance(images[0], dict) or not isinstance(images[0].get("filename"), str):
         raise BadRecord("record: missing field 'image[0].filename'")
+    filename = bare_file_name(images[0]["filename"], "image[0].filename")
     table = table_text(annotation, entry.folder)
     description = annotation.get("description")
     return ChartRecord(
         stem=entry.stem,
         chart_type=entry.chart_type,
-        image_path=os.path.join(entry.image_dir, images[0]["filename"]),
+        image_path=os.path.join(entry.image_dir, filename),
         table=table,
         description=description.strip() if isinstance(description, str) else "",
         summary=summary_text(annotation.get("summary")),
@@ -292,6 +310,7 @@ __all__ = [
     "AnnotationFile",
     "BadRecord",
     "ChartRecord",
+    "bare_file_name",
     "check_tree",
     "clean_cell",
     "format_value",

@@ -1,27 +1,37 @@
 """`chartwiz data build`: run the builder per config and split, write Parquet shards, a card and a build report."""
 
+import collections
+import contextlib
 import glob
 import json
 import logging
 import os
+import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.table import embed_table_storage
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .aihub import check_tree, unknown_folders
 from .builder import ChartWizAIHub
-from .card import write_card
+from .card import ShardPaths, render_card, write_card, write_text_atomic
 
 
 logger = logging.getLogger(__name__)
 BUILT_CONFIGS = ("pretrain", "finetune", "gpt")
 LOCAL_ROWS_PER_SHARD = 250_000
 HUB_BYTES_PER_SHARD = 500 << 20
+REPORT_NAME = "build_report.json"
+FAILED_REPORT_NAME = "build_report.failed.json"
+LOCK_NAME = ".build.lock"
+STAGING_PREFIX = ".build-"
 
 
 def expand_gpt_sources(sources: Iterable[str]) -> list[str]:
@@ -117,6 +127,134 @@ def _prepare_config(config: str, data_dir: str, gpt_files: list[str], work_dir: 
     return arrow_dir
 
 
+def _stage_shards(configs, splits, data_dir, gpt_files, work_dir, staging_dir, num_proc) -> dict:
+    """Builds each config and writes its Parquet shards under `staging_dir`; returns {config: {split: [paths]}}."""
+    shards = {}
+    for config in configs:
+        logger.info("Building %s from %s", config, data_dir)
+        arrow_dir = _prepare_config(config, data_dir, gpt_files, work_dir, num_proc)
+        shards[config] = {}
+        for split in splits:
+            arrow_files = sorted(glob.glob(os.path.join(arrow_dir, f"*-{split}*.arrow")))
+            staged = write_parquet_shards(
+                arrow_tables(arrow_files), os.path.join(staging_dir, config), split, embed_images=False
+            )
+            shards[config][split] = [os.path.relpath(path, staging_dir) for path in staged]
+    return shards
+
+
+@contextlib.contextmanager
+def exclusive_build(output_dir: str) -> Iterator[None]:
+    """Holds `output_dir`'s build lock, so two builds never write one folder; a second build fails at once."""
+    lock = FileLock(os.path.join(output_dir, LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OSError(
+            f"{output_dir}: another build is writing into this folder (it holds {LOCK_NAME}); wait for it to "
+            "finish or choose another --out."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_stale_staging(output_dir: str) -> None:
+    # Only called under the lock: a staging folder nobody holds is what a killed build left behind.
+    for path in glob.glob(os.path.join(output_dir, f"{STAGING_PREFIX}*")):
+        if os.path.isdir(path):
+            logger.info("Removing %s, left by an interrupted build", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """
+    Holds SIGINT and SIGTERM back for the few renames that swap a build in, then delivers them: an interrupt
+    leaves the old build or the new one, never half of each.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: received.append(number)) for number in handled}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            # None: a handler not set from Python, which cannot be put back; the default is the closest.
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for number in dict.fromkeys(received):
+            signal.raise_signal(number)
+
+
+def _previous_build(output_dir: str) -> Optional[dict]:
+    path = os.path.join(output_dir, REPORT_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            report = json.load(file)
+    except (ValueError, OSError) as error:
+        report = error
+    if not isinstance(report, dict) or not {"counts", "skipped", "data_dir"} <= report.keys():
+        raise ValueError(f"{path} is not a build report; delete it (or the whole folder) to build afresh.")
+    return report
+
+
+def _kept_configs(previous: Optional[dict], configs: list[str], data_dir: str, output_dir: str) -> list[str]:
+    """The configs of the build in `output_dir` that this build does not redo, checked to be mergeable."""
+    if previous is None:
+        return []
+    kept = [config for config in BUILT_CONFIGS if config in previous["counts"] and config not in configs]
+    if kept and previous["data_dir"] != data_dir:
+        raise ValueError(
+            f"{output_dir} holds a build of {', '.join(kept)} from {previous['data_dir']}; building only "
+            f"{', '.join(configs)} from {data_dir} would mix two trees in one dataset. Build "
+            f"{', '.join([*configs, *kept])} together, or choose another --out."
+        )
+    for config in kept:
+        for counts in previous["counts"][config].values():
+            missing = [path for path in counts["files"] if not os.path.isfile(os.path.join(output_dir, path))]
+            if missing:
+                raise ValueError(
+                    f"{output_dir}: the {config} shards of the previous build are missing ({missing[0]}); build "
+                    f"{config} again too (--configs {' '.join([*configs, config])})."
+                )
+    return kept
+
+
+def _merge(previous: Optional[dict], report: dict, kept: list[str]) -> dict:
+    """This build's report with the configs it kept from the previous one (counts, files, skipped records)."""
+    if not kept:
+        return report
+    counts = {**report["counts"], **{config: previous["counts"][config] for config in kept}}
+    return {
+        **report,
+        "gpt_files": previous.get("gpt_files", []) if "gpt" in kept else report["gpt_files"],
+        "counts": {config: counts[config] for config in BUILT_CONFIGS if config in counts},
+        "skipped": [entry for entry in previous["skipped"] if entry["config"] in kept] + report["skipped"],
+    }
+
+
+def _empty_configs(report: dict) -> list[str]:
+    """One line per config of this build that wrote no row: how many records it read and an example reason."""
+    problems = []
+    for config, by_split in report["counts"].items():
+        read = sum(counts["read"] for counts in by_split.values())
+        if sum(counts["written"] for counts in by_split.values()):
+            continue
+        if not read:
+            problems.append(f"{config}: no records found")
+            continue
+        reasons = collections.Counter(entry["reason"] for entry in report["skipped"] if entry["config"] == config)
+        example = reasons.most_common(1)[0][0] if reasons else "no reason recorded"
+        problems.append(f"{config}: all {read} records were skipped (e.g. {example})")
+    return problems
+
+
 def build_dataset(
     data_dir: str,
     output_dir: str,
@@ -130,7 +268,23 @@ def build_dataset(
     Materializes the requested configs of an AI-Hub tree as Parquet shards under `output_dir/<config>/`, with a
     dataset card (`README.md`, whose `configs:` front matter makes `load_dataset(output_dir, config)` work; `all` is
     finetune + gpt) and `build_report.json`. Returns the report.
+
+    Configs of an earlier build in `output_dir` that are not rebuilt are kept (shards, card entries and report
+    counts), as long as that build read the same tree. The new build replaces the old one only once it is complete:
+    an interrupted or failed build leaves the last good one, and a build whose configs wrote no row at all fails
+    with the reasons (its report goes to `build_report.failed.json`). One build at a time writes a folder.
+
+    Args:
+        data_dir (`str`): the AI-Hub tree, holding `train/` and `test/`.
+        output_dir (`str`): where the shards, card and report go.
+        gpt_sources (`Iterable[str]`, defaults to `()`): GPT conversation files or folders, for `gpt` and `all`.
+        configs (`Iterable[str]`, defaults to `("pretrain", "finetune", "gpt")`): the configs to build.
+        num_proc (`int`, *optional*): processes per config (at least 1).
+        push_to_hub (`str`, *optional*): also upload the build, images embedded, to this Hub dataset repo.
+        private (`bool`, defaults to `False`): create that repo as private.
     """
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"num_proc must be at least 1, got {num_proc!r}.")
     data_dir = os.path.abspath(data_dir)
     splits = check_tree(data_dir)
     configs = list(dict.fromkeys(configs))
@@ -144,37 +298,53 @@ def build_dataset(
         raise ValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
     os.makedirs(output_dir, exist_ok=True)
 
-    shards: dict[str, dict[str, list[str]]] = {}
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".build-") as work_dir:
-        # Shards are staged here and replace the previous build only once all of them are written and counted,
-        # so an interrupted or failed build leaves the last good one in place.
-        staging_dir = os.path.join(work_dir, "parquet")
-        for config in configs:
-            logger.info("Building %s from %s", config, data_dir)
-            arrow_dir = _prepare_config(config, data_dir, gpt_files, work_dir, num_proc)
-            shards[config] = {}
-            for split in splits:
-                arrow_files = sorted(glob.glob(os.path.join(arrow_dir, f"*-{split}*.arrow")))
-                staged = write_parquet_shards(
-                    arrow_tables(arrow_files), os.path.join(staging_dir, config), split, embed_images=False
+    with exclusive_build(output_dir):
+        _remove_stale_staging(output_dir)
+        previous = _previous_build(output_dir)
+        kept = _kept_configs(previous, configs, data_dir, output_dir)
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=STAGING_PREFIX) as work_dir:
+            # Shards, report and card are staged here and replace the previous build only once all of them are
+            # written and counted.
+            staging_dir = os.path.join(work_dir, "parquet")
+            shards = _stage_shards(configs, splits, data_dir, gpt_files, work_dir, staging_dir, num_proc)
+            collected = _collect_report(os.path.join(work_dir, "report"))
+            built = _report(collected, shards, staging_dir, data_dir, gpt_files, splits)
+            empty = _empty_configs(built)
+            if empty:
+                failed_path = os.path.join(output_dir, FAILED_REPORT_NAME)
+                write_text_atomic(failed_path, json.dumps(built, ensure_ascii=False, indent=2))
+                kept_note = f"{output_dir} keeps its previous build, and " if previous is not None else ""
+                raise ValueError(
+                    f"{'; '.join(empty)}. Nothing was written: {kept_note}{failed_path} lists every skipped record."
                 )
-                shards[config][split] = [os.path.relpath(path, staging_dir) for path in staged]
-        collected = _collect_report(os.path.join(work_dir, "report"))
-        report = _report(collected, shards, staging_dir, data_dir, gpt_files, splits)
-        for config in shards:
-            final_dir = os.path.join(output_dir, config)
-            os.makedirs(final_dir, exist_ok=True)
-            for old in glob.glob(os.path.join(final_dir, "*.parquet")):
-                os.remove(old)
-            for path in glob.glob(os.path.join(staging_dir, config, "*.parquet")):
-                os.replace(path, os.path.join(final_dir, os.path.basename(path)))
-
-    with open(os.path.join(output_dir, "build_report.json"), "w", encoding="utf-8") as file:
-        json.dump(report, file, ensure_ascii=False, indent=2)
-    write_card(output_dir, report, images_embedded=False)
-    if push_to_hub:
-        push_dataset(output_dir, push_to_hub, private=private)
+            report = _merge(previous, built, kept)
+            report_path = os.path.join(work_dir, REPORT_NAME)
+            with open(report_path, "w", encoding="utf-8") as file:
+                json.dump(report, file, ensure_ascii=False, indent=2)
+            card_path = os.path.join(work_dir, "README.md")
+            shard_paths = ShardPaths(output_dir, dict.fromkeys(configs, staging_dir))
+            with open(card_path, "w", encoding="utf-8") as file:
+                file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
+            with _interrupts_deferred():
+                _swap_in(output_dir, staging_dir, configs)
+                os.replace(report_path, os.path.join(output_dir, REPORT_NAME))
+                os.replace(card_path, os.path.join(output_dir, "README.md"))
+        if os.path.exists(os.path.join(output_dir, FAILED_REPORT_NAME)):
+            os.remove(os.path.join(output_dir, FAILED_REPORT_NAME))
+        if push_to_hub:
+            push_dataset(output_dir, push_to_hub, private=private)
     return report
+
+
+def _swap_in(output_dir: str, staging_dir: str, configs: list[str]) -> None:
+    """Moves the staged shards of `configs` into place, replacing their previous shards."""
+    for config in configs:
+        final_dir = os.path.join(output_dir, config)
+        os.makedirs(final_dir, exist_ok=True)
+        for old in glob.glob(os.path.join(final_dir, "*.parquet")):
+            os.remove(old)
+        for path in glob.glob(os.path.join(staging_dir, config, "*.parquet")):
+            os.replace(path, os.path.join(final_dir, os.path.basename(path)))
 
 
 def _parquet_rows(output_dir: str, paths: list[str]) -> int:
@@ -205,7 +375,7 @@ def _report(collected: dict, shards: dict, output_dir: str, data_dir: str, gpt_f
 
 def export_for_hub(output_dir: str, staging_dir: str) -> None:
     """Copies a local build into `staging_dir` with the images embedded in the Parquet shards."""
-    with open(os.path.join(output_dir, "build_report.json"), encoding="utf-8") as file:
+    with open(os.path.join(output_dir, REPORT_NAME), encoding="utf-8") as file:
         report = json.load(file)
     for config, by_split in report["counts"].items():
         for split, counts in by_split.items():
@@ -214,7 +384,7 @@ def export_for_hub(output_dir: str, staging_dir: str) -> None:
                 parquet_tables(local_files), os.path.join(staging_dir, config), split, embed_images=True
             )
             counts["files"] = [os.path.relpath(path, staging_dir) for path in files]
-    with open(os.path.join(staging_dir, "build_report.json"), "w", encoding="utf-8") as file:
+    with open(os.path.join(staging_dir, REPORT_NAME), "w", encoding="utf-8") as file:
         json.dump(report, file, ensure_ascii=False, indent=2)
     write_card(staging_dir, report, images_embedded=True)
 
@@ -240,6 +410,7 @@ def push_dataset(output_dir: str, repo_id: str, private: bool = False, token: Op
 __all__ = [
     "arrow_tables",
     "build_dataset",
+    "exclusive_build",
     "expand_gpt_sources",
     "export_for_hub",
     "parquet_tables",

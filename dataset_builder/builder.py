@@ -8,7 +8,14 @@ from typing import Optional
 
 import datasets
 
-from .aihub import CHART_TYPE_FOLDERS, BadRecord, check_tree, iter_annotation_files, read_annotation
+from .aihub import (
+    CHART_TYPE_FOLDERS,
+    BadRecord,
+    bare_file_name,
+    check_tree,
+    iter_annotation_files,
+    read_annotation,
+)
 from .rows import (
     FINETUNE_TASKS,
     check_image,
@@ -217,13 +224,20 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
                     log.skip(conversation.source, data if isinstance(data, str) else "not a JSON object")
                 continue
             filename = data.get("image")
-            found = find_chart_image(root, split, filename) if isinstance(filename, str) and filename else None
+            try:
+                if not isinstance(filename, str) or not filename:
+                    raise BadRecord("missing field 'image'")
+                # A path would resolve outside img_data/ (an absolute one in both splits at once).
+                bare_file_name(filename, "image")
+            except BadRecord as error:
+                if split == "train":
+                    log.skip(conversation.source, str(error), records=_turn_count(data))
+                continue
+            found = find_chart_image(root, split, filename)
             if found is None:
                 other = "test" if split == "train" else "train"
-                in_other = isinstance(filename, str) and filename and find_chart_image(root, other, filename)
-                if split == "train" and not in_other:
-                    reason = f"image {filename!r} is in neither split" if filename else "missing field 'image'"
-                    log.skip(conversation.source, reason, records=_turn_count(data))
+                if split == "train" and not find_chart_image(root, other, filename):
+                    log.skip(conversation.source, f"image {filename!r} is in neither split", records=_turn_count(data))
                 continue
             image_path, chart_type = found
             conversation_id = str(data.get("id") or os.path.splitext(filename)[0])

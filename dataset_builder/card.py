@@ -1,7 +1,10 @@
 """The dataset card (`README.md`): `configs:` front matter for `load_dataset`, columns, counts and provenance."""
 
 import collections
+import hashlib
 import os
+import tempfile
+from collections.abc import Mapping
 
 import pyarrow.parquet as pq
 from datasets import DatasetInfo, SplitDict, SplitInfo
@@ -25,18 +28,48 @@ def _data_files(report: dict, config: str) -> list[dict]:
     return entries
 
 
-def _split_sizes(directory: str, files: list[str]) -> tuple[int, int, int]:
+class ShardPaths:
+    """Where the shards of each config are read from: `directory`, or another folder for some configs."""
+
+    def __init__(self, directory: str, elsewhere: Mapping[str, str] | None = None):
+        self.directory, self.elsewhere = directory, dict(elsewhere or {})
+
+    def __call__(self, config: str, path: str) -> str:
+        return os.path.join(self.elsewhere.get(config, self.directory), path)
+
+
+def _split_sizes(paths: list[str]) -> tuple[int, int, int]:
     """(rows, uncompressed bytes, bytes on disk) of a split's Parquet shards."""
     rows = num_bytes = disk = 0
-    for path in files:
-        metadata = pq.ParquetFile(os.path.join(directory, path)).metadata
+    for path in paths:
+        metadata = pq.ParquetFile(path).metadata
         rows += metadata.num_rows
         num_bytes += sum(metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups))
-        disk += os.path.getsize(os.path.join(directory, path))
+        disk += os.path.getsize(path)
     return rows, num_bytes, disk
 
 
-def _front_matter(directory: str, report: dict) -> str:
+def build_fingerprint(report: dict, config: str, shard_paths: ShardPaths) -> str:
+    """
+    sha256 of a config's shards (names and bytes, so every row and every image path) and of the AI-Hub tree.
+
+    `datasets` keys its cache of a local folder on the folder's name and the card's metadata, never on the Parquet
+    files, so two builds with the same split sizes (a value edited in place, or another tree built into a folder of
+    the same name) would share a cache entry. The card puts this fingerprint into each config's `description`, which
+    is part of that key.
+    """
+    digest = hashlib.sha256(f"data_dir={report['data_dir']}\n".encode())
+    for part in CONFIG_TASKS[config]:
+        for split in ("train", "test"):
+            for path in report["counts"].get(part, {}).get(split, {}).get("files", []):
+                digest.update(f"{part}/{split}/{path}\n".encode())
+                with open(shard_paths(part, path), "rb") as file:
+                    for chunk in iter(lambda: file.read(1 << 20), b""):
+                        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _front_matter(report: dict, shard_paths: ShardPaths) -> str:
     # The same metadata `push_to_hub` writes; `datasets` also keys its cache of a local folder on it.
     card_data = DatasetCardData(
         language=["ko"],
@@ -49,17 +82,20 @@ def _front_matter(directory: str, report: dict) -> str:
         entries = _data_files(report, config)
         if not entries:
             continue
-        configs[config] = {"data_files": [{"split": e["split"], "path": e["paths"]} for e in entries]}
+        configs[config] = {
+            "data_files": [{"split": e["split"], "path": e["paths"]} for e in entries],
+            "description": f"build sha256:{build_fingerprint(report, config, shard_paths)}",
+        }
         if config == "finetune":
             configs[config]["default"] = True
         splits, download_size = SplitDict(), 0
         for entry in entries:
             files = [
-                path
+                shard_paths(part, path)
                 for part in CONFIG_TASKS[config]
                 for path in report["counts"].get(part, {}).get(entry["split"], {}).get("files", [])
             ]
-            rows, num_bytes, disk = _split_sizes(directory, files)
+            rows, num_bytes, disk = _split_sizes(files)
             splits.add(SplitInfo(name=entry["split"], num_bytes=num_bytes, num_examples=rows))
             download_size += disk
         infos[config] = DatasetInfo(
@@ -74,15 +110,15 @@ def _front_matter(directory: str, report: dict) -> str:
     return f"---\n{card_data.to_yaml()}\n---"
 
 
-def _breakdown(directory: str, files: list[str]) -> collections.Counter:
+def _breakdown(paths: list[str]) -> collections.Counter:
     counter = collections.Counter()
-    for path in files:
-        table = pq.read_table(os.path.join(directory, path), columns=["chart_type", "task"])
+    for path in paths:
+        table = pq.read_table(path, columns=["chart_type", "task"])
         counter.update(zip(table.column("chart_type").to_pylist(), table.column("task").to_pylist()))
     return counter
 
 
-def _count_tables(directory: str, report: dict) -> list[str]:
+def _count_tables(report: dict, shard_paths: ShardPaths) -> list[str]:
     lines = []
     for config, by_split in report["counts"].items():
         lines += [f"### `{config}`", "", "| split | read | written | skipped |", "| --- | ---: | ---: | ---: |"]
@@ -90,7 +126,7 @@ def _count_tables(directory: str, report: dict) -> list[str]:
             lines.append(f"| {split} | {counts['read']} | {counts['written']} | {counts['skipped']} |")
         counter = collections.Counter()
         for counts in by_split.values():
-            counter.update(_breakdown(directory, counts["files"]))
+            counter.update(_breakdown([shard_paths(config, path) for path in counts["files"]]))
         tasks = sorted({task for _, task in counter})
         if tasks:
             lines += ["", "| chart_type | " + " | ".join(tasks) + " |", "| --- |" + " ---: |" * len(tasks)]
@@ -102,8 +138,8 @@ def _count_tables(directory: str, report: dict) -> list[str]:
     return lines
 
 
-def write_card(directory: str, report: dict, images_embedded: bool) -> str:
-    """Writes `README.md` for a build in `directory` and returns its path."""
+def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) -> str:
+    """The text of the dataset card (`README.md`) of a build whose shards `shard_paths` locates."""
     storage = (
         "The images are embedded in the Parquet shards (the `image` column holds the JPEG bytes)."
         if images_embedded
@@ -113,7 +149,7 @@ def write_card(directory: str, report: dict, images_embedded: bool) -> str:
     )
     skipped = len(report["skipped"])
     body = [
-        _front_matter(directory, report),
+        _front_matter(report, shard_paths),
         "",
         "# ChartWiz AI-Hub charts",
         "",
@@ -145,22 +181,39 @@ def write_card(directory: str, report: dict, images_embedded: bool) -> str:
         "",
         "## Counts",
         "",
-        *_count_tables(directory, report),
+        *_count_tables(report, shard_paths),
         "## Provenance",
         "",
         f"Built by `chartwiz data build` from the AI-Hub chart image-text tree; GPT conversations from "
         f"{len(report['gpt_files'])} file(s). {skipped} record(s) were skipped; `build_report.json` lists each with "
-        "its reason.",
+        "its reason. Each config's `description` holds a sha256 of its shards and of the AI-Hub tree's location, so "
+        "that `datasets` caches every build apart.",
         "",
         "## License",
         "",
         _LICENSE,
         "",
     ]
+    return "\n".join(body)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` to a temporary file beside `path` and renames it into place: `path` is never half written."""
+    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_card(directory: str, report: dict, images_embedded: bool) -> str:
+    """Writes `README.md` for a build in `directory` and returns its path."""
     path = os.path.join(directory, "README.md")
-    with open(path, "w", encoding="utf-8") as file:
-        file.write("\n".join(body))
+    write_text_atomic(path, render_card(report, images_embedded, ShardPaths(directory)))
     return path
 
 
-__all__ = ["write_card"]
+__all__ = ["ShardPaths", "build_fingerprint", "render_card", "write_card", "write_text_atomic"]

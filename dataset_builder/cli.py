@@ -1,6 +1,18 @@
 """`chartwiz data build` and `chartwiz synth`."""
 
+import argparse
 import json
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1, so a bad count stops the command before any work."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _build(args):
@@ -26,7 +38,14 @@ def _build(args):
 def _synth(args):
     from .synth import generate
 
-    generate(args.out, args.n, seed=args.seed, test_fraction=args.test_fraction, num_proc=args.num_proc)
+    generate(
+        args.out,
+        args.n,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+    )
     print(f"Wrote {args.n} synthetic charts to {args.out} (GPT conversations in {args.out}/gpt_qa.jsonl)")
 
 
@@ -41,15 +60,16 @@ def add_data_commands(commands) -> None:
     build.add_argument(
         "--configs", nargs="+", default=["pretrain", "finetune", "gpt"], choices=["pretrain", "finetune", "gpt", "all"]
     )
-    build.add_argument("--num-proc", type=int, default=None, help="processes per config")
+    build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
     build.set_defaults(func=_build, prog=build.prog)
 
     synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
     synth.add_argument("out", help="output directory")
-    synth.add_argument("--n", type=int, required=True, help="number of charts")
+    synth.add_argument("--n", type=int, required=True, help="number of charts (from 2 on, both splits get charts)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--test-fraction", type=float, default=0.1)
-    synth.add_argument("--num-proc", type=int, default=1)
+    synth.add_argument("--test-fraction", type=float, default=0.1, help="share of test charts, 0 to 0.5")
+    synth.add_argument("--num-proc", type=positive_int, default=1)
+    synth.add_argument("--overwrite", action="store_true", help="replace an earlier synth output in OUT")
     synth.set_defaults(func=_synth, prog=synth.prog)

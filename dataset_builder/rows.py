@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,14 +45,23 @@ def instruction_for(task: str, record_id: str, paraphrases: bool) -> str:
 
 
 def check_image(path: str) -> None:
-    """Raises `BadRecord` unless `path` is an image that decodes to the end."""
+    """
+    Raises `BadRecord` unless `path` is an image that decodes to the end and has at most `PIL.Image.MAX_IMAGE_PIXELS`
+    pixels (PIL's decompression-bomb limit, which training would otherwise hit image by image).
+    """
     if not os.path.isfile(path):
         raise BadRecord(f"image {path} is missing")
     try:
-        with Image.open(path) as image:
-            # JPEG decodes at 1/8 scale through DCT scaling: every byte is still read, so truncation shows, 8x faster.
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
+        with warnings.catch_warnings():
+            # Above the limit PIL only warns (it raises above twice the limit): both are bad records here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # JPEG decodes at 1/8 scale through DCT scaling: every byte is still read, so truncation shows, 8x
+                # faster.
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadRecord(f"image {path} is too large: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise BadRecord(f"image {path} does not decode: {error}") from None
 
@@ -103,24 +113,37 @@ class Conversation:
 
 def iter_conversations(path: str, shard_index: int = 0, num_shards: int = 1) -> Iterator[Conversation]:
     """
-    The conversations of a JSON (array or object) or JSON Lines file; unparseable lines come as strings. With
-    `num_shards`, only the lines (or array items) whose index is `shard_index` modulo `num_shards`.
+    The conversations of a JSON (array or object) or JSON Lines file; a line that is not UTF-8 or does not parse
+    comes as a string saying why. With `num_shards`, only the lines (or array items) whose index is `shard_index`
+    modulo `num_shards`.
     """
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8-sig") as file:
-            for number, line in enumerate(file, start=1):
-                if number % num_shards != shard_index or not line.strip():
+        # Bytes, decoded line by line: one line in another encoding is one bad record, not the end of the file.
+        with open(path, "rb") as file:
+            for number, raw in enumerate(file, start=1):
+                if number % num_shards != shard_index:
+                    continue
+                source = f"{path}:{number}"
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as error:
+                    yield Conversation(source, f"line is not UTF-8 (byte {error.start}: {error.reason})")
+                    continue
+                if not line.strip():
                     continue
                 try:
-                    yield Conversation(f"{path}:{number}", json.loads(line))
+                    yield Conversation(source, json.loads(line))
                 except json.JSONDecodeError as error:
-                    yield Conversation(f"{path}:{number}", f"JSON does not parse: {error}")
+                    yield Conversation(source, f"JSON does not parse: {error}")
         return
     try:
         with open(path, encoding="utf-8-sig") as file:
             data = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except json.JSONDecodeError as error:
         yield Conversation(path, f"JSON does not parse: {error}")
+        return
+    except UnicodeDecodeError as error:
+        yield Conversation(path, f"file is not UTF-8 (byte {error.start}: {error.reason})")
         return
     items = data if isinstance(data, list) else [data]
     for index, item in enumerate(items):

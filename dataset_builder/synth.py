@@ -3,8 +3,10 @@
 import json
 import os
 import random
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 from .aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
 
@@ -100,13 +102,29 @@ def _hundred_percent_rows(rng: random.Random, legends: int, categories: int) -> 
     return [[columns[column][row] for column in range(categories)] for row in range(legends)]
 
 
-def make_chart(index: int, seed: int, test_fraction: float) -> SynthChart:
-    """The `index`-th chart of a seeded set: chart types cycle so every ten charts hold all ten types."""
+def chart_split(index: int, test_fraction: float, n: Optional[int] = None) -> str:
+    """
+    The split of the `index`-th chart of a set of `n`. Charts come in rounds of ten, one of each type, and every
+    `1 / test_fraction`-th round from the first goes to test, so that the test split holds every type. A set of one
+    round or less would then have no train split: there the first `round(n * test_fraction)` charts go to test (at
+    least one, and always one fewer than `n`: a single chart goes to train).
+    """
+    if test_fraction <= 0:
+        return "train"
+    if n is not None and n <= len(METADATA):
+        return "test" if index < min(n - 1, max(1, round(n * test_fraction))) else "train"
+    every = max(1, round(1 / test_fraction))
+    return "test" if (index // len(METADATA)) % every == 0 else "train"
+
+
+def make_chart(index: int, seed: int, test_fraction: float, n: Optional[int] = None) -> SynthChart:
+    """
+    The `index`-th chart of a seeded set of `n`: chart types cycle so every ten charts hold all ten types. The split
+    depends on `n` only for sets of ten charts or fewer (see `chart_split`).
+    """
     rng = random.Random(seed * 1_000_003 + index)
     chart_type = list(METADATA)[index % len(METADATA)]
-    round_index = index // len(METADATA)
-    every = max(1, round(1 / test_fraction)) if test_fraction > 0 else 0
-    split = "test" if every and round_index % every == 0 else "train"
+    split = chart_split(index, test_fraction, n)
     pool_name = rng.choice(list(CATEGORY_POOLS))
     subject = rng.choice(SUBJECTS)
     unit = "%" if chart_type.endswith("_100") or chart_type == "pie" else rng.choice(UNITS)
@@ -416,9 +434,9 @@ def _draw_radial(figure, block: dict):
         axes.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=9)
 
 
-def _write_chart(job: tuple[str, int, int, float]) -> tuple[str, str]:
-    out_dir, index, seed, test_fraction = job
-    chart = make_chart(index, seed, test_fraction)
+def _write_chart(job: tuple[str, int, int, float, int]) -> tuple[str, str]:
+    out_dir, index, seed, test_fraction, n = job
+    chart = make_chart(index, seed, test_fraction, n)
     folder = FOLDER_OF_TYPE[chart.chart_type]
     render_chart(chart, os.path.join(image_dir(out_dir, chart.split, folder), f"{chart.stem}.jpg"))
     with open(
@@ -434,26 +452,70 @@ def _write_chart(job: tuple[str, int, int, float]) -> tuple[str, str]:
     return json.dumps(manifest, ensure_ascii=False), json.dumps(chart.qa, ensure_ascii=False)
 
 
+MANIFEST_NAME = "synth_manifest.jsonl"
+OUTPUTS = ("train", "test", "gpt_qa.jsonl", MANIFEST_NAME)
+
+
+def _clear_output(out_dir: str, overwrite: bool) -> None:
+    """Refuses a folder with files in it (the next build would read them too), or clears an earlier synth output."""
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{out_dir} is not empty; its charts would mix with the new ones. Pass --overwrite to replace an earlier "
+            "`chartwiz synth` output there, or choose an empty folder."
+        )
+    if not os.path.isfile(os.path.join(out_dir, MANIFEST_NAME)):
+        raise ValueError(
+            f"{out_dir} holds files but no {MANIFEST_NAME}, so `chartwiz synth` did not write it; --overwrite only "
+            "replaces synth outputs. Choose an empty folder."
+        )
+    for name in OUTPUTS:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def generate(
-    out_dir: str, n: int, seed: int = 0, test_fraction: float = 0.1, num_proc: int = 1, progress: bool = True
+    out_dir: str,
+    n: int,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+    num_proc: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
 ):
     """
     Writes `n` synthetic charts as an AI-Hub tree under `out_dir`, plus `gpt_qa.jsonl` (LLaVA conversations whose
     answers are computed from the data) and `synth_manifest.jsonl` (each chart's expected table text).
+
+    Args:
+        out_dir (`str`): an empty or new folder, or an earlier synth output with `overwrite=True`.
+        n (`int`): number of charts; from 2 on both splits get charts, a single chart goes to train.
+        seed (`int`, defaults to 0): the same seed gives the same files.
+        test_fraction (`float`, defaults to 0.1): share of the charts in the test split, from 0 to 0.5.
+        num_proc (`int`, defaults to 1): rendering processes.
+        progress (`bool`, defaults to `True`): show a progress bar.
+        overwrite (`bool`, defaults to `False`): replace the charts of an earlier synth output in `out_dir`.
     """
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}.")
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"--test-fraction must be in [0, 1), got {test_fraction}.")
+    if not 0 <= test_fraction <= 0.5:
+        raise ValueError(f"--test-fraction must be between 0 and 0.5 (test is the smaller split), got {test_fraction}")
+    if num_proc < 1:
+        raise ValueError(f"--num-proc must be at least 1, got {num_proc}.")
+    _clear_output(out_dir, overwrite)
     for split in ("train", "test"):
         for folder in CHART_TYPE_FOLDERS:
             os.makedirs(image_dir(out_dir, split, folder), exist_ok=True)
             os.makedirs(text_dir(out_dir, split, folder), exist_ok=True)
     from tqdm.auto import tqdm
 
-    jobs = [(out_dir, index, seed, test_fraction) for index in range(n)]
+    jobs = [(out_dir, index, seed, test_fraction, n) for index in range(n)]
     with (
-        open(os.path.join(out_dir, "synth_manifest.jsonl"), "w", encoding="utf-8") as manifest_file,
+        open(os.path.join(out_dir, MANIFEST_NAME), "w", encoding="utf-8") as manifest_file,
         open(os.path.join(out_dir, "gpt_qa.jsonl"), "w", encoding="utf-8") as qa_file,
     ):
         if num_proc > 1:
@@ -469,4 +531,4 @@ def generate(
                 qa_file.write(qa + "\n")
 
 
-__all__ = ["SynthChart", "generate", "make_chart", "render_chart"]
+__all__ = ["SynthChart", "chart_split", "generate", "make_chart", "render_chart"]

@@ -4,7 +4,7 @@ import os
 import shutil
 
 import pytest
-from datasets import load_dataset
+from datasets import Image, load_dataset
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
 from dataset_builder.build import build_dataset
@@ -297,3 +297,265 @@ def test_gpt_as_a_json_array_with_several_processes(tmp_path):
     assert written == turns and report["skipped"] == []
     ids = [row["id"] for split in load_dataset(str(tmp_path / "out"), "gpt").values() for row in split]
     assert len(ids) == len(set(ids)) == turns
+
+
+# Bad records that must neither end the build nor reach outside the tree.
+
+
+def one_chart_tree(root, value, stem="c1"):
+    """A tree with one vertical bar chart whose first value is `value` (same byte length for same-width values)."""
+    annotation = write_chart(root, "train", "vertical bar_standard", stem)
+    annotation["annotations"][0]["data_label"] = [[value, 2]]
+    write_chart(root, "train", "vertical bar_standard", stem, annotation=annotation)
+    return root
+
+
+def test_non_utf8_jsonl_lines_are_bad_records(messy_tree, tmp_path):
+    root, gpt_file, _ = messy_tree
+    lines = open(gpt_file, "rb").read().split(b"\n")
+    mixed = tmp_path / "mixed.jsonl"
+    # A line in EUC-KR (a common Korean encoding) between good UTF-8 lines.
+    mixed.write_bytes(b"\n".join([lines[0], '{"id": "깨짐"}'.encode("euc-kr"), *lines[1:]]))
+    report = build_dataset(root, str(tmp_path / "out"), gpt_sources=[str(mixed)], configs=["gpt"], num_proc=2)
+    assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "read": 7, "written": 2}
+    assert report["counts"]["gpt"]["test"]["written"] == 1
+    reasons = {entry["source"]: entry["reason"] for entry in report["skipped"]}
+    assert "not UTF-8" in reasons[f"{mixed}:2"]
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000)], ids=["bomb-error", "bomb-warning"])
+def test_decompression_bomb_is_a_bad_record(tmp_path, size):
+    from PIL import Image as PILImage
+
+    root = str(tmp_path / "raw")
+    one_chart_tree(root, 70)
+    annotation = write_chart(root, "train", "vertical bar_standard", "bomb", image=None)
+    annotation["image"][0]["filename"] = "bomb.png"
+    write_chart(root, "train", "vertical bar_standard", "bomb", annotation=annotation, image=None)
+    PILImage.new("1", size).save(os.path.join(image_dir(root, "train", "vertical bar_standard"), "bomb.png"))
+    report = build_dataset(root, str(tmp_path / "out"), configs=["pretrain"])
+    assert report["counts"]["pretrain"]["train"] == {**report["counts"]["pretrain"]["train"], "written": 1}
+    (entry,) = report["skipped"]
+    assert entry["source"].endswith("bomb.json") and "pixels" in entry["reason"]
+
+
+def test_image_paths_outside_the_tree_are_bad_records(messy_tree, tmp_path):
+    root, _, _ = messy_tree
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    draw_chart(160, 120).save(outside / "secret.jpg")
+    inside = os.path.join(image_dir(root, "train", "vertical bar_standard"), "good1.jpg")
+    bar = "vertical bar_standard"
+    for stem, filename in [("absolute", str(outside / "secret.jpg")), ("dotdot", "../../../../outside/secret.jpg")]:
+        annotation = write_chart(root, "train", bar, stem, image=None)
+        annotation["image"][0]["filename"] = filename
+        write_chart(root, "train", bar, stem, annotation=annotation, image=None)
+    turns = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "1개입니다."}]
+    conversations = [
+        {"id": "abs", "image": inside, "conversations": turns},
+        {"id": "up", "image": "../../../../outside/secret.jpg", "conversations": turns},
+        {"id": "sub", "image": "img_vertical bar_standard/good1.jpg", "conversations": turns},
+        {"id": "ok", "image": "good1.jpg", "conversations": turns},
+    ]
+    gpt_file = tmp_path / "paths.jsonl"
+    gpt_file.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations), encoding="utf-8")
+    out = str(tmp_path / "out")
+    report = build_dataset(root, out, gpt_sources=[str(gpt_file)], configs=["pretrain", "gpt"])
+    reasons = {os.path.basename(entry["source"]): entry["reason"] for entry in report["skipped"]}
+    assert "not a bare file name" in reasons["absolute.json"] and "not a bare file name" in reasons["dotdot.json"]
+    assert sum("not a bare file name" in reasons[f"paths.jsonl:{line}"] for line in (1, 2, 3)) == 3
+    gpt = load_dataset(out, "gpt")
+    assert gpt["train"]["id"] == ["ok-1"] and "test" not in gpt  # an absolute path would land in both splits
+    paths = [
+        row["image"]["path"]
+        for config in ("pretrain", "gpt")
+        for split in load_dataset(out, config).cast_column("image", Image(decode=False)).values()
+        for row in split
+    ]
+    assert all(path.startswith(root + os.sep) for path in paths)
+
+
+# Output folders: what `load_dataset(DIR, CONFIG)` serves after rebuilds, partial rebuilds and interruptions.
+
+
+def first_table(out, cache_dir, config="pretrain"):
+    rows = load_dataset(out, config, cache_dir=cache_dir)["train"]
+    return rows[0]["completion"][0]["content"], rows.cast_column("image", Image(decode=False))[0]["image"]["path"]
+
+
+def test_rebuild_in_place_serves_the_new_values(tmp_path):
+    cache = str(tmp_path / "hf-cache")
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"])
+    assert first_table(out, cache)[0].splitlines()[1] == "가 | 70개"
+    one_chart_tree(raw, 73)  # same sizes everywhere: only the content changed
+    build_dataset(raw, out, configs=["pretrain"])
+    assert first_table(out, cache)[0].splitlines()[1] == "가 | 73개"
+
+
+def test_builds_in_folders_of_the_same_name_serve_their_own_rows(tmp_path):
+    cache = str(tmp_path / "hf-cache")
+    x_raw, y_raw = one_chart_tree(str(tmp_path / "x-raw"), 11), one_chart_tree(str(tmp_path / "y-raw"), 22)
+    x_out, y_out = str(tmp_path / "x" / "charts"), str(tmp_path / "y" / "charts")
+    build_dataset(x_raw, x_out, configs=["pretrain"])
+    build_dataset(y_raw, y_out, configs=["pretrain"])
+    assert first_table(x_out, cache)[0].splitlines()[1] == "가 | 11개"
+    table, image_path = first_table(y_out, cache)
+    assert table.splitlines()[1] == "가 | 22개"
+    assert image_path.startswith(y_raw + os.sep)
+    shutil.rmtree(x_raw)
+    shutil.rmtree(x_out)
+    assert load_dataset(y_out, "pretrain", cache_dir=cache)["train"][0]["image"].size == (160, 120)
+
+
+def test_rebuilding_the_same_tree_keeps_the_cache(tmp_path):
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"])
+    card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    build_dataset(raw, out, configs=["pretrain"])
+    assert open(os.path.join(out, "README.md"), encoding="utf-8").read() == card
+
+
+def test_partial_rebuild_keeps_the_other_configs(messy_tree, tmp_path):
+    root, gpt_file, _ = messy_tree
+    out = str(tmp_path / "out")
+    full = build_dataset(root, out, gpt_sources=[gpt_file])
+    finetune_rows = sorted(load_dataset(out, "finetune")["train"]["id"])
+    partial = build_dataset(root, out, configs=["pretrain"])
+    assert set(partial["counts"]) == {"pretrain", "finetune", "gpt"}
+    assert partial["counts"]["finetune"] == full["counts"]["finetune"]
+    assert partial["gpt_files"] == full["gpt_files"]
+    assert sorted(entry["config"] for entry in partial["skipped"]) == sorted(e["config"] for e in full["skipped"])
+    assert sorted(load_dataset(out, "finetune")["train"]["id"]) == finetune_rows
+    assert len(load_dataset(out, "all")["train"]) == 5 + 2
+    on_disk = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
+    assert set(on_disk["counts"]) == {"pretrain", "finetune", "gpt"}
+
+
+def test_partial_rebuild_from_another_tree_is_refused(messy_tree, tmp_path):
+    root, gpt_file, _ = messy_tree
+    out = str(tmp_path / "out")
+    build_dataset(root, out, gpt_sources=[gpt_file])
+    other = one_chart_tree(str(tmp_path / "other"), 5)
+    with pytest.raises(ValueError, match="holds a build of .*finetune.*gpt"):
+        build_dataset(other, out, configs=["pretrain"])
+    assert sorted(load_dataset(out, "pretrain")["train"]["id"]) == ["good1", "good2"]
+    # Rebuilding every config the folder holds replaces the build.
+    other_gpt = tmp_path / "other.jsonl"
+    turns = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "5개입니다."}]
+    other_gpt.write_text(json.dumps({"id": "o", "image": "c1.jpg", "conversations": turns}), encoding="utf-8")
+    report = build_dataset(other, out, gpt_sources=[str(other_gpt)], configs=["pretrain", "finetune", "gpt"])
+    assert report["data_dir"] == other and load_dataset(out, "gpt")["train"]["id"] == ["o-1"]
+
+
+def test_interrupted_report_write_keeps_the_last_build(tmp_path, monkeypatch):
+    import dataset_builder.build as build_module
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain", "finetune"])
+    one_chart_tree(raw, 7)  # a different size, so a card out of step with the shards cannot load
+    write_chart(raw, "train", "line_standard", "c2")
+    calls = []
+
+    def interrupted_dump(obj, file, **kwargs):
+        calls.append(file)
+        file.write(json.dumps(obj)[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module.json, "dump", interrupted_dump)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(raw, out, configs=["pretrain", "finetune"])
+    monkeypatch.undo()
+    assert calls, "the report was being written when the interrupt came"
+    report = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
+    assert report["counts"]["pretrain"]["train"]["written"] == 1
+    assert load_dataset(out, "pretrain")["train"][0]["completion"][0]["content"].splitlines()[1] == "가 | 70개"
+    assert len(load_dataset(out, "finetune")["train"]) == 3
+    assert [name for name in os.listdir(out) if name.startswith(".build-")] == []
+
+
+def test_interrupt_during_the_final_renames_waits_for_them(tmp_path, monkeypatch):
+    import signal
+
+    import dataset_builder.build as build_module
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"])
+    one_chart_tree(raw, 7)
+    write_chart(raw, "train", "line_standard", "c2")
+    replace = os.replace
+
+    renames = []
+
+    def replace_after_ctrl_c(source, target):
+        if ".build-" not in os.path.relpath(target, out):  # a rename into the output folder: the swap
+            renames.append(target)
+            signal.raise_signal(signal.SIGINT)
+        replace(source, target)
+
+    monkeypatch.setattr(build_module.os, "replace", replace_after_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(raw, out, configs=["pretrain"])
+    monkeypatch.undo()
+    assert len(renames) == 3  # the shard, the report and the card
+    # The interrupt came during the commit: the commit finished first, so the folder holds the whole new build.
+    report = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
+    assert report["counts"]["pretrain"]["train"]["written"] == 2
+    assert sorted(load_dataset(out, "pretrain")["train"]["id"]) == ["c1", "c2"]
+
+
+def test_stale_staging_folders_are_removed(tmp_path):
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), tmp_path / "charts"
+    stale = out / ".build-killed" / "parquet" / "pretrain"
+    stale.mkdir(parents=True)
+    (stale / "train-00000.parquet.partial").write_bytes(b"half a shard")
+    build_dataset(raw, str(out), configs=["pretrain"])
+    assert not (out / ".build-killed").exists()
+    assert [name for name in os.listdir(out) if name.startswith(".build-")] == []
+
+
+def test_a_second_build_into_the_same_folder_is_refused(tmp_path):
+    from filelock import FileLock
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"])
+    with FileLock(os.path.join(out, ".build.lock")):
+        with pytest.raises(OSError, match="another build is writing into"):
+            build_dataset(raw, out, configs=["pretrain"])
+    assert len(load_dataset(out, "pretrain")["train"]) == 1
+    build_dataset(raw, out, configs=["pretrain"])
+
+
+# Arguments checked before any work, and builds that produce nothing.
+
+
+def test_num_proc_below_one_is_refused_before_work(tmp_path, capsys):
+    from chartwiz_hf.cli import main
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), tmp_path / "charts"
+    with pytest.raises(ValueError, match="num_proc must be at least 1, got 0"):
+        build_dataset(raw, str(out), num_proc=0)
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "build", "--data-dir", raw, "--out", str(out), "--num-proc", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --num-proc: must be at least 1, got 0" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_build_where_every_record_is_skipped_fails(tmp_path, capsys):
+    from chartwiz_hf.cli import main
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"])
+    for name in ("c1.jpg",):
+        os.remove(os.path.join(image_dir(raw, "train", "vertical bar_standard"), name))
+    write_chart(raw, "test", "line_standard", "c2", image=None)
+    with pytest.raises(ValueError, match=r"pretrain: all 2 records were skipped.*is missing"):
+        build_dataset(raw, out, configs=["pretrain"])
+    failed = json.load(open(os.path.join(out, "build_report.failed.json"), encoding="utf-8"))
+    assert failed["counts"]["pretrain"]["train"]["skipped"] == 1
+    # The previous build is still the one served.
+    assert len(load_dataset(out, "pretrain")["train"]) == 1
+    assert main(["data", "build", "--data-dir", raw, "--out", out, "--configs", "pretrain"]) != 0
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert lines[-1].startswith("chartwiz data build: error: pretrain: all 2 records were skipped")

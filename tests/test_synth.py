@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 
+import pytest
 from PIL import Image
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS, table_text
@@ -80,3 +81,62 @@ def test_qa_answers_are_computed_from_the_data():
     assert len(turns) >= 6, "multi-turn with follow-ups"
     shown = [v for row in rows for v in row if float(v) == largest][0]
     assert str(shown) in turns[1]["value"]
+
+
+def charts_in(root: str) -> dict[str, list[str]]:
+    return {
+        split: sorted(
+            name
+            for folder in CHART_TYPE_FOLDERS
+            for name in os.listdir(os.path.join(root, split, "img_data", f"img_{folder}"))
+        )
+        for split in ("train", "test")
+    }
+
+
+def test_a_used_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
+    from chartwiz_hf.cli import main
+
+    root = str(tmp_path / "synth")
+    generate(root, 12, seed=0, progress=False)
+    with pytest.raises(ValueError, match="not empty.*--overwrite"):
+        generate(root, 5, seed=0, progress=False)
+    assert sum(len(names) for names in charts_in(root).values()) == 12
+    assert main(["synth", root, "--n", "5"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["synth", root, "--n", "5", "--overwrite"]) == 0
+    assert sum(len(names) for names in charts_in(root).values()) == 5
+    for name in ("gpt_qa.jsonl", "synth_manifest.jsonl"):
+        assert len(open(os.path.join(root, name), encoding="utf-8").readlines()) == 5
+
+
+def test_overwrite_never_clears_a_folder_synth_did_not_write(tmp_path):
+    other = tmp_path / "my-data"
+    (other / "train").mkdir(parents=True)
+    (other / "train" / "keep.json").write_text("{}")
+    with pytest.raises(ValueError, match="synth_manifest.jsonl"):
+        generate(str(other), 5, overwrite=True, progress=False)
+    assert (other / "train" / "keep.json").exists()
+
+
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_small_sets_fill_both_splits(tmp_path, n):
+    root = str(tmp_path / "synth")
+    generate(root, n, seed=0, progress=False)
+    charts = charts_in(root)
+    assert charts["train"] and charts["test"]
+    assert len(charts["train"]) + len(charts["test"]) == n
+    assert "S_0_0000000_vertical_bar.jpg" in charts["test"]
+
+
+def test_a_single_chart_goes_to_train(tmp_path):
+    root = str(tmp_path / "synth")
+    generate(root, 1, seed=0, progress=False)
+    assert charts_in(root) == {"train": ["S_0_0000000_vertical_bar.jpg"], "test": []}
+
+
+@pytest.mark.parametrize("test_fraction", [-0.1, 0.8, 1.0])
+def test_test_fractions_that_leave_a_split_empty_are_refused(tmp_path, test_fraction):
+    with pytest.raises(ValueError, match="--test-fraction"):
+        generate(str(tmp_path / "synth"), 30, test_fraction=test_fraction, progress=False)
+    assert not (tmp_path / "synth").exists()

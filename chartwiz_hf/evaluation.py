@@ -372,7 +372,7 @@ def evaluate_model(
         "max_new_tokens": max_new_tokens,
     }
     _check_run(out_dir, run)
-    dataset = _load_split(dataset_path, config, split)
+    dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
 
@@ -468,7 +468,8 @@ def _read_json(path: str) -> Optional[dict]:
         return json.load(file)
 
 
-def _load_split(dataset_path: str, config: str, split: str):
+def load_split(dataset_path: str, config: str, split: str):
+    """One split of one config of a dataset built by `chartwiz data build` (a local folder or a Hub repo)."""
     from datasets import load_dataset
 
     # `datasets` caches a local folder by its card, so a rebuild with the same split sizes would be read from the
@@ -606,6 +607,7 @@ __all__ = [
     "evaluate_model",
     "example_from_row",
     "generate_batch",
+    "load_split",
     "predict_dataset",
     "read_predictions",
     "render_report",

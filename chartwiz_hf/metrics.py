@@ -415,6 +415,13 @@ def bleu(
     return score.score, str(metric.get_signature())
 
 
+def bleu_signature(tokenize: str = DEFAULT_BLEU_TOKENIZE) -> str:
+    """sacrebleu's signature of `bleu` with this tokenizer (one reference per prediction), for reports."""
+    metric = BLEU(tokenize=tokenize)
+    metric.corpus_score(["-"], [["-"]])  # sacrebleu completes the signature (the reference count) once it has scored
+    return str(metric.get_signature())
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -463,6 +470,7 @@ __all__ = [
     "TableScore",
     "anls",
     "bleu",
+    "bleu_signature",
     "datapoints_score",
     "deplot_float",
     "exact_match",

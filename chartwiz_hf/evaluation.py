@@ -362,6 +362,7 @@ def evaluate_model(
         raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+    bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
     run = {
         "model": model_name_or_path,
         "adapter": adapter,
@@ -402,6 +403,7 @@ def score_run(
     Scores a predictions file (default: `out_dir/predictions.jsonl`, which an outside file is copied to) and writes
     `metrics.json`, `report.md` and `report.png` into `out_dir`. Returns the metrics.
     """
+    signature = bleu_signature(bleu_tokenize)
     target = os.path.join(out_dir, PREDICTIONS_FILE)
     source = predictions_path or target
     predictions, bad_lines = read_predictions(source)
@@ -429,9 +431,7 @@ def score_run(
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
-        "bleu_signature": bleu_signature(bleu_tokenize)
-        if {"description", "summary"} & set(scores["by_task"])
-        else None,
+        "bleu_signature": signature if {"description", "summary"} & set(scores["by_task"]) else None,
         **scores,
     }
     _write_json(os.path.join(out_dir, METRICS_FILE), metrics)

@@ -195,12 +195,17 @@ def datapoints_score(target: dict[str, str], prediction: dict[str, str], units: 
         units (`bool`, *optional*, defaults to `False`): compare `number + unit` cells carrying the same unit as
             numbers (`rms_units_f1`); DePlot only reads plain numbers and percentages.
     """
+    return _datapoints_scores(target, prediction)[units]
+
+
+def _datapoints_scores(target: dict[str, str], prediction: dict[str, str]) -> tuple[TableScore, TableScore]:
+    # Both variants: the key assignment does not depend on the cells, so it is computed once.
     if not target and not prediction:
-        return TableScore(1.0, 1.0, 1.0)
+        return TableScore(1.0, 1.0, 1.0), TableScore(1.0, 1.0, 1.0)
     if not target:
-        return TableScore(0.0, 1.0, 0.0)
+        return TableScore(0.0, 1.0, 0.0), TableScore(0.0, 1.0, 0.0)
     if not prediction:
-        return TableScore(0.0, 0.0, 0.0)
+        return TableScore(0.0, 0.0, 0.0), TableScore(0.0, 0.0, 0.0)
     target_items, predicted_items = list(target.items()), list(prediction.items())
     distance = cdist(
         [key for key, _ in target_items],
@@ -210,28 +215,50 @@ def datapoints_score(target: dict[str, str], prediction: dict[str, str], units: 
     )  # [target keys, predicted keys]
     key_similarity = np.where(distance <= TEXT_THRESHOLD, 1.0 - distance, 0.0)
     target_index, predicted_index = linear_sum_assignment(1.0 - key_similarity)
-    score = 0.0
+    plain = units = 0.0
     for t, p in zip(target_index, predicted_index):
         if key_similarity[t, p] > 0:
-            score += float(key_similarity[t, p]) * _cell_similarity(target_items[t][1], predicted_items[p][1], units)
+            target_cell, predicted_cell = target_items[t][1], predicted_items[p][1]
+            plain += float(key_similarity[t, p]) * _cell_similarity(target_cell, predicted_cell, units=False)
+            units += float(key_similarity[t, p]) * _cell_similarity(target_cell, predicted_cell, units=True)
+    return (
+        _precision_recall_f1(plain, len(target_items), len(predicted_items)),
+        _precision_recall_f1(units, len(target_items), len(predicted_items)),
+    )
+
+
+def _precision_recall_f1(score: float, target_count: int, predicted_count: int) -> TableScore:
     if score == 0:
         return TableScore(0.0, 0.0, 0.0)
-    precision, recall = score / len(predicted_items), score / len(target_items)
+    precision, recall = score / predicted_count, score / target_count
     return TableScore(precision, recall, 2 * precision * recall / (precision + recall))
+
+
+def table_scores(target: str, prediction: str) -> tuple[TableScore, TableScore]:
+    """
+    RMS of one predicted table text against its reference, as DePlot defines it and with units (`table_score`'s
+    two variants, sharing the parsing and the key matching).
+    """
+    target_points = table_datapoints(parse_table(target))
+    best_plain = best_units = None
+    for transposed in (True, False):
+        plain, units = _datapoints_scores(target_points, table_datapoints(parse_table(prediction, transposed)))
+        best_plain = plain if best_plain is None or plain.f1 > best_plain.f1 else best_plain
+        best_units = units if best_units is None or units.f1 > best_units.f1 else best_units
+    return best_plain, best_units
 
 
 def table_score(target: str, prediction: str, units: bool = False) -> TableScore:
     """
     RMS of one predicted table text against its reference: the prediction is read transposed and as written, and the
     reading with the higher F1 is kept (the transposed one on a tie, as DePlot's order has it).
+
+    Args:
+        target (`str`): the reference table text.
+        prediction (`str`): the predicted table text.
+        units (`bool`, *optional*, defaults to `False`): the units variant (`rms_units_f1`), see `datapoints_score`.
     """
-    target_points = table_datapoints(parse_table(target))
-    best = None
-    for transposed in (True, False):
-        score = datapoints_score(target_points, table_datapoints(parse_table(prediction, transposed)), units)
-        if best is None or score.f1 > best.f1:
-            best = score
-    return best
+    return table_scores(target, prediction)[units]
 
 
 def rms(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
@@ -240,13 +267,12 @@ def rms(references: Sequence[str], predictions: Sequence[str]) -> dict[str, floa
     mean of each example's true F1 (DePlot's reference implementation averages the recall under that name).
     """
     _check_lengths(references, predictions)
-    plain = [table_score(reference, prediction) for reference, prediction in zip(references, predictions)]
-    units = [table_score(reference, prediction, units=True) for reference, prediction in zip(references, predictions)]
+    scores = [table_scores(reference, prediction) for reference, prediction in zip(references, predictions)]
     return {
-        "rms_precision": _mean_percent([score.precision for score in plain]),
-        "rms_recall": _mean_percent([score.recall for score in plain]),
-        "rms_f1": _mean_percent([score.f1 for score in plain]),
-        "rms_units_f1": _mean_percent([score.f1 for score in units]),
+        "rms_precision": _mean_percent([plain.precision for plain, _ in scores]),
+        "rms_recall": _mean_percent([plain.recall for plain, _ in scores]),
+        "rms_f1": _mean_percent([plain.f1 for plain, _ in scores]),
+        "rms_units_f1": _mean_percent([units.f1 for _, units in scores]),
     }
 
 
@@ -410,16 +436,28 @@ def bleu(
     is the other Korean choice.
     """
     _check_lengths(references, predictions)
-    metric = BLEU(tokenize=tokenize)
+    metric = _bleu_metric(tokenize)
     score = metric.corpus_score(list(predictions), [list(references)])
     return score.score, str(metric.get_signature())
 
 
 def bleu_signature(tokenize: str = DEFAULT_BLEU_TOKENIZE) -> str:
-    """sacrebleu's signature of `bleu` with this tokenizer (one reference per prediction), for reports."""
-    metric = BLEU(tokenize=tokenize)
+    """
+    sacrebleu's signature of `bleu` with this tokenizer (one reference per prediction), for reports; raises
+    `ValueError` for a tokenizer that sacrebleu does not have or that is not installed.
+    """
+    metric = _bleu_metric(tokenize)
     metric.corpus_score(["-"], [["-"]])  # sacrebleu completes the signature (the reference count) once it has scored
     return str(metric.get_signature())
+
+
+def _bleu_metric(tokenize: str) -> BLEU:
+    if tokenize not in BLEU.TOKENIZERS:
+        raise ValueError(f"Unknown BLEU tokenizer {tokenize!r}; sacrebleu has {', '.join(BLEU.TOKENIZERS)}.")
+    try:
+        return BLEU(tokenize=tokenize)
+    except RuntimeError as error:  # sacrebleu's word for a tokenizer whose extra packages are missing
+        raise ValueError(f"The BLEU tokenizer {tokenize!r} is not installed: {' '.join(str(error).split())}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -488,4 +526,5 @@ __all__ = [
     "score_task",
     "table_datapoints",
     "table_score",
+    "table_scores",
 ]

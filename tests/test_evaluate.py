@@ -269,6 +269,8 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
         (["--predictions", "p.jsonl", "--dataset", "d"], "--dataset cannot go with it"),
         (["--model", "m", "--dataset", "d", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--model", "m", "--dataset", "d", "--max-samples", "0"], "--max-samples must be at least 1"),
+        (["--model", "m", "--dataset", "d", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),
+        (["--predictions", "p.jsonl", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(arguments, message, tmp_path, capsys, monkeypatch):

@@ -258,9 +258,12 @@ def _finished_ids(path: str) -> set[str]:
         if end < len(data):
             file.truncate(end)
     ids = set()
-    for line in data[:end].decode("utf-8").splitlines():
+    for number, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
         if line.strip():
-            ids.add(json.loads(line)["id"])
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{number}: not a line this command wrote; choose another --out") from None
     return ids
 
 
@@ -409,8 +412,11 @@ def score_run(
     predictions, bad_lines = read_predictions(source)
     os.makedirs(out_dir, exist_ok=True)
     if predictions_path is not None and os.path.abspath(source) != os.path.abspath(target):
-        with open(source, encoding="utf-8-sig") as file, open(target, "w", encoding="utf-8") as copy:
-            copy.write(file.read())
+        content = _read_text(source)
+        if os.path.exists(target) and _read_text(target) != content:
+            raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
+        with open(target, "w", encoding="utf-8") as copy:
+            copy.write(content)
     run = _read_json(os.path.join(os.path.dirname(os.path.abspath(source)), RUN_FILE)) or {}
     skipped = [{**entry, "file": PREDICTIONS_FILE} for entry in bad_lines]
     skipped_path = os.path.join(os.path.dirname(os.path.abspath(source)), SKIPPED_FILE)
@@ -459,6 +465,11 @@ def _write_json(path: str, data: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file, ensure_ascii=False, indent=2)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8-sig") as file:
+        return file.read()
 
 
 def _read_json(path: str) -> Optional[dict]:

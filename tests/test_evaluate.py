@@ -144,6 +144,10 @@ def test_an_interrupted_run_resumes_without_asking_twice(tiny_dir, charts_dir, t
 
     with pytest.raises(ValueError, match=r"another run \(config 'finetune' -> 'all'\)"):
         evaluate_model(tiny_dir, charts_dir, out, config="all", max_samples=12, batch_size=4, progress=False)
+    with open(predictions, "a", encoding="utf-8") as file:
+        file.write("not json\n")
+    with pytest.raises(ValueError, match=r"predictions.jsonl:13: not a line this command wrote"):
+        evaluate_model(tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False)
 
 
 def _broken_jpeg(path):
@@ -259,6 +263,12 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
         encoding="utf-8"
     )
     assert "5 rows skipped" in capsys.readouterr().out
+    # Re-scoring the same file into the same folder is fine; another file would replace its predictions: refused.
+    assert main(["evaluate", "--predictions", str(source), "--out", str(out)]) == 0
+    other = tmp_path / "other.jsonl"
+    other.write_text(lines[0] + "\n", encoding="utf-8")
+    assert main(["evaluate", "--predictions", str(other), "--out", str(out)]) == 2
+    assert "already holds another predictions.jsonl" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,65 @@
+"""`chartwiz evaluate`: answer a built dataset's split and score it, or score a predictions file."""
+
+# Spelt out here (tests check they match evaluation.CONFIGS and metrics.DEFAULT_BLEU_TOKENIZE) so that building the
+# parser does not import the metric libraries for every other sub-command.
+CONFIGS = ("pretrain", "finetune", "gpt", "all")
+DEFAULT_BLEU_TOKENIZE = "intl"
+
+
+def run(args):
+    from ..evaluation import evaluate_model, score_run
+
+    if args.predictions is not None:
+        given = [flag for flag, value in (("--dataset", args.dataset), ("--adapter", args.adapter)) if value]
+        if given:
+            raise ValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
+        metrics = score_run(args.out, predictions_path=args.predictions, bleu_tokenize=args.bleu_tokenize)
+    else:
+        if args.dataset is None:
+            raise ValueError(
+                f"--model needs --dataset DIR, a dataset built by `chartwiz data build` ({'/'.join(CONFIGS)})."
+            )
+        metrics = evaluate_model(
+            args.model,
+            args.dataset,
+            args.out,
+            config=args.config,
+            split=args.split,
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            adapter=args.adapter,
+            device=args.device,
+            bleu_tokenize=args.bleu_tokenize,
+        )
+    for task, scores in metrics["by_task"].items():
+        figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
+        print(f"{task:<12} n={scores['n']:<6} {figures}")
+    if metrics["skipped"]:
+        print(f"{len(metrics['skipped'])} rows skipped, listed with their reasons in the report")
+    print(f"Wrote metrics.json, report.md, report.png and predictions.jsonl to {args.out}")
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "evaluate",
+        help="answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo to generate with")
+    source.add_argument("--predictions", help="JSON Lines file to score (id, task, chart_type, prediction, reference)")
+    parser.add_argument("--out", required=True, help="report folder; running again into it resumes generation")
+    parser.add_argument("--dataset", help="dataset built by `chartwiz data build` (folder or Hub repo)")
+    parser.add_argument("--config", default="finetune", choices=CONFIGS)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-samples", type=int, default=None, help="only the first N rows of the split")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions generated together")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
+    parser.add_argument(
+        "--bleu-tokenize",
+        default=DEFAULT_BLEU_TOKENIZE,
+        help="sacrebleu tokenizer for BLEU: intl (default), 13a, char, or ko-mecab with `pip install sacrebleu[ko]`",
+    )
+    parser.set_defaults(func=run, prog=parser.prog)

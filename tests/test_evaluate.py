@@ -1,0 +1,327 @@
+import io
+import json
+import os
+from collections import Counter
+
+import pytest
+from datasets import Dataset, Features, Image, List, Value, load_dataset
+from PIL import Image as PILImage
+
+from chartwiz_hf import evaluation
+from chartwiz_hf.cli import main
+from chartwiz_hf.commands import evaluate as evaluate_command
+from chartwiz_hf.evaluation import evaluate_model, example_from_row, predict_dataset, score_run
+from chartwiz_hf.inference import load_chartwiz
+from chartwiz_hf.metrics import DEFAULT_BLEU_TOKENIZE
+from dataset_builder.build import build_dataset
+from dataset_builder.rows import INSTRUCTIONS
+from dataset_builder.synth import generate
+
+from .conftest import draw_chart
+
+
+@pytest.fixture(scope="module")
+def charts_dir(tmp_path_factory):
+    """Ten synthetic test charts (one of each type) built into the pretrain, finetune, gpt and all configs."""
+    root = tmp_path_factory.mktemp("evaluate-data")
+    raw, out = str(root / "synth"), str(root / "charts")
+    generate(raw, 20, seed=3, test_fraction=0.5, progress=False)
+    build_dataset(raw, out, gpt_sources=[os.path.join(raw, "gpt_qa.jsonl")], num_proc=1)
+    return out
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def fake_answer(example, image):
+    return f"{example.id}|{image.size}|{example.question}|{len(example.history)}"
+
+
+@pytest.fixture()
+def fake_generation(monkeypatch):
+    """Replaces the model's answers by a fingerprint of what it was asked, and records every batch."""
+    batches = []
+
+    def generate_batch(model, processor, examples, images, max_new_tokens):
+        batches.append([example.id for example in examples])
+        if any(example.id == "refused" for example in examples):
+            raise ValueError("this prompt is too long")
+        return [fake_answer(example, image) for example, image in zip(examples, images)]
+
+    monkeypatch.setattr(evaluation, "generate_batch", generate_batch)
+    return batches
+
+
+def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    arguments = ["--model", tiny_dir, "--dataset", charts_dir, "--config", "all", "--out", str(out)]
+    assert main(["evaluate", *arguments, "--batch-size", "8", "--max-new-tokens", "4"]) == 0
+    split = load_dataset(charts_dir, "all", split="test")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+    assert metrics["n"] == metrics["rows"] == len(split) and metrics["skipped"] == []
+    assert (metrics["model"], metrics["dataset"], metrics["config"], metrics["split"]) == (
+        tiny_dir,
+        charts_dir,
+        "all",
+        "test",
+    )
+    tasks = Counter(split["task"])
+    assert {task: scores["n"] for task, scores in metrics["by_task"].items()} == tasks
+    assert set(tasks) == {"table", "description", "summary", "qa"}
+    by_type = Counter(zip(split["chart_type"], split["task"]))
+    assert len({chart_type for chart_type, _ in by_type}) == 10
+    assert {
+        (chart_type, task): scores["n"]
+        for chart_type, per_task in metrics["by_chart_type"].items()
+        for task, scores in per_task.items()
+    } == by_type
+    for task, scores in metrics["by_task"].items():
+        values = [value for name, value in scores.items() if name != "n"]
+        assert len(values) == {"table": 4}.get(task, 2) and all(0 <= value <= 100 for value in values)
+
+    lines = read_lines(out / "predictions.jsonl")
+    references = {row["id"]: row["completion"][0]["content"] for row in split}
+    assert sorted(line["id"] for line in lines) == sorted(references)
+    assert all(line["reference"] == references[line["id"]] for line in lines)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert f"Scored: {len(split)} of {len(split)} rows, 0 skipped" in report
+    assert "| vertical_bar_stacked |" in report and "### qa" in report
+    with PILImage.open(out / "report.png") as chart:
+        assert chart.format == "PNG" and chart.width >= 1000
+    printed = capsys.readouterr().out
+    assert f"qa           n={tasks['qa']}" in printed and "relaxed_accuracy" in printed
+
+
+def test_each_answer_belongs_to_its_row(tiny_dir, charts_dir, tmp_path, fake_generation):
+    # Batched longest-first: the answers must still land on the rows, multi-turn history included.
+    out = str(tmp_path / "report")
+    evaluate_model(tiny_dir, charts_dir, out, config="gpt", batch_size=3, progress=False)
+    split = load_dataset(charts_dir, "gpt", split="test")
+    expected = {
+        row["id"]: f"{row['id']}|{row['image'].size}|{row['prompt'][-1]['content']}|{len(row['prompt']) // 2}"
+        for row in split
+    }
+    assert {line["id"]: line["prediction"] for line in read_lines(os.path.join(out, "predictions.jsonl"))} == expected
+    assert max(len(row["prompt"]) for row in split) >= 3  # some questions did have earlier turns
+    assert all(len(batch) <= 3 for batch in fake_generation)
+
+
+def test_pretraining_rows_are_asked_the_table_instruction(tiny_dir, charts_dir, tmp_path, fake_generation):
+    out = str(tmp_path / "report")
+    metrics = evaluate_model(tiny_dir, charts_dir, out, config="pretrain", progress=False)
+    lines = read_lines(os.path.join(out, "predictions.jsonl"))
+    assert metrics["by_task"]["table"]["n"] == len(lines) == 10
+    assert all(line["prediction"].split("|")[2] == INSTRUCTIONS["table"][0] for line in lines)
+
+
+def test_an_interrupted_run_resumes_without_asking_twice(tiny_dir, charts_dir, tmp_path, fake_generation):
+    out = str(tmp_path / "report")
+    predictions = os.path.join(out, "predictions.jsonl")
+    evaluate_model(tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False)
+    lines = read_lines(predictions)
+    assert len(lines) == 12 and len(fake_generation) == 3
+
+    # An interruption: five answers written, the sixth cut off mid-line; an answer kept must not be asked again.
+    lines[0]["prediction"] = "written before the interruption"
+    with open(predictions, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines[:5])
+        file.write(json.dumps(lines[5], ensure_ascii=False)[:20])
+    fake_generation.clear()
+    metrics = evaluate_model(
+        tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False
+    )
+
+    resumed = read_lines(predictions)
+    assert sorted(line["id"] for line in resumed) == sorted(line["id"] for line in lines)
+    assert resumed[0]["prediction"] == "written before the interruption"
+    assert sorted(example_id for batch in fake_generation for example_id in batch) == sorted(
+        line["id"] for line in lines[5:]
+    )
+    assert metrics["n"] == 12 and sum(scores["n"] for scores in metrics["by_task"].values()) == 12
+
+    with pytest.raises(ValueError, match=r"another run \(config 'finetune' -> 'all'\)"):
+        evaluate_model(tiny_dir, charts_dir, out, config="all", max_samples=12, batch_size=4, progress=False)
+    with open(predictions, "a", encoding="utf-8") as file:
+        file.write("not json\n")
+    with pytest.raises(ValueError, match=r"predictions.jsonl:13: not a line this command wrote"):
+        evaluate_model(tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False)
+
+
+def _broken_jpeg(path):
+    buffer = io.BytesIO()
+    draw_chart(160, 120).save(buffer, format="JPEG")
+    path.write_bytes(buffer.getvalue()[:200])
+    return str(path)
+
+
+def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path, fake_generation):
+    good = str(tmp_path / "good.png")
+    draw_chart(160, 120).save(good)
+    broken = _broken_jpeg(tmp_path / "broken.jpg")
+
+    def row(row_id, image=good, task="qa", prompt=None, answer="1"):
+        prompt = prompt if prompt is not None else [{"role": "user", "content": "값은?"}]
+        return {
+            "id": row_id,
+            "image": image,
+            "chart_type": "pie",
+            "task": task,
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": answer}],
+        }
+
+    rows = [
+        row("ok-1"),
+        row("broken-image", image=broken),
+        row("ends-with-answer", prompt=[{"role": "user", "content": "값은?"}, {"role": "assistant", "content": "1"}]),
+        row("empty-question", prompt=[{"role": "user", "content": " "}]),
+        row("unknown-task", task="chart"),
+        row("refused"),
+        row("ok-1"),
+        row("ok-2", task="table", answer="TITLE | 비율\nA | 30%"),
+    ]
+    message = {"role": Value("string"), "content": Value("string")}
+    features = Features(
+        {
+            "id": Value("string"),
+            "image": Image(),
+            "chart_type": Value("string"),
+            "task": Value("string"),
+            "prompt": List(message),
+            "completion": List(message),
+        }
+    )
+    dataset = Dataset.from_list(rows, features=features)
+    out = str(tmp_path / "report")
+    os.makedirs(out)
+    model, processor = load_chartwiz(tiny_dir)
+    counts = predict_dataset(model, processor, dataset, out, batch_size=8, progress=False)
+    assert (counts["answered"], counts["skipped"]) == (2, 6)
+
+    metrics = score_run(out, rows=len(dataset))
+    reasons = {entry["id"]: entry["reason"] for entry in metrics["skipped"]}
+    assert set(reasons) == {"broken-image", "ends-with-answer", "empty-question", "unknown-task", "refused", "ok-1"}
+    assert "chart cannot be read" in reasons["broken-image"]
+    assert "end with the user" in reasons["ends-with-answer"]
+    assert "empty" in reasons["empty-question"] and "unknown task 'chart'" in reasons["unknown-task"]
+    assert "too long" in reasons["refused"] and "repeats" in reasons["ok-1"]
+    assert metrics["n"] == 2 and metrics["by_task"]["qa"]["n"] == metrics["by_task"]["table"]["n"] == 1
+    report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+    assert "Scored: 2 of 8 rows, 6 skipped" in report and "- `refused`: cannot be answered: this prompt" in report
+
+    # Resuming does not ask the skipped rows again, nor report them twice.
+    fake_generation.clear()
+    assert predict_dataset(model, processor, dataset, out, progress=False)["answered"] == 0
+    assert fake_generation == [] and len(score_run(out)["skipped"]) == 6
+
+
+def test_scoring_a_predictions_file(tmp_path, capsys):
+    table = "TITLE | 지역별 인구\n서울 | 950만 명\n부산 | 340만 명"
+    good = [
+        {"id": "t1", "task": "table", "chart_type": "pie", "prediction": table, "reference": table},
+        {"id": "t2", "task": "table", "chart_type": "pie", "prediction": "표를 만들 수 없습니다", "reference": table},
+        {"id": "q1", "task": "qa", "chart_type": "line", "prediction": "0.25", "reference": "25%"},
+        {"id": "q2", "task": "qa", "prediction": "A사입니다.", "reference": "950만 명입니다."},
+        {"id": "d1", "task": "description", "chart_type": "", "prediction": "가 나 다", "reference": "가 나 다"},
+    ]
+    lines = [json.dumps(record, ensure_ascii=False) for record in good]
+    lines += [
+        "{not json",
+        json.dumps({"id": "x1", "task": "qa", "chart_type": "", "prediction": "1"}),
+        json.dumps({"id": "x2", "task": "chart", "chart_type": "", "prediction": "1", "reference": "1"}),
+        json.dumps({"id": "q1", "task": "qa", "chart_type": "", "prediction": "1", "reference": "1"}),
+        json.dumps({"id": "x3", "task": "qa", "chart_type": "", "prediction": None, "reference": "1"}),
+        "",
+    ]
+    source = tmp_path / "predictions.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "scores"
+    assert main(["evaluate", "--predictions", str(source), "--out", str(out)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["n"] == 5 and metrics["model"] is None
+    assert metrics["by_task"]["table"] == {
+        "rms_precision": 50.0,
+        "rms_recall": 50.0,
+        "rms_f1": 50.0,
+        "rms_units_f1": 50.0,
+        "n": 2,
+    }
+    assert metrics["by_task"]["qa"] == {"relaxed_accuracy": 50.0, "exact_match": 0.0, "n": 2}
+    assert metrics["by_task"]["description"]["rouge_l"] == pytest.approx(100)
+    assert set(metrics["by_chart_type"]) == {"pie", "line", "unknown"}
+    assert metrics["by_chart_type"]["unknown"]["qa"]["n"] == 1
+    assert [entry["line"] for entry in metrics["skipped"]] == [6, 7, 8, 9, 10]
+    reasons = " / ".join(entry["reason"] for entry in metrics["skipped"])
+    for expected in ("JSON does not parse", "missing field 'reference'", "unknown task 'chart'", "repeats", "string"):
+        assert expected in reasons
+    assert (out / "predictions.jsonl").read_text(encoding="utf-8") == source.read_text(encoding="utf-8")
+    assert "tok:intl" in metrics["bleu_signature"] and "line 6: JSON does not parse" in (out / "report.md").read_text(
+        encoding="utf-8"
+    )
+    assert "5 rows skipped" in capsys.readouterr().out
+    # Re-scoring the same file into the same folder is fine; another file would replace its predictions: refused.
+    assert main(["evaluate", "--predictions", str(source), "--out", str(out)]) == 0
+    other = tmp_path / "other.jsonl"
+    other.write_text(lines[0] + "\n", encoding="utf-8")
+    assert main(["evaluate", "--predictions", str(other), "--out", str(out)]) == 2
+    assert "already holds another predictions.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--model", "m"], "--model needs --dataset"),
+        (["--predictions", "missing.jsonl"], "missing.jsonl: no such predictions file"),
+        (["--predictions", "p.jsonl", "--dataset", "d"], "--dataset cannot go with it"),
+        (["--model", "m", "--dataset", "d", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--model", "m", "--dataset", "d", "--max-samples", "0"], "--max-samples must be at least 1"),
+        (["--model", "m", "--dataset", "d", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),
+        (["--predictions", "p.jsonl", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(arguments, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", *arguments, "--out", "report"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("chartwiz evaluate: error:") and message in error and "\n" not in error
+
+
+def test_a_missing_dataset_claims_no_report_folder(tiny_dir, tmp_path):
+    out = str(tmp_path / "report")
+    with pytest.raises(FileNotFoundError):
+        evaluate_model(tiny_dir, str(tmp_path / "nowhere"), out, progress=False)
+    assert not os.path.exists(os.path.join(out, "run.json"))
+
+
+def test_example_from_row():
+    row = {
+        "id": "c-3",
+        "task": "qa",
+        "chart_type": "line",
+        "prompt": [
+            {"role": "user", "content": "가장 큰 값은?"},
+            {"role": "assistant", "content": "서울입니다."},
+            {"role": "user", "content": " 그럼 가장 작은 값은? "},
+        ],
+        "completion": [{"role": "assistant", "content": "부산입니다."}],
+    }
+    example = example_from_row(4, row)
+    assert (example.index, example.question, example.history, example.reference) == (
+        4,
+        "그럼 가장 작은 값은?",
+        [("가장 큰 값은?", "서울입니다.")],
+        "부산입니다.",
+    )
+    pretrain = {**row, "task": "table", "prompt": [{"role": "user", "content": ""}]}
+    assert example_from_row(0, pretrain).question == INSTRUCTIONS["table"][0]
+    with pytest.raises(ValueError, match="reference answer is empty"):
+        example_from_row(0, {**row, "completion": [{"role": "assistant", "content": ""}]})
+
+
+def test_command_constants_match_the_modules():
+    assert evaluate_command.CONFIGS == evaluation.CONFIGS
+    assert evaluate_command.DEFAULT_BLEU_TOKENIZE == DEFAULT_BLEU_TOKENIZE

@@ -182,13 +182,15 @@ def test_compose_refuses_a_pix2struct_checkpoint_without_the_encoder_weights(pre
 def test_compose_builds_around_the_parts_own_tensors_in_their_dtype(pretrained_parts, tmp_path, monkeypatch, tied):
     import chartwiz_hf.compose as compose
 
-    root, _, language_model = pretrained_parts
+    root, _, _ = pretrained_parts
+    # The parts' LM (tied) or an untied one, saved in bfloat16 as most LMs on the Hub are
+    language_model = LlamaForCausalLM.from_pretrained(root / "lm", dtype=torch.bfloat16)
     if not tied:
         torch.manual_seed(1)
         config = tiny_configs(language_model.config.vocab_size, tie_word_embeddings=False)[1]
-        language_model = LlamaForCausalLM(config)
+        language_model = LlamaForCausalLM(config).to(torch.bfloat16)
     text_dir = tmp_path / "lm-bf16"
-    language_model.to(torch.bfloat16).save_pretrained(text_dir)
+    language_model.save_pretrained(text_dir)
     AutoTokenizer.from_pretrained(root / "lm").save_pretrained(text_dir)
     loaded = []
     real_from_pretrained = compose.AutoModelForCausalLM.from_pretrained
@@ -208,7 +210,7 @@ def test_compose_builds_around_the_parts_own_tensors_in_their_dtype(pretrained_p
     embeddings = model.get_input_embeddings().weight
     assert embeddings.shape[0] == language_model.config.vocab_size + 1 == len(processor.tokenizer), "<image> added"
     assert (model.lm_head.weight is embeddings) is tied
-    assert torch.equal(model.lm_head.weight[:-1], language_model.lm_head.weight.to(torch.bfloat16))
+    assert torch.equal(model.lm_head.weight[:-1], language_model.lm_head.weight)
     projector = model.multi_modal_projector.linear_1.weight
     assert projector.abs().sum() > 0 and torch.isfinite(projector).all(), "the new projector is initialized"
 

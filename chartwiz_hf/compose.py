@@ -1,38 +1,72 @@
 """Joins a pretrained Pix2Struct / DePlot encoder and a pretrained causal LM into one ChartWiz checkpoint."""
 
-import logging
 import os
+from itertools import chain
 
 import torch
+from accelerate import init_empty_weights
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    Pix2StructForConditionalGeneration,
+    Pix2StructConfig,
     Pix2StructImageProcessor,
     Pix2StructVisionModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .chat_templates import CHAT_TEMPLATES, load_chat_template
+from .checkpoints import describe_model_type, read_config_dict
 from .configuration_chartwiz import ChartWizConfig
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT, ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
 from .processing_chartwiz import ChartWizProcessor
 
 
-logger = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 
 
 def load_pix2struct_encoder(vision_name_or_path: str, **kwargs) -> Pix2StructVisionModel:
-    """The encoder of a full Pix2Struct checkpoint (`google/deplot`, `nuua/ko-deplot`) or a vision-only one."""
-    try:
-        return Pix2StructForConditionalGeneration.from_pretrained(vision_name_or_path, **kwargs).encoder
-    except (ValueError, KeyError, TypeError) as error:
-        logger.info(
-            "%s is not a full Pix2Struct checkpoint (%s); loading it as a vision model", vision_name_or_path, error
+    """
+    The encoder of a Pix2Struct checkpoint: a full Pix2Struct / DePlot model (`google/deplot`, `nuua/ko-deplot`), of
+    which only the encoder's weights are read, or a vision-only one. The kind of checkpoint is read from its config's
+    `model_type`; any other kind, and a checkpoint missing any of the encoder's weights, raise `ValueError`, so a
+    randomly initialized encoder never passes for a pretrained one. `kwargs` go to `from_pretrained` (`dtype`...).
+    """
+    config_dict = read_config_dict(vision_name_or_path)
+    model_type = config_dict.get("model_type")
+    if model_type == "pix2struct":
+        # A full model keeps its encoder under `encoder.`: read those weights and leave the decoder's on disk.
+        loading = {"config": Pix2StructConfig.from_dict(config_dict).vision_config, "key_mapping": {r"^encoder\.": ""}}
+    elif model_type == "pix2struct_vision_model":
+        loading = {}
+    else:
+        raise ValueError(
+            f"{vision_name_or_path} holds {describe_model_type(config_dict)}; the vision encoder must come from a "
+            "Pix2Struct / DePlot checkpoint (model_type 'pix2struct', e.g. google/deplot)."
         )
-        return Pix2StructVisionModel.from_pretrained(vision_name_or_path, **kwargs)
+    encoder, loading_info = Pix2StructVisionModel.from_pretrained(
+        vision_name_or_path, output_loading_info=True, **loading, **kwargs
+    )
+    missing = sorted(loading_info["missing_keys"])
+    if missing:
+        raise ValueError(
+            f"{vision_name_or_path} has no weights for {len(missing)} of the encoder's {len(encoder.state_dict())} "
+            f"tensors (e.g. {missing[0]}), so its encoder would be random."
+        )
+    return encoder
+
+
+def load_causal_lm(text_name_or_path: str, trust_remote_code: bool = False, **kwargs):
+    """The causal LM of `text_name_or_path`; raises `ValueError` if `AutoModelForCausalLM` cannot load its kind."""
+    config_dict = read_config_dict(text_name_or_path)
+    remote = trust_remote_code and "AutoModelForCausalLM" in (config_dict.get("auto_map") or {})
+    if config_dict.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
+        raise ValueError(
+            f"{text_name_or_path} holds {describe_model_type(config_dict)}, not a causal language model that "
+            "AutoModelForCausalLM loads (llama, mistral, qwen2, gemma...; --trust-remote-code for the LM's own code)."
+        )
+    return AutoModelForCausalLM.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _vision_image_processor_kwargs(vision_name_or_path: str) -> dict:
@@ -97,11 +131,14 @@ def compose_chartwiz(
     tokenizer of `text_name_or_path` (with an `<image>` token added), a freshly initialized projector, and a chat
     template (`chat_template`: `synatra_mini`, `vicuna_v1`, or Jinja source). Saves model and processor to
     `output_dir` if given.
+
+    The model takes the language model's dtype (`dtype="auto"`: the one it was saved in) and the parts' own tensors,
+    built around them on the meta device, so composing needs about the memory of the composed weights once. Raises
+    `ValueError` if `vision_name_or_path` is not a Pix2Struct checkpoint with all the encoder's weights, or if
+    `text_name_or_path` is not a causal language model.
     """
     encoder = load_pix2struct_encoder(vision_name_or_path, dtype=dtype)
-    language_model = AutoModelForCausalLM.from_pretrained(
-        text_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    language_model = load_causal_lm(text_name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
 
     image_token_id = add_image_token(tokenizer, language_model)
@@ -109,6 +146,9 @@ def compose_chartwiz(
     text_config.pad_token_id = tokenizer.pad_token_id
     if getattr(text_config, "max_position_embeddings", None):
         tokenizer.model_max_length = text_config.max_position_embeddings
+    # One dtype for the model, the language model's: the encoder (a few hundred MB at most) is cast to it.
+    dtype = language_model.dtype
+    encoder.to(dtype)
 
     config = ChartWizConfig(
         vision_config=encoder.config.to_dict(),
@@ -116,14 +156,26 @@ def compose_chartwiz(
         projector_type=projector_type,
         image_token_id=image_token_id,
         max_patches=max_patches,
-        torch_dtype=language_model.dtype,
+        dtype=dtype,
     )
-    model = ChartWizForConditionalGeneration(config).to(language_model.dtype)
-    model.model.vision_tower.load_state_dict(encoder.state_dict())
+    with init_empty_weights():
+        # Parameters on the meta device: the parts' own tensors are put in place below, so composing never holds a
+        # second, random copy of the weights (buffers, such as rotary frequencies, are built for real).
+        model = ChartWizForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(encoder.state_dict(), assign=True)
     base_model = getattr(language_model, language_model.base_model_prefix)
-    model.model.language_model.load_state_dict(base_model.state_dict())
-    model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
+    model.model.language_model.load_state_dict(base_model.state_dict(), assign=True)
+    model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict(), assign=True)
     model.tie_weights()
+    # The projector is the one new part: initialized in float32 as any fresh model is, then cast.
+    projector = model.model.multi_modal_projector.to_empty(device=model.lm_head.weight.device)
+    for module in projector.modules():
+        model._init_weights(module)
+    projector.to(dtype)
+    left_empty = [name for name, tensor in chain(model.named_parameters(), model.named_buffers()) if tensor.is_meta]
+    if left_empty:
+        raise RuntimeError(f"Composing left {len(left_empty)} tensors without weights, e.g. {left_empty[0]}.")
+    del encoder, language_model, base_model
     model.generation_config = GenerationConfig.from_model_config(text_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
@@ -136,4 +188,4 @@ def compose_chartwiz(
     return model, processor
 
 
-__all__ = ["add_image_token", "build_processor", "compose_chartwiz", "load_pix2struct_encoder"]
+__all__ = ["add_image_token", "build_processor", "compose_chartwiz", "load_causal_lm", "load_pix2struct_encoder"]

@@ -32,6 +32,8 @@ class ChartWizConfig(PretrainedConfig):
             The config object or dictionary of the vision encoder (the encoder of a Pix2Struct / DePlot model).
         text_config (`Union[AutoConfig, dict]`, *optional*, defaults to `LlamaConfig()`):
             The config object or dictionary of the causal language model (llama, mistral, qwen2, gemma, exaone...).
+            Both sub-configs have defaults here, but a config loaded with `from_pretrained` or `from_dict` must
+            carry both: a saved config without them is refused rather than read as these defaults.
         projector_type (`str`, *optional*, defaults to `"mlp2x_gelu"`):
             The projector between the two: `"linear"`, `"identity"` (needs equal hidden sizes) or `"mlp{N}x_gelu"`.
         image_token_id (`int`, *optional*):
@@ -116,6 +118,19 @@ class ChartWizConfig(PretrainedConfig):
                 f"{vision_config.hidden_size} and text {text_config.hidden_size}."
             )
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "ChartWizConfig":
+        # A saved config without its parts would silently become the defaults (a random 7B Llama): refuse it. Only
+        # this loading path refuses; `ChartWizConfig()` keeps its defaults, which transformers builds to diff against.
+        parts = {"vision_config": "the encoder's config", "text_config": "the language model's config"}
+        missing = [f"{key} ({part})" for key, part in parts.items() if not config_dict.get(key)]
+        if missing:
+            raise ValueError(
+                f"The ChartWiz config has no {' and no '.join(missing)}: it was not saved by ChartWiz, whose "
+                "`compose`, `init-tiny` and `save_pretrained` write both."
+            )
+        return super().from_dict(config_dict, **kwargs)
 
 
 __all__ = ["ChartWizConfig"]

@@ -1,5 +1,6 @@
 """Image processor for ChartWiz: Pix2Struct's variable-resolution patches with an offline, cached DePlot header."""
 
+import functools
 import math
 import os
 import shutil
@@ -20,7 +21,14 @@ from transformers.utils import TensorType, cached_file
 
 DEPLOT_HEADER_TEXT = "Generate underlying data table of the figure below:"
 DEFAULT_FONT_FILENAME = "NanumGothic.ttf"
+# Charts above 8192 x 8192 pixels are refused: processing one takes about 25 bytes per pixel (1.6 GB at the cap),
+# and far larger files are usually decompression bombs rather than charts.
+MAX_IMAGE_PIXELS = 8192 * 8192
 _HEADER_CACHE_SIZE = 256
+_ACCEPTED_ARRAYS = (
+    "images are PIL images or arrays of shape (height, width, channels) or (channels, height, width) with 1 or 3 "
+    "channels, one by one, in a list or as a 4D batch (convert other arrays with PIL.Image.fromarray)."
+)
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 _HIGH_BIT_DEPTH_RANGES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 
@@ -64,6 +72,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_image_size(width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS, name: str = "The image") -> None:
+    """Raises `ValueError` naming `name` when a `width` x `height` image is empty or has more than `max_pixels`."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{name} has an empty size ({width} x {height}).")
+    if width * height > max_pixels:
+        raise ValueError(
+            f"{name} is {width} x {height} = {width * height / 1e6:.1f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels ({max_pixels:,} pixels); scale it down first."
+        )
+
+
+def _image_shape(image, index: int) -> tuple[int, int]:
+    """(width, height) of a PIL image or an array image; raises `ValueError` naming the accepted array shapes."""
+    if isinstance(image, Image.Image):
+        return image.size
+    shape = tuple(image.shape)
+    # The channel axis as transformers infers it: first if it can be, else last.
+    if len(shape) == 3 and shape[0] in (1, 3):
+        return shape[2], shape[1]
+    if len(shape) == 3 and shape[-1] in (1, 3):
+        return shape[1], shape[0]
+    raise ValueError(f"Image {index} is an array of shape {shape}; {_ACCEPTED_ARRAYS}")
+
+
+@functools.lru_cache(maxsize=_HEADER_CACHE_SIZE)
+def _drawn_header(text: str, font_path: str, width: Optional[int]) -> Image.Image:
+    # One cache for every processor and thread: lru_cache is thread-safe, its keys and values are never mutated,
+    # and it keeps the most recently used widths (they vary with the images) within a fixed size.
+    if width is None:
+        return render_text(text, font_path=font_path)
+    drawn = _drawn_header(text, font_path, None)
+    # Same rounding as Pix2Struct's render_header
+    height = int(drawn.height * (width / drawn.width))
+    return drawn.resize((width, height))
+
+
 def find_checkpoint_file(pretrained_model_name_or_path, filename: str, **kwargs) -> str:
     """`filename` itself if it exists, else the file of that name in a local or Hub checkpoint, else `filename`."""
     if os.path.isabs(filename) or os.path.isfile(filename):
@@ -103,6 +147,8 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
             resolved inside the checkpoint the processor was loaded from, where `save_pretrained` copies the font.
         num_workers (`int`, *optional*, defaults to 2):
             Threads used to process the images of one call (the heavy steps release the GIL).
+        max_image_pixels (`int`, *optional*, defaults to `8192 * 8192`):
+            Images with more pixels are refused with a `ValueError` instead of taking gigabytes of memory.
     """
 
     model_input_names = ["pixel_values", "pixel_attention_mask"]
@@ -117,6 +163,7 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         header_text: Optional[str] = DEPLOT_HEADER_TEXT,
         font_path: Optional[str] = None,
         num_workers: int = 2,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -130,7 +177,7 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         self.header_text = header_text
         self.font_path = font_path
         self.num_workers = num_workers
-        self._header_cache: dict[tuple, Image.Image] = {}
+        self.max_image_pixels = max_image_pixels
 
     @classmethod
     def get_image_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -149,7 +196,6 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
 
     def to_dict(self):
         output = super().to_dict()
-        output.pop("_header_cache", None)
         # Saved checkpoints carry the font beside the config, so store its file name only.
         font = self.font_path or bundled_font_path()
         output["font_path"] = os.path.basename(font) if font else None
@@ -180,28 +226,34 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         )
 
     def rendered_header(self, text: str, width: Optional[int] = None, font_path: Optional[str] = None) -> Image.Image:
-        """The header image drawn by transformers' `render_text`, cached per text, font and target width."""
+        """
+        The header image drawn by transformers' `render_text` (resized to `width` if given), cached per text, font
+        and width in one cache shared by all processors and threads. The image is shared: do not modify it.
+        """
         font_path = font_path or self.resolve_font_path()
         if font_path is None:
             raise FileNotFoundError(
                 "No font to render the DePlot header: this copy of the image processor has no bundled font; pass "
                 "font_path= a TrueType file."
             )
-        key = (text, font_path, width)
-        header = self._header_cache.get(key)
-        if header is None:
-            if width is None:
-                header = render_text(text, font_path=font_path)
-            else:
-                drawn = self.rendered_header(text, None, font_path)
-                # Same rounding as Pix2Struct's render_header
-                height = int(drawn.height * (width / drawn.width))
-                header = drawn.resize((width, height))
-            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
-                # Widths vary with the images; keep the most recent ones, never the whole history.
-                self._header_cache.pop(next(iter(self._header_cache)))
-            self._header_cache[key] = header
-        return header
+        return _drawn_header(text, font_path, width)
+
+    def _check_size(self, index: int, width: int, height: int, header_text: Optional[str], font_path: Optional[str]):
+        check_image_size(width, height, self.max_image_pixels, name=f"Image {index}")
+        if header_text is None:
+            return
+        # Under the header, a narrow image is scaled up to the header's width: a 10 x 10000 image would become
+        # 869 x 869000 pixels. What is processed is that canvas, so it is what the limit bounds.
+        header = self.rendered_header(header_text, None, font_path)
+        new_width = max(header.width, width)
+        canvas = new_width * (int(height * new_width / width) + int(header.height * new_width / header.width))
+        if canvas > self.max_image_pixels:
+            advice = "pad it to a wider shape" if width < header.width else "scale it down"
+            raise ValueError(
+                f"Image {index} ({width} x {height}) would be {new_width} pixels wide under the {header.width}-pixel "
+                f"header, {canvas / 1e6:.1f} megapixels in all, above the limit of {self.max_image_pixels / 1e6:.1f} "
+                f"megapixels ({self.max_image_pixels:,} pixels); {advice} first."
+            )
 
     def _with_header(self, image: Image.Image, header_text: str, font_path: Optional[str], dtype) -> np.ndarray:
         # Same geometry as Pix2Struct's render_header, without redrawing the header or pasting into a canvas.
@@ -262,8 +314,6 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
     def _process_one(self, image, header_text, do_convert_rgb, do_normalize, max_patches, patch_size, font_path):
         if not isinstance(image, Image.Image):
             image = to_pil_image(image)
-        if image.width < 1 or image.height < 1:
-            raise ValueError(f"Image has an empty size {image.size}.")
         if do_convert_rgb:
             image = to_rgb(image)
         dtype = np.float32 if do_normalize else np.uint8
@@ -313,10 +363,14 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         if kwargs.get("data_format") is not None:
             raise ValueError("data_format is not accepted: the outputs are flattened patches.")
 
-        images = make_flat_list_of_images(images)
+        try:
+            images = make_flat_list_of_images(images)
+        except ValueError:
+            # transformers' message prints the whole array; say what is accepted instead.
+            shape = f"an array of shape {tuple(images.shape)}" if hasattr(images, "shape") else "this input"
+            raise ValueError(f"Cannot read images from {shape}; {_ACCEPTED_ARRAYS}") from None
         if not valid_images(images):
             raise ValueError("Invalid image type: expected PIL.Image.Image, numpy.ndarray or torch.Tensor images.")
-
         header_texts = [None] * len(images)
         if self.is_vqa:
             header_text = header_text if header_text is not None else self.header_text
@@ -327,8 +381,12 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
                 raise ValueError(f"Got {len(header_texts)} header texts for {len(images)} images.")
             font_path = font_path or self.resolve_font_path()
             for text in dict.fromkeys(header_texts):
-                # Drawn here, before the worker threads, so that two of them never draw the same header.
+                # Drawn once here so that the worker threads find it cached instead of each drawing it (the cache
+                # itself is safe either way).
                 self.rendered_header(text, None, font_path)
+        for index, image in enumerate(images):
+            # Checked before any pixel is touched: an oversized image would take gigabytes in the steps below.
+            self._check_size(index, *_image_shape(image, index), header_texts[index], font_path)
 
         def process(index):
             return self._process_one(
@@ -350,4 +408,4 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         )
 
 
-__all__ = ["ChartWizImageProcessor"]
+__all__ = ["MAX_IMAGE_PIXELS", "ChartWizImageProcessor", "check_image_size"]

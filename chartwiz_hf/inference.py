@@ -1,30 +1,70 @@
 """Answering questions about charts with a loaded ChartWiz model, one at a time or in left-padded batches."""
 
+import logging
 import os
+import re
 from collections.abc import Sequence
+from itertools import zip_longest
 from typing import Optional
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from transformers.feature_extraction_utils import BatchFeature
 
+from .image_processing_chartwiz import MAX_IMAGE_PIXELS, check_image_size
 
-def load_chart_image(path: str | os.PathLike) -> Image.Image:
-    """Opens and fully decodes an image file, with an error naming the file if it is missing, corrupt or truncated."""
+
+IMAGE_TOKEN = "<image>"
+
+
+def load_chart_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """
+    Opens and fully decodes an image file, upright: the EXIF orientation of a photo is applied, as a camera or phone
+    records it. Raises an error naming the file if it is missing, corrupt or truncated, or if it has more than
+    `max_pixels` pixels (8192 x 8192 by default), which is checked from the file's header before decoding.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        image = Image.open(path)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{path}: no such image file") from error
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: the image is above the limit of {max_pixels:,} pixels ({error})") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{path}: cannot decode the image ({error})") from error
+    with image:
+        check_image_size(image.width, image.height, max_pixels, name=str(path))
+        try:
+            image.load()
+            return ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"{path}: cannot decode the image ({error})") from error
 
 
-def check_question(question: str) -> str:
-    """The question without surrounding whitespace; raises `ValueError` if nothing is asked."""
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # What bytes that are not UTF-8 become on a command line (surrogateescape); the tokenizer cannot take them.
+        raise ValueError(
+            f"The {what} is not valid text: a lone surrogate (U+{ord(text[error.start]):04X}) at character "
+            f"{error.start}, as bytes that are not UTF-8 become; pass it as UTF-8."
+        ) from None
+
+
+def check_question(question: str, image_token: str = IMAGE_TOKEN) -> str:
+    """
+    The question without surrounding whitespace. Raises `ValueError` if nothing is asked, if the text is not valid
+    Unicode (a lone surrogate), or if it contains the image placeholder, which only the prompt's template may write.
+    """
     if not isinstance(question, str) or not question.strip():
         raise ValueError("The question is empty: ask something about the chart, e.g. '가장 큰 값은?'.")
+    _check_text(question, "question")
+    if image_token in question:
+        raise ValueError(
+            f"The question contains {image_token}, which marks where the chart goes in the prompt; the chart is put "
+            f"there for you, so leave {image_token} out of the question."
+        )
     return question.strip()
 
 
@@ -40,6 +80,7 @@ def chat_messages(question: str, history: Sequence[tuple[str, str]] = ()) -> lis
             content.insert(0, {"type": "image"})
         messages.append({"role": "user", "content": content})
         if answered is not None:
+            _check_text(answered, "answer in the history")
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
     return messages
 
@@ -49,6 +90,74 @@ def build_prompt(processor, question: str, history: Sequence[tuple[str, str]] = 
     return processor.apply_chat_template(chat_messages(question, history), add_generation_prompt=True)
 
 
+def _special_token_pattern(tokenizer) -> Optional[re.Pattern]:
+    """A regex matching any special token of `tokenizer` (longest first), in a group so that `split` keeps them."""
+    tokens = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    if not tokens:
+        return None
+    return re.compile("(" + "|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)) + ")")
+
+
+def _encode_pieces(tokenizer, texts: list[str], specials: list[str]) -> list[int]:
+    """
+    The ids of `texts[0] + specials[0] + texts[1] + ...`: each of `specials` one special token, the texts as plain
+    text (special-token strings in them split), and the tokenizer's own additions (a BOS) around the whole. Special
+    tokens cut the text where they stand, so every text tokenizes as it does inside the whole string.
+    """
+    plain = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+    if tokenizer.is_fast:
+        from tokenizers import Encoding
+
+        control = tokenizer(specials, add_special_tokens=False).encodings if specials else []
+        pieces = [piece for pair in zip_longest(plain.encodings, control) for piece in pair if piece is not None]
+        # The backend's post-processor adds exactly what `tokenizer(text)` adds (BOS, EOS...), whatever its kind.
+        merged = tokenizer.backend_tokenizer.post_process(Encoding.merge(pieces, growing_offsets=True))
+        return merged.ids
+    control = [tokenizer.convert_tokens_to_ids(special) for special in specials]
+    ids = []
+    for text_ids, special_id in zip_longest(plain["input_ids"], control):
+        ids.extend(text_ids or [])
+        if special_id is not None:
+            ids.append(special_id)
+    return tokenizer.build_inputs_with_special_tokens(ids)
+
+
+def encode_prompt(processor, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+    """
+    The token ids of `build_prompt(processor, question, history)`, with one `<image>` id where the chart goes.
+
+    The special tokens the chat template writes (the image placeholder, the end-of-text token after earlier answers)
+    are control tokens; special-token strings inside the questions and answers (`<|endoftext|>`, `<pad>`...) are
+    plain text, so a question cannot end a turn, insert padding or add an image. Whenever the questions and answers
+    hold no such string, the ids are the tokenizer's own for the prompt, exactly what training saw.
+
+    Role words are another matter: "ASSISTANT:" written in a question is plain text, and so are the roles of the
+    templates ChartWiz ships (`synatra_mini`, `vicuna_v1`), so the model reads both the same way; no tokenization can
+    tell them apart, and filtering such words out of questions would change what users asked.
+    """
+    messages = chat_messages(question, history)
+    tokenizer = processor.tokenizer
+    pattern = _special_token_pattern(tokenizer)
+    texts = [item["text"] for message in messages for item in message["content"] if item["type"] == "text"]
+    found = sorted({match for text in texts for match in pattern.findall(text)}) if pattern else []
+    if not found:
+        return tokenizer(processor.apply_chat_template(messages, add_generation_prompt=True))["input_ids"]
+
+    # Private-use characters stand in for the users' special-token strings while the template renders, so the special
+    # tokens left in the prompt are the template's own; the stand-ins turn back into the strings as plain text.
+    used = set("".join(texts))
+    free = (chr(code) for code in range(0xF0000, 0xFFFFE) if chr(code) not in used)
+    stand_ins = {token: next(free) for token in found}
+    for message in messages:
+        for item in message["content"]:
+            if item["type"] == "text":
+                item["text"] = pattern.sub(lambda match: stand_ins[match.group()], item["text"])
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    restore = str.maketrans({stand_in: token for token, stand_in in stand_ins.items()})
+    pieces = pattern.split(prompt)
+    return _encode_pieces(tokenizer, [text.translate(restore) for text in pieces[0::2]], pieces[1::2])
+
+
 def prepare_inputs(
     processor,
     images: Sequence[Image.Image],
@@ -56,23 +165,83 @@ def prepare_inputs(
     histories: Optional[Sequence[Sequence[tuple[str, str]]]] = None,
 ) -> BatchFeature:
     """
-    The model inputs of `questions[i]` about `images[i]` (after `histories[i]`) as one left-padded batch. CPU work
-    only, so it can run ahead of the model in another thread.
+    The model inputs of `questions[i]` about `images[i]` (after `histories[i]`) as one left-padded batch, each prompt
+    tokenized by `encode_prompt` (special-token strings in users' text stay plain text). CPU work only, so it can run
+    ahead of the model in another thread.
     """
     if len(images) != len(questions):
         raise ValueError(f"Got {len(images)} images for {len(questions)} questions.")
     histories = histories if histories is not None else [()] * len(questions)
     if len(histories) != len(questions):
         raise ValueError(f"Got {len(histories)} histories for {len(questions)} questions.")
-    prompts = [build_prompt(processor, question, history) for question, history in zip(questions, histories)]
-    return processor(images=list(images), text=prompts, padding=True, padding_side="left", return_tensors="pt")
+    prompts = [encode_prompt(processor, question, history) for question, history in zip(questions, histories)]
+    image_inputs = processor.image_processor(list(images), return_tensors="pt")
+    image_seq_length = image_inputs["pixel_values"].shape[1]
+    input_ids = []
+    for index, ids in enumerate(prompts):
+        if ids.count(processor.image_token_id) != 1:
+            raise ValueError(
+                f"The chat template wrote {ids.count(processor.image_token_id)} {processor.image_token} tokens in "
+                f"prompt {index}; a question about one chart needs exactly one."
+            )
+        # The one <image> becomes one token per patch, as the processor expands it.
+        position = ids.index(processor.image_token_id)
+        input_ids.append(ids[:position] + [processor.image_token_id] * image_seq_length + ids[position + 1 :])
+    text_inputs = pad_without_fast_tokenizer_warning(
+        processor.tokenizer, {"input_ids": input_ids}, padding=True, padding_side="left", return_tensors="pt"
+    )
+    return BatchFeature(data={**text_inputs, **image_inputs})
+
+
+def fit_new_tokens(inputs: BatchFeature, config, max_new_tokens: int, clamp: bool = False) -> int:
+    """
+    Checks, before anything is generated, that `max_new_tokens` fit in the language model's context after the
+    (padded) prompts of `inputs`, and returns the number of new tokens to generate.
+
+    Args:
+        inputs (`BatchFeature`):
+            The batch from `prepare_inputs`; its `input_ids` length is what the cache holds before the first new token.
+        config (`ChartWizConfig`):
+            The model's config; `text_config.max_position_embeddings` is the context (no check without it).
+        max_new_tokens (`int`):
+            The number of new tokens asked for.
+        clamp (`bool`, *optional*, defaults to `False`):
+            Return the number that fits instead of raising when `max_new_tokens` does not.
+
+    Raises:
+        `ValueError`, with the numbers, if the prompts leave no room at all, or (unless `clamp`) if `max_new_tokens` do
+        not fit.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if context is None:
+        return max_new_tokens
+    prompt_length = inputs["input_ids"].shape[1]
+    room = context - prompt_length
+    if room < 1:
+        chart = f" ({inputs['pixel_values'].shape[1]} of them the chart's)" if "pixel_values" in inputs else ""
+        raise ValueError(
+            f"The prompt is {prompt_length} tokens{chart}, which leaves no room in the language model's context of "
+            f"{context} tokens: shorten the question or the history."
+        )
+    if max_new_tokens > room and not clamp:
+        raise ValueError(
+            f"The prompt is {prompt_length} tokens, so {max_new_tokens} new tokens would run past the language "
+            f"model's context of {context} tokens: ask for at most {room} new tokens, or shorten the question."
+        )
+    return min(max_new_tokens, room)
 
 
 @torch.inference_mode()
 def generate_answers(
     model, processor, inputs: BatchFeature, max_new_tokens: int = 256, streamer=None, **generate_kwargs
 ) -> list[str]:
-    """Greedy (unless told otherwise) answers for a batch from `prepare_inputs`."""
+    """
+    Greedy (unless told otherwise) answers for a batch from `prepare_inputs`. Raises `ValueError` before generating
+    if `max_new_tokens` do not fit in the context after the prompts (see `fit_new_tokens`).
+    """
+    fit_new_tokens(inputs, model.config, max_new_tokens)
     inputs = inputs.to(model.device)
     generate_kwargs.setdefault("do_sample", False)
     output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
@@ -95,24 +264,91 @@ def answer_questions(
     return generate_answers(model, processor, inputs, max_new_tokens, streamer=streamer, **generate_kwargs)
 
 
+def check_device(device: Optional[str | torch.device]) -> Optional[torch.device]:
+    """
+    `device` as a `torch.device`, after checking that this machine has it; `None` stays `None`. Raises `ValueError`
+    for a string torch does not read as a device, a device type torch cannot use here (`cuda` without CUDA), or an
+    index past the devices present.
+    """
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}: use cpu, cuda, cuda:N (or mps, xpu where present).") from None
+    if parsed.type == "cpu":
+        return parsed
+    # torch.cuda, torch.mps, torch.xpu...: each device type a model can run on has a module that says if it is here
+    backend = getattr(torch, parsed.type, None)
+    if not callable(getattr(backend, "is_available", None)):
+        raise ValueError(f"Device {device!r} is not one to run a model on: use cpu or cuda.")
+    if not backend.is_available():
+        raise ValueError(f"Device {device!r} is not available: torch {torch.__version__} finds no {parsed.type} here.")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"Device {device!r} does not exist: this machine has {count} {parsed.type} device(s).")
+    return parsed
+
+
+def check_checkpoint(model_name_or_path: str | os.PathLike, **kwargs) -> None:
+    """
+    Checks that `model_name_or_path` is a ChartWiz checkpoint (a local directory or a Hub repo) before anything is
+    loaded, with a one-line error for a path that does not exist, a directory without `config.json`, another kind of
+    model, or a config without its vision and text parts. `kwargs`: the Hub arguments of `from_pretrained`.
+    """
+    from .checkpoints import describe_model_type, read_config_dict
+    from .configuration_chartwiz import ChartWizConfig
+
+    name = os.fspath(model_name_or_path)
+    config_dict = read_config_dict(name, **kwargs)
+    if config_dict.get("model_type") != ChartWizConfig.model_type:
+        raise ValueError(
+            f"{name} holds {describe_model_type(config_dict)}, not a ChartWiz model (model_type 'chartwiz'); build "
+            "one with `chartwiz compose`, or a tiny one with `chartwiz init-tiny`."
+        )
+    try:
+        ChartWizConfig.from_dict(dict(config_dict))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
 def load_chartwiz(
     model_name_or_path: str, device: Optional[str] = None, dtype="auto", adapter: Optional[str] = None, **kwargs
 ):
     """
     Model and processor from a local directory or the Hub, through the Auto classes; with `adapter`, a PEFT (LoRA)
-    adapter folder is applied on top without merging.
+    adapter folder is applied on top without merging. The device and the checkpoint are checked first
+    (`check_device`, `check_checkpoint`), and weights that cannot be read are reported as such, so a wrong input
+    gives a one-line `ValueError` or `OSError` rather than a traceback or a download attempt.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+    device = check_device(device)
+    check_checkpoint(model_name_or_path, **kwargs)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+    except SafetensorError as error:
+        raise OSError(
+            f"{model_name_or_path}: cannot read the weights ({error}); the safetensors file is truncated or corrupt, "
+            "save or download it again."
+        ) from None
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
     if device is not None:
         model = model.to(device)
-    # ChartWiz has one (numpy) image processor; saying so keeps AutoProcessor from suggesting a fast one.
-    processor = AutoProcessor.from_pretrained(model_name_or_path, use_fast=False, **kwargs)
+    # AutoImageProcessor advises a fast image processor, which ChartWiz does not have; `use_fast=False` would quiet it
+    # but also reach AutoTokenizer and pick a slow tokenizer where one exists, which may split text differently from
+    # the fast one used in training. Quiet the advice alone.
+    advice = logging.getLogger("transformers.models.auto.image_processing_auto")
+    level = advice.level
+    advice.setLevel(logging.ERROR)
+    try:
+        processor = AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
+    finally:
+        advice.setLevel(level)
     return model.eval(), processor
 
 
@@ -120,7 +356,11 @@ __all__ = [
     "answer_questions",
     "build_prompt",
     "chat_messages",
+    "check_checkpoint",
+    "check_device",
     "check_question",
+    "encode_prompt",
+    "fit_new_tokens",
     "generate_answers",
     "load_chart_image",
     "load_chartwiz",

@@ -4,11 +4,15 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
+import transformers
+from packaging import version
 from torch import nn
 from transformers import AutoModel, GenerationMixin, Pix2StructVisionModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .configuration_chartwiz import ChartWizConfig, projector_depth
 
@@ -16,6 +20,17 @@ from .configuration_chartwiz import ChartWizConfig, projector_depth
 # Built-in language models whose SDPA attention masks are transformers' causal mask and nothing else when all their
 # layers attend fully; for them a padded batch's mask can be handed over ready-made (see `expanded_attention_mask`).
 _FULL_ATTENTION_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
+# The transformers series whose mask building the ready-made mask was checked against (logits and generations equal
+# to its own masks); other versions, which checkpoints' remote code may meet, build their masks themselves.
+_READY_MASK_TRANSFORMERS_SERIES = (4, 57)
+
+
+def ready_mask_supported(transformers_version: str) -> bool:
+    """Whether `expanded_attention_mask` may hand over its own mask under this transformers version."""
+    return version.parse(transformers_version).release[:2] == _READY_MASK_TRANSFORMERS_SERIES
+
+
+_READY_MASK = ready_mask_supported(transformers.__version__)
 
 
 def _attends_fully(text_config) -> bool:
@@ -36,10 +51,12 @@ def expanded_attention_mask(
     The `[batch, 1, query, key]` boolean causal-and-padding mask of a padded batch, built by broadcasting, for the
     language models where it equals the SDPA mask transformers would build; otherwise `attention_mask` unchanged.
     transformers 4.57 builds that mask with nested `vmap`s at every generation step, which costs more than a small
-    model's whole decoding step and erases the gain of batching; it takes a ready 4D mask as it is.
+    model's whole decoding step and erases the gain of batching; it takes a ready 4D mask as it is. Under any other
+    transformers series the mask is left to transformers.
     """
     if (
-        attention_mask is None
+        not _READY_MASK
+        or attention_mask is None
         or attention_mask.dim() != 2
         or text_config._attn_implementation != "sdpa"
         or text_config.model_type not in _FULL_ATTENTION_MODEL_TYPES
@@ -122,19 +139,17 @@ class ChartWizPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module):
+        # The encoder and the language model initialize their own modules; what is ChartWiz's own (the projector's
+        # linears and the language modeling head) takes the language model's initialization.
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
-        if isinstance(module, ChartWizMultiModalProjector):
-            for child in module.children():
-                if isinstance(child, nn.Linear):
-                    child.weight.data.normal_(mean=0.0, std=std)
-                    if child.bias is not None:
-                        child.bias.data.zero_()
+        if isinstance(module, nn.Linear):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
 
 
 class ChartWizModel(ChartWizPreTrainedModel):
     """The ChartWiz model without a language modeling head."""
-
-    _checkpoint_conversion_mapping = {"language_model.model": "language_model"}
 
     def __init__(self, config: ChartWizConfig):
         super().__init__(config)
@@ -196,6 +211,7 @@ class ChartWizModel(ChartWizPreTrainedModel):
             return (inputs_embeds == image_embedding).all(-1)
         return input_ids == self.config.image_token_id
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -207,8 +223,17 @@ class ChartWizModel(ChartWizPreTrainedModel):
         inputs_embeds: Optional[torch.FloatTensor] = None,
         use_cache: Optional[bool] = None,
         cache_position: Optional[torch.LongTensor] = None,
-        **kwargs,
-    ) -> ChartWizModelOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Union[tuple, ChartWizModelOutputWithPast]:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_images, max_patches, 2 + 3 * patch_h * patch_w)`, *optional*):
+            Flattened patches with their row and column ids, as [`ChartWizImageProcessor`] returns them, one image
+            per `<image>` run in `input_ids`, in order.
+        pixel_attention_mask (`torch.Tensor` of shape `(num_images, max_patches)`, *optional*):
+            1 for real patches, 0 for padding patches.
+
+        The other arguments are those of the language model's forward; `return_dict=False` gives a tuple.
+        """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         if self.config.image_token_id is None:
@@ -277,12 +302,6 @@ class ChartWizModel(ChartWizPreTrainedModel):
 class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin):
     """ChartWiz with a language modeling head: answers questions about charts."""
 
-    _checkpoint_conversion_mapping = {
-        "^language_model.model": "model.language_model",
-        "^vision_tower": "model.vision_tower",
-        "^multi_modal_projector": "model.multi_modal_projector",
-        "^language_model.lm_head": "lm_head",
-    }
     _tied_weights_keys = ["lm_head.weight"]
 
     def __init__(self, config: ChartWizConfig):
@@ -334,6 +353,7 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
     def multi_modal_projector(self):
         return self.model.multi_modal_projector
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -347,11 +367,17 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
         use_cache: Optional[bool] = None,
         cache_position: Optional[torch.LongTensor] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
-        **kwargs,
-    ) -> ChartWizCausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Union[tuple, ChartWizCausalLMOutputWithPast]:
         r"""
+        pixel_values, pixel_attention_mask:
+            The images' flattened patches and their mask, as for [`ChartWizModel.forward`].
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Labels for the language modeling loss. Positions holding `<image>` tokens are ignored whatever their label.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+            Compute the logits of the last `logits_to_keep` positions only (0: all), or of the given positions.
+
+        The other arguments are those of the language model's forward; `return_dict=False` gives a tuple.
 
         Example:
 

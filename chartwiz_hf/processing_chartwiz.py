@@ -4,7 +4,7 @@ from typing import Optional, Union
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import TextInput
 
 
@@ -117,8 +117,30 @@ class ChartWizProcessor(ProcessorMixin):
             image_seq_length = len(image_inputs["pixel_values"][0])
         prompt_strings = [sample.replace(self.image_token, self.image_token * image_seq_length) for sample in text]
         text_inputs = self.tokenizer(prompt_strings, **output_kwargs["text_kwargs"], return_tensors=None)
-        self._check_image_tokens(text_inputs["input_ids"], placeholder_counts, image_seq_length)
+        self._check_special_mm_tokens(prompt_strings, text_inputs, modalities=["image"])
         return BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """
+        The number of `<image>` tokens each image takes in the prompt: `max_patches` whatever the image size, since
+        every Pix2Struct patch slot, padding included, becomes one token.
+
+        Args:
+            image_sizes (`list[list[int]]`, *optional*):
+                The images' (height, width).
+            kwargs:
+                Image processor arguments of the call (`max_patches` changes the count).
+
+        Returns:
+            `MultiModalData` with `num_image_tokens` and `num_image_patches` (one patch sequence per image).
+        """
+        vision_data = {}
+        if image_sizes is not None:
+            images_kwargs = {**ChartWizProcessorKwargs._defaults.get("images_kwargs", {}), **kwargs}
+            max_patches = images_kwargs.get("max_patches") or self.image_processor.max_patches
+            vision_data["num_image_tokens"] = [max_patches] * len(image_sizes)
+            vision_data["num_image_patches"] = [1] * len(image_sizes)
+        return MultiModalData(**vision_data)
 
     def _check_image_count(self, images, placeholder_counts: list[int]):
         if images is None:
@@ -143,17 +165,6 @@ class ChartWizProcessor(ProcessorMixin):
                 f"{sum(placeholder_counts)} placeholders ({placeholder_counts} per sample). Write "
                 f"{self.image_token} where the chart goes, or use processor.apply_chat_template."
             )
-
-    def _check_image_tokens(self, input_ids, placeholder_counts: list[int], image_seq_length: int):
-        for index, (ids, placeholders) in enumerate(zip(input_ids, placeholder_counts)):
-            found = sum(1 for token in ids if token == self.image_token_id)
-            expected = placeholders * image_seq_length
-            if found != expected:
-                raise ValueError(
-                    f"Sample {index} has {found} image tokens after tokenization but needs {expected} "
-                    f"({placeholders} images x {image_seq_length}); truncation (max_length) must not cut into the "
-                    "image, or the text contains stray image tokens."
-                )
 
 
 __all__ = ["ChartWizProcessor"]

@@ -67,6 +67,9 @@ def tiny_configs(vocab_size: int, max_patches: int = 64, max_position_embeddings
         num_hidden_layers=2,
         num_attention_heads=2,
         seq_len=max(max_patches + 1, 128),
+        # Pix2StructVisionConfig's default of 1e-10 leaves the patch projection at zero, so every chart would map to
+        # the same features; 0.02 is what a full Pix2StructConfig gives its encoder.
+        initializer_range=0.02,
     )
     text_kwargs = {
         "vocab_size": vocab_size,

@@ -1,9 +1,16 @@
+import json
+import os
+import re
+import shutil
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForVision2Seq,
     AutoProcessor,
+    AutoTokenizer,
+    LlamaConfig,
     LlamaForCausalLM,
     Pix2StructConfig,
     Pix2StructForConditionalGeneration,
@@ -143,3 +150,199 @@ def test_compose_with_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_errors_name_the_sub_command_that_failed(tmp_path, capsys):
     assert main(["data", "build", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("chartwiz data build: error: ")
+
+
+def compose_argv(vision, text, out, *extra):
+    return ["compose", "--vision", str(vision), "--text", str(text), "--out", str(out), "--max-patches", "32", *extra]
+
+
+def test_compose_refuses_parts_of_the_wrong_kind(pretrained_parts, tmp_path, capsys):
+    root, _, _ = pretrained_parts
+    assert main(compose_argv(root / "lm", root / "lm", tmp_path / "out")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("chartwiz compose: error: ") and "'llama' model" in error and "Pix2Struct" in error
+    assert main(compose_argv(root / "deplot", root / "deplot", tmp_path / "out")) == 2
+    assert "'pix2struct' model, not a causal language model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compose_refuses_a_pix2struct_checkpoint_without_the_encoder_weights(pretrained_parts, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    root, _, _ = pretrained_parts
+    decoder_only = tmp_path / "decoder-only"
+    shutil.copytree(root / "deplot", decoder_only)
+    weights = load_file(decoder_only / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("encoder.")}, decoder_only / "model.safetensors")
+    assert main(compose_argv(decoder_only, root / "lm", tmp_path / "out")) == 2
+    assert "has no weights for" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_compose_builds_around_the_parts_own_tensors_in_their_dtype(pretrained_parts, tmp_path, monkeypatch, tied):
+    import chartwiz_hf.compose as compose
+
+    root, _, _ = pretrained_parts
+    # The parts' LM (tied) or an untied one, saved in bfloat16 as most LMs on the Hub are
+    language_model = LlamaForCausalLM.from_pretrained(root / "lm", dtype=torch.bfloat16)
+    if not tied:
+        torch.manual_seed(1)
+        config = tiny_configs(language_model.config.vocab_size, tie_word_embeddings=False)[1]
+        language_model = LlamaForCausalLM(config).to(torch.bfloat16)
+    text_dir = tmp_path / "lm-bf16"
+    language_model.save_pretrained(text_dir)
+    AutoTokenizer.from_pretrained(root / "lm").save_pretrained(text_dir)
+    loaded = []
+    real_from_pretrained = compose.AutoModelForCausalLM.from_pretrained
+
+    def recording_from_pretrained(*args, **kwargs):
+        loaded.append(real_from_pretrained(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(compose.AutoModelForCausalLM, "from_pretrained", recording_from_pretrained)
+    model, processor = compose.compose_chartwiz(str(root / "deplot"), str(text_dir), max_patches=32)
+
+    assert {param.dtype for param in model.parameters()} == {torch.bfloat16}, "the language model's dtype"
+    assert not any(param.is_meta for param in model.parameters())
+    # The loaded tensors themselves, not copies: composing holds the weights once.
+    layer, loaded_layer = model.model.language_model.layers[0], loaded[0].model.layers[0]
+    assert layer.mlp.up_proj.weight.data_ptr() == loaded_layer.mlp.up_proj.weight.data_ptr()
+    embeddings = model.get_input_embeddings().weight
+    assert embeddings.shape[0] == language_model.config.vocab_size + 1 == len(processor.tokenizer), "<image> added"
+    assert (model.lm_head.weight is embeddings) is tied
+    assert torch.equal(model.lm_head.weight[:-1], language_model.lm_head.weight)
+    projector = model.multi_modal_projector.linear_1.weight
+    assert projector.abs().sum() > 0 and torch.isfinite(projector).all(), "the new projector is initialized"
+
+
+def test_init_tiny_and_compose_refuse_a_non_empty_output_unless_told(pretrained_parts, tmp_path, capsys):
+    root, _, _ = pretrained_parts
+    out = tmp_path / "checkpoint"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    assert main(["init-tiny", str(out)]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(compose_argv(root / "deplot", root / "lm", out)) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert os.listdir(out) == ["notes.txt"]
+    assert main(["init-tiny", str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "notes.txt").read_text() == "my notes"
+    assert main(["init-tiny", str(tmp_path / "new")]) == 0
+
+
+@pytest.fixture(scope="module")
+def ask_inputs(tiny_dir, tmp_path_factory):
+    """A chart, and directories that are not loadable ChartWiz checkpoints."""
+    root = tmp_path_factory.mktemp("ask-inputs")
+    draw_chart().save(root / "chart.png")
+    for name, damage in [
+        ("truncated", lambda data: data[: len(data) // 2]),
+        ("corrupt", lambda data: b"\xff" * 16 + data[16:]),
+    ]:
+        shutil.copytree(tiny_dir, root / name)
+        weights = root / name / "model.safetensors"
+        weights.write_bytes(damage(weights.read_bytes()))
+    shutil.copytree(tiny_dir, root / "no-text-config")
+    config = json.loads((root / "no-text-config" / "config.json").read_text())
+    del config["text_config"]
+    (root / "no-text-config" / "config.json").write_text(json.dumps(config))
+    LlamaConfig(hidden_size=16, num_attention_heads=2).save_pretrained(root / "llama")
+    (root / "empty").mkdir()
+    return root
+
+
+# (--model, question, options): what the one-line error must say
+ASK_ERRORS = {
+    "lone-surrogate": ("{tiny}", "값\udcff?", [], "lone surrogate (U+DCFF)"),
+    "image-placeholder": ("{tiny}", "<image> 값?", [], "leave <image> out of the question"),
+    "no-new-tokens": ("{tiny}", "값?", ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    # The device is checked before the model: the directory does not even exist.
+    "cuda-without-cuda": ("{root}/nowhere", "값?", ["--device", "cuda"], "Device 'cuda' is not available"),
+    "unknown-device": ("{root}/nowhere", "값?", ["--device", "gpu0"], "Unknown device 'gpu0'"),
+    "meta-device": ("{root}/nowhere", "값?", ["--device", "meta"], "Device 'meta' is not one to run a model on"),
+    "truncated-weights": ("{root}/truncated", "값?", [], "cannot read the weights"),
+    "corrupt-weights": ("{root}/corrupt", "값?", [], "cannot read the weights"),
+    "no-text-config": ("{root}/no-text-config", "값?", [], "has no text_config"),
+    "not-chartwiz": ("{root}/llama", "값?", [], "holds a 'llama' model, not a ChartWiz model"),
+    "no-config": ("{root}/empty", "값?", [], "has no config.json"),
+    "missing-absolute": ("{root}/nowhere", "값?", [], "nowhere: no such directory"),
+    "missing-relative": ("no-such/model-dir", "값?", [], "no-such/model-dir: no such directory"),
+}
+
+
+@pytest.mark.parametrize("case", ASK_ERRORS)
+def test_ask_reports_bad_input_in_one_line(case, ask_inputs, tiny_dir, tmp_path, capsys, monkeypatch):
+    model, question, options, message = ASK_ERRORS[case]
+    model = model.format(tiny=tiny_dir, root=ask_inputs)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["ask", "--model", model, str(ask_inputs / "chart.png"), question, *options]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("chartwiz ask: error: ") and message in error, error
+    assert error.count("\n") == 1, f"one line, no traceback: {error}"
+
+
+def question_leaving_room(processor, room: int) -> str:
+    """A long question whose prompt leaves at most `room` tokens of the context (and as close to it as it can)."""
+    from chartwiz_hf.inference import prepare_inputs
+
+    context, chart, filler = processor.tokenizer.model_max_length, draw_chart(100, 100), "가장 큰 값은 무엇인가요? "
+
+    def length(repeats):
+        return prepare_inputs(processor, [chart], [filler * repeats])["input_ids"].shape[1]
+
+    per_repeat = length(2) - length(1)
+    repeats = max(1, (context - room - length(1)) // per_repeat)
+    while context - length(repeats) > room:
+        repeats += 1
+    return filler * repeats
+
+
+def test_ask_fits_the_answer_to_the_context_before_generating(tiny_dir, tmp_path, capsys):
+    from chartwiz_hf import ChartWizProcessor
+
+    processor = ChartWizProcessor.from_pretrained(tiny_dir)
+    image = tmp_path / "chart.png"
+    draw_chart().save(image)
+    long_question = question_leaving_room(processor, 12)
+    assert main(["ask", "--model", tiny_dir, str(image), long_question, "--max-new-tokens", "200"]) == 0
+    captured = capsys.readouterr()
+    note = re.search(
+        r"note: the prompt takes (\d+) of the model's 1024 context tokens, so at most (\d+)", captured.err
+    )
+    assert note and int(note.group(1)) + int(note.group(2)) == 1024 and int(note.group(2)) <= 12, captured.err
+    assert captured.out.strip(), "the answer is still given"
+    too_long = question_leaving_room(processor, 0)
+    assert main(["ask", "--model", tiny_dir, str(image), too_long]) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"error: The prompt is \d+ tokens \(16 of them the chart's\), which leaves no room", error)
+
+
+def test_answers_that_would_overrun_the_context_are_refused_before_generating(tiny):
+    from chartwiz_hf.inference import answer_questions, prepare_inputs
+
+    model, processor = tiny
+    chart = draw_chart()
+    question = question_leaving_room(processor, 20)
+    inputs = prepare_inputs(processor, [chart], [question])
+    room = model.config.text_config.max_position_embeddings - inputs["input_ids"].shape[1]
+    assert 0 < room <= 20
+
+    class Streamer:
+        received = []
+
+        def put(self, value):
+            self.received.append(value)
+
+        def end(self):
+            pass
+
+    streamer = Streamer()
+    with pytest.raises(ValueError, match=f"{room + 5} new tokens would run past .* ask for at most {room} new tokens"):
+        answer_questions(model, processor, [chart], [question], max_new_tokens=room + 5, streamer=streamer)
+    assert streamer.received == [], "refused before the prompt or any token was streamed"
+    from chartwiz_hf.inference import fit_new_tokens
+
+    assert fit_new_tokens(inputs, model.config, room + 50, clamp=True) == room
+    assert fit_new_tokens(inputs, model.config, room) == room
+    assert len(answer_questions(model, processor, [chart], [question], max_new_tokens=room, min_new_tokens=room)) == 1

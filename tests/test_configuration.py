@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from transformers import AutoConfig, LlamaConfig, Pix2StructVisionConfig, Qwen2Config
 
@@ -49,3 +51,18 @@ def test_max_patches_must_fit_the_encoder_position_table():
 def test_unknown_text_model_type_is_reported():
     with pytest.raises(ValueError, match="not-a-model"):
         ChartWizConfig(text_config={"model_type": "not-a-model"})
+
+
+@pytest.mark.parametrize("part", ["text_config", "vision_config"])
+def test_saved_config_without_a_part_is_refused_not_read_as_the_defaults(tmp_path, part):
+    config = ChartWizConfig(small_vision(), LlamaConfig(hidden_size=16, num_attention_heads=2), max_patches=32)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved[part]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=f"no {part}"):
+        AutoConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"no {part}"):
+        ChartWizConfig.from_pretrained(tmp_path)
+    # built in code, the config keeps its documented defaults (transformers builds one to diff saved configs against)
+    assert ChartWizConfig().text_config.model_type == "llama"

@@ -1,5 +1,11 @@
 import io
+import math
 import os
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -65,11 +71,14 @@ def test_header_is_drawn_once_and_never_downloaded(monkeypatch):
 
     monkeypatch.setattr(chartwiz_image_processing, "render_text", counting_render_text)
     monkeypatch.setattr(image_processing_pix2struct, "hf_hub_download", no_download)
+    chartwiz_image_processing._drawn_header.cache_clear()
     processor = ChartWizImageProcessor(max_patches=32)
     processor([draw_chart(300 + 10 * i, 200) for i in range(6)])
     processor([draw_chart(320, 240)])
-    assert len(calls) == 1
-    assert len(processor._header_cache) <= chartwiz_image_processing._HEADER_CACHE_SIZE
+    ChartWizImageProcessor(max_patches=16)([draw_chart(330, 240)])
+    assert len(calls) == 1, "one drawing for every processor and width"
+    cache = chartwiz_image_processing._drawn_header.cache_info()
+    assert cache.currsize <= cache.maxsize == chartwiz_image_processing._HEADER_CACHE_SIZE
 
 
 def test_font_travels_with_the_checkpoint(tmp_path, monkeypatch):
@@ -150,3 +159,107 @@ def test_truncated_file_is_reported_by_the_loader(tmp_path):
         load_chart_image(tmp_path / "garbage.png")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_chart_image(tmp_path / "missing.png")
+
+
+def yield_at_every_bytecode_of(module):
+    """A `threading.settrace` hook making threads give up the GIL at every bytecode of `module`'s own code."""
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename != module.__file__:
+            return None
+        frame.f_trace_opcodes = True
+
+        def each_bytecode(frame, event, arg):
+            if event == "opcode":
+                time.sleep(0)
+            return each_bytecode
+
+        return each_bytecode
+
+    return trace
+
+
+def test_header_cache_is_safe_for_concurrent_threads():
+    processor = ChartWizImageProcessor()
+    font = processor.resolve_font_path()
+    drawn = processor.rendered_header(DEPLOT_HEADER_TEXT, None, font)
+    # More widths than the cache holds, so entries are evicted while other threads read and add them, and a thread
+    # switch between any two steps of the processor's own code: a race in its bookkeeping cannot hide.
+    widths = list(range(300, 300 + 2 * chartwiz_image_processing._HEADER_CACHE_SIZE)) * 2
+    threading.settrace(yield_at_every_bytecode_of(chartwiz_image_processing))
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            headers = list(pool.map(lambda width: processor.rendered_header(DEPLOT_HEADER_TEXT, width, font), widths))
+    finally:
+        threading.settrace(None)
+    assert [header.size for header in headers] == [(w, int(drawn.height * w / drawn.width)) for w in widths]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(10,), (5, 10, 7), (40, 40, 2), (4, 40, 40), (1, 2, 3, 40, 40)],
+    ids=["1d", "7-channels", "2-channels", "4-channels-first", "5d"],
+)
+def test_arrays_of_the_wrong_shape_are_refused_naming_what_is_accepted(shape):
+    processor = ChartWizImageProcessor(max_patches=16)
+    with pytest.raises(ValueError, match=r"\(height, width, channels\) or \(channels, height, width\)") as error:
+        processor(np.zeros(shape, dtype=np.uint8))
+    assert str(shape) in str(error.value)
+    for accepted in [(40, 40, 3), (3, 40, 40), (40, 40, 1), (2, 40, 40, 3)]:
+        assert processor(np.zeros(accepted, dtype=np.uint8))["pixel_values"][0].shape == (16, 770)
+
+
+def test_images_above_the_pixel_cap_are_refused_before_any_work():
+    processor = ChartWizImageProcessor(max_patches=16)
+    side = int(math.isqrt(chartwiz_image_processing.MAX_IMAGE_PIXELS)) + 1
+    # A view of one pixel: no memory behind it, so only the size check can stop it cheaply.
+    huge = np.broadcast_to(np.zeros((1, 1, 3), dtype=np.uint8), (side, side, 3))
+    with pytest.raises(ValueError, match=rf"Image 1 is {side} x {side} = .* megapixels, above the limit"):
+        processor([np.zeros((40, 40, 3), dtype=np.uint8), huge])
+    strict = ChartWizImageProcessor(max_patches=16, max_image_pixels=10_000, is_vqa=False)
+    assert strict(np.zeros((100, 100, 3), dtype=np.uint8))["pixel_values"][0].shape == (16, 770)
+    with pytest.raises(ValueError, match=r"Image 0 is 100 x 101 .*\(10,000 pixels\)"):
+        strict(np.zeros((101, 100, 3), dtype=np.uint8))
+
+
+def test_narrow_images_are_refused_when_the_header_would_scale_them_past_the_cap():
+    # 20 x 8000 is 160,000 pixels, but under the 869-pixel-wide header it would become 869 x 347,600.
+    narrow = np.zeros((8000, 20, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"Image 0 \(20 x 8000\) would be \d+ pixels wide under .* limit"):
+        ChartWizImageProcessor(max_patches=16)(narrow)
+    assert ChartWizImageProcessor(max_patches=16, is_vqa=False)(narrow)["pixel_values"][0].shape == (16, 770)
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` over the pixel data of a 1 x 1 image: opening it reads the size."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    # After the 8-byte signature: IHDR's length, type (offset 12), width and height (16, 20), ..., CRC (29)
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [9000, 20000], ids=["above-the-cap", "decompression-bomb"])
+def test_loader_refuses_huge_images_from_the_header(tmp_path, side):
+    from chartwiz_hf.inference import load_chart_image
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_claiming_size(side, side))
+    with pytest.raises(ValueError, match=r"huge\.png.* above the limit of"):
+        load_chart_image(path)
+
+
+def test_loader_turns_photos_upright_by_their_exif_orientation(tmp_path):
+    from chartwiz_hf.inference import load_chart_image
+
+    chart = draw_chart(320, 240)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned, the picture must be rotated 90 degrees clockwise
+    chart.save(tmp_path / "photo.png", exif=exif)
+    loaded = load_chart_image(tmp_path / "photo.png")
+    assert loaded.size == (240, 320)
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(chart.transpose(Image.Transpose.ROTATE_270)))
+    chart.save(tmp_path / "upright.png")
+    np.testing.assert_array_equal(np.asarray(load_chart_image(tmp_path / "upright.png")), np.asarray(chart))

@@ -27,6 +27,8 @@ from chartwiz_hf import (
 )
 from chartwiz_hf.inference import build_prompt
 
+from .conftest import draw_chart
+
 
 def prompt_inputs(processor, images, questions, **kwargs):
     prompts = [build_prompt(processor, question) for question in questions]
@@ -347,7 +349,8 @@ def test_ready_made_padding_mask_equals_transformers_mask(model_type, tiny_dir, 
     assert expanded.shape == (3, 1, mask.shape[1], mask.shape[1])
     ours = model(**inputs).logits
     generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4)
-    monkeypatch.setattr(modeling, "_FULL_ATTENTION_MODEL_TYPES", ())
+    # transformers' own mask, as under any other transformers series
+    monkeypatch.setattr(modeling, "_READY_MASK", False)
     assert (
         modeling.expanded_attention_mask(inputs["attention_mask"], config.text_config, None, None, 1)
         is inputs["attention_mask"]
@@ -390,3 +393,71 @@ def test_generation_running_past_the_context_is_a_clear_error(tiny_dir, charts):
     )
     with pytest.raises(ValueError, match="longer than the language model's context"):
         model.generate(**inputs, max_new_tokens=room + 2, min_new_tokens=room + 2)
+
+
+@torch.no_grad()
+def test_return_dict_false_gives_the_same_outputs_as_tuples(tiny, charts):
+    model, processor = tiny
+    inputs = prompt_inputs(processor, charts[:1], ["값?"])
+    labels = inputs["input_ids"].clone()
+    as_dict = model(**inputs, labels=labels)
+    as_tuple = model(**inputs, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss, rtol=0, atol=0)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits, rtol=0, atol=0)
+    base = model.model(**inputs, return_dict=False)
+    assert isinstance(base, tuple)
+    torch.testing.assert_close(base[0], model.model(**inputs).last_hidden_state, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_tiny_encoder_tells_different_charts_apart(tiny):
+    model, processor = tiny
+    # Same size, so the same patch grid: only the pixels differ.
+    first, second = draw_chart(320, 240, (3, 7, 5), seed=0), draw_chart(320, 240, (9, 1, 8, 2), seed=5)
+    pixels = processor.image_processor([first, second, first], return_tensors="pt")
+    features = model.get_image_features(pixels["pixel_values"], pixels["pixel_attention_mask"]).mean(dim=1)
+    assert F.cosine_similarity(features[0], features[2], dim=0) > 0.9999
+    assert F.cosine_similarity(features[0], features[1], dim=0) < 0.97
+
+
+def test_untied_lm_head_is_initialized_like_every_other_linear():
+    from chartwiz_hf.tiny import make_tiny_chartwiz
+
+    model, _ = make_tiny_chartwiz(seed=1, max_patches=16)
+    std = model.config.text_config.initializer_range
+    assert not model.config.text_config.tie_word_embeddings
+    for name, linear in [
+        ("lm_head", model.lm_head),
+        ("projector", model.multi_modal_projector.linear_2),
+        ("q_proj", model.language_model.layers[0].self_attn.q_proj),
+    ]:
+        weight = linear.weight.detach()
+        # normal(0, std): torch's default uniform init of a 64-wide linear would have a std of 0.072
+        assert abs(weight.std().item() - std) < 0.1 * std, name
+        assert abs(weight.mean().item()) < 0.1 * std, name
+
+
+def test_no_checkpoint_key_renaming():
+    # transformers and PEFT rename checkpoint keys by this mapping; ChartWiz checkpoints never had other names.
+    assert ChartWizForConditionalGeneration._checkpoint_conversion_mapping == {}
+    assert ChartWizModel._checkpoint_conversion_mapping == {}
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [("4.57.6", True), ("4.57.0", True), ("4.57.1.dev0", True), ("4.56.2", False), ("4.58.0", False), ("5.0", False)],
+)
+def test_ready_made_mask_is_gated_on_the_transformers_series_it_was_checked_on(version, supported, monkeypatch):
+    import transformers
+
+    import chartwiz_hf.modeling_chartwiz as modeling
+
+    assert modeling.ready_mask_supported(version) is supported
+    assert modeling._READY_MASK is modeling.ready_mask_supported(transformers.__version__)
+    config = AutoConfig.for_model("llama", hidden_size=16, num_attention_heads=2)
+    config._attn_implementation = "sdpa"
+    padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    monkeypatch.setattr(modeling, "_READY_MASK", supported)
+    mask = modeling.expanded_attention_mask(padded, config, None, None, 3)
+    assert (mask is padded) is not supported

@@ -1,16 +1,39 @@
 """`chartwiz ask`: answer one question about a chart, streaming the answer."""
 
+import sys
+
 
 def run(args):
     from transformers import TextStreamer
 
-    from ..inference import answer_questions, check_question, load_chart_image, load_chartwiz
+    from ..inference import (
+        check_device,
+        check_question,
+        fit_new_tokens,
+        generate_answers,
+        load_chart_image,
+        load_chartwiz,
+        prepare_inputs,
+    )
 
     question = check_question(args.question)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    device = check_device(args.device)
     image = load_chart_image(args.image)
-    model, processor = load_chartwiz(args.model, device=args.device, adapter=args.adapter)
+    model, processor = load_chartwiz(args.model, device=device, adapter=args.adapter)
+    inputs = prepare_inputs(processor, [image], [question])
+    # Checked before the first token: the model would otherwise stream part of an answer and then stop on an error.
+    max_new_tokens = fit_new_tokens(inputs, model.config, args.max_new_tokens, clamp=True)
+    if max_new_tokens < args.max_new_tokens:
+        print(
+            f"note: the prompt takes {inputs['input_ids'].shape[1]} of the model's "
+            f"{model.config.text_config.max_position_embeddings} context tokens, so at most {max_new_tokens} new "
+            f"tokens are generated instead of {args.max_new_tokens}.",
+            file=sys.stderr,
+        )
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    answer_questions(model, processor, [image], [question], max_new_tokens=args.max_new_tokens, streamer=streamer)
+    generate_answers(model, processor, inputs, max_new_tokens, streamer=streamer)
 
 
 def register(subcommands) -> None:
@@ -19,6 +42,8 @@ def register(subcommands) -> None:
     parser.add_argument("image", help="chart image file")
     parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="answer length limit (lowered with a note to fit the context)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
     parser.set_defaults(func=run, prog=parser.prog)

@@ -1,11 +1,13 @@
 """`chartwiz compose`: join a Pix2Struct / DePlot encoder and a causal LM into a ChartWiz checkpoint."""
 
 from ..chat_templates import CHAT_TEMPLATES
+from . import check_output_dir
 
 
 def run(args):
     from ..compose import compose_chartwiz
 
+    check_output_dir(args.out, args.overwrite)
     compose_chartwiz(
         args.vision,
         args.text,
@@ -24,9 +26,10 @@ def register(subcommands) -> None:
     )
     parser.add_argument("--vision", required=True, help="Pix2Struct/DePlot checkpoint (e.g. google/deplot)")
     parser.add_argument("--text", required=True, help="causal LM with its tokenizer (e.g. maywell/Synatra-42dot-1.3B)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
     parser.add_argument("--projector-type", default="mlp2x_gelu", help="linear, identity or mlp{N}x_gelu")
     parser.add_argument("--max-patches", type=int, default=512, help="patches (= image tokens) per image")
     parser.add_argument("--template", default="synatra_mini", choices=CHAT_TEMPLATES, help="chat template")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the LM's own code from the Hub")
+    parser.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     parser.set_defaults(func=run, prog=parser.prog)

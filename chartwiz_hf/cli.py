@@ -6,10 +6,10 @@ import sys
 
 from dataset_builder.cli import add_data_commands
 
-from .commands import ask, compose, init_tiny
+from .commands import ask, compose, init_tiny, merge
 
 
-COMMANDS = (compose, init_tiny, ask)
+COMMANDS = (compose, init_tiny, ask, merge)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ chartwiz merge --base checkpoints/chartwiz-1.3b-pretrain --adapter checkpoints/c
 
 # The tiny recipes on CPU, one process or two (gloo); what the tests run, in minutes on 2 cores
 ```bash
-chartwiz init-tiny outputs/tiny-chartwiz && chartwiz synth outputs/synth --n 200
+chartwiz init-tiny outputs/tiny-chartwiz && chartwiz synth outputs/synth --n 20
 chartwiz data build --data-dir outputs/synth --gpt outputs/synth/gpt_qa.jsonl --out outputs/charts
 python recipes/sft_chartwiz.py --config recipes/chartwiz-tiny/pretrain/config_full.yaml
 accelerate launch --multi_gpu --num_processes 2 recipes/sft_chartwiz.py \
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from datasets import get_dataset_config_names, load_dataset
 from huggingface_hub import ModelCard, ModelCardData
-from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
@@ -236,7 +236,7 @@ def load_model_and_processor(model_args, training_args):
     model_kwargs.update(training_args.model_init_kwargs or {})
     # The model is built here, so TRL must not try to apply these again (it warns when given both).
     training_args.model_init_kwargs = None
-    model = AutoModelForVision2Seq.from_pretrained(name, config=config, **model_kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(name, config=config, **model_kwargs)
     processor = AutoProcessor.from_pretrained(name, use_fast=False, **hub_kwargs)
     return model, processor
 
@@ -534,8 +534,8 @@ def chartwiz_model_card(trainer: ChartWizSFTTrainer, model_name: str) -> ModelCa
     else:
         usage = (
             "```python\n"
-            "from transformers import AutoModelForVision2Seq, AutoProcessor\n\n"
-            f'model = AutoModelForVision2Seq.from_pretrained("{model_name}", trust_remote_code=True)\n'
+            "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+            f'model = AutoModelForImageTextToText.from_pretrained("{model_name}", trust_remote_code=True)\n'
             f'processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)\n'
             "```"
         )

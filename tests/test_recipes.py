@@ -95,6 +95,19 @@ def full_precision_training():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """
+    One torch thread, as each of the two launched processes gets: with the same arithmetic on both sides, the
+    comparisons of weights after Adam (whose first steps move every weight by about the learning rate, whatever the
+    size of its gradient) do not hinge on rounding.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def chart_data(tmp_path_factory):
     """20 synthetic charts (10 train, 10 test) built into the pretrain / finetune / gpt / all configs."""

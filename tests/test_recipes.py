@@ -587,6 +587,7 @@ def test_lora_trains_adapters_and_projector_and_merges_into_the_same_answers(tin
     ask = ["ask", str(chart_path), "가장 큰 값은?", "--max-new-tokens", "10"]
     assert cli.main([*ask, "--model", tiny_dir, "--adapter", str(output_dir)]) == 0
     with_adapter = capsys.readouterr().out
+    assert with_adapter.strip(), "an answer to compare"
     assert cli.main([*ask, "--model", str(merged_dir)]) == 0
     assert capsys.readouterr().out == with_adapter
 

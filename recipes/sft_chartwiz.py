@@ -64,6 +64,7 @@ STAGES = {
 }
 RUN_FILE = "chartwiz_run.json"
 REQUIRED_COLUMNS = ("image", "prompt", "completion")
+BUILT = ("pretrain", "finetune", "gpt", "all")  # the configs `chartwiz data build` writes
 # LoRA never touches the vision encoder; the projector is trained in full and saved with the adapter instead.
 LORA_EXCLUDED_MODULES = r".*\b(vision_tower|multi_modal_projector)\b.*"
 LORA_MODULES_TO_SAVE = ["multi_modal_projector"]
@@ -292,9 +293,14 @@ def load_chart_splits(script_args, training_args):
     if os.path.isdir(name):
         available = get_dataset_config_names(name)
         if config not in available:
+            remedy = (
+                f"Build it with `chartwiz data build --configs {config} ...` or choose"
+                if config in BUILT
+                else "Choose"
+            )
             raise RecipeError(
-                f"Dataset folder {name} has no {config!r} config (it has {', '.join(available)}). Build it with "
-                f"`chartwiz data build --configs {config} ...`, or choose one of those with --dataset_config."
+                f"Dataset folder {name} has no {config!r} config (it has {', '.join(available)}). {remedy} one of "
+                "those with --dataset_config."
             )
     dataset = load_dataset(name, config)
     train_dataset = _split(dataset, name, config, script_args.dataset_train_split, script_args.max_train_samples)

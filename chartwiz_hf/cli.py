@@ -6,10 +6,10 @@ import sys
 
 from dataset_builder.cli import add_data_commands
 
-from .commands import ask, compose, convert, evaluate, init_tiny
+from .commands import ask, compose, convert, evaluate, init_tiny, merge
 
 
-COMMANDS = (compose, init_tiny, ask, convert, evaluate)
+COMMANDS = (compose, init_tiny, ask, merge, convert, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

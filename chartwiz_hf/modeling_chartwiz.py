@@ -40,6 +40,20 @@ def _attends_fully(text_config) -> bool:
     return getattr(text_config, "sliding_window", None) is None
 
 
+def submodel_no_split_modules(*submodels) -> list[str]:
+    """
+    The layer classes the sub-models themselves keep whole (`Pix2StructVisionLayer`, `LlamaDecoderLayer`...): FSDP's
+    transformer wrapping and device maps read them from the top model, and the language model's layer class is only
+    known once the config has chosen it.
+    """
+    names = []
+    for submodel in submodels:
+        for name in getattr(submodel, "_no_split_modules", None) or ():
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def expanded_attention_mask(
     attention_mask: Optional[torch.Tensor],
     text_config,
@@ -158,6 +172,7 @@ class ChartWizModel(ChartWizPreTrainedModel):
         self.vision_tower = Pix2StructVisionModel(config.vision_config)
         self.multi_modal_projector = ChartWizMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        self._no_split_modules = submodel_no_split_modules(self.vision_tower, self.language_model)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -308,6 +323,7 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
         super().__init__(config)
         self.model = ChartWizModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._no_split_modules = list(self.model._no_split_modules)
         self.post_init()
 
     def save_pretrained(self, save_directory, *args, **kwargs):

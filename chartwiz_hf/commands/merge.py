@@ -1,0 +1,22 @@
+"""`chartwiz merge`: fold a LoRA adapter into its ChartWiz base and save a full checkpoint."""
+
+
+def run(args):
+    from ..merge import merge_adapter
+
+    merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype)
+    print(f"Saved {args.base} + {args.adapter}, merged, to {args.out}")
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser("merge", help="fold a LoRA adapter into its base and save a full checkpoint")
+    parser.add_argument("--base", required=True, help="the ChartWiz checkpoint the adapter was trained on")
+    parser.add_argument("--adapter", required=True, help="the adapter folder (recipes' LoRA output) or Hub repo")
+    parser.add_argument("--out", required=True, help="output directory of the merged checkpoint")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype to merge and save in",
+    )
+    parser.set_defaults(func=run, prog=parser.prog)

@@ -6,10 +6,10 @@ import sys
 
 from dataset_builder.cli import add_data_commands
 
-from .commands import ask, compose, init_tiny
+from .commands import ask, compose, demo, infer, init_tiny
 
 
-COMMANDS = (compose, init_tiny, ask)
+COMMANDS = (compose, init_tiny, ask, infer, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,30 @@
-"""`chartwiz ask`: answer one question about a chart, streaming the answer."""
+"""`chartwiz ask`: answer one question about a chart (an image, or a page of a PDF), streaming the answer."""
+
+
+def load_chart(path: str, page=None):
+    """The chart of `path`: the image, or page `page` (1-based) of a PDF; a one-page PDF needs no page number."""
+    from ..inference import load_chart_image
+    from ..pdf import is_pdf, pdf_page_count, render_pdf_page
+
+    if not is_pdf(path):
+        if page is not None:
+            raise ValueError(f"{path} is not a PDF; --page is for PDF files")
+        return load_chart_image(path)
+    if page is None:
+        pages = pdf_page_count(path)
+        if pages > 1:
+            raise ValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
+        page = 1
+    return render_pdf_page(path, page)
 
 
 def run(args):
     from transformers import TextStreamer
 
-    from ..inference import answer_questions, check_question, load_chart_image, load_chartwiz
+    from ..inference import answer_questions, check_question, load_chartwiz
 
     question = check_question(args.question)
-    image = load_chart_image(args.image)
+    image = load_chart(args.image, args.page)
     model, processor = load_chartwiz(args.model, device=args.device, adapter=args.adapter)
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     answer_questions(model, processor, [image], [question], max_new_tokens=args.max_new_tokens, streamer=streamer)
@@ -16,8 +33,9 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser("ask", help="answer one question about a chart, streaming the answer")
     parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
-    parser.add_argument("image", help="chart image file")
+    parser.add_argument("image", help="chart image file, or a PDF (with --page)")
     parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
+    parser.add_argument("--page", type=int, default=None, help="page of a PDF to ask about (1-based)")
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")

@@ -137,6 +137,10 @@ def test_quick_buttons_ask_the_training_instructions_and_a_table_answer_becomes_
     assert chat(app)[1][1][0] == ("text", table), "the answer is also shown as text"
     assert app.get("download_button")[0].proto.label == "CSV로 내려받기"
 
+    labels = [button.label for button in app.button]
+    app.button[labels.index("대화 지우기")].click().run()
+    assert chat(app) == [] and app.session_state["messages"] == []
+
 
 def test_bad_uploads_are_messages_not_tracebacks(app):
     app.file_uploader[0].set_value(("chart.png", b"\x89PNG\r\n\x1a\n not an image", "image/png")).run()

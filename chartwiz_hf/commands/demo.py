@@ -1,6 +1,7 @@
 """`chartwiz demo`: the Streamlit web demo (chat about a chart or a PDF report) on a local port."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -46,8 +47,13 @@ def run(args):
         "CHARTWIZ_MAX_NEW_TOKENS": str(args.max_new_tokens),
     }
     print(f"ChartWiz demo on http://{args.address}:{args.port} (Ctrl+C stops it)", flush=True)
-    code = subprocess.call(streamlit_command(args), env=environment)
-    if code not in (0, -2, 130):  # Ctrl+C is a normal way to stop it
+    server = subprocess.Popen(streamlit_command(args), env=environment)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl+C reaches Streamlit too, which shuts down by itself
+        code = server.wait()
+    # Stopped by Ctrl+C or a termination signal is a normal end of the demo.
+    if code not in (0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
         raise OSError(f"streamlit exited with code {code}")
 
 

@@ -177,12 +177,13 @@ def main():
         state.chart_key, state.messages = chart_key, []
     messages = state.setdefault("messages", [])
 
+    # Outside the columns, so that the input stays at the bottom of the page.
+    typed = st.chat_input("차트에 대해 물어보세요", disabled=chart is None)
     chart_column, chat_column = st.columns([2, 3], gap="large")
     with chart_column:
         if chart is not None:
             st.image(chart, width="stretch")
-            if st.button("대화 지우기", disabled=not messages):
-                state.messages = messages = []
+        clear_slot = st.empty()  # filled after the chat, when this run's question is in the history
     with chat_column:
         asked = None
         buttons = st.columns(len(QUICK_ASKS))
@@ -194,10 +195,11 @@ def main():
                 st.text(message["content"])
                 if message["role"] == "assistant":
                     show_table(message["content"], key=f"csv-{index}")
-        typed = st.chat_input("차트에 대해 물어보세요", disabled=chart is None)
         asked = typed or asked
         if asked and chart is not None:
             ask(model, processor, lock, chart, asked, messages, max_new_tokens)
+    if chart is not None:
+        clear_slot.button("대화 지우기", disabled=not messages, on_click=lambda: state.update(messages=[]))
 
 
 def ask(model, processor, lock, chart, question: str, messages: list, max_new_tokens: int) -> None:

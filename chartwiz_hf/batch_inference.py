@@ -98,8 +98,11 @@ def _iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
     `.json`, as LLaVA question files often are); a line that does not parse comes as `_Unreadable`.
     """
     name = os.path.basename(path)
-    with open(path, encoding="utf-8-sig") as file:
-        text = file.read()
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
     head = text.lstrip()[:1]
     if not path.endswith(".jsonl") and head in ("[", "{"):
         try:

@@ -350,3 +350,27 @@ def test_background_preparation_times_the_models_wait(tiny, tmp_path, question_s
         assert summary.answered == len(questions) and summary.errors == 0
         assert 0 < summary.wait_seconds < summary.seconds
         assert answers_by_key(out)[0] == {question.key: expected[question.key] for question in questions}
+
+
+def test_question_files_as_json_arrays_objects_or_lines_read_alike(question_set, tmp_path):
+    path, _, conversations = question_set
+    as_lines = read_question_file(str(path))
+    strip = [(q.id, q.turn, q.question, q.image, q.history, q.reference, q.record) for q in as_lines]
+    array = tmp_path / "questions.json"
+    array.write_text(json.dumps(conversations, ensure_ascii=False), encoding="utf-8")
+    lines_named_json = tmp_path / "lines.json"
+    lines_named_json.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    for other in (array, lines_named_json):
+        questions = read_question_file(str(other))
+        assert [(q.id, q.turn, q.question, q.image, q.history, q.reference, q.record) for q in questions] == strip
+    assert as_lines[0].source == "questions.jsonl:1"
+    assert read_question_file(str(array))[0].source == "questions.json[0]"
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps(conversations[1], ensure_ascii=False), encoding="utf-8")
+    assert [q.key for q in read_question_file(str(single))] == [("c1", 1), ("c1", 2)]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"id": 1}, ', encoding="utf-8")
+    with pytest.raises(ValueError, match="broken.json: the JSON array does not parse"):
+        read_question_file(str(broken))
+    with pytest.raises(FileNotFoundError, match="no such question file"):
+        read_question_file(str(tmp_path / "nowhere.jsonl"))

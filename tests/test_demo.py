@@ -233,7 +233,7 @@ def test_demo_command_serves_the_app_on_localhost(tiny_dir, monkeypatch):
     environment = {**os.environ, "CHARTWIZ_MODEL": tiny_dir}
     server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline, health = time.monotonic() + 60, None
+        deadline, health = time.monotonic() + 300, None
         while time.monotonic() < deadline and server.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:

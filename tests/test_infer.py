@@ -154,7 +154,7 @@ generate = batch_inference.generate_answers
 
 
 def slow_generate(*args, **kwargs):
-    time.sleep(0.4)  # a batch takes long enough that the test kills the run in the middle
+    time.sleep(1.0)  # a batch takes long enough that the test kills the run in the middle
     return generate(*args, **kwargs)
 
 
@@ -171,7 +171,7 @@ def test_a_killed_run_resumes_without_losing_or_doubling_answers(tiny_dir, quest
     argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(images)]
     argv += ["--answers", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "2", "--no-progress"]
     process = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, *argv], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # the start of a process is slow on a busy machine
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 4:
             break
@@ -374,3 +374,23 @@ def test_question_files_as_json_arrays_objects_or_lines_read_alike(question_set,
         read_question_file(str(broken))
     with pytest.raises(FileNotFoundError, match="no such question file"):
         read_question_file(str(tmp_path / "nowhere.jsonl"))
+
+
+def test_an_adapter_is_applied_and_part_of_the_settings(tiny_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    questions, images, conversations = write_question_set(tmp_path, records=3)
+    base, processor = load_chartwiz(tiny_dir)
+    # Random (not zero) LoRA weights, so that the adapter changes the answers.
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    model, processor = load_chartwiz(tiny_dir, adapter=str(tmp_path / "adapter"))
+    expected = reference_answers(model, processor, conversations, images)
+    plain = reference_answers(*load_chartwiz(tiny_dir), conversations, images)
+    assert expected != plain
+
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out, "--adapter", str(tmp_path / "adapter")) == 0
+    assert answers_by_key(out)[0] == expected
+    assert json.loads((tmp_path / "answers.meta.json").read_text())["settings"]["adapter"] == str(tmp_path / "adapter")
+    assert infer(tiny_dir, questions, images, out) == 2, "the same answers file without the adapter is refused"

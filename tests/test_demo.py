@@ -11,11 +11,12 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import chartwiz_hf.demo
+from chartwiz_hf.batch_inference import prompt_lengths
 from chartwiz_hf.cli import build_parser, main
 from chartwiz_hf.commands.demo import streamlit_command
 from chartwiz_hf.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
 from chartwiz_hf.demo.tables import parse_table
-from chartwiz_hf.inference import answer_questions, load_chartwiz
+from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
 from chartwiz_hf.pdf import crop_fraction, is_pdf, pdf_page_count, render_pdf_page, render_pdf_thumbnails
 from dataset_builder.rows import INSTRUCTIONS
 
@@ -248,3 +249,49 @@ def test_demo_command_serves_the_app_on_localhost(tiny_dir, monkeypatch):
         server.terminate()
         server.wait(timeout=30)
     assert sys.executable == command[0]
+
+
+class RecordingPlaceholder:
+    """Stands in for `st.empty()`: keeps what is shown; with `fail_after`, raises as Streamlit does on a rerun."""
+
+    def __init__(self, fail_after=None):
+        self.shown, self.fail_after = [], fail_after
+
+    def text(self, body):
+        self.shown.append(body)
+        if self.fail_after is not None and len(self.shown) > self.fail_after:
+            raise RuntimeError("the page went away")
+
+
+def test_streaming_shows_the_answer_as_it_grows_and_stops_with_the_page(model_and_processor):
+    import threading
+
+    from chartwiz_hf.demo.streaming import StopWhenSet, fit_history, stream_answer
+
+    model, processor = model_and_processor
+    chart, lock = draw_chart(), threading.Lock()
+    expected = answer_questions(model, processor, [chart], ["값?"], max_new_tokens=12, min_new_tokens=12)[0]
+    placeholder = RecordingPlaceholder()
+    answer = stream_answer(model, processor, lock, chart, "값?", [], 12, placeholder, min_new_tokens=12)
+    assert answer == expected and placeholder.shown[-1] == expected and len(placeholder.shown) > 2
+    assert all(shown.endswith(" ▌") for shown in placeholder.shown[:-1])
+
+    with pytest.raises(RuntimeError, match="went away"):
+        stream_answer(model, processor, lock, chart, "값?", [], 500, RecordingPlaceholder(fail_after=1))
+    assert not lock.locked() and not any(t.name == "chartwiz-generate" for t in threading.enumerate())
+    stop = threading.Event()
+    stop.set()
+    batch = prepare_inputs(processor, [chart], ["값?"])
+    output = model.generate(**batch, max_new_tokens=50, min_new_tokens=50, stopping_criteria=[StopWhenSet(stop)])
+    assert output.shape[1] == batch["input_ids"].shape[1] + 1, "a set event ends the generation after one token"
+
+    # History that does not fit the context is dropped from its oldest turn.
+    history = [("첫 질문 " * 40, "첫 답 " * 40), ("둘째 질문", "둘째 답")]
+    limit = model.config.text_config.max_position_embeddings
+    whole, last = (prompt_lengths(processor, ["값?"], [kept])[0] for kept in (history, history[1:]))
+    assert whole > last
+    assert fit_history(processor, limit, "값?", history, limit - whole) == history
+    assert fit_history(processor, limit, "값?", history, limit - whole + 1) == history[1:]
+    assert fit_history(processor, limit, "값?", history, limit - last + 1) == []
+    with pytest.raises(ValueError, match="too long for the model's context"):
+        fit_history(processor, limit, "값?", history, limit)

@@ -15,7 +15,7 @@ import threading
 
 import streamlit as st
 
-from chartwiz_hf.batch_inference import context_length, load_model_for_inference, prompt_lengths
+from chartwiz_hf.batch_inference import load_model_for_inference
 from chartwiz_hf.demo.charts import (
     IMAGE_TYPES,
     MAX_PDF_PAGES,
@@ -25,8 +25,9 @@ from chartwiz_hf.demo.charts import (
     is_pdf,
     open_chart_image,
 )
+from chartwiz_hf.demo.streaming import stream_answer
 from chartwiz_hf.demo.tables import parse_table
-from chartwiz_hf.inference import check_question, generate_answers, prepare_inputs
+from chartwiz_hf.inference import check_question
 from chartwiz_hf.pdf import pdf_page_count, render_pdf_page, render_pdf_thumbnails
 from dataset_builder.rows import INSTRUCTIONS
 
@@ -57,52 +58,6 @@ def pdf_thumbnails(data: bytes):
 @st.cache_data(max_entries=32, show_spinner=False)
 def pdf_page(data: bytes, page: int):
     return render_pdf_page(data, page, max_pages=MAX_PDF_PAGES)
-
-
-def fit_history(processor, limit, question: str, history: list, max_new_tokens: int) -> list:
-    """The latest turns of `history` that leave room for the question and the answer in the model's context."""
-    if limit is None:
-        return history
-    for start in range(len(history) + 1):
-        kept = history[start:]
-        if prompt_lengths(processor, [question], [kept])[0] + max_new_tokens <= limit:
-            return kept
-    raise ValueError(
-        f"The question is too long for the model's context of {limit} tokens (with {max_new_tokens} for the answer)."
-    )
-
-
-def stream_answer(model, processor, lock, chart, question: str, history: list, max_new_tokens: int, placeholder):
-    """Generates the answer in a thread and shows it in `placeholder` as it comes; returns the whole answer."""
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result, failure = [], []
-
-    def generate():
-        try:
-            result.extend(generate_answers(model, processor, inputs, max_new_tokens, streamer=streamer))
-        except Exception as error:  # noqa: BLE001 - re-raised in the page's thread below
-            failure.append(error)
-            streamer.end()
-
-    # The lock also covers the tokenizer: padding a prompt while another session's answer is decoded would fail.
-    with lock:
-        history = fit_history(processor, context_length(model), question, history, max_new_tokens)
-        inputs = prepare_inputs(processor, [chart], [question], [history])
-        worker = threading.Thread(target=generate, daemon=True)
-        worker.start()
-        # Not st.write_stream: it renders the text as Markdown, and model output must stay plain text.
-        shown = ""
-        for piece in streamer:
-            shown += piece
-            placeholder.text(shown + " ▌")
-        worker.join()
-    if failure:
-        raise failure[0]
-    answer = result[0] if result else shown.strip()
-    placeholder.text(answer)
-    return answer
 
 
 def show_table(text: str, key: str) -> None:

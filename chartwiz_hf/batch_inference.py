@@ -544,11 +544,11 @@ class _Failure:
         self.error = error
 
 
-def _prepared_batches(processor, load_image, batches, background: bool, prefetch: int, timer: list):
+def _prepared_batches(processor, load_image, batches, background: bool, prefetch: int, timer: list, cpu: bool):
     """
     The prepared batches in order. With `background`, a thread prepares up to `prefetch` batches ahead of the model
     (PIL, numpy and the tokenizer release the GIL for most of that work). `timer[0]` accumulates the time the caller
-    waited for a batch.
+    waited for a batch. `cpu` says the model runs on the CPU.
     """
     if not background:
         for jobs in batches:
@@ -563,6 +563,9 @@ def _prepared_batches(processor, load_image, batches, background: bool, prefetch
     # A fast tokenizer is one Rust object: padding a batch here while the model's thread decodes the last one fails
     # with "Already borrowed", so the worker gets its own copy.
     processor = copy.deepcopy(processor)
+    if cpu and hasattr(processor.image_processor, "num_workers"):
+        # The cores belong to the model: more image threads beside it only make both wait for each other.
+        processor.image_processor.num_workers = 1
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -673,6 +676,7 @@ def run_inference(
         logger.info("%s: %d questions already done, %d to go", answers_path, summary.already_done, len(pending))
 
     context_limit = context_length(model)
+    on_cpu = model.device.type == "cpu"
     bar = tqdm(total=len(pending), unit="question", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
     with JsonlAppender(answers_path) as answers_file, JsonlAppender(errors_path) as errors_file:
@@ -735,7 +739,8 @@ def run_inference(
             batches = [fitting[start : start + batch_size] for start in range(0, len(fitting), batch_size)]
 
             timer = [0.0]
-            for prepared in _prepared_batches(processor, load_image, batches, background, prefetch, timer):
+            batches = _prepared_batches(processor, load_image, batches, background, prefetch, timer, on_cpu)
+            for prepared in batches:
                 record_errors(prepared.errors)
                 if not prepared.jobs:
                     continue

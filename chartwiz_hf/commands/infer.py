@@ -1,5 +1,6 @@
 """`chartwiz infer`: answer a question file or a dataset split in batches, resumably and in shards; merge shards."""
 
+import json
 import logging
 import os
 
@@ -41,11 +42,11 @@ def merge(args):
             logger.info("%s is the errors file of %s, merged with it", path, owner)
         else:
             shards.append(path)
+    if not shards:
+        raise ValueError("--merge got only errors files; give the shards' answers files")
     questions = None
     _, meta_path = output_paths(shards[0])
     if os.path.exists(meta_path):
-        import json
-
         with open(meta_path, encoding="utf-8") as file:
             stored = json.load(file)["settings"]
         source = stored.get("questions") or stored.get("dataset")

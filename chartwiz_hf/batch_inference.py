@@ -544,6 +544,17 @@ class _Failure:
         self.error = error
 
 
+def use_background_worker(model) -> bool:
+    """
+    Whether preparing images in a background thread pays: yes where the model runs on an accelerator, whose host CPU
+    is idle meanwhile; on the CPU only where there are cores that torch does not use, since the worker otherwise
+    takes them from the model (measured in docs/benchmarks.md).
+    """
+    import torch
+
+    return model.device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
+
+
 def _prepared_batches(processor, load_image, batches, background: bool, prefetch: int, timer: list, cpu: bool):
     """
     The prepared batches in order. With `background`, a thread prepares up to `prefetch` batches ahead of the model
@@ -613,7 +624,7 @@ def run_inference(
     batch_size: int = 8,
     max_new_tokens: int = 256,
     context: str = "reference",
-    background: bool = True,
+    background: Optional[bool] = None,
     prefetch: int = 2,
     progress: bool = True,
     info: Optional[dict] = None,
@@ -638,7 +649,8 @@ def run_inference(
             `"reference"` uses the input's answers where it has them (as the training rows were built; turns are
             then independent and batched together) and the model's own answers where it has none; `"model"` always
             uses the model's own answers (a true multi-turn run: turn k waits for turn k-1).
-        background (`bool`, defaults to `True`): prepare images and inputs in a background thread.
+        background (`bool`, *optional*): prepare images and inputs in a background thread. By default, where the
+            model runs on an accelerator or the CPU has cores that torch leaves free (`use_background_worker`).
         prefetch (`int`, defaults to 2): batches prepared ahead of the model.
         progress (`bool`, defaults to `True`): show a tqdm bar (questions/s, ETA).
         info (`dict`, *optional*): informative fields for the settings file (not compared).
@@ -677,6 +689,7 @@ def run_inference(
 
     context_limit = context_length(model)
     on_cpu = model.device.type == "cpu"
+    background = use_background_worker(model) if background is None else background
     bar = tqdm(total=len(pending), unit="question", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
     with JsonlAppender(answers_path) as answers_file, JsonlAppender(errors_path) as errors_file:
@@ -861,4 +874,5 @@ __all__ = [
     "read_question_file",
     "run_inference",
     "select_chunk",
+    "use_background_worker",
 ]

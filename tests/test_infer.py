@@ -116,7 +116,7 @@ def expected(tiny_dir, question_set):
 def test_batched_answers_equal_one_at_a_time_for_every_batch_size(tiny_dir, question_set, expected, tmp_path):
     questions, images, conversations = question_set
     assert any(len(c.get("conversations", [])) % 2 for c in conversations), "a turn without a reference is covered"
-    for batch_size, extra in ((1, ()), (3, ("--no-background",)), (8, ())):
+    for batch_size, extra in ((1, ("--background", "on")), (3, ("--background", "off")), (8, ())):
         out = tmp_path / f"answers-{batch_size}.jsonl"
         assert infer(tiny_dir, questions, images, out, "--batch-size", str(batch_size), *extra) == 0
         answers, rows = answers_by_key(out)

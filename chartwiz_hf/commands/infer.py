@@ -118,7 +118,7 @@ def run(args):
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         context=args.context,
-        background=not args.no_background,
+        background={"auto": None, "on": True, "off": False}[args.background],
         progress=not args.no_progress,
         info=info,
     )
@@ -166,7 +166,12 @@ def register(subcommands) -> None:
         choices=("auto", "bfloat16", "float16", "float32"),
         help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
     )
-    parser.add_argument("--no-background", action="store_true", help="prepare images in the main thread")
+    parser.add_argument(
+        "--background",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="prepare images in a background thread: auto = on a GPU, or where torch leaves CPU cores free",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--merge", nargs="+", metavar="SHARD", help="answers files of the shards to join into --answers"

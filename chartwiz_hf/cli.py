@@ -6,10 +6,10 @@ import sys
 
 from dataset_builder.cli import add_data_commands
 
-from .commands import ask, compose, convert, evaluate, init_tiny, merge
+from .commands import ask, compose, convert, demo, evaluate, infer, init_tiny, merge
 
 
-COMMANDS = (compose, init_tiny, ask, merge, convert, evaluate)
+COMMANDS = (compose, init_tiny, ask, infer, demo, evaluate, merge, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

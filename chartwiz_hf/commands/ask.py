@@ -1,6 +1,23 @@
-"""`chartwiz ask`: answer one question about a chart, streaming the answer."""
+"""`chartwiz ask`: answer one question about a chart (an image, or a page of a PDF), streaming the answer."""
 
 import sys
+
+
+def load_chart(path: str, page=None):
+    """The chart of `path`: the image, or page `page` (1-based) of a PDF; a one-page PDF needs no page number."""
+    from ..inference import load_chart_image
+    from ..pdf import is_pdf, pdf_page_count, render_pdf_page
+
+    if not is_pdf(path):
+        if page is not None:
+            raise ValueError(f"{path} is not a PDF; --page is for PDF files")
+        return load_chart_image(path)
+    if page is None:
+        pages = pdf_page_count(path)
+        if pages > 1:
+            raise ValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
+        page = 1
+    return render_pdf_page(path, page)
 
 
 def run(args):
@@ -11,7 +28,6 @@ def run(args):
         check_question,
         fit_new_tokens,
         generate_answers,
-        load_chart_image,
         load_chartwiz,
         prepare_inputs,
     )
@@ -20,7 +36,7 @@ def run(args):
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     device = check_device(args.device)
-    image = load_chart_image(args.image)
+    image = load_chart(args.image, args.page)
     model, processor = load_chartwiz(args.model, device=device, adapter=args.adapter)
     inputs = prepare_inputs(processor, [image], [question])
     # Checked before the first token: the model would otherwise stream part of an answer and then stop on an error.
@@ -39,8 +55,9 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser("ask", help="answer one question about a chart, streaming the answer")
     parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
-    parser.add_argument("image", help="chart image file")
+    parser.add_argument("image", help="chart image file, or a PDF (with --page)")
     parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
+    parser.add_argument("--page", type=int, default=None, help="page of a PDF to ask about (1-based)")
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="answer length limit (lowered with a note to fit the context)"

@@ -1,0 +1,141 @@
+"""
+Questions/s of batch inference (`chartwiz_hf.batch_inference.run_inference`, what `chartwiz infer` runs) against a
+one-question-at-a-time loop (what the original did with a question file), on the same questions about the same
+charts read from disk; and the share of each run the model spends waiting for images and inputs, with and without
+the background worker.
+
+    python benchmarks/bench_infer.py --model tiny
+    python benchmarks/bench_infer.py --model small
+    python benchmarks/bench_infer.py --model 100m --device cuda --dtype bfloat16 --batch-size 32
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+from charts import chart_images
+from models import make_model
+
+from chartwiz_hf.batch_inference import ImageFolder, read_question_file, run_inference
+from chartwiz_hf.inference import answer_questions, load_chart_image
+
+
+QUESTIONS = [
+    "가장 큰 값은 무엇인가요?",
+    "이 차트를 테이블 정보로 변경해줘.",
+    "가장 작은 항목은?",
+    "두 항목의 차이는 얼마인가요?",
+    "이 차트의 내용을 요약해줘.",
+    "합계는 얼마인가요?",
+    "2021년 값은?",
+    "이 차트를 자세히 설명해줘.",
+]
+
+
+def write_question_file(folder: str, questions: int, charts: int) -> str:
+    """`questions` questions about `charts` JPEG charts: conversations of 1 to 4 turns with reference answers."""
+    for index, image in enumerate(chart_images(charts)):
+        image.convert("RGB").save(os.path.join(folder, f"chart{index}.jpg"), quality=90)
+    records, asked, index = [], 0, 0
+    while asked < questions:
+        turns = min(1 + index % 4, questions - asked)
+        conversation = []
+        for turn in range(turns):
+            question = QUESTIONS[(index + turn) % len(QUESTIONS)]
+            conversation.append({"from": "human", "value": f"<image>\n{question}" if turn == 0 else question})
+            answer = f"{index}번 차트의 {turn + 1}번째 답은 {index * 7 % 50}입니다."
+            conversation.append({"from": "gpt", "value": answer})
+        records.append({"id": f"q{index}", "image": f"chart{index % charts}.jpg", "conversations": conversation})
+        asked += turns
+        index += 1
+    path = os.path.join(folder, "questions.jsonl")
+    with open(path, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return path
+
+
+def one_at_a_time(model, processor, questions, image_folder, generate_kwargs):
+    for question in questions:
+        image = load_chart_image(os.path.join(image_folder, question.image))
+        history = [(asked, reference) for _, asked, reference in question.history]
+        answer_questions(model, processor, [image], [question.question], [history], **generate_kwargs)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="tiny", choices=["tiny", "small", "100m"])
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--charts", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-patches", type=int, default=None, help="image tokens per chart (config default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, processor = make_model(args.model, max_patches=args.max_patches)
+    model = model.to(args.device, getattr(torch, args.dtype))
+    work = tempfile.mkdtemp(prefix="chartwiz-bench-infer-")
+    questions = read_question_file(write_question_file(work, args.questions, args.charts))
+    assert len(questions) == args.questions
+    # Every answer as long as every other, so both ways do the same work whatever the random model says.
+    generate_kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    answer_questions(model, processor, chart_images(2), QUESTIONS[:2], max_new_tokens=2)  # warm-up
+
+    def batched(background: bool):
+        answers = os.path.join(work, f"answers-{time.monotonic_ns()}.jsonl")
+        return run_inference(
+            model,
+            processor,
+            questions,
+            ImageFolder(work),
+            answers,
+            {"model": args.model},
+            batch_size=args.batch_size,
+            max_new_tokens=args.new_tokens,
+            background=background,
+            progress=False,
+            min_new_tokens=args.new_tokens,
+        )
+
+    # The three take turns, best of each, so that the machine's drift hits them alike.
+    loop_s = float("inf")
+    best = {True: None, False: None}
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        one_at_a_time(model, processor, questions, work, generate_kwargs)
+        loop_s = min(loop_s, time.perf_counter() - start)
+        for background in (True, False):
+            summary = batched(background)
+            if best[background] is None or summary.seconds < best[background].seconds:
+                best[background] = summary
+
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": args.device,
+                "dtype": args.dtype,
+                "parameters": model.num_parameters(),
+                "image_tokens": processor.image_seq_length,
+                "torch_threads": torch.get_num_threads(),
+                "questions": len(questions),
+                "new_tokens_per_question": args.new_tokens,
+                "batch_size": args.batch_size,
+                "one_at_a_time_questions_per_s": round(len(questions) / loop_s, 2),
+                "infer_questions_per_s": round(best[True].questions_per_second, 2),
+                "speedup": round(loop_s / best[True].seconds, 2),
+                "wait_share_background": round(best[True].wait_share, 4),
+                "infer_no_background_questions_per_s": round(best[False].questions_per_second, 2),
+                "wait_share_no_background": round(best[False].wait_share, 4),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

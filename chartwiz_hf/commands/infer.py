@@ -1,0 +1,179 @@
+"""`chartwiz infer`: answer a question file or a dataset split in batches, resumably and in shards; merge shards."""
+
+import json
+import logging
+import os
+
+
+logger = logging.getLogger(__name__)
+
+
+def _model_name(path: str) -> str:
+    # A local checkpoint is named by its absolute path, so that the same model run from another folder resumes.
+    return os.path.abspath(path) if os.path.isdir(path) else path
+
+
+def read_input(args):
+    """(questions, image loader, input settings) of `--questions`/`--image-folder` or `--dataset`."""
+    from ..batch_inference import DatasetImages, ImageFolder, read_dataset_questions, read_question_file
+
+    if args.questions:
+        if not args.image_folder:
+            raise ValueError("--questions needs --image-folder, the folder its 'image' paths are relative to")
+        questions = read_question_file(args.questions)
+        loader = ImageFolder(args.image_folder)
+        settings = {"questions": os.path.abspath(args.questions), "image_folder": os.path.abspath(args.image_folder)}
+        return questions, loader, settings
+    from datasets import load_dataset
+
+    dataset = load_dataset(args.dataset, args.config, split=args.split)
+    name = os.path.abspath(args.dataset) if os.path.isdir(args.dataset) else args.dataset
+    settings = {"dataset": name, "config": args.config, "split": args.split}
+    return read_dataset_questions(dataset), DatasetImages(dataset), settings
+
+
+def merge(args):
+    from ..batch_inference import merge_shards, output_paths
+
+    shards = []
+    for path in args.merge:
+        owner = next((p for p in args.merge if p != path and path in output_paths(p)), None)
+        if owner is not None:  # a shell glob like answers.*.jsonl also matches the errors files
+            logger.info("%s is the errors file of %s, merged with it", path, owner)
+        else:
+            shards.append(path)
+    if not shards:
+        raise ValueError("--merge got only errors files; give the shards' answers files")
+    questions = None
+    _, meta_path = output_paths(shards[0])
+    if os.path.exists(meta_path):
+        with open(meta_path, encoding="utf-8") as file:
+            stored = json.load(file)["settings"]
+        source = stored.get("questions") or stored.get("dataset")
+        if source and (os.path.exists(source) or "dataset" in stored):
+            # The run's input, to order the merged answers as it and to find the questions no shard answered.
+            args.questions, args.image_folder = stored.get("questions"), stored.get("image_folder")
+            args.dataset, args.config, args.split = stored.get("dataset"), stored.get("config"), stored.get("split")
+            try:
+                questions = read_input(args)[0]
+            except (OSError, ValueError) as error:
+                logger.warning(
+                    "cannot read the run's input again (%s): the merge cannot say which ids are missing", error
+                )
+    summary = merge_shards(shards, args.answers, questions)
+    errors_path, _ = output_paths(args.answers)
+    print(
+        f"Merged {len(summary.shards)} shards into {args.answers}: {summary.answers} answers, {summary.errors} bad "
+        f"records ({errors_path})."
+    )
+    if summary.missing:
+        shown = ", ".join(f"{key[0]!r} turn {key[1]}" for key in summary.missing[:20])
+        more = f" and {len(summary.missing) - 20} more" if len(summary.missing) > 20 else ""
+        raise ValueError(
+            f"{len(summary.missing)} questions of the input are in no shard: {shown}{more}. Run the missing shards "
+            f"(or rerun the whole input with --answers {args.answers}, which resumes from the merged file)."
+        )
+
+
+def run(args):
+    if args.merge:
+        if not args.answers:
+            raise ValueError("--merge needs --answers OUT.jsonl, the merged file to write")
+        return merge(args)
+    if not args.model or not args.answers or not (args.questions or args.dataset):
+        raise ValueError(
+            "give --model, --answers and the input: --questions FILE --image-folder DIR, or --dataset DIR "
+            "(or --merge SHARD... --answers OUT.jsonl to join shards)"
+        )
+    if args.questions and args.dataset:
+        raise ValueError("give either --questions or --dataset, not both")
+    if args.dataset and args.context == "model":
+        raise ValueError(
+            "--context model needs a question file: a dataset row holds one turn, with the references as context"
+        )
+
+    from ..batch_inference import load_model_for_inference, output_paths, run_inference, select_chunk
+
+    questions, loader, input_settings = read_input(args)
+    questions = select_chunk(questions, args.num_chunks, args.chunk_idx)
+    model, processor = load_model_for_inference(args.model, args.adapter, args.device, args.dtype)
+    settings = {
+        "model": _model_name(args.model),
+        "adapter": _model_name(args.adapter) if args.adapter else None,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        **input_settings,
+        "num_chunks": args.num_chunks,
+        "chunk_idx": args.chunk_idx,
+    }
+    import transformers
+
+    info = {"transformers": transformers.__version__, "batch_size": args.batch_size, "device": str(model.device)}
+    summary = run_inference(
+        model,
+        processor,
+        questions,
+        loader,
+        args.answers,
+        settings,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        context=args.context,
+        background={"auto": None, "on": True, "off": False}[args.background],
+        progress=not args.no_progress,
+        info=info,
+    )
+    errors_path, _ = output_paths(args.answers)
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.error_kinds.items()))
+    print(
+        f"{summary.answered} answered, {summary.errors} bad records{f' ({kinds})' if kinds else ''} in "
+        f"{summary.seconds:.1f} s ({summary.questions_per_second:.2f} questions/s); {summary.already_done} were done "
+        f"before. Answers: {args.answers}" + (f", bad records: {errors_path}" if summary.errors else "")
+    )
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "infer",
+        help="answer a question file or a dataset split in batches (resumable, sharded); --merge joins shards",
+        description=(
+            "Answers every question of a question file (LLaVA format: id, image, conversations or text) or of a "
+            "`chartwiz data build` split, in length-sorted left-padded batches. Rerunning the same command resumes; "
+            "--num-chunks/--chunk-idx split the input; --merge joins the shards' answers."
+        ),
+    )
+    parser.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo")
+    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
+    parser.add_argument("--questions", help="question file (JSON array or JSON Lines)")
+    parser.add_argument("--image-folder", help="folder the question file's image paths are relative to")
+    parser.add_argument("--dataset", help="a `chartwiz data build` folder (or Hub dataset) instead of --questions")
+    parser.add_argument("--config", default="gpt", help="dataset config (default: gpt)")
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--answers", help="output JSON Lines file (errors and settings files go beside it)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--context",
+        choices=("reference", "model"),
+        default="reference",
+        help="earlier turns as context: the input's reference answers where given (default), or the model's own",
+    )
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the input into this many shards")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="the shard this run answers (0-based)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: every GPU, else the CPU)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
+    )
+    parser.add_argument(
+        "--background",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="prepare images in a background thread: auto = on a GPU, or where torch leaves CPU cores free",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="SHARD", help="answers files of the shards to join into --answers"
+    )
+    parser.set_defaults(func=run, prog=parser.prog)

@@ -1,0 +1,297 @@
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import chartwiz_hf.demo
+from chartwiz_hf.batch_inference import prompt_lengths
+from chartwiz_hf.cli import build_parser, main
+from chartwiz_hf.commands.demo import streamlit_command
+from chartwiz_hf.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
+from chartwiz_hf.demo.tables import parse_table
+from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
+from chartwiz_hf.pdf import crop_fraction, is_pdf, pdf_page_count, render_pdf_page, render_pdf_thumbnails
+from dataset_builder.rows import INSTRUCTIONS
+
+from .conftest import draw_chart
+
+
+APP = os.path.join(os.path.dirname(chartwiz_hf.demo.__file__), "app.py")
+MAX_NEW_TOKENS = 5
+INJECTION = "<script>alert(1)</script> [x](javascript:alert(1)) ![i](http://example.com/a.png) **굵게**"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def two_page_pdf(path):
+    """A report of two pages, each a different bar chart, drawn with matplotlib's PDF backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    with PdfPages(path) as pdf:
+        for page, values in enumerate(([3, 7, 5], [9, 2, 4, 6])):
+            figure, axes = pyplot.subplots(figsize=(8, 6))
+            axes.bar([f"item {i}" for i in range(len(values))], values, color=["tab:blue", "tab:orange"][page])
+            axes.set_title(f"Report page {page + 1}")
+            pdf.savefig(figure)
+            pyplot.close(figure)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(tiny_dir):
+    return load_chartwiz(tiny_dir)
+
+
+@pytest.fixture()
+def app(tiny_dir, monkeypatch):
+    monkeypatch.setenv("CHARTWIZ_MODEL", tiny_dir)
+    monkeypatch.setenv("CHARTWIZ_MAX_NEW_TOKENS", str(MAX_NEW_TOKENS))
+    monkeypatch.delenv("CHARTWIZ_ADAPTER", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def upload(at, name: str, data: bytes, mime: str):
+    at.file_uploader[0].set_value((name, data, mime)).run()
+    assert not at.exception, at.exception
+    assert not at.error, [error.value for error in at.error]
+
+
+def chat(at) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(role, [(element type, value)]) of every chat message on the page."""
+    return [
+        (message.name, [(element.type, getattr(element, "value", None)) for element in message.children.values()])
+        for message in at.chat_message
+    ]
+
+
+def test_the_page_renders_and_waits_for_a_chart(app):
+    assert app.title[0].value == "ChartWiz"
+    assert app.file_uploader[0].allowed_type == [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".pdf"]
+    assert app.chat_input[0].disabled, "no chart yet"
+    assert not app.chat_message
+
+
+def test_a_question_gets_the_models_answer_and_a_new_chart_clears_the_history(app, model_and_processor):
+    model, processor = model_and_processor
+    chart = draw_chart(320, 240, (3, 7, 5), seed=0)
+    upload(app, "chart.png", png_bytes(chart), "image/png")
+    assert not app.chat_input[0].disabled
+    app.chat_input[0].set_value("가장 큰 값은?").run()
+    expected = answer_questions(model, processor, [chart], ["가장 큰 값은?"], max_new_tokens=MAX_NEW_TOKENS)[0]
+    assert chat(app) == [("user", [("text", "가장 큰 값은?")]), ("assistant", [("text", expected)])]
+
+    # A second question has the first turn as its context.
+    app.chat_input[0].set_value("합계는?").run()
+    history = [("가장 큰 값은?", expected)]
+    second = answer_questions(model, processor, [chart], ["합계는?"], [history], max_new_tokens=MAX_NEW_TOKENS)[0]
+    assert [element for _, elements in chat(app) for element in elements][-1] == ("text", second)
+    assert len(app.session_state["messages"]) == 4
+
+    upload(app, "other.png", png_bytes(draw_chart(200, 300, (1, 2, 3, 4), seed=1)), "image/png")
+    assert chat(app) == [] and app.session_state["messages"] == []
+
+
+def test_user_text_and_model_output_are_shown_as_plain_text(app):
+    upload(app, "chart.png", png_bytes(draw_chart()), "image/png")
+    app.chat_input[0].set_value(INJECTION).run()
+    messages = chat(app)
+    assert messages[0] == ("user", [("text", INJECTION)])
+    assert [kind for kind, _ in messages[1][1]] == ["text"]
+    rendered = [element.value for element in app.markdown] + [element.value for element in app.caption]
+    assert not any("javascript" in value or "<script>" in value for value in rendered)
+    # On the next run (the history), still plain text.
+    app.run()
+    assert chat(app)[0] == ("user", [("text", INJECTION)])
+
+
+def test_quick_buttons_ask_the_training_instructions_and_a_table_answer_becomes_a_table(app):
+    upload(app, "chart.png", png_bytes(draw_chart()), "image/png")
+    labels = [button.label for button in app.button]
+    app.button[labels.index("표로 변환")].click().run()
+    assert chat(app)[0] == ("user", [("text", INSTRUCTIONS["table"][0])])
+
+    # What a trained model answers: the table text of docs/aihub-format.md.
+    table = "TITLE | 연도별 점유율\n| 2021 | 2022 | 2023\nA사 | 30% | 35.5% | 40%\nB사 | 70% | =1+1 | -5%"
+    app.session_state["messages"] = [{"role": "user", "content": "표"}, {"role": "assistant", "content": table}]
+    app.run()
+    frame = app.dataframe[0].value
+    assert list(frame.columns) == ["항목", "2021", "2022", "2023"]
+    assert frame.values.tolist() == [["A사", "30%", "35.5%", "40%"], ["B사", "70%", "=1+1", "-5%"]]
+    assert chat(app)[1][1][0] == ("text", table), "the answer is also shown as text"
+    assert app.get("download_button")[0].proto.label == "CSV로 내려받기"
+
+    labels = [button.label for button in app.button]
+    app.button[labels.index("대화 지우기")].click().run()
+    assert chat(app) == [] and app.session_state["messages"] == []
+
+
+def test_bad_uploads_are_messages_not_tracebacks(app):
+    app.file_uploader[0].set_value(("chart.png", b"\x89PNG\r\n\x1a\n not an image", "image/png")).run()
+    assert not app.exception and "not an image" in app.error[0].value
+    bomb = Image.new("1", (8000, 8000))
+    assert bomb.width * bomb.height > MAX_IMAGE_PIXELS
+    app.file_uploader[0].set_value(("bomb.png", png_bytes(bomb), "image/png")).run()
+    assert not app.exception and "8000x8000 pixels" in app.error[0].value
+    assert app.chat_input[0].disabled
+
+
+def test_a_pdf_page_is_picked_cropped_and_asked_about(app, model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    pdf = two_page_pdf(tmp_path / "report.pdf").read_bytes()
+    upload(app, "report.pdf", pdf, "application/pdf")
+    page_box = app.selectbox[0]
+    assert page_box.options == ["1쪽", "2쪽"]
+    assert app.sidebar.get("image")[0].captions == ["1쪽", "2쪽"], "thumbnails of the pages"
+    page_box.set_value(2).run()
+    app.slider[0].set_value((10, 90)).run()  # horizontal crop
+    app.chat_input[0].set_value("가장 큰 값은?").run()
+    assert not app.exception and not app.error
+    chart = crop_fraction(render_pdf_page(pdf, 2), (0.1, 0.0, 0.9, 1.0))
+    expected = answer_questions(model, processor, [chart], ["가장 큰 값은?"], max_new_tokens=MAX_NEW_TOKENS)[0]
+    assert chat(app)[1] == ("assistant", [("text", expected)])
+    app.selectbox[0].set_value(1).run()
+    assert chat(app) == [], "another page is another chart"
+
+
+def test_pdf_pages_render_and_each_can_be_asked_about_from_the_command_line(tiny_dir, tmp_path, capsys):
+    path = two_page_pdf(tmp_path / "report.pdf")
+    assert is_pdf(path) and is_pdf(path.read_bytes()) and not is_pdf(png_bytes(draw_chart()))
+    assert pdf_page_count(path) == 2
+    pages = [render_pdf_page(path, page) for page in (1, 2)]
+    for page in pages:  # 8x6 inch pages at 150 dpi (PDFium rounds a pixel up)
+        assert abs(page.width - 1200) <= 1 and abs(page.height - 900) <= 1
+    assert pages[0].tobytes() != pages[1].tobytes()
+    assert [thumbnail.width for thumbnail in render_pdf_thumbnails(path, width=120)] == [120, 120]
+    small = render_pdf_page(path, 1, max_pixels=120_000)
+    assert small.width * small.height <= 120_000 and abs(small.width / small.height - 4 / 3) < 0.01
+    with pytest.raises(ValueError, match="has 2 pages; there is no page 3"):
+        render_pdf_page(path, 3)
+    with pytest.raises(ValueError, match="at most 1 are accepted"):
+        pdf_page_count(path, max_pages=1)
+    with pytest.raises(ValueError, match="cannot open the PDF"):
+        pdf_page_count(b"%PDF-1.4 broken")
+
+    model, processor = load_chartwiz(tiny_dir)
+    for page, image in zip((1, 2), pages):
+        expected = answer_questions(model, processor, [image], ["가장 큰 값은?"], max_new_tokens=MAX_NEW_TOKENS)[0]
+        argv = ["ask", "--model", tiny_dir, str(path), "가장 큰 값은?", "--page", str(page)]
+        assert main([*argv, "--max-new-tokens", str(MAX_NEW_TOKENS)]) == 0
+        assert capsys.readouterr().out.strip() == expected
+    assert main(["ask", "--model", tiny_dir, str(path), "가장 큰 값은?"]) == 2
+    assert "has 2 pages: choose the one with the chart with --page N" in capsys.readouterr().err
+    image = tmp_path / "chart.png"
+    draw_chart().save(image)
+    assert main(["ask", "--model", tiny_dir, str(image), "값?", "--page", "2"]) == 2
+    assert "--page is for PDF files" in capsys.readouterr().err
+
+
+def test_table_text_parses_as_the_data_contract_writes_it():
+    table = parse_table("TITLE | 지역별 인구\n서울 | 950만 명\n부산 | 340만 명")
+    assert (table.title, table.columns) == ("지역별 인구", ["항목", "값"])
+    assert table.rows == [["서울", "950만 명"], ["부산", "340만 명"]]
+    ragged = parse_table("TITLE | t\n| a | b\nx | 1\ny | 2 | 3 | 4")
+    assert ragged.columns == ["항목", "a", "b", "값 3"] and ragged.rows == [["x", "1", "", ""], ["y", "2", "3", "4"]]
+    assert parse_table("가장 큰 값은 30%입니다.") is None and parse_table("a | b") is None
+    csv = parse_table("TITLE | t\n=HYPERLINK(1) | -5% | +cmd | @x").to_csv().decode("utf-8-sig").splitlines()
+    assert csv == ["항목,값 1,값 2,값 3", "'=HYPERLINK(1),-5%,'+cmd,'@x"]
+
+
+def test_uploaded_images_with_transparency_are_put_on_white():
+    image = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    image.paste((0, 0, 255, 255), (0, 0, 10, 10))
+    opened = open_chart_image(png_bytes(image))
+    assert opened.mode == "RGB"
+    assert opened.getpixel((30, 20)) == (255, 255, 255) and opened.getpixel((5, 5)) == (0, 0, 255)
+
+
+def test_demo_command_serves_the_app_on_localhost(tiny_dir, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = build_parser().parse_args(["demo", "--model", tiny_dir, "--port", str(port)])
+    command = streamlit_command(args)
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
+    assert command[command.index("--client.showErrorDetails") + 1] == "none"
+    environment = {**os.environ, "CHARTWIZ_MODEL": tiny_dir}
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, health = time.monotonic() + 300, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                    health = response.read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert health == b"ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert sys.executable == command[0]
+
+
+class RecordingPlaceholder:
+    """Stands in for `st.empty()`: keeps what is shown; with `fail_after`, raises as Streamlit does on a rerun."""
+
+    def __init__(self, fail_after=None):
+        self.shown, self.fail_after = [], fail_after
+
+    def text(self, body):
+        self.shown.append(body)
+        if self.fail_after is not None and len(self.shown) > self.fail_after:
+            raise RuntimeError("the page went away")
+
+
+def test_streaming_shows_the_answer_as_it_grows_and_stops_with_the_page(model_and_processor):
+    import threading
+
+    from chartwiz_hf.demo.streaming import StopWhenSet, fit_history, stream_answer
+
+    model, processor = model_and_processor
+    chart, lock = draw_chart(), threading.Lock()
+    expected = answer_questions(model, processor, [chart], ["값?"], max_new_tokens=12, min_new_tokens=12)[0]
+    placeholder = RecordingPlaceholder()
+    answer = stream_answer(model, processor, lock, chart, "값?", [], 12, placeholder, min_new_tokens=12)
+    assert answer == expected and placeholder.shown[-1] == expected and len(placeholder.shown) > 2
+    assert all(shown.endswith(" ▌") for shown in placeholder.shown[:-1])
+
+    with pytest.raises(RuntimeError, match="went away"):
+        stream_answer(model, processor, lock, chart, "값?", [], 500, RecordingPlaceholder(fail_after=1))
+    assert not lock.locked() and not any(t.name == "chartwiz-generate" for t in threading.enumerate())
+    stop = threading.Event()
+    stop.set()
+    batch = prepare_inputs(processor, [chart], ["값?"])
+    output = model.generate(**batch, max_new_tokens=50, min_new_tokens=50, stopping_criteria=[StopWhenSet(stop)])
+    assert output.shape[1] == batch["input_ids"].shape[1] + 1, "a set event ends the generation after one token"
+
+    # History that does not fit the context is dropped from its oldest turn.
+    history = [("첫 질문 " * 40, "첫 답 " * 40), ("둘째 질문", "둘째 답")]
+    limit = model.config.text_config.max_position_embeddings
+    whole, last = (prompt_lengths(processor, ["값?"], [kept])[0] for kept in (history, history[1:]))
+    assert whole > last
+    assert fit_history(processor, limit, "값?", history, limit - whole) == history
+    assert fit_history(processor, limit, "값?", history, limit - whole + 1) == history[1:]
+    assert fit_history(processor, limit, "값?", history, limit - last + 1) == []
+    with pytest.raises(ValueError, match="too long for the model's context"):
+        fit_history(processor, limit, "값?", history, limit)

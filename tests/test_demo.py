@@ -11,12 +11,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import chartwiz_hf.demo
-from chartwiz_hf.batch_inference import prompt_lengths
 from chartwiz_hf.cli import build_parser, main
 from chartwiz_hf.commands.demo import streamlit_command
 from chartwiz_hf.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
 from chartwiz_hf.demo.tables import parse_table
-from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
+from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs, prompt_length
 from chartwiz_hf.pdf import crop_fraction, is_pdf, pdf_page_count, render_pdf_page, render_pdf_thumbnails
 from dataset_builder.rows import INSTRUCTIONS
 
@@ -288,7 +287,7 @@ def test_streaming_shows_the_answer_as_it_grows_and_stops_with_the_page(model_an
     # History that does not fit the context is dropped from its oldest turn.
     history = [("첫 질문 " * 40, "첫 답 " * 40), ("둘째 질문", "둘째 답")]
     limit = model.config.text_config.max_position_embeddings
-    whole, last = (prompt_lengths(processor, ["값?"], [kept])[0] for kept in (history, history[1:]))
+    whole, last = (prompt_length(processor, "값?", kept) for kept in (history, history[1:]))
     assert whole > last
     assert fit_history(processor, limit, "값?", history, limit - whole) == history
     assert fit_history(processor, limit, "값?", history, limit - whole + 1) == history[1:]

@@ -209,6 +209,10 @@ def test_table_text_parses_as_the_data_contract_writes_it():
     ragged = parse_table("TITLE | t\n| a | b\nx | 1\ny | 2 | 3 | 4")
     assert ragged.columns == ["항목", "a", "b", "값 3"] and ragged.rows == [["x", "1", "", ""], ["y", "2", "3", "4"]]
     assert parse_table("가장 큰 값은 30%입니다.") is None and parse_table("a | b") is None
+    # Prose around the table is left out and the case kept (the metric reads the same cells, lowercased).
+    wrapped = parse_table("표로 바꾸면 다음과 같습니다.\ntitle | 점유율\n| 2021 | 2022\nA사 | 30% | 35%\n이상입니다.")
+    assert (wrapped.title, wrapped.columns) == ("점유율", ["항목", "2021", "2022"])
+    assert wrapped.rows == [["A사", "30%", "35%"]]
     csv = parse_table("TITLE | t\n=HYPERLINK(1) | -5% | +cmd | @x").to_csv().decode("utf-8-sig").splitlines()
     assert csv == ["항목,값 1,값 2,값 3", "'=HYPERLINK(1),-5%,'+cmd,'@x"]
 

@@ -235,9 +235,9 @@ def read_dataset_questions(dataset) -> list[Question]:
     for index, row in enumerate(dataset.select_columns(columns)):
         source = f"dataset[{index}]"
         prompt = row["prompt"] or []
-        users = [message for message in prompt if message.get("role") == "user"]
-        if not users or prompt[-1].get("role") != "user":
-            questions.append(Question(row["id"], None, "", index, source=source, record=index, error="no user turn"))
+        if not prompt or prompt[-1].get("role") != "user":
+            reason = "the prompt does not end with a user turn"
+            questions.append(Question(row["id"], None, "", index, source=source, record=index, error=reason))
             continue
         history, turn = [], 0
         for position, message in enumerate(prompt[:-1]):

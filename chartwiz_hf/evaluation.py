@@ -6,9 +6,11 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
+
+from PIL import Image
 
 from .batch_inference import (
     DatasetImages,
@@ -165,6 +167,16 @@ def split_questions(dataset) -> tuple[list[Question], list]:
     return questions, tasks
 
 
+def blank_charts(load_image: Callable) -> Callable:
+    """`load_image` with every chart replaced by a plain white image of its size: the `--blank-images` ablation."""
+
+    def load_blank(question: Question):
+        image, chart_type = load_image(question)
+        return Image.new("RGB", image.size, "white"), chart_type
+
+    return load_blank
+
+
 def predict_dataset(
     model,
     processor,
@@ -172,6 +184,7 @@ def predict_dataset(
     out_dir: str,
     batch_size: int = 8,
     max_new_tokens: int = 512,
+    blank_images: bool = False,
     settings: Optional[dict] = None,
     progress: bool = True,
     info: Optional[dict] = None,
@@ -189,19 +202,23 @@ def predict_dataset(
         out_dir (`str`): the report folder.
         batch_size (`int`, *optional*, defaults to 8): questions generated together.
         max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
+        blank_images (`bool`, *optional*, defaults to `False`): show the model a white image of each chart's size
+            instead of the chart (`blank_charts`).
         settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
         info (`dict`, *optional*): informative fields for the settings file (not compared).
     """
     questions, tasks = split_questions(dataset)
+    load_image = blank_charts(DatasetImages(dataset)) if blank_images else DatasetImages(dataset)
     answers_path = os.path.join(out_dir, ANSWERS_FILE)
+    settings = {**(settings or {}), "blank_images": blank_images}
     summary = run_inference(
         model,
         processor,
         questions,
-        DatasetImages(dataset),
+        load_image,
         answers_path,
-        settings or {},
+        settings,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         progress=progress,
@@ -237,6 +254,7 @@ def evaluate_model(
     adapter: Optional[str] = None,
     device: Optional[str] = None,
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
+    blank_images: bool = False,
     progress: bool = True,
 ) -> dict:
     """
@@ -256,6 +274,9 @@ def evaluate_model(
         adapter (`str`, *optional*): a PEFT (LoRA) adapter folder applied on top of the model.
         device (`str`, *optional*): where to run the model (default: every GPU in bf16, else the CPU).
         bleu_tokenize (`str`, *optional*, defaults to `"intl"`): sacrebleu's tokenizer for `bleu`.
+        blank_images (`bool`, *optional*, defaults to `False`): an image ablation: every chart is replaced by a white
+            image of its size, which shows how much of a score comes from reading the chart rather than from the
+            question and the language prior. Recorded in the run's settings, `metrics.json` and the report.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
     """
     if config not in CONFIGS:
@@ -275,7 +296,7 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
-    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens})
+    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
@@ -283,7 +304,9 @@ def evaluate_model(
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     info = {"batch_size": batch_size, "device": str(model.device)}
-    summary = predict_dataset(model, processor, dataset, out_dir, batch_size, max_new_tokens, settings, progress, info)
+    summary = predict_dataset(
+        model, processor, dataset, out_dir, batch_size, max_new_tokens, blank_images, settings, progress, info
+    )
     if summary.answered:
         logger.info(
             "Answered %d questions in %.1f s (%.2f questions/s)",
@@ -330,6 +353,7 @@ def score_run(
         "dataset": run.get("dataset"),
         "config": run.get("config"),
         "split": run.get("split"),
+        "blank_images": run.get("blank_images"),
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
@@ -406,6 +430,8 @@ def render_report(metrics: dict) -> str:
         lines.append(f"- Model: `{metrics['model']}`")
     if metrics.get("dataset"):
         lines.append(f"- Dataset: `{metrics['dataset']}` ({source})")
+    if metrics.get("blank_images"):
+        lines.append("- Images: **blank**, every chart replaced by a white image of its size (an image ablation)")
     rows = f" of {metrics['rows']}" if metrics.get("rows") is not None else ""
     lines.append(f"- Scored: {metrics['n']}{rows} rows, {len(metrics['skipped'])} skipped (listed below)")
     lines.append(f"- Predictions: `{PREDICTIONS_FILE}` (re-score with `chartwiz evaluate --predictions`)")
@@ -506,6 +532,8 @@ def draw_chart(metrics: dict, path: str) -> None:
         source = os.path.basename(os.path.normpath(metrics.get("model") or "predictions"))
         if metrics.get("config"):
             source += f" on {metrics['config']} / {metrics['split']}"
+        if metrics.get("blank_images"):
+            source += " (blank images)"
         figure.suptitle(f"ChartWiz evaluation: {source}")
         figure.savefig(path, dpi=100)
 
@@ -513,6 +541,7 @@ def draw_chart(metrics: dict, path: str) -> None:
 __all__ = [
     "CONFIGS",
     "Prediction",
+    "blank_charts",
     "draw_chart",
     "evaluate_model",
     "load_split",

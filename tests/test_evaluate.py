@@ -76,6 +76,7 @@ def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, 
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
     assert metrics["n"] == metrics["rows"] == len(split) and metrics["skipped"] == []
+    assert metrics["blank_images"] is False
     assert (metrics["model"], metrics["dataset"], metrics["config"], metrics["split"]) == (
         tiny_dir,
         charts_dir,
@@ -239,6 +240,34 @@ def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path):
     assert len(score_run(out)["skipped"]) == 8
 
 
+def test_blank_images_answer_as_white_charts_would(tiny_dir, charts_dir, tmp_path):
+    # Long enough answers that the tiny random model's output depends on the chart.
+    settings = {"config": "gpt", "max_samples": 8, "max_new_tokens": 16, "progress": False}
+    normal = evaluate_model(tiny_dir, charts_dir, str(tmp_path / "normal"), **settings)
+    blank = evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), blank_images=True, **settings)
+    # The same rows with every chart replaced by a white image of its size by hand, through the same engine.
+    split = load_dataset(charts_dir, "gpt", split="test").select(range(8))
+    white = split.map(lambda row: {"image": PILImage.new("RGB", row["image"].size, "white")})
+    model, processor = load_model_for_inference(tiny_dir)
+    predict_dataset(model, processor, white, str(tmp_path / "by-hand"), max_new_tokens=16, progress=False)
+
+    normal_answers, blank_answers, by_hand = (
+        {line["id"]: line["prediction"] for line in read_lines(tmp_path / name / "predictions.jsonl")}
+        for name in ("normal", "blank", "by-hand")
+    )
+    assert blank_answers == by_hand and len(blank_answers) == 8
+    changed = [row_id for row_id in normal_answers if normal_answers[row_id] != blank_answers[row_id]]
+    assert changed, "the chart changes no answer: the ablation would show nothing"
+    assert (normal["blank_images"], blank["blank_images"]) == (False, True) and blank["n"] == normal["n"] == 8
+    assert "**blank**" in (tmp_path / "blank" / "report.md").read_text(encoding="utf-8")
+    assert "blank" not in (tmp_path / "normal" / "report.md").read_text(encoding="utf-8")
+    # A blank run cannot be mixed into a normal run's folder, nor the other way round.
+    with pytest.raises(ValueError, match=r"another run \(blank_images False -> True\)"):
+        evaluate_model(tiny_dir, charts_dir, str(tmp_path / "normal"), blank_images=True, **settings)
+    with pytest.raises(ValueError, match=r"another run \(blank_images True -> False\)"):
+        evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), **settings)
+
+
 def test_scoring_a_predictions_file(tmp_path, capsys):
     table = "TITLE | 지역별 인구\n서울 | 950만 명\n부산 | 340만 명"
     good = [
@@ -298,6 +327,7 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
         (["--model", "m"], "--model needs --dataset"),
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such predictions file"),
         (["--predictions", "p.jsonl", "--dataset", "d"], "--dataset cannot go with it"),
+        (["--predictions", "p.jsonl", "--blank-images"], "--blank-images cannot go with it"),
         (["--model", "m", "--dataset", "d", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--model", "m", "--dataset", "d", "--max-samples", "0"], "--max-samples must be at least 1"),
         (["--model", "m", "--dataset", "d", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),

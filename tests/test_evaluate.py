@@ -71,7 +71,7 @@ def fake_generation(monkeypatch):
 def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, capsys):
     out = tmp_path / "report"
     arguments = ["--model", tiny_dir, "--dataset", charts_dir, "--config", "all", "--out", str(out)]
-    assert main(["evaluate", *arguments, "--batch-size", "8", "--max-new-tokens", "4"]) == 0
+    assert main(["evaluate", *arguments, "--batch-size", "16", "--max-new-tokens", "4"]) == 0
     split = load_dataset(charts_dir, "all", split="test")
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
@@ -242,14 +242,14 @@ def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path):
 
 def test_blank_images_answer_as_white_charts_would(tiny_dir, charts_dir, tmp_path):
     # Long enough answers that the tiny random model's output depends on the chart.
-    settings = {"config": "gpt", "max_samples": 8, "max_new_tokens": 16, "progress": False}
+    settings = {"config": "gpt", "max_samples": 8, "max_new_tokens": 12, "progress": False}
     normal = evaluate_model(tiny_dir, charts_dir, str(tmp_path / "normal"), **settings)
     blank = evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), blank_images=True, **settings)
     # The same rows with every chart replaced by a white image of its size by hand, through the same engine.
     split = load_dataset(charts_dir, "gpt", split="test").select(range(8))
     white = split.map(lambda row: {"image": PILImage.new("RGB", row["image"].size, "white")})
     model, processor = load_model_for_inference(tiny_dir)
-    predict_dataset(model, processor, white, str(tmp_path / "by-hand"), max_new_tokens=16, progress=False)
+    predict_dataset(model, processor, white, str(tmp_path / "by-hand"), max_new_tokens=12, progress=False)
 
     normal_answers, blank_answers, by_hand = (
         {line["id"]: line["prediction"] for line in read_lines(tmp_path / name / "predictions.jsonl")}

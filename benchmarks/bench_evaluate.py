@@ -70,10 +70,10 @@ def main():
     for _ in range(args.repeats):
         for batch_size in args.batch_sizes:  # interleaved, so that machine noise hits every size alike
             out_dir = tempfile.mkdtemp(dir=work_dir, prefix="report-")
-            counts = predict_dataset(model, processor, dataset, out_dir, batch_size, args.new_tokens, progress=False)
+            summary = predict_dataset(model, processor, dataset, out_dir, batch_size, args.new_tokens, progress=False)
             shutil.rmtree(out_dir)
-            assert counts["answered"] == len(dataset), counts
-            best[batch_size] = min(best[batch_size], counts["seconds"])
+            assert summary.answered == len(dataset), summary
+            best[batch_size] = min(best[batch_size], summary.seconds)
     generation = {
         batch_size: {
             "questions_per_s": len(dataset) / seconds,

@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS
 
-from .inference import build_prompt, generate_answers, load_chart_image, load_chartwiz, prepare_inputs
+from .inference import (
+    context_length,
+    generate_answers,
+    load_chart_image,
+    load_chartwiz,
+    prepare_inputs,
+    prompt_length,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -228,9 +235,9 @@ def read_dataset_questions(dataset) -> list[Question]:
     for index, row in enumerate(dataset.select_columns(columns)):
         source = f"dataset[{index}]"
         prompt = row["prompt"] or []
-        users = [message for message in prompt if message.get("role") == "user"]
-        if not users or prompt[-1].get("role") != "user":
-            questions.append(Question(row["id"], None, "", index, source=source, record=index, error="no user turn"))
+        if not prompt or prompt[-1].get("role") != "user":
+            reason = "the prompt does not end with a user turn"
+            questions.append(Question(row["id"], None, "", index, source=source, record=index, error=reason))
             continue
         history, turn = [], 0
         for position, message in enumerate(prompt[:-1]):
@@ -462,20 +469,6 @@ class _Prepared:
     errors: list  # [(question, kind, reason)]
 
 
-def context_length(model) -> Optional[int]:
-    """The language model's context in tokens (`max_position_embeddings`), `None` where the config has none."""
-    config = getattr(model.config, "text_config", model.config)
-    return getattr(config, "max_position_embeddings", None)
-
-
-def prompt_lengths(processor, questions: Sequence[str], histories: Sequence[Sequence[tuple[str, str]]]) -> list[int]:
-    """The length in tokens of each question's prompt (after its history), the image's tokens included."""
-    prompts = [build_prompt(processor, question, history) for question, history in zip(questions, histories)]
-    encoded = processor.tokenizer(prompts, return_attention_mask=False)["input_ids"]
-    extra = processor.image_seq_length - 1  # the processor expands each <image> to one token per patch
-    return [len(ids) + ids.count(processor.image_token_id) * extra for ids in encoded]
-
-
 def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=None):
     """
     `load_chartwiz` with serving defaults: bf16 (fp16 where bf16 is not supported) spread over the GPUs with
@@ -492,14 +485,6 @@ def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=N
         dtype = getattr(torch, dtype)
     kwargs = {"device_map": "auto"} if cuda and device is None else {}
     return load_chartwiz(model_path, device=device, dtype=dtype, adapter=adapter, **kwargs)
-
-
-def _measure(processor, jobs: list, batch: int = 256) -> None:
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start : start + batch]
-        lengths = prompt_lengths(processor, [job.question.question for job in chunk], [job.history for job in chunk])
-        for job, length in zip(chunk, lengths):
-            job.prompt_tokens = length
 
 
 def _prepare(processor, load_image: Callable, jobs: list) -> _Prepared:
@@ -687,7 +672,7 @@ def run_inference(
     if summary.already_done:
         logger.info("%s: %d questions already done, %d to go", answers_path, summary.already_done, len(pending))
 
-    context_limit = context_length(model)
+    context_limit = context_length(model.config)
     on_cpu = model.device.type == "cpu"
     background = use_background_worker(model) if background is None else background
     bar = tqdm(total=len(pending), unit="question", disable=not progress, dynamic_ncols=True)
@@ -735,19 +720,23 @@ def run_inference(
 
             # The per-record context check lives here so that one long prompt is a bad record rather than a failed
             # batch (the model raises for a whole batch that outgrows the context).
-            _measure(processor, jobs)
-            fitting, too_long = [], []
+            fitting, unfit = [], []
             for job in jobs:
+                try:
+                    job.prompt_tokens = prompt_length(processor, job.question.question, job.history)
+                except ValueError as error:  # an earlier turn that cannot be asked (empty, not valid text)
+                    unfit.append((job.question, "inputs", str(error)))
+                    continue
                 if context_limit is not None and job.prompt_tokens + max_new_tokens > context_limit:
                     reason = (
                         f"prompt longer than the context: {job.prompt_tokens} tokens (the image takes "
                         f"{processor.image_seq_length}) + --max-new-tokens {max_new_tokens} > {context_limit}, the "
                         "language model's context"
                     )
-                    too_long.append((job.question, "too long", reason))
+                    unfit.append((job.question, "too long", reason))
                 else:
                     fitting.append(job)
-            record_errors(too_long)
+            record_errors(unfit)
             fitting.sort(key=lambda job: (-job.prompt_tokens, job.question.record, job.question.turn or 0))
             batches = [fitting[start : start + batch_size] for start in range(0, len(fitting), batch_size)]
 
@@ -864,11 +853,9 @@ __all__ = [
     "MergeSummary",
     "Question",
     "check_settings",
-    "context_length",
     "load_model_for_inference",
     "merge_shards",
     "output_paths",
-    "prompt_lengths",
     "read_dataset_questions",
     "read_jsonl",
     "read_question_file",

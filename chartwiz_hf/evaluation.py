@@ -1,22 +1,35 @@
-"""Scoring ChartWiz on a built dataset: batched greedy answers, the task metrics by task and chart type, a report."""
+"""Scoring ChartWiz on a built dataset: answers from `chartwiz infer`'s engine, the task metrics by task and chart
+type, a report."""
 
 import json
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
+from PIL import Image
+
+from .batch_inference import (
+    DatasetImages,
+    InferenceSummary,
+    Question,
+    load_model_for_inference,
+    output_paths,
+    read_dataset_questions,
+    read_jsonl,
+    run_inference,
+)
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.jsonl"
-SKIPPED_FILE = "skipped.jsonl"
-RUN_FILE = "run.json"
+# `chartwiz infer`'s answers; beside it its errors file (the rows that could not be asked) and its settings file.
+ANSWERS_FILE = "answers.jsonl"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CHART_FILE = "report.png"
@@ -44,19 +57,6 @@ class Prediction:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
-
-
-@dataclass
-class Example:
-    """A dataset row ready to be asked: the question, the earlier turns, the reference and the row's index."""
-
-    index: int
-    id: str
-    task: str
-    chart_type: str
-    question: str
-    history: list[tuple[str, str]] = field(default_factory=list)
-    reference: str = ""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,43 +142,39 @@ def _score(task: str, rows: Sequence[Prediction], bleu_tokenize: str) -> dict[st
 # Generation
 
 
-def example_from_row(index: int, row: dict) -> Example:
+def split_questions(dataset) -> tuple[list[Question], list]:
     """
-    The question of a dataset row (TRL's conversational prompt-completion format): the last user message, after the
-    earlier turns as context; raises `ValueError` saying what is wrong with the row. A pretraining row has an
-    empty prompt (the image alone); it is asked the original table instruction, as a stage-2 model was taught.
+    The questions of a built split as `chartwiz infer` reads them (`read_dataset_questions`), and each row's task.
+    What scoring needs is checked too: a row of an unknown task or without a reference answer is a bad record. A
+    pretraining row (task `table`, an empty prompt: the image alone) is asked the original table instruction, as a
+    stage-2 model was taught, which makes `pretrain` and `finetune` table scores comparable.
     """
     from dataset_builder.rows import INSTRUCTIONS
 
-    task, prompt, completion = row.get("task"), row.get("prompt"), row.get("completion")
-    if task not in TASK_METRICS:
-        raise ValueError(f"unknown task {task!r}")
-    if not isinstance(prompt, list) or not prompt or not all(isinstance(message, dict) for message in prompt):
-        raise ValueError("the prompt should be a non-empty list of messages")
-    roles = [message.get("role") for message in prompt]
-    if roles != ["user", "assistant"] * (len(prompt) // 2) + ["user"]:
-        raise ValueError(f"the prompt's turns should alternate user and assistant and end with the user, got {roles}")
-    texts = [str(message.get("content") or "").strip() for message in prompt]
-    question = texts[-1]
-    if not question and task == "table" and len(prompt) == 1:
-        question = INSTRUCTIONS["table"][0]
-    history = list(zip(texts[0:-1:2], texts[1:-1:2]))
-    if not question or any(not asked for asked, _ in history):
-        raise ValueError("a user turn of the prompt is empty")
-    if not isinstance(completion, list) or not completion or not isinstance(completion[0], dict):
-        raise ValueError("the completion should be a list holding the assistant's message")
-    reference = completion[0].get("content")
-    if not isinstance(reference, str) or not reference.strip():
-        raise ValueError("the reference answer is empty")
-    return Example(index, str(row.get("id")), task, str(row.get("chart_type") or ""), question, history, reference)
+    if "task" not in dataset.column_names:
+        raise ValueError("The dataset has no column ['task']; expected a `chartwiz data build` split.")
+    tasks = list(dataset["task"])
+    questions = []
+    for question in read_dataset_questions(dataset):
+        task = tasks[question.image]  # a dataset question's image is its row
+        if task == "table" and question.turn == 1 and not question.question and question.id is not None:
+            question = replace(question, question=INSTRUCTIONS["table"][0], error=None)
+        if question.error is None and task not in TASK_METRICS:
+            question = replace(question, error=f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+        elif question.error is None and not (question.reference or "").strip():
+            question = replace(question, error="the reference answer is empty")
+        questions.append(question)
+    return questions, tasks
 
 
-def generate_batch(model, processor, examples: Sequence[Example], images: Sequence, max_new_tokens: int) -> list[str]:
-    """Greedy answers to one batch of examples about their charts: the one step a batch-inference engine replaces."""
-    from .inference import generate_answers, prepare_inputs
+def blank_charts(load_image: Callable) -> Callable:
+    """`load_image` with every chart replaced by a plain white image of its size: the `--blank-images` ablation."""
 
-    inputs = prepare_inputs(processor, images, [ex.question for ex in examples], [ex.history for ex in examples])
-    return generate_answers(model, processor, inputs, max_new_tokens=max_new_tokens)
+    def load_blank(question: Question):
+        image, chart_type = load_image(question)
+        return Image.new("RGB", image.size, "white"), chart_type
+
+    return load_blank
 
 
 def predict_dataset(
@@ -188,136 +184,58 @@ def predict_dataset(
     out_dir: str,
     batch_size: int = 8,
     max_new_tokens: int = 512,
+    blank_images: bool = False,
+    settings: Optional[dict] = None,
     progress: bool = True,
-) -> dict:
+    info: Optional[dict] = None,
+) -> InferenceSummary:
     """
-    Answers every row of `dataset` that `out_dir/predictions.jsonl` does not hold yet, longest prompts first in
-    batches of `batch_size`, appending each batch's lines as it finishes: an interrupted run goes on where it
-    stopped, nothing asked twice. Rows that cannot be asked (a bad prompt, an image that does not decode, a
-    question the model refuses) go to `skipped.jsonl` with the reason. Returns counts and timings of this call.
+    Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
+    charts prepared ahead of the model, each prompt checked against the context) into `out_dir/answers.jsonl`, then
+    writes the answered rows as `predictions.jsonl`. Rerunning resumes: rows answered or rejected before are not
+    asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with the
+    reason in `answers.errors.jsonl`. Returns what this call did.
+
+    Args:
+        model, processor: a loaded ChartWiz (`load_model_for_inference`).
+        dataset (`datasets.Dataset`): a split built by `chartwiz data build`.
+        out_dir (`str`): the report folder.
+        batch_size (`int`, *optional*, defaults to 8): questions generated together.
+        max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
+        blank_images (`bool`, *optional*, defaults to `False`): show the model a white image of each chart's size
+            instead of the chart (`blank_charts`).
+        settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
+        progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        info (`dict`, *optional*): informative fields for the settings file (not compared).
     """
-    from tqdm.auto import tqdm
-
-    predictions_path = os.path.join(out_dir, PREDICTIONS_FILE)
-    skipped_path = os.path.join(out_dir, SKIPPED_FILE)
-    done = _finished_ids(predictions_path) | _finished_ids(skipped_path)
-
-    todo, skipped = [], []
-    seen = set()
-    text_columns = dataset.select_columns(["id", "task", "chart_type", "prompt", "completion"])
-    for index, row in enumerate(text_columns):
-        row_id = str(row["id"])
-        if row_id in done:
-            seen.add(row_id)
-            continue
-        if row_id in seen:
-            skipped.append({"id": row_id, "reason": f"row {index}: id {row_id!r} repeats"})
-            continue
-        seen.add(row_id)
-        try:
-            todo.append(example_from_row(index, row))
-        except ValueError as error:
-            skipped.append({"id": row_id, "task": row.get("task"), "reason": f"row {index}: {error}"})
-    # Longest prompts first: similar lengths share a batch (less padding) and a batch too big for memory fails early.
-    lengths = _prompt_lengths(processor, todo)
-    todo = [example for _, example in sorted(zip(lengths, todo), key=lambda pair: -pair[0])]
-
-    images = dataset.select_columns(["image"])
-    answered, start = 0, time.perf_counter()
-    with (
-        open(predictions_path, "a", encoding="utf-8") as predictions_file,
-        open(skipped_path, "a", encoding="utf-8") as skipped_file,
-        tqdm(total=len(todo), desc="Answering", unit="question", disable=not progress) as bar,
-    ):
-        _append(skipped_file, [json.dumps(entry, ensure_ascii=False) for entry in skipped])
-        for offset in range(0, len(todo), batch_size):
-            batch = todo[offset : offset + batch_size]
-            ready, charts, failed = _load_images(images, batch)
-            answers, refused = _answer(model, processor, ready, charts, max_new_tokens)
-            lines = [
-                Prediction(example.id, example.task, example.chart_type, answer, example.reference).to_json()
-                for example, answer in answers
-            ]
-            _append(predictions_file, lines)
-            _append(skipped_file, [json.dumps(entry, ensure_ascii=False) for entry in failed + refused])
-            skipped += failed + refused
-            answered += len(lines)
-            bar.update(len(batch))
-    seconds = time.perf_counter() - start
-    return {"answered": answered, "skipped": len(skipped), "already_done": len(done), "seconds": seconds}
-
-
-def _finished_ids(path: str) -> set[str]:
-    """Ids of a JSON Lines file written by `predict_dataset`, first cutting off a last line an interruption left
-    half written."""
-    if not os.path.isfile(path):
-        return set()
-    with open(path, "rb+") as file:
-        data = file.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            file.truncate(end)
-    ids = set()
-    for number, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{number}: not a line this command wrote; choose another --out") from None
-    return ids
-
-
-def _append(file, lines: Sequence[str]) -> None:
-    # One write per batch, flushed: a kill between batches loses nothing, a kill inside one leaves a partial line.
-    if lines:
-        file.write("".join(line + "\n" for line in lines))
-        file.flush()
-
-
-def _prompt_lengths(processor, examples: Sequence[Example]) -> list[int]:
-    if not examples:
-        return []
-    texts = [
-        " ".join([*(part for turn in example.history for part in turn), example.question]) for example in examples
+    questions, tasks = split_questions(dataset)
+    load_image = blank_charts(DatasetImages(dataset)) if blank_images else DatasetImages(dataset)
+    answers_path = os.path.join(out_dir, ANSWERS_FILE)
+    settings = {**(settings or {}), "blank_images": blank_images}
+    summary = run_inference(
+        model,
+        processor,
+        questions,
+        load_image,
+        answers_path,
+        settings,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        info=info,
+    )
+    answers = {(row["id"], row["turn"]): row["answer"] for row in read_jsonl(answers_path)}
+    lines = [
+        Prediction(str(q.id), tasks[q.image], q.chart_type or "", answers[q.key], q.reference).to_json()
+        for q in questions
+        if q.key in answers
     ]
-    return [len(ids) for ids in processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def _load_images(images, batch: Sequence[Example]):
-    ready, charts, failed = [], [], []
-    for example in batch:
-        try:
-            image = images[example.index]["image"]
-            if image is None:
-                raise ValueError("the row has no image")
-            charts.append(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as error:
-            failed.append({"id": example.id, "task": example.task, "reason": f"the chart cannot be read: {error}"})
-            continue
-        ready.append(example)
-    return ready, charts, failed
-
-
-def _answer(model, processor, examples, images, max_new_tokens):
-    """(example, answer) pairs; when the batch fails, each example alone, so one bad row costs only itself."""
-    if not examples:
-        return [], []
-    try:
-        return list(zip(examples, generate_batch(model, processor, examples, images, max_new_tokens))), []
-    except ValueError as error:
-        if len(examples) == 1:
-            return [], [_refusal(examples[0], error)]
-    answers, refused = [], []
-    for example, image in zip(examples, images):
-        try:
-            answers.append((example, generate_batch(model, processor, [example], [image], max_new_tokens)[0]))
-        except ValueError as error:
-            refused.append(_refusal(example, error))
-    return answers, refused
-
-
-def _refusal(example: Example, error: Exception) -> dict:
-    return {"id": example.id, "task": example.task, "reason": f"cannot be answered: {error}"}
+    # Rewritten whole from the answers, in the split's order: the answers file is what a rerun resumes from.
+    path = os.path.join(out_dir, PREDICTIONS_FILE)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as file:
+        file.writelines(line + "\n" for line in lines)
+    os.replace(f"{path}.tmp", path)
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,12 +254,13 @@ def evaluate_model(
     adapter: Optional[str] = None,
     device: Optional[str] = None,
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
+    blank_images: bool = False,
     progress: bool = True,
 ) -> dict:
     """
-    Answers a split of a built dataset with greedy, batched generation, scores the answers and writes `out_dir`:
-    `predictions.jsonl` (re-scorable), `metrics.json`, `report.md` and `report.png`. Running again into the same
-    `out_dir` resumes: rows already answered are not asked again. Returns the metrics.
+    Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
+    writes `out_dir`: `predictions.jsonl` (re-scorable), `metrics.json`, `report.md` and `report.png`. Running again
+    into the same `out_dir` resumes: rows already answered are not asked again. Returns the metrics.
 
     Args:
         model_name_or_path (`str`): ChartWiz checkpoint directory or Hub repo.
@@ -353,8 +272,11 @@ def evaluate_model(
         batch_size (`int`, *optional*, defaults to 8): questions generated together.
         max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
         adapter (`str`, *optional*): a PEFT (LoRA) adapter folder applied on top of the model.
-        device (`str`, *optional*): where to run the model (default: where it loads).
+        device (`str`, *optional*): where to run the model (default: every GPU in bf16, else the CPU).
         bleu_tokenize (`str`, *optional*, defaults to `"intl"`): sacrebleu's tokenizer for `bleu`.
+        blank_images (`bool`, *optional*, defaults to `False`): an image ablation: every chart is replaced by a white
+            image of its size, which shows how much of a score comes from reading the chart rather than from the
+            question and the language prior. Recorded in the run's settings, `metrics.json` and the report.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
     """
     if config not in CONFIGS:
@@ -373,25 +295,24 @@ def evaluate_model(
         "config": config,
         "split": split,
         "max_samples": max_samples,
-        "max_new_tokens": max_new_tokens,
     }
-    _check_run(out_dir, run)
+    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-
-    from .inference import load_chartwiz
-
-    model, processor = load_chartwiz(model_name_or_path, device=device, adapter=adapter)
-    # Recorded once the dataset and the model have loaded, so a mistyped path does not claim the folder.
-    _write_json(os.path.join(out_dir, RUN_FILE), run)
-    counts = predict_dataset(model, processor, dataset, out_dir, batch_size, max_new_tokens, progress=progress)
-    if counts["answered"]:
+    model, processor = load_model_for_inference(model_name_or_path, adapter, device)
+    # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
+    settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
+    info = {"batch_size": batch_size, "device": str(model.device)}
+    summary = predict_dataset(
+        model, processor, dataset, out_dir, batch_size, max_new_tokens, blank_images, settings, progress, info
+    )
+    if summary.answered:
         logger.info(
             "Answered %d questions in %.1f s (%.2f questions/s)",
-            counts["answered"],
-            counts["seconds"],
-            counts["answered"] / counts["seconds"],
+            summary.answered,
+            summary.seconds,
+            summary.questions_per_second,
         )
     return score_run(out_dir, bleu_tokenize=bleu_tokenize, rows=len(dataset))
 
@@ -417,12 +338,10 @@ def score_run(
             raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
         with open(target, "w", encoding="utf-8") as copy:
             copy.write(content)
-    run = _read_json(os.path.join(os.path.dirname(os.path.abspath(source)), RUN_FILE)) or {}
-    skipped = [{**entry, "file": PREDICTIONS_FILE} for entry in bad_lines]
-    skipped_path = os.path.join(os.path.dirname(os.path.abspath(source)), SKIPPED_FILE)
-    if os.path.isfile(skipped_path):
-        with open(skipped_path, encoding="utf-8") as file:
-            skipped += [json.loads(line) for line in file if line.strip()]
+    # The run that wrote the predictions, if `predict_dataset` did: its settings and the rows it could not ask.
+    errors_path, meta_path = output_paths(os.path.join(os.path.dirname(os.path.abspath(source)), ANSWERS_FILE))
+    run = (_read_json(meta_path) or {}).get("settings", {})
+    skipped = [{**entry, "file": PREDICTIONS_FILE} for entry in bad_lines] + read_jsonl(errors_path)
 
     start = time.perf_counter()
     scores = score_predictions(predictions, bleu_tokenize=bleu_tokenize)
@@ -434,6 +353,7 @@ def score_run(
         "dataset": run.get("dataset"),
         "config": run.get("config"),
         "split": run.get("split"),
+        "blank_images": run.get("blank_images"),
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
@@ -448,21 +368,24 @@ def score_run(
 
 
 def _check_run(out_dir: str, run: dict) -> None:
-    """Checks that `out_dir` is new or holds an earlier, interrupted try of the same run."""
-    earlier = _read_json(os.path.join(out_dir, RUN_FILE))
-    if earlier is not None and earlier != run:
-        changed = ", ".join(
-            f"{key} {earlier.get(key)!r} -> {run[key]!r}" for key in run if earlier.get(key) != run[key]
-        )
-        raise ValueError(
-            f"{out_dir} holds the predictions of another run ({changed}): choose another --out or delete it."
-        )
-    if earlier is None and os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
+    """
+    Checks, before anything loads, that `out_dir` is new or holds an earlier, interrupted try of the same run;
+    `run_inference` compares the settings known once the model has loaded (dtype, chat template...).
+    """
+    _, meta_path = output_paths(os.path.join(out_dir, ANSWERS_FILE))
+    earlier = _read_json(meta_path)
+    if earlier is not None:
+        stored = earlier.get("settings", {})
+        changed = ", ".join(f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in run if stored.get(key) != run[key])
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds the predictions of another run ({changed}): choose another --out or delete it."
+            )
+    elif os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
         raise ValueError(f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out.")
 
 
 def _write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as file:
         json.dump(data, file, ensure_ascii=False, indent=2)
 
@@ -507,6 +430,8 @@ def render_report(metrics: dict) -> str:
         lines.append(f"- Model: `{metrics['model']}`")
     if metrics.get("dataset"):
         lines.append(f"- Dataset: `{metrics['dataset']}` ({source})")
+    if metrics.get("blank_images"):
+        lines.append("- Images: **blank**, every chart replaced by a white image of its size (an image ablation)")
     rows = f" of {metrics['rows']}" if metrics.get("rows") is not None else ""
     lines.append(f"- Scored: {metrics['n']}{rows} rows, {len(metrics['skipped'])} skipped (listed below)")
     lines.append(f"- Predictions: `{PREDICTIONS_FILE}` (re-score with `chartwiz evaluate --predictions`)")
@@ -533,7 +458,10 @@ def render_report(metrics: dict) -> str:
     if metrics["skipped"]:
         lines += ["## Skipped", ""]
         for entry in metrics["skipped"]:
-            where = f"line {entry['line']}" if "line" in entry else f"`{entry.get('id')}`"
+            if "line" in entry:
+                where = f"line {entry['line']}"
+            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
+                where = f"`{entry['id'] if entry.get('id') is not None else entry.get('source')}`"
             lines.append(f"- {where}: {entry['reason']}")
         lines.append("")
     return "\n".join(lines)
@@ -604,22 +532,23 @@ def draw_chart(metrics: dict, path: str) -> None:
         source = os.path.basename(os.path.normpath(metrics.get("model") or "predictions"))
         if metrics.get("config"):
             source += f" on {metrics['config']} / {metrics['split']}"
+        if metrics.get("blank_images"):
+            source += " (blank images)"
         figure.suptitle(f"ChartWiz evaluation: {source}")
         figure.savefig(path, dpi=100)
 
 
 __all__ = [
     "CONFIGS",
-    "Example",
     "Prediction",
+    "blank_charts",
     "draw_chart",
     "evaluate_model",
-    "example_from_row",
-    "generate_batch",
     "load_split",
     "predict_dataset",
     "read_predictions",
     "render_report",
     "score_predictions",
     "score_run",
+    "split_questions",
 ]

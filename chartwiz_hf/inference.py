@@ -158,6 +158,15 @@ def encode_prompt(processor, question: str, history: Sequence[tuple[str, str]] =
     return _encode_pieces(tokenizer, [text.translate(restore) for text in pieces[0::2]], pieces[1::2])
 
 
+def prompt_length(processor, question: str, history: Sequence[tuple[str, str]] = ()) -> int:
+    """
+    The length in tokens of the prompt `prepare_inputs` gives the model for `question` (after `history`), without
+    padding: `encode_prompt`'s ids with the `<image>` expanded to one token per patch. Raises `ValueError` as
+    `encode_prompt` does.
+    """
+    return len(encode_prompt(processor, question, history)) + processor.image_seq_length - 1
+
+
 def prepare_inputs(
     processor,
     images: Sequence[Image.Image],
@@ -193,6 +202,11 @@ def prepare_inputs(
     return BatchFeature(data={**text_inputs, **image_inputs})
 
 
+def context_length(config) -> Optional[int]:
+    """The language model's context in tokens (its `max_position_embeddings`), `None` where the config has none."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
 def fit_new_tokens(inputs: BatchFeature, config, max_new_tokens: int, clamp: bool = False) -> int:
     """
     Checks, before anything is generated, that `max_new_tokens` fit in the language model's context after the
@@ -214,7 +228,7 @@ def fit_new_tokens(inputs: BatchFeature, config, max_new_tokens: int, clamp: boo
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    context = context_length(config)
     if context is None:
         return max_new_tokens
     prompt_length = inputs["input_ids"].shape[1]
@@ -359,10 +373,12 @@ __all__ = [
     "check_checkpoint",
     "check_device",
     "check_question",
+    "context_length",
     "encode_prompt",
     "fit_new_tokens",
     "generate_answers",
     "load_chart_image",
     "load_chartwiz",
     "prepare_inputs",
+    "prompt_length",
 ]

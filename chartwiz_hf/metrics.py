@@ -106,6 +106,21 @@ class Table:
     rows: tuple[tuple[str, ...], ...] = ()
 
 
+def split_table(text: str) -> tuple[Optional[str], list[list[str]]]:
+    """
+    The title and the cells of a table text in the ChartWiz layout (docs/aihub-format.md): a first line
+    `TITLE | <title>` (in any case) gives the title, `None` without one; every other non-blank line is split on `|`
+    into stripped cells, so the contract's header line `| 2021 | 2022` starts with an empty corner cell.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    title = None
+    if lines:
+        first, bar, rest = lines[0].partition("|")
+        if bar and first.strip().lower() == "title":
+            title, lines = rest.strip(), lines[1:]
+    return title, [[cell.strip() for cell in line.split("|")] for line in lines]
+
+
 def parse_table(text: str, transposed: bool = False) -> Table:
     """
     Reads a table text in the ChartWiz layout (docs/aihub-format.md), lowercased as DePlot does.
@@ -122,13 +137,7 @@ def parse_table(text: str, transposed: bool = False) -> Table:
         text (`str`): the table text.
         transposed (`bool`, *optional*, defaults to `False`): read the table with rows and columns swapped.
     """
-    lines = [line for line in text.lower().splitlines() if line.strip()]
-    title = None
-    if lines:
-        first, bar, rest = lines[0].partition("|")
-        if bar and first.strip() == "title":
-            title, lines = rest.strip(), lines[1:]
-    rows = [[cell.strip() for cell in line.split("|")] for line in lines]
+    title, rows = split_table(text.lower())
     if not rows:
         return Table(title=title)
     width = max(len(row) for row in rows)
@@ -524,6 +533,7 @@ __all__ = [
     "rms",
     "rouge_l",
     "score_task",
+    "split_table",
     "table_datapoints",
     "table_score",
     "table_scores",

@@ -11,12 +11,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import chartwiz_hf.demo
-from chartwiz_hf.batch_inference import prompt_lengths
 from chartwiz_hf.cli import build_parser, main
 from chartwiz_hf.commands.demo import streamlit_command
 from chartwiz_hf.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
 from chartwiz_hf.demo.tables import parse_table
-from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
+from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs, prompt_length
 from chartwiz_hf.pdf import crop_fraction, is_pdf, pdf_page_count, render_pdf_page, render_pdf_thumbnails
 from dataset_builder.rows import INSTRUCTIONS
 
@@ -210,6 +209,10 @@ def test_table_text_parses_as_the_data_contract_writes_it():
     ragged = parse_table("TITLE | t\n| a | b\nx | 1\ny | 2 | 3 | 4")
     assert ragged.columns == ["항목", "a", "b", "값 3"] and ragged.rows == [["x", "1", "", ""], ["y", "2", "3", "4"]]
     assert parse_table("가장 큰 값은 30%입니다.") is None and parse_table("a | b") is None
+    # Prose around the table is left out and the case kept (the metric reads the same cells, lowercased).
+    wrapped = parse_table("표로 바꾸면 다음과 같습니다.\ntitle | 점유율\n| 2021 | 2022\nA사 | 30% | 35%\n이상입니다.")
+    assert (wrapped.title, wrapped.columns) == ("점유율", ["항목", "2021", "2022"])
+    assert wrapped.rows == [["A사", "30%", "35%"]]
     csv = parse_table("TITLE | t\n=HYPERLINK(1) | -5% | +cmd | @x").to_csv().decode("utf-8-sig").splitlines()
     assert csv == ["항목,값 1,값 2,값 3", "'=HYPERLINK(1),-5%,'+cmd,'@x"]
 
@@ -288,7 +291,7 @@ def test_streaming_shows_the_answer_as_it_grows_and_stops_with_the_page(model_an
     # History that does not fit the context is dropped from its oldest turn.
     history = [("첫 질문 " * 40, "첫 답 " * 40), ("둘째 질문", "둘째 답")]
     limit = model.config.text_config.max_position_embeddings
-    whole, last = (prompt_lengths(processor, ["값?"], [kept])[0] for kept in (history, history[1:]))
+    whole, last = (prompt_length(processor, "값?", kept) for kept in (history, history[1:]))
     assert whole > last
     assert fit_history(processor, limit, "값?", history, limit - whole) == history
     assert fit_history(processor, limit, "값?", history, limit - whole + 1) == history[1:]

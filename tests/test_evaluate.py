@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import os
@@ -7,11 +8,11 @@ import pytest
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
-from chartwiz_hf import evaluation
+from chartwiz_hf import batch_inference, evaluation
+from chartwiz_hf.batch_inference import load_model_for_inference
 from chartwiz_hf.cli import main
 from chartwiz_hf.commands import evaluate as evaluate_command
-from chartwiz_hf.evaluation import evaluate_model, example_from_row, predict_dataset, score_run
-from chartwiz_hf.inference import load_chartwiz
+from chartwiz_hf.evaluation import evaluate_model, predict_dataset, score_run, split_questions
 from chartwiz_hf.metrics import DEFAULT_BLEU_TOKENIZE
 from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
@@ -35,33 +36,47 @@ def read_lines(path):
         return [json.loads(line) for line in file if line.strip()]
 
 
-def fake_answer(example, image):
-    return f"{example.id}|{image.size}|{example.question}|{len(example.history)}"
+def fingerprint(image, question, history):
+    """What the model is shown and asked: the chart's pixels, the question and the earlier turns."""
+    pixels = hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()[:12]
+    return f"{pixels}|{image.size}|{question}|{list(map(tuple, history))}"
+
+
+def row_fingerprint(row, question=None):
+    prompt = row["prompt"]
+    history = [(prompt[i]["content"], prompt[i + 1]["content"]) for i in range(0, len(prompt) - 1, 2)]
+    return fingerprint(row["image"], question or prompt[-1]["content"], history)
 
 
 @pytest.fixture()
 def fake_generation(monkeypatch):
-    """Replaces the model's answers by a fingerprint of what it was asked, and records every batch."""
+    """
+    `chartwiz infer`'s engine with the model's answers replaced by a fingerprint of what it was shown and asked;
+    every generated batch is recorded.
+    """
     batches = []
 
-    def generate_batch(model, processor, examples, images, max_new_tokens):
-        batches.append([example.id for example in examples])
-        if any(example.id == "refused" for example in examples):
-            raise ValueError("this prompt is too long")
-        return [fake_answer(example, image) for example, image in zip(examples, images)]
+    def prepare_inputs(processor, images, questions, histories):
+        return [fingerprint(*inputs) for inputs in zip(images, questions, histories)]
 
-    monkeypatch.setattr(evaluation, "generate_batch", generate_batch)
+    def generate_answers(model, processor, inputs, max_new_tokens, **generate_kwargs):
+        batches.append(list(inputs))
+        return list(inputs)
+
+    monkeypatch.setattr(batch_inference, "prepare_inputs", prepare_inputs)
+    monkeypatch.setattr(batch_inference, "generate_answers", generate_answers)
     return batches
 
 
 def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, capsys):
     out = tmp_path / "report"
     arguments = ["--model", tiny_dir, "--dataset", charts_dir, "--config", "all", "--out", str(out)]
-    assert main(["evaluate", *arguments, "--batch-size", "8", "--max-new-tokens", "4"]) == 0
+    assert main(["evaluate", *arguments, "--batch-size", "16", "--max-new-tokens", "4"]) == 0
     split = load_dataset(charts_dir, "all", split="test")
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
     assert metrics["n"] == metrics["rows"] == len(split) and metrics["skipped"] == []
+    assert metrics["blank_images"] is False
     assert (metrics["model"], metrics["dataset"], metrics["config"], metrics["split"]) == (
         tiny_dir,
         charts_dir,
@@ -84,7 +99,7 @@ def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, 
 
     lines = read_lines(out / "predictions.jsonl")
     references = {row["id"]: row["completion"][0]["content"] for row in split}
-    assert sorted(line["id"] for line in lines) == sorted(references)
+    assert [line["id"] for line in lines] == list(references), "every row once, in the split's order"
     assert all(line["reference"] == references[line["id"]] for line in lines)
     report = (out / "report.md").read_text(encoding="utf-8")
     assert f"Scored: {len(split)} of {len(split)} rows, 0 skipped" in report
@@ -98,56 +113,56 @@ def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, 
 def test_each_answer_belongs_to_its_row(tiny_dir, charts_dir, tmp_path, fake_generation):
     # Batched longest-first: the answers must still land on the rows, multi-turn history included.
     out = str(tmp_path / "report")
-    evaluate_model(tiny_dir, charts_dir, out, config="gpt", batch_size=3, progress=False)
+    evaluate_model(tiny_dir, charts_dir, out, config="gpt", batch_size=3, max_new_tokens=8, progress=False)
     split = load_dataset(charts_dir, "gpt", split="test")
-    expected = {
-        row["id"]: f"{row['id']}|{row['image'].size}|{row['prompt'][-1]['content']}|{len(row['prompt']) // 2}"
-        for row in split
-    }
+    expected = {row["id"]: row_fingerprint(row) for row in split}
     assert {line["id"]: line["prediction"] for line in read_lines(os.path.join(out, "predictions.jsonl"))} == expected
     assert max(len(row["prompt"]) for row in split) >= 3  # some questions did have earlier turns
     assert all(len(batch) <= 3 for batch in fake_generation)
+    assert sum(map(len, fake_generation)) == len(split)
 
 
 def test_pretraining_rows_are_asked_the_table_instruction(tiny_dir, charts_dir, tmp_path, fake_generation):
     out = str(tmp_path / "report")
-    metrics = evaluate_model(tiny_dir, charts_dir, out, config="pretrain", progress=False)
-    lines = read_lines(os.path.join(out, "predictions.jsonl"))
-    assert metrics["by_task"]["table"]["n"] == len(lines) == 10
-    assert all(line["prediction"].split("|")[2] == INSTRUCTIONS["table"][0] for line in lines)
+    metrics = evaluate_model(tiny_dir, charts_dir, out, config="pretrain", max_new_tokens=8, progress=False)
+    split = load_dataset(charts_dir, "pretrain", split="test")
+    assert all(row["prompt"] == [{"role": "user", "content": ""}] for row in split)
+    expected = {row["id"]: row_fingerprint(row, INSTRUCTIONS["table"][0]) for row in split}
+    assert {line["id"]: line["prediction"] for line in read_lines(os.path.join(out, "predictions.jsonl"))} == expected
+    assert metrics["by_task"]["table"]["n"] == len(split) == 10 and metrics["skipped"] == []
 
 
 def test_an_interrupted_run_resumes_without_asking_twice(tiny_dir, charts_dir, tmp_path, fake_generation):
     out = str(tmp_path / "report")
-    predictions = os.path.join(out, "predictions.jsonl")
-    evaluate_model(tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False)
-    lines = read_lines(predictions)
+    answers = os.path.join(out, "answers.jsonl")
+    settings = {"config": "finetune", "max_samples": 12, "batch_size": 4, "max_new_tokens": 8, "progress": False}
+    evaluate_model(tiny_dir, charts_dir, out, **settings)
+    lines = read_lines(answers)
     assert len(lines) == 12 and len(fake_generation) == 3
 
     # An interruption: five answers written, the sixth cut off mid-line; an answer kept must not be asked again.
-    lines[0]["prediction"] = "written before the interruption"
-    with open(predictions, "w", encoding="utf-8") as file:
+    lines[0]["answer"] = "written before the interruption"
+    with open(answers, "w", encoding="utf-8") as file:
         file.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines[:5])
         file.write(json.dumps(lines[5], ensure_ascii=False)[:20])
     fake_generation.clear()
-    metrics = evaluate_model(
-        tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False
-    )
+    metrics = evaluate_model(tiny_dir, charts_dir, out, **settings)
 
-    resumed = read_lines(predictions)
-    assert sorted(line["id"] for line in resumed) == sorted(line["id"] for line in lines)
-    assert resumed[0]["prediction"] == "written before the interruption"
-    assert sorted(example_id for batch in fake_generation for example_id in batch) == sorted(
-        line["id"] for line in lines[5:]
-    )
+    predictions = {line["id"]: line["prediction"] for line in read_lines(os.path.join(out, "predictions.jsonl"))}
+    assert sorted(predictions) == sorted(line["id"] for line in lines) and len(read_lines(answers)) == 12
+    assert predictions[lines[0]["id"]] == "written before the interruption"
+    asked = sorted(answer for batch in fake_generation for answer in batch)
+    assert asked == sorted(predictions[line["id"]] for line in lines[5:])
     assert metrics["n"] == 12 and sum(scores["n"] for scores in metrics["by_task"].values()) == 12
 
     with pytest.raises(ValueError, match=r"another run \(config 'finetune' -> 'all'\)"):
-        evaluate_model(tiny_dir, charts_dir, out, config="all", max_samples=12, batch_size=4, progress=False)
-    with open(predictions, "a", encoding="utf-8") as file:
+        evaluate_model(tiny_dir, charts_dir, out, **{**settings, "config": "all"})
+    with pytest.raises(ValueError, match=r"another run \(max_new_tokens 8 -> 9\)"):
+        evaluate_model(tiny_dir, charts_dir, out, **{**settings, "max_new_tokens": 9})
+    with open(answers, "a", encoding="utf-8") as file:
         file.write("not json\n")
-    with pytest.raises(ValueError, match=r"predictions.jsonl:13: not a line this command wrote"):
-        evaluate_model(tiny_dir, charts_dir, out, config="finetune", max_samples=12, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"answers.jsonl:13: not a JSON line"):
+        evaluate_model(tiny_dir, charts_dir, out, **settings)
 
 
 def _broken_jpeg(path):
@@ -157,65 +172,100 @@ def _broken_jpeg(path):
     return str(path)
 
 
-def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path, fake_generation):
+MESSAGE = {"role": Value("string"), "content": Value("string")}
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "image": Image(),
+        "chart_type": Value("string"),
+        "task": Value("string"),
+        "prompt": List(MESSAGE),
+        "completion": List(MESSAGE),
+    }
+)
+
+
+def dataset_row(row_id, image, task="qa", prompt=None, answer="1"):
+    return {
+        "id": row_id,
+        "image": image,
+        "chart_type": "pie",
+        "task": task,
+        "prompt": prompt if prompt is not None else [{"role": "user", "content": "값은?"}],
+        "completion": [{"role": "assistant", "content": answer}],
+    }
+
+
+def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path):
     good = str(tmp_path / "good.png")
     draw_chart(160, 120).save(good)
     broken = _broken_jpeg(tmp_path / "broken.jpg")
-
-    def row(row_id, image=good, task="qa", prompt=None, answer="1"):
-        prompt = prompt if prompt is not None else [{"role": "user", "content": "값은?"}]
-        return {
-            "id": row_id,
-            "image": image,
-            "chart_type": "pie",
-            "task": task,
-            "prompt": prompt,
-            "completion": [{"role": "assistant", "content": answer}],
-        }
+    earlier_turn = [{"role": "user", "content": ""}, {"role": "assistant", "content": "1"}]
 
     rows = [
-        row("ok-1"),
-        row("broken-image", image=broken),
-        row("ends-with-answer", prompt=[{"role": "user", "content": "값은?"}, {"role": "assistant", "content": "1"}]),
-        row("empty-question", prompt=[{"role": "user", "content": " "}]),
-        row("unknown-task", task="chart"),
-        row("refused"),
-        row("ok-1"),
-        row("ok-2", task="table", answer="TITLE | 비율\nA | 30%"),
+        dataset_row("ok-1", good),
+        dataset_row("broken-image", broken),
+        dataset_row("ends-with-answer", good, prompt=[{"role": "user", "content": "값은?"}, earlier_turn[1]]),
+        dataset_row("empty-question", good, prompt=[{"role": "user", "content": " "}]),
+        dataset_row("empty-earlier-turn", good, prompt=[*earlier_turn, {"role": "user", "content": "값은?"}]),
+        dataset_row("unknown-task", good, task="chart"),
+        dataset_row("no-reference", good, answer=" "),
+        dataset_row("too-long", good, prompt=[{"role": "user", "content": "가장 큰 값과 작은 값의 차이는 " * 200}]),
+        dataset_row("ok-1", good),
+        dataset_row("ok-2", good, task="table", answer="TITLE | 비율\nA | 30%"),
     ]
-    message = {"role": Value("string"), "content": Value("string")}
-    features = Features(
-        {
-            "id": Value("string"),
-            "image": Image(),
-            "chart_type": Value("string"),
-            "task": Value("string"),
-            "prompt": List(message),
-            "completion": List(message),
-        }
-    )
-    dataset = Dataset.from_list(rows, features=features)
+    dataset = Dataset.from_list(rows, features=FEATURES)
     out = str(tmp_path / "report")
-    os.makedirs(out)
-    model, processor = load_chartwiz(tiny_dir)
-    counts = predict_dataset(model, processor, dataset, out, batch_size=8, progress=False)
-    assert (counts["answered"], counts["skipped"]) == (2, 6)
+    model, processor = load_model_for_inference(tiny_dir)
+    summary = predict_dataset(model, processor, dataset, out, max_new_tokens=4, progress=False)
+    assert (summary.answered, summary.errors) == (2, 8)
 
     metrics = score_run(out, rows=len(dataset))
-    reasons = {entry["id"]: entry["reason"] for entry in metrics["skipped"]}
-    assert set(reasons) == {"broken-image", "ends-with-answer", "empty-question", "unknown-task", "refused", "ok-1"}
-    assert "chart cannot be read" in reasons["broken-image"]
-    assert "end with the user" in reasons["ends-with-answer"]
-    assert "empty" in reasons["empty-question"] and "unknown task 'chart'" in reasons["unknown-task"]
-    assert "too long" in reasons["refused"] and "repeats" in reasons["ok-1"]
+    reasons = {entry["id"] or entry["source"]: entry["reason"] for entry in metrics["skipped"]}
+    assert len(reasons) == len(metrics["skipped"]) == 8
+    assert "broken.jpg: cannot decode the image" in reasons["broken-image"]
+    assert "end with a user turn" in reasons["ends-with-answer"]
+    assert "question is empty" in reasons["empty-question"] and "question is empty" in reasons["empty-earlier-turn"]
+    assert "unknown task 'chart'" in reasons["unknown-task"] and "reference answer is empty" in reasons["no-reference"]
+    assert reasons["too-long"].startswith("prompt longer than the context")
+    assert "id 'ok-1' turn 1 appears again (first at dataset[0])" in reasons["dataset[8]"]
     assert metrics["n"] == 2 and metrics["by_task"]["qa"]["n"] == metrics["by_task"]["table"]["n"] == 1
     report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
-    assert "Scored: 2 of 8 rows, 6 skipped" in report and "- `refused`: cannot be answered: this prompt" in report
+    assert "Scored: 2 of 10 rows, 8 skipped" in report and "- `too-long`: prompt longer than the context" in report
+    assert "- `dataset[8]`: id 'ok-1' turn 1 appears again" in report
 
     # Resuming does not ask the skipped rows again, nor report them twice.
-    fake_generation.clear()
-    assert predict_dataset(model, processor, dataset, out, progress=False)["answered"] == 0
-    assert fake_generation == [] and len(score_run(out)["skipped"]) == 6
+    again = predict_dataset(model, processor, dataset, out, max_new_tokens=4, progress=False)
+    assert (again.answered, again.errors, again.already_done) == (0, 0, 10)
+    assert len(score_run(out)["skipped"]) == 8
+
+
+def test_blank_images_answer_as_white_charts_would(tiny_dir, charts_dir, tmp_path):
+    # Long enough answers that the tiny random model's output depends on the chart.
+    settings = {"config": "gpt", "max_samples": 8, "max_new_tokens": 12, "progress": False}
+    normal = evaluate_model(tiny_dir, charts_dir, str(tmp_path / "normal"), **settings)
+    blank = evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), blank_images=True, **settings)
+    # The same rows with every chart replaced by a white image of its size by hand, through the same engine.
+    split = load_dataset(charts_dir, "gpt", split="test").select(range(8))
+    white = split.map(lambda row: {"image": PILImage.new("RGB", row["image"].size, "white")})
+    model, processor = load_model_for_inference(tiny_dir)
+    predict_dataset(model, processor, white, str(tmp_path / "by-hand"), max_new_tokens=12, progress=False)
+
+    normal_answers, blank_answers, by_hand = (
+        {line["id"]: line["prediction"] for line in read_lines(tmp_path / name / "predictions.jsonl")}
+        for name in ("normal", "blank", "by-hand")
+    )
+    assert blank_answers == by_hand and len(blank_answers) == 8
+    changed = [row_id for row_id in normal_answers if normal_answers[row_id] != blank_answers[row_id]]
+    assert changed, "the chart changes no answer: the ablation would show nothing"
+    assert (normal["blank_images"], blank["blank_images"]) == (False, True) and blank["n"] == normal["n"] == 8
+    assert "**blank**" in (tmp_path / "blank" / "report.md").read_text(encoding="utf-8")
+    assert "blank" not in (tmp_path / "normal" / "report.md").read_text(encoding="utf-8")
+    # A blank run cannot be mixed into a normal run's folder, nor the other way round.
+    with pytest.raises(ValueError, match=r"another run \(blank_images False -> True\)"):
+        evaluate_model(tiny_dir, charts_dir, str(tmp_path / "normal"), blank_images=True, **settings)
+    with pytest.raises(ValueError, match=r"another run \(blank_images True -> False\)"):
+        evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), **settings)
 
 
 def test_scoring_a_predictions_file(tmp_path, capsys):
@@ -277,6 +327,7 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
         (["--model", "m"], "--model needs --dataset"),
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such predictions file"),
         (["--predictions", "p.jsonl", "--dataset", "d"], "--dataset cannot go with it"),
+        (["--predictions", "p.jsonl", "--blank-images"], "--blank-images cannot go with it"),
         (["--model", "m", "--dataset", "d", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--model", "m", "--dataset", "d", "--max-samples", "0"], "--max-samples must be at least 1"),
         (["--model", "m", "--dataset", "d", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),
@@ -294,32 +345,29 @@ def test_a_missing_dataset_claims_no_report_folder(tiny_dir, tmp_path):
     out = str(tmp_path / "report")
     with pytest.raises(FileNotFoundError):
         evaluate_model(tiny_dir, str(tmp_path / "nowhere"), out, progress=False)
-    assert not os.path.exists(os.path.join(out, "run.json"))
+    assert not os.path.exists(out)
 
 
-def test_example_from_row():
-    row = {
-        "id": "c-3",
-        "task": "qa",
-        "chart_type": "line",
-        "prompt": [
-            {"role": "user", "content": "가장 큰 값은?"},
-            {"role": "assistant", "content": "서울입니다."},
-            {"role": "user", "content": " 그럼 가장 작은 값은? "},
-        ],
-        "completion": [{"role": "assistant", "content": "부산입니다."}],
-    }
-    example = example_from_row(4, row)
-    assert (example.index, example.question, example.history, example.reference) == (
-        4,
-        "그럼 가장 작은 값은?",
-        [("가장 큰 값은?", "서울입니다.")],
-        "부산입니다.",
-    )
-    pretrain = {**row, "task": "table", "prompt": [{"role": "user", "content": ""}]}
-    assert example_from_row(0, pretrain).question == INSTRUCTIONS["table"][0]
-    with pytest.raises(ValueError, match="reference answer is empty"):
-        example_from_row(0, {**row, "completion": [{"role": "assistant", "content": ""}]})
+def test_split_questions_ask_the_last_user_turn_after_the_earlier_ones(tmp_path):
+    image = str(tmp_path / "chart.png")
+    draw_chart(160, 120).save(image)
+    conversation = [
+        {"role": "user", "content": "가장 큰 값은?"},
+        {"role": "assistant", "content": "서울입니다."},
+        {"role": "user", "content": " 그럼 가장 작은 값은? "},
+    ]
+    rows = [
+        dataset_row("c-3", image, prompt=conversation, answer="부산입니다."),
+        dataset_row("p-1", image, task="table", prompt=[{"role": "user", "content": ""}], answer="TITLE | t"),
+        dataset_row("q-1", image, prompt=[{"role": "user", "content": ""}]),
+    ]
+    questions, tasks = split_questions(Dataset.from_list(rows, features=FEATURES))
+    assert tasks == ["qa", "table", "qa"]
+    first = questions[0]
+    assert (first.id, first.turn, first.question, first.reference) == ("c-3", 2, "그럼 가장 작은 값은?", "부산입니다.")
+    assert first.history == ((1, "가장 큰 값은?", "서울입니다."),) and first.error is None
+    assert (questions[1].question, questions[1].error) == (INSTRUCTIONS["table"][0], None)
+    assert questions[2].error == "the question is empty", "only a pretraining (table) row gets the instruction"
 
 
 def test_command_constants_match_the_modules():

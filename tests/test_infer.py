@@ -7,16 +7,9 @@ import time
 
 import pytest
 
-from chartwiz_hf.batch_inference import (
-    ImageFolder,
-    prompt_lengths,
-    read_jsonl,
-    read_question_file,
-    run_inference,
-    select_chunk,
-)
+from chartwiz_hf.batch_inference import ImageFolder, read_jsonl, read_question_file, run_inference, select_chunk
 from chartwiz_hf.cli import main
-from chartwiz_hf.inference import answer_questions, load_chartwiz
+from chartwiz_hf.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
 
 from .conftest import draw_chart
 
@@ -130,8 +123,7 @@ def test_batched_answers_equal_one_at_a_time_for_every_batch_size(tiny_dir, ques
     records = {c.get("id", c.get("question_id")): c for c in conversations}
     histories = {key: turns_of(records[key[0]])[: key[1] - 1] for key in by_key}
     first_pass = [row for row in rows if all(ref is not None for _, ref in histories[(row["id"], row["turn"])])]
-    histories = [histories[(row["id"], row["turn"])] for row in first_pass]
-    lengths = prompt_lengths(processor, [row["question"] for row in first_pass], histories)
+    lengths = [prompt_length(processor, row["question"], histories[(row["id"], row["turn"])]) for row in first_pass]
     assert rows[: len(first_pass)] == first_pass and lengths == sorted(lengths, reverse=True)
     meta = json.loads((tmp_path / "answers-8.meta.json").read_text())
     assert meta["settings"]["max_new_tokens"] == MAX_NEW_TOKENS and meta["settings"]["model"] == tiny_dir
@@ -235,6 +227,22 @@ def test_shards_together_are_the_whole_run_and_merge(tiny_dir, question_set, exp
     error = capsys.readouterr().err
     missing = sorted({key[0] for key in parts[1]})
     assert f"{len(parts[1])} questions of the input are in no shard" in error and repr(missing[0]) in error
+
+
+def test_the_context_check_counts_the_tokens_the_model_is_given(tiny):
+    model, processor = tiny
+    cases = [
+        ("가장 큰 값은?", []),
+        ("값<|endoftext|>은?", [("<pad> 첫 질문", "첫 답<|endoftext|>")]),
+        ("합계는?", [("가장 큰 값은?", "서울"), ("가장 작은 값은?", "부산")]),
+    ]
+    inputs = prepare_inputs(processor, [draw_chart()] * len(cases), *map(list, zip(*cases)))
+    lengths = [prompt_length(processor, question, history) for question, history in cases]
+    assert lengths == inputs["attention_mask"].sum(dim=1).tolist()
+    # Special-token strings a user types stay plain text (several tokens): tokenizing the prompt string as it is
+    # would count them as one token each and let a prompt past the context.
+    whole_string = len(processor.tokenizer(build_prompt(processor, *cases[1]))["input_ids"])
+    assert whole_string + processor.image_seq_length - 1 < lengths[1]
 
 
 def test_select_chunk_covers_the_input_once_for_any_split(question_set):

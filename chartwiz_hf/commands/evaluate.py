@@ -10,7 +10,8 @@ def run(args):
     from ..evaluation import evaluate_model, score_run
 
     if args.predictions is not None:
-        given = [flag for flag, value in (("--dataset", args.dataset), ("--adapter", args.adapter)) if value]
+        flags = (("--dataset", args.dataset), ("--adapter", args.adapter), ("--blank-images", args.blank_images))
+        given = [flag for flag, value in flags if value]
         if given:
             raise ValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
         metrics = score_run(args.out, predictions_path=args.predictions, bleu_tokenize=args.bleu_tokenize)
@@ -31,6 +32,7 @@ def run(args):
             adapter=args.adapter,
             device=args.device,
             bleu_tokenize=args.bleu_tokenize,
+            blank_images=args.blank_images,
         )
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
@@ -57,6 +59,11 @@ def register(subcommands) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
+    parser.add_argument(
+        "--blank-images",
+        action="store_true",
+        help="image ablation: show the model a white image of each chart's size instead of the chart",
+    )
     parser.add_argument(
         "--bleu-tokenize",
         default=DEFAULT_BLEU_TOKENIZE,

@@ -5,8 +5,7 @@ import threading
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..batch_inference import context_length, prompt_lengths
-from ..inference import generate_answers, prepare_inputs
+from ..inference import context_length, generate_answers, prepare_inputs, prompt_length
 
 
 def fit_history(processor, limit, question: str, history: list, max_new_tokens: int) -> list:
@@ -15,7 +14,7 @@ def fit_history(processor, limit, question: str, history: list, max_new_tokens: 
         return history
     for start in range(len(history) + 1):
         kept = history[start:]
-        if prompt_lengths(processor, [question], [kept])[0] + max_new_tokens <= limit:
+        if prompt_length(processor, question, kept) + max_new_tokens <= limit:
             return kept
     raise ValueError(
         f"The question is too long for the model's context of {limit} tokens (with {max_new_tokens} for the answer)."
@@ -57,7 +56,7 @@ def stream_answer(
 
     # The lock also covers the tokenizer: padding a prompt while another session's answer is decoded would fail.
     with lock:
-        history = fit_history(processor, context_length(model), question, history, max_new_tokens)
+        history = fit_history(processor, context_length(model.config), question, history, max_new_tokens)
         inputs = prepare_inputs(processor, [chart], [question], [history])
         worker = threading.Thread(target=generate, name="chartwiz-generate", daemon=True)
         worker.start()

@@ -4,6 +4,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from ..metrics import split_table
+
 
 @dataclass
 class ChartTable:
@@ -48,10 +50,6 @@ def _defuse(cell: str) -> str:
     return cell
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.split("|")]
-
-
 def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     unique = []
@@ -66,16 +64,15 @@ def parse_table(text: str) -> Optional[ChartTable]:
     The table of a table answer, or `None` when the text is not one (fewer than two `|`-separated lines).
 
     The format: `TITLE | <title>` first; a header line `| c1 | c2 | ...` where the chart has a legend; then one line
-    per row, `<label> | <v1> | <v2> | ...`. A model's output may be ragged: short rows are padded with empty cells.
+    per row, `<label> | <v1> | <v2> | ...`. Lines without a `|` (prose around the table) are left out; the others are
+    split as the metrics split them (`split_table`), case kept. A model's output may be ragged: short rows are padded
+    with empty cells.
     """
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    title = ""
-    if lines and re.match(r"^TITLE\s*\|", lines[0]):
-        title = lines.pop(0).split("|", 1)[1].strip()
-    header = None
-    if lines and lines[0].startswith("|"):
-        header = _cells(lines.pop(0))[1:]
-    rows = [_cells(line) for line in lines if "|" in line]
+    title, rows = split_table("\n".join(line for line in (text or "").splitlines() if "|" in line))
+    # Only the contract's header line (an empty corner cell) is a header here. The metric follows DePlot, which also
+    # takes the first line of a table wider than two columns as its header; a page that did so would turn a data
+    # row the model wrote into column names, so one parser cannot serve both past this point.
+    header = rows.pop(0)[1:] if rows and not rows[0][0] else None
     if len(rows) + (header is not None) + bool(title) < 2 or not rows:
         return None
     width = max([len(row) for row in rows] + [len(header) + 1 if header else 0])
@@ -84,7 +81,7 @@ def parse_table(text: str) -> Optional[ChartTable]:
     else:
         columns = ["항목", "값"] if width == 2 else ["항목", *(f"값 {index}" for index in range(1, width))]
     rows = [row + [""] * (width - len(row)) for row in rows]
-    return ChartTable(title, _unique([name or "항목" for name in columns]), rows)
+    return ChartTable(title or "", _unique([name or "항목" for name in columns]), rows)
 
 
 __all__ = ["ChartTable", "parse_table"]

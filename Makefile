@@ -18,10 +18,7 @@ $(BIN)/chartwiz: setup.cfg pyproject.toml
 setup: $(BIN)/chartwiz
 
 quickstart: setup
-	$(BIN)/chartwiz init-tiny outputs/tiny-chartwiz --overwrite
-	$(BIN)/chartwiz synth outputs/synth --n 20 --seed 0 --overwrite
-	$(BIN)/chartwiz data build --data-dir outputs/synth --gpt outputs/synth/gpt_qa.jsonl --out outputs/charts
-	$(BIN)/chartwiz ask --model outputs/tiny-chartwiz "outputs/synth/test/img_data/img_vertical bar_standard/S_0_0000000_vertical_bar.jpg" "가장 큰 값은 무엇인가요?" --max-new-tokens 16
+	$(BIN)/python examples/quickstart.py --out outputs
 
 test: setup
 	$(BIN)/ruff check .

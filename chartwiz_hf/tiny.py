@@ -1,6 +1,7 @@
 """A tiny random ChartWiz made offline in seconds, for tests, benchmarks and trying the package."""
 
 import os
+from collections.abc import Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -34,8 +35,31 @@ _TOKENIZER_CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 600, model_max_length: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on a built-in Korean chart corpus, with `<|endoftext|>`, `<pad>` and `<image>`."""
+def dataset_corpus(dataset_dir: str, split: str = "train") -> Iterator[str]:
+    """
+    The texts (prompts and completions) of one split of every config a `chartwiz data build` folder holds: a corpus
+    for training a tokenizer on the same language the model will be trained on.
+    """
+    from datasets import get_dataset_config_names, load_dataset
+
+    configs = [name for name in get_dataset_config_names(dataset_dir) if name in ("pretrain", "finetune", "gpt")]
+    if not configs:
+        raise ValueError(f"{dataset_dir}: no pretrain, finetune or gpt config; build it with `chartwiz data build`.")
+    for config in configs:
+        rows = load_dataset(dataset_dir, config, split=split).select_columns(["prompt", "completion"])
+        for row in rows:
+            for message in (*row["prompt"], *row["completion"]):
+                if message["content"]:
+                    yield message["content"]
+
+
+def build_tiny_tokenizer(
+    vocab_size: int = 600, model_max_length: int = 1024, corpus: Iterable[str] | None = None
+) -> PreTrainedTokenizerFast:
+    """
+    Byte-level BPE with `<|endoftext|>`, `<pad>` and `<image>`, trained on a built-in Korean chart corpus and, when
+    given, on `corpus` (e.g. `dataset_corpus(...)`); any other text still encodes through the byte alphabet.
+    """
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -45,7 +69,8 @@ def build_tiny_tokenizer(vocab_size: int = 600, model_max_length: int = 1024) ->
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_TOKENIZER_CORPUS * 4, trainer=trainer)
+    texts = _TOKENIZER_CORPUS * 4 if corpus is None else [*_TOKENIZER_CORPUS, *corpus]
+    backend.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=EOS_TOKEN,
@@ -57,13 +82,24 @@ def build_tiny_tokenizer(vocab_size: int = 600, model_max_length: int = 1024) ->
     )
 
 
-def tiny_configs(vocab_size: int, max_patches: int = 64, max_position_embeddings: int = 1024, **text_overrides):
-    """The vision and text configs of the tiny model (also the sizes the tests use)."""
+def tiny_configs(
+    vocab_size: int,
+    max_patches: int = 64,
+    max_position_embeddings: int = 1024,
+    hidden_size: int = 64,
+    **text_overrides,
+):
+    """
+    The vision and text configs of the tiny model (the default sizes are the ones the tests use): a two-layer Llama
+    of width `hidden_size` and a two-layer Pix2Struct encoder of half that width.
+    """
+    if hidden_size < 8 or hidden_size % 8:
+        raise ValueError(f"hidden_size must be a multiple of 8, got {hidden_size}.")
     vision_config = Pix2StructVisionConfig(
-        hidden_size=32,
+        hidden_size=hidden_size // 2,
         patch_embed_hidden_size=768,
-        d_ff=64,
-        d_kv=16,
+        d_ff=hidden_size,
+        d_kv=hidden_size // 4,
         num_hidden_layers=2,
         num_attention_heads=2,
         seq_len=max(max_patches + 1, 128),
@@ -73,8 +109,8 @@ def tiny_configs(vocab_size: int, max_patches: int = 64, max_position_embeddings
     )
     text_kwargs = {
         "vocab_size": vocab_size,
-        "hidden_size": 64,
-        "intermediate_size": 128,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
@@ -86,14 +122,24 @@ def tiny_configs(vocab_size: int, max_patches: int = 64, max_position_embeddings
 
 
 def make_tiny_chartwiz(
-    output_dir: str | None = None, seed: int = 0, max_patches: int = 64, projector_type: str = "mlp2x_gelu"
+    output_dir: str | None = None,
+    seed: int = 0,
+    max_patches: int = 64,
+    projector_type: str = "mlp2x_gelu",
+    hidden_size: int = 64,
+    vocab_size: int = 600,
+    corpus: Iterable[str] | None = None,
 ) -> tuple[ChartWizForConditionalGeneration, ChartWizProcessor]:
-    """Builds (and, with `output_dir`, saves) a tiny random ChartWiz model and its processor."""
+    """
+    Builds (and, with `output_dir`, saves) a tiny random ChartWiz model and its processor. The tokenizer is trained on
+    a built-in corpus, or also on `corpus` (the texts the model will be trained on) with `vocab_size` tokens.
+    """
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
     vision_config, text_config = tiny_configs(
         len(tokenizer),
         max_patches=max_patches,
+        hidden_size=hidden_size,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
@@ -122,4 +168,4 @@ def make_tiny_chartwiz(
     return model, processor
 
 
-__all__ = ["build_tiny_tokenizer", "make_tiny_chartwiz", "tiny_configs"]
+__all__ = ["build_tiny_tokenizer", "dataset_corpus", "make_tiny_chartwiz", "tiny_configs"]

@@ -23,8 +23,9 @@ chartwiz merge --base checkpoints/chartwiz-1.3b-pretrain --adapter checkpoints/c
 
 # The tiny recipes on CPU, one process or two (gloo); what the tests run, in minutes on 2 cores
 ```bash
-chartwiz init-tiny outputs/tiny-chartwiz && chartwiz synth outputs/synth --n 20
+chartwiz synth outputs/synth --n 2000 --test-fraction 0.05 --num-proc 2
 chartwiz data build --data-dir outputs/synth --gpt outputs/synth/gpt_qa.jsonl --out outputs/charts
+chartwiz init-tiny outputs/chartwiz-tiny --corpus outputs/charts --vocab-size 1000 --hidden-size 128 --max-patches 128
 python recipes/sft_chartwiz.py --config recipes/chartwiz-tiny/pretrain/config_full.yaml
 accelerate launch --multi_gpu --num_processes 2 recipes/sft_chartwiz.py \
     --config recipes/chartwiz-tiny/finetune/config_full.yaml

@@ -1,0 +1,89 @@
+"""`make quickstart` (examples/quickstart.py) on a few charts and steps, and the tokenizer it trains."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+from datasets import load_dataset
+from transformers import AutoModelForVision2Seq, AutoTokenizer
+
+from chartwiz_hf.cli import main as chartwiz
+from chartwiz_hf.tiny import build_tiny_tokenizer, dataset_corpus
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHARTS = 40
+
+
+def load_quickstart():
+    spec = importlib.util.spec_from_file_location("quickstart", os.path.join(REPO, "examples", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    arguments = ["--out", str(out), "--charts", str(CHARTS), "--num-proc", "1", "--max-steps", "2"]
+    result = load_quickstart().main([*arguments, "--max-new-tokens", "8"])
+    return str(out), result
+
+
+def test_every_step_runs_and_each_model_is_scored_on_the_whole_test_split(quickstart, capsys):
+    out, result = quickstart
+    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/9" for n in range(1, 10)]
+    test_rows = load_dataset(os.path.join(out, "charts"), "all", split="test")
+    expected = {}
+    for task in test_rows["task"]:
+        expected[task] = expected.get(task, 0) + 1
+    for name in ("untrained", "trained", "blank-charts"):
+        with open(os.path.join(out, "reports", name, "metrics.json"), encoding="utf-8") as file:
+            by_task = json.load(file)["by_task"]
+        assert {task: scores["n"] for task, scores in by_task.items()} == expected, name
+        assert os.path.isfile(os.path.join(out, "reports", name, "report.md"))
+    assert set(result["metrics"]) == {"untrained", "trained", "blank charts"}
+
+
+def test_the_table_compares_the_three_models_on_the_four_metrics(quickstart):
+    _, result = quickstart
+    table = load_quickstart().comparison_table(result["metrics"]).splitlines()
+    assert table[0] == (
+        "| model | rms_f1 (table) | rms_units_f1 (table) | relaxed_accuracy (qa) | rouge_l (description) |"
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in table[2:]}
+    assert set(rows) == {"untrained", "trained", "blank charts"}
+    trained = result["metrics"]["trained"]
+    assert f"{trained['qa']['relaxed_accuracy']:.1f}" in rows["trained"]
+
+
+def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_class(quickstart):
+    out, _ = quickstart
+    for stage in ("pretrain", "finetune"):
+        with open(os.path.join(out, f"chartwiz-tiny-{stage}", "train_results.json"), encoding="utf-8") as file:
+            assert json.load(file)["train_loss"] > 0
+    model = AutoModelForVision2Seq.from_pretrained(os.path.join(out, "chartwiz-tiny-finetune"))
+    assert model.config.text_config.hidden_size == 128 and model.config.vision_config.hidden_size == 64
+
+
+def test_the_tokenizer_learns_the_datasets_language(quickstart):
+    out, _ = quickstart
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "chartwiz-tiny"))
+    assert len(tokenizer) > 900  # 1000 asked; BPE stops early only when the corpus runs out of merges
+    built_in = build_tiny_tokenizer(vocab_size=len(tokenizer))
+    test_texts = list(dataset_corpus(os.path.join(out, "charts"), split="test"))
+    assert test_texts, "the test split has texts"
+    # Held-out texts: the corpus tokenizer learnt the words of the data, not just the built-in sentences.
+    ours = sum(len(tokenizer(text).input_ids) for text in test_texts)
+    theirs = sum(len(built_in(text).input_ids) for text in test_texts)
+    assert ours < 0.8 * theirs
+    assert all(tokenizer.decode(tokenizer(text).input_ids) == text for text in test_texts[:50])
+
+
+def test_init_tiny_refuses_a_folder_that_is_not_a_built_dataset(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a dataset", encoding="utf-8")
+    assert chartwiz(["init-tiny", str(tmp_path / "model"), "--corpus", str(tmp_path)]) == 2
+    assert "chartwiz init-tiny: error:" in capsys.readouterr().err
+    assert chartwiz(["init-tiny", str(tmp_path / "model"), "--hidden-size", "60"]) == 2
+    assert "hidden_size must be a multiple of 8, got 60" in capsys.readouterr().err

@@ -488,15 +488,22 @@ def test_interrupt_during_the_final_renames_waits_for_them(tmp_path, monkeypatch
     renames = []
 
     def replace_after_ctrl_c(source, target):
-        if ".build-" not in os.path.relpath(target, out):  # a rename into the output folder: the swap
+        inside = os.path.relpath(target, out)
+        if not inside.startswith(os.pardir) and ".build-" not in inside:  # a rename into the output folder: the swap
             renames.append(target)
             signal.raise_signal(signal.SIGINT)
         replace(source, target)
 
     monkeypatch.setattr(build_module.os, "replace", replace_after_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        build_dataset(raw, out, configs=["pretrain"])
-    monkeypatch.undo()
+    # Python's own Ctrl-C handler, whatever a library imported earlier in the session may have put there.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset(raw, out, configs=["pretrain"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the build restores the handler"
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        monkeypatch.undo()
     assert len(renames) == 3  # the shard, the report and the card
     # The interrupt came during the commit: the commit finished first, so the folder holds the whole new build.
     report = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))

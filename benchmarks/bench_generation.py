@@ -11,22 +11,10 @@ import json
 import time
 
 import torch
-from charts import chart_images
+from charts import QUESTIONS, chart_images
 from models import make_model
 
 from chartwiz_hf.inference import answer_questions
-
-
-QUESTIONS = [
-    "가장 큰 값은 무엇인가요?",
-    "이 차트를 테이블 정보로 변경해줘.",
-    "가장 작은 항목은?",
-    "두 항목의 차이는 얼마인가요?",
-    "이 차트의 내용을 요약해줘.",
-    "합계는 얼마인가요?",
-    "2021년 값은?",
-    "이 차트를 자세히 설명해줘.",
-]
 
 
 def main():

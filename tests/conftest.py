@@ -1,5 +1,9 @@
+import json
 import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 
 import numpy as np
 import pytest
@@ -29,6 +33,32 @@ def draw_chart(width: int = 320, height: int = 240, bars=(3, 7, 5), seed: int = 
         color = tuple(int(c) for c in rng.integers(0, 200, 3))
         draw.rectangle([30 + index * slot, top, 30 + index * slot + slot // 2, height - 21], fill=color)
     return image
+
+
+_WITHOUT_CHARTWIZ = """
+import importlib.abc, sys
+
+class BlockChartWiz(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("chartwiz_hf", "dataset_builder"):
+            raise ImportError("chartwiz_hf is not installed here")
+
+sys.meta_path.insert(0, BlockChartWiz())
+"""
+
+
+def run_without_chartwiz(script: str, work_dir) -> dict:
+    """
+    Runs `script` in a fresh interpreter where this package cannot be imported (as on a machine that only has the
+    checkpoint and `trust_remote_code=True`), and returns the JSON object its last printed line holds.
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(work_dir / "modules"), "PYTHONPATH": ""}
+    source = _WITHOUT_CHARTWIZ + textwrap.dedent(script)
+    result = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, env=env, cwd=work_dir, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

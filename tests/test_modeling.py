@@ -1,8 +1,4 @@
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -27,7 +23,7 @@ from chartwiz_hf import (
 )
 from chartwiz_hf.inference import build_prompt
 
-from .conftest import draw_chart
+from .conftest import draw_chart, run_without_chartwiz
 
 
 def prompt_inputs(processor, images, questions, **kwargs):
@@ -165,16 +161,8 @@ def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny,
     model, processor = tiny
     image_path = tmp_path / "chart.png"
     charts[0].save(image_path)
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, json, sys
-
-        class BlockChartWiz(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("chartwiz_hf", "dataset_builder"):
-                    raise ImportError("chartwiz_hf is not installed here")
-
-        sys.meta_path.insert(0, BlockChartWiz())
+    script = f"""
+        import json
         import torch
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoModelForVision2Seq, AutoProcessor
@@ -191,13 +179,7 @@ def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny,
         print(json.dumps({{"model": type(model).__module__, "logits": logits[0, -1].tolist(),
                            "pixels": inputs["pixel_values"].sum().item()}}))
         """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    remote = run_without_chartwiz(script, tmp_path)
     assert remote["model"].startswith("transformers_modules")
     inputs = prompt_inputs(processor, [charts[0]], ["값?"])
     assert remote["pixels"] == pytest.approx(inputs["pixel_values"].sum().item(), rel=1e-6)

@@ -25,7 +25,7 @@ from chartwiz_hf.inference import answer_questions, load_chartwiz
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 
-from .conftest import draw_chart
+from .conftest import draw_chart, run_without_chartwiz
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,16 +352,8 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
     model = AutoModelForVision2Seq.from_pretrained(output_dir).eval()
     processor = AutoProcessor.from_pretrained(output_dir, use_fast=False)
     expected = answer_questions(model, processor, [draw_chart(seed=4)], ["값?"], max_new_tokens=6, min_new_tokens=6)
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, json, sys
-
-        class BlockChartWiz(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] in ("chartwiz_hf", "dataset_builder"):
-                    raise ImportError("chartwiz_hf is not installed here")
-
-        sys.meta_path.insert(0, BlockChartWiz())
+    script = f"""
+        import json
         import torch
         from PIL import Image
         from transformers import AutoModelForVision2Seq, AutoProcessor
@@ -375,12 +367,7 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
         answer = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         print(json.dumps({{"module": type(model).__module__, "answer": answer}}))
         """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    reply = json.loads(result.stdout.strip().splitlines()[-1])
+    reply = run_without_chartwiz(script, tmp_path)
     assert reply["module"].startswith("transformers_modules.")
     assert reply["answer"] == expected[0]
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 
+from models import llama_1b3_config
 from peak_rss import run_measured
 
 
@@ -41,7 +42,6 @@ def make_parts(work_dir: str) -> tuple[str, str]:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
-        LlamaConfig,
         LlamaForCausalLM,
         Pix2StructConfig,
         Pix2StructForConditionalGeneration,
@@ -63,17 +63,7 @@ def make_parts(work_dir: str) -> tuple[str, str]:
         backend.train_from_iterator(["차트의 가장 큰 값은 서울입니다.", "chart table value 1 2 3"], trainer=trainer)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
         # 42dot-1.3B-like layers; the vocabulary is the tokenizer's, so compose has to add <image> and resize
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=2048,
-            intermediate_size=5632,
-            num_hidden_layers=24,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            max_position_embeddings=4096,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-        )
+        config = llama_1b3_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
         torch.manual_seed(0)
         LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(text_dir)
         tokenizer.save_pretrained(text_dir)

@@ -23,6 +23,7 @@ import json
 import time
 
 import torch
+from models import llama_1b3_config
 from transformers import LlamaConfig, Pix2StructVisionConfig
 
 from chartwiz_hf import ChartWizConfig, ChartWizForConditionalGeneration
@@ -52,17 +53,7 @@ def chartwiz_config(smoke: bool, max_patches: int) -> ChartWizConfig:
             patch_embed_hidden_size=768,
             seq_len=4096,
         )
-        # Synatra-42dot-1.3B (42dot LLM 1.3B, Llama architecture)
-        text = LlamaConfig(
-            vocab_size=50304,
-            hidden_size=2048,
-            intermediate_size=5632,
-            num_hidden_layers=24,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-        )
+        text = llama_1b3_config()
     return ChartWizConfig(vision, text, image_token_id=IMAGE_TOKEN_ID, max_patches=max_patches)
 
 

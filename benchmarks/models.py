@@ -13,6 +13,21 @@ SIZES = {
 }
 
 
+def llama_1b3_config(**overrides) -> LlamaConfig:
+    """The layer sizes of Synatra-42dot-1.3B (42dot LLM 1.3B, a Llama); `overrides` set the vocabulary and tokens."""
+    sizes = {
+        "vocab_size": 50304,
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    }
+    return LlamaConfig(**{**sizes, **overrides})
+
+
 def make_model(name: str, output_dir: str | None = None, max_patches: int | None = None):
     if name == "tiny":
         return make_tiny_chartwiz(output_dir, max_patches=max_patches or 64)

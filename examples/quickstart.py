@@ -10,11 +10,16 @@ python examples/quickstart.py --out outputs         # the same, in an environmen
 
 The table at the end compares, on the test split, the untrained model, the trained model, and the trained model
 shown blank white charts (an image ablation: what it scores from the questions and its language prior alone).
+
+An interrupted quickstart continues where it stopped when the same command is run again: finished steps are skipped,
+a training stage resumes from its last checkpoint and an evaluation from its last answered batch. Other settings, or
+`--restart`, start over.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(REPO, "recipes", "chartwiz-tiny")
 COMPARED = (("table", "rms_f1"), ("table", "rms_units_f1"), ("qa", "relaxed_accuracy"), ("description", "rouge_l"))
 QUESTION = "이 차트를 테이블 정보로 변경해줘."
+PROGRESS_FILE = "quickstart.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,25 +39,75 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-proc", type=int, default=2, help="processes for rendering and building")
     parser.add_argument("--max-steps", type=int, default=None, help="cap both stages at this many steps (smoke runs)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit in evaluation")
+    parser.add_argument("--restart", action="store_true", help="start over instead of continuing an earlier run")
     return parser.parse_args(argv)
 
 
-def run_step(title: str, command: list[str], timings: list) -> None:
-    """Runs one step as a user would type it, printing the command first and its wall time after."""
-    # Shown as typed: `chartwiz ...` and `python ...`, not this interpreter's path.
-    words = ["chartwiz", *command[3:]] if command[1:3] == ["-m", "chartwiz_hf.cli"] else ["python", *command[1:]]
-    shown = " ".join(word if " " not in word else repr(word) for word in words)
-    print(f"\n=== {title}\n$ {shown}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO)
-    timings.append((title, time.perf_counter() - start))
+class Progress:
+    """
+    The steps started and finished in `out` by runs with the same settings, kept in `out/quickstart.json`, so that
+    rerunning an interrupted quickstart skips the finished steps and lets the one it stopped in resume.
+    """
+
+    def __init__(self, out: str, settings: dict, restart: bool = False):
+        self.path, self.settings, self.started, self.done = os.path.join(out, PROGRESS_FILE), settings, [], []
+        self.timings: list[tuple[str, float]] = []
+        earlier = self._read()
+        if not restart and earlier is not None and earlier.get("settings") == settings:
+            self.started, self.done = list(earlier.get("started", [])), list(earlier.get("done", []))
+        os.makedirs(out, exist_ok=True)
+        self._write()
+
+    def is_new(self, step: str) -> bool:
+        """Whether `step` has not been started with these settings: its output folder then holds nothing to resume."""
+        return step not in self.started
+
+    def _read(self):
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                return json.load(file)
+        except (OSError, ValueError):
+            return None
+
+    def _write(self) -> None:
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump({"settings": self.settings, "started": self.started, "done": self.done}, file, indent=2)
+        os.replace(temporary, self.path)
+
+    def run(self, title: str, command: list[str]) -> None:
+        """Runs one step as a user would type it, printing the command first and its wall time after."""
+        # Shown as typed: `chartwiz ...` and `python ...`, not this interpreter's path.
+        words = ["chartwiz", *command[3:]] if command[1:3] == ["-m", "chartwiz_hf.cli"] else ["python", *command[1:]]
+        shown = " ".join(word if " " not in word else repr(word) for word in words)
+        step = title.split(" ", 1)[0]
+        if step in self.done:
+            print(f"\n=== {title}\n(done by an earlier run of the quickstart in this folder)", flush=True)
+            return
+        print(f"\n=== {title}\n$ {shown}", flush=True)
+        if step not in self.started:
+            self.started.append(step)
+            self._write()
+        start = time.perf_counter()
+        try:
+            subprocess.run(command, check=True, cwd=REPO)
+        except subprocess.CalledProcessError as error:
+            print(
+                f"quickstart: error: step {step} failed (exit status {error.returncode}), see its output above. "
+                "Run the same command again to continue from this step.",
+                file=sys.stderr,
+            )
+            raise SystemExit(error.returncode) from None
+        self.timings.append((title, time.perf_counter() - start))
+        self.done.append(step)
+        self._write()
 
 
 def chartwiz(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "chartwiz_hf.cli", *arguments]
 
 
-def recipe(stage: str, model: str, dataset: str, output_dir: str, max_steps) -> list[str]:
+def recipe(stage: str, model: str, dataset: str, output_dir: str, max_steps, overwrite: bool) -> list[str]:
     command = [
         sys.executable,
         os.path.join("recipes", "sft_chartwiz.py"),
@@ -63,8 +119,9 @@ def recipe(stage: str, model: str, dataset: str, output_dir: str, max_steps) -> 
         dataset,
         "--output_dir",
         output_dir,
-        "--overwrite_output_dir",
     ]
+    # A continued quickstart resumes the stage from its last checkpoint; a new one starts it over.
+    command += [] if not overwrite else ["--overwrite_output_dir"]
     return command + (["--max_steps", str(max_steps)] if max_steps else [])
 
 
@@ -98,18 +155,18 @@ def main(argv=None) -> dict:
     out = os.path.abspath(args.out)
     synth, charts, reports = (os.path.join(out, name) for name in ("synth", "charts", "reports"))
     base, stage1, stage2 = (os.path.join(out, f"chartwiz-tiny{suffix}") for suffix in ("", "-pretrain", "-finetune"))
-    timings: list[tuple[str, float]] = []
     started = time.perf_counter()
     procs = str(args.num_proc)
+    settings = {"charts": args.charts, "max_steps": args.max_steps, "max_new_tokens": args.max_new_tokens}
+    progress = Progress(out, settings, restart=args.restart)
 
-    run_step(
+    progress.run(
         "1/9 Synthetic AI-Hub charts (images, annotations, GPT conversations)",
         chartwiz(
             "synth", synth, "--n", str(args.charts), "--test-fraction", "0.05", "--num-proc", procs, "--overwrite"
         ),
-        timings,
     )
-    run_step(
+    progress.run(
         "2/9 Datasets: pretrain, finetune, gpt and all, as Parquet with a card",
         chartwiz(
             "data",
@@ -123,9 +180,8 @@ def main(argv=None) -> dict:
             "--num-proc",
             procs,
         ),
-        timings,
     )
-    run_step(
+    progress.run(
         "3/9 A tiny ChartWiz whose tokenizer learns the datasets' language",
         chartwiz(
             "init-tiny",
@@ -140,17 +196,14 @@ def main(argv=None) -> dict:
             "128",
             "--overwrite",
         ),
-        timings,
     )
-    run_step(
+    progress.run(
         "4/9 Stage 1: chart -> table (the tiny recipe trains the encoder too: no pretrained DePlot offline)",
-        recipe("pretrain", base, charts, stage1, args.max_steps),
-        timings,
+        recipe("pretrain", base, charts, stage1, args.max_steps, overwrite=progress.is_new("4/9")),
     )
-    run_step(
+    progress.run(
         "5/9 Stage 2: tables, descriptions, summaries and question answering",
-        recipe("finetune", stage1, charts, stage2, args.max_steps),
-        timings,
+        recipe("finetune", stage1, charts, stage2, args.max_steps, overwrite=progress.is_new("5/9")),
     )
     evaluated = {
         "untrained": (base, [], "the untrained model"),
@@ -158,7 +211,11 @@ def main(argv=None) -> dict:
         "blank charts": (stage2, ["--blank-images"], "the trained model shown blank white charts"),
     }
     for number, (name, (model, extra, what)) in enumerate(evaluated.items(), start=6):
-        run_step(
+        report_dir = os.path.join(reports, name.replace(" ", "-"))
+        if progress.is_new(f"{number}/9"):
+            # An evaluation resumes from the answers in its folder: those of an earlier run's model must not count.
+            shutil.rmtree(report_dir, ignore_errors=True)
+        progress.run(
             f"{number}/9 Evaluation of {what} on the test split",
             chartwiz(
                 "evaluate",
@@ -173,23 +230,22 @@ def main(argv=None) -> dict:
                 "--max-new-tokens",
                 str(args.max_new_tokens),
                 "--out",
-                os.path.join(reports, name.replace(" ", "-")),
+                report_dir,
                 *extra,
             ),
-            timings,
         )
     image, reference = first_test_table_row(charts)
-    run_step("9/9 One question about one test chart", chartwiz("ask", "--model", stage2, image, QUESTION), timings)
+    progress.run("9/9 One question about one test chart", chartwiz("ask", "--model", stage2, image, QUESTION))
     print(f"\nReference answer:\n{reference}")
 
     results = {name: read_metrics(os.path.join(reports, name.replace(" ", "-"))) for name in evaluated}
     print("\n" + comparison_table(results))
     print("\n| step | seconds |\n| --- | ---: |")
-    for title, seconds in timings:
+    for title, seconds in progress.timings:
         print(f"| {title.split(' ', 1)[0]} {title.split(' ', 1)[1][:60]} | {seconds:.0f} |")
     total = time.perf_counter() - started
     print(f"\nTotal: {total / 60:.1f} minutes. Reports: {reports}")
-    return {"metrics": results, "timings": timings, "seconds": total}
+    return {"metrics": results, "timings": progress.timings, "seconds": total}
 
 
 if __name__ == "__main__":

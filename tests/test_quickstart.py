@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 from datasets import load_dataset
@@ -87,3 +88,44 @@ def test_init_tiny_refuses_a_folder_that_is_not_a_built_dataset(tmp_path, capsys
     assert "chartwiz init-tiny: error:" in capsys.readouterr().err
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--hidden-size", "60"]) == 2
     assert "hidden_size must be a multiple of 8, got 60" in capsys.readouterr().err
+
+
+def test_progress_is_kept_per_settings_and_a_failed_step_stays_unfinished(tmp_path, capsys):
+    quickstart = load_quickstart()
+    settings = {"charts": 40, "max_steps": 2, "max_new_tokens": 8}
+    progress = quickstart.Progress(str(tmp_path), settings)
+    progress.run("1/9 Works", [sys.executable, "-c", "print('ok')"])
+    with pytest.raises(SystemExit) as failure:
+        progress.run("2/9 Fails", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert failure.value.code == 3
+    assert "quickstart: error: step 2/9 failed (exit status 3)" in capsys.readouterr().err
+
+    again = quickstart.Progress(str(tmp_path), settings)
+    assert again.done == ["1/9"] and not again.is_new("2/9") and again.is_new("3/9")
+    again.run("1/9 Works", [sys.executable, "-c", "raise SystemExit(5)"])  # finished before: not run again
+    assert again.timings == []
+    other_settings = quickstart.Progress(str(tmp_path), {**settings, "charts": 41})
+    assert other_settings.done == [] and other_settings.is_new("1/9") and other_settings.is_new("2/9")
+    restarted = quickstart.Progress(str(tmp_path), settings, restart=True)
+    assert restarted.done == [] and restarted.is_new("2/9")
+
+
+def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quickstart):
+    out, first = quickstart
+    progress_file = os.path.join(out, "quickstart.json")
+    with open(progress_file, encoding="utf-8") as file:
+        state = json.load(file)
+    assert state["done"] == [f"{n}/9" for n in range(1, 10)]
+    # As if killed during the evaluation of blank charts: it started, it did not finish.
+    state["done"] = state["done"][:7]
+    with open(progress_file, "w", encoding="utf-8") as file:
+        json.dump(state, file)
+    trained = os.path.join(out, "chartwiz-tiny-finetune", "model.safetensors")
+    stamp = os.stat(trained).st_mtime_ns
+
+    arguments = ["--out", out, "--charts", str(CHARTS), "--num-proc", "1", "--max-steps", "2"]
+    second = load_quickstart().main([*arguments, "--max-new-tokens", "8"])
+    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["8/9", "9/9"]
+    assert os.stat(trained).st_mtime_ns == stamp, "the trained model was not trained again"
+    # The resumed evaluation answered nothing twice: the same rows, the same scores.
+    assert second["metrics"] == first["metrics"]

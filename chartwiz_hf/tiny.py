@@ -60,12 +60,18 @@ def build_tiny_tokenizer(
     Byte-level BPE with `<|endoftext|>`, `<pad>` and `<image>`, trained on a built-in Korean chart corpus and, when
     given, on `corpus` (e.g. `dataset_corpus(...)`); any other text still encodes through the byte alphabet.
     """
+    special_tokens = [EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN]
+    smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(special_tokens)
+    if vocab_size < smallest:
+        raise ValueError(
+            f"vocab_size must be at least {smallest} (the 256 bytes and 3 special tokens), got {vocab_size}."
+        )
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN],
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

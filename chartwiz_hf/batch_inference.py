@@ -2,7 +2,6 @@
 
 import copy
 import hashlib
-import io
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS
@@ -306,12 +305,7 @@ class DatasetImages:
     def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
         stored = self.images[question.image]["image"] or {}
         if stored.get("bytes"):
-            try:
-                with Image.open(io.BytesIO(stored["bytes"])) as image:
-                    image.load()
-                    return image.copy(), None
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-                raise ValueError(f"{question.source}: cannot decode the image ({error})") from error
+            return load_chart_image(stored["bytes"], name=f"{question.source}: the image"), None
         if not stored.get("path"):
             raise ValueError(f"{question.source}: the row has no image")
         return load_chart_image(stored["path"]), None

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dataset_builder.aihub import CHART_TYPE_FOLDERS
+from dataset_builder.aihub import CHART_TYPE_FOLDERS, BadRecord, find_in_image_folders
 
 from .inference import (
     context_length,
@@ -279,14 +279,21 @@ class ImageFolder:
             raise FileNotFoundError(f"{root}: no such image folder")
         self.root = root
 
-    def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
+    def resolve(self, question: Question) -> tuple[str, Optional[str]]:
+        """(path, chart type or None) of the question's image; a bare name in two chart-type folders is an error."""
         path = os.path.join(self.root, question.image)
         if not os.path.isfile(path) and os.path.basename(question.image) == question.image:
-            for folder, chart_type in _AIHUB_IMAGE_FOLDERS.items():
-                candidate = os.path.join(self.root, folder, question.image)
-                if os.path.isfile(candidate):
-                    return load_chart_image(candidate), chart_type
-        return load_chart_image(path), None
+            try:
+                found = find_in_image_folders(self.root, question.image)
+            except BadRecord as error:
+                raise ValueError(f"{self.root}: {error}") from None
+            if found is not None:
+                return found
+        return path, None
+
+    def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
+        path, chart_type = self.resolve(question)
+        return load_chart_image(path), chart_type
 
 
 class DatasetImages:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from .aihub import CHART_TYPE_FOLDERS, BadRecord, ChartRecord, image_dir
+from .aihub import BadRecord, ChartRecord, find_in_image_folders
 
 
 FINETUNE_TASKS = ("table", "description", "summary")
@@ -152,12 +152,11 @@ def iter_conversations(path: str, shard_index: int = 0, num_shards: int = 1) -> 
 
 
 def find_chart_image(root: str, split: str, filename: str) -> tuple[str, str] | None:
-    """(path, chart_type) of an image file in one split's img_data/ tree, looking in each of the ten folders."""
-    for folder, chart_type in CHART_TYPE_FOLDERS.items():
-        path = os.path.join(image_dir(root, split, folder), filename)
-        if os.path.isfile(path):
-            return path, chart_type
-    return None
+    """
+    (path, chart_type) of an image file in one split's img_data/ tree, looking in each of the ten folders; a name in
+    two of them is a `BadRecord` (`find_in_image_folders`).
+    """
+    return find_in_image_folders(os.path.join(root, split, "img_data"), filename)
 
 
 def qa_turns(conversation: dict) -> list[tuple[str, str] | BadRecord]:

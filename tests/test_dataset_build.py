@@ -566,3 +566,25 @@ def test_a_build_where_every_record_is_skipped_fails(tmp_path, capsys):
     assert main(["data", "build", "--data-dir", raw, "--out", out, "--configs", "pretrain"]) != 0
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert lines[-1].startswith("chartwiz data build: error: pretrain: all 2 records were skipped")
+
+
+def test_a_gpt_image_name_in_two_chart_type_folders_is_a_bad_record(tmp_path):
+    root = str(tmp_path / "aihub")
+    write_chart(root, "train", "vertical bar_standard", "twice")
+    write_chart(root, "train", "pie_standard", "twice")
+    write_chart(root, "train", "pie_standard", "once")
+    write_chart(root, "test", "line_standard", "other")
+    qa = tmp_path / "qa.jsonl"
+    conversation = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "1개"}]
+    qa.write_text(
+        "\n".join(
+            json.dumps({"id": name, "image": f"{name}.jpg", "conversations": conversation})
+            for name in ("twice", "once")
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    report = build_dataset(root, str(tmp_path / "out"), gpt_sources=[str(qa)], configs=["gpt"], num_proc=1)
+    assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "written": 1, "skipped": 1}
+    (skipped,) = report["skipped"]
+    assert "'twice.jpg' is in both img_pie_standard and img_vertical bar_standard" in skipped["reason"]

@@ -402,3 +402,22 @@ def test_an_adapter_is_applied_and_part_of_the_settings(tiny_dir, tmp_path):
     assert answers_by_key(out)[0] == expected
     assert json.loads((tmp_path / "answers.meta.json").read_text())["settings"]["adapter"] == str(tmp_path / "adapter")
     assert infer(tiny_dir, questions, images, out) == 2, "the same answers file without the adapter is refused"
+
+
+def test_a_bare_image_name_in_two_chart_type_folders_is_a_bad_record(tiny_dir, tmp_path):
+    images = tmp_path / "img_data"
+    for folder in ("img_pie_standard", "img_line_standard"):
+        (images / folder).mkdir(parents=True)
+        draw_chart().save(images / folder / "twice.png")
+    draw_chart().save(images / "img_pie_standard" / "once.png")
+    questions = tmp_path / "questions.jsonl"
+    records = [{"id": name, "image": f"{name}.png", "text": "값은?"} for name in ("twice", "once")]
+    questions.write_text("\n".join(json.dumps(record) for record in records) + "\n", encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    answers, rows = answers_by_key(out)
+    assert list(answers) == [("once", 1)] and rows[0]["chart_type"] == "pie"
+    (error,) = read_jsonl(str(tmp_path / "answers.errors.jsonl"))
+    assert (
+        error["id"] == "twice" and "'twice.png' is in both img_line_standard and img_pie_standard" in error["reason"]
+    )

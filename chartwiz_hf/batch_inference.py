@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS, BadRecord, find_in_image_folders
 
+from .fingerprints import ContentDigests, changed_files, describe_changes, digest, model_fingerprints
 from .inference import (
     context_length,
     generate_answers,
@@ -278,6 +279,7 @@ class ImageFolder:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{root}: no such image folder")
         self.root = root
+        self.digests = ContentDigests()
 
     def resolve(self, question: Question) -> tuple[str, Optional[str]]:
         """(path, chart type or None) of the question's image; a bare name in two chart-type folders is an error."""
@@ -295,6 +297,10 @@ class ImageFolder:
         path, chart_type = self.resolve(question)
         return load_chart_image(path), chart_type
 
+    def image_digest(self, question: Question) -> str:
+        """The sha256 of the question's image file, what its answer depends on (`question_fingerprint`)."""
+        return self.digests.of_file(self.resolve(question)[0])
+
 
 class DatasetImages:
     """
@@ -308,6 +314,7 @@ class DatasetImages:
         from datasets import Image as ImageFeature
 
         self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+        self.digests = ContentDigests()
 
     def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
         stored = self.images[question.image]["image"] or {}
@@ -316,6 +323,13 @@ class DatasetImages:
         if not stored.get("path"):
             raise ValueError(f"{question.source}: the row has no image")
         return load_chart_image(stored["path"]), None
+
+    def image_digest(self, question: Question) -> str:
+        """The sha256 of the row's image bytes (or of the file it points at)."""
+        stored = self.images[question.image]["image"] or {}
+        if stored.get("bytes"):
+            return ContentDigests.of_bytes(stored["bytes"])
+        return self.digests.of_file(stored["path"]) if stored.get("path") else "no image"
 
 
 def select_chunk(questions: Sequence[Question], num_chunks: int, chunk_idx: int) -> list[Question]:
@@ -403,16 +417,17 @@ def _write_json_atomically(path: str, data: dict) -> None:
     os.replace(temporary, path)
 
 
-def check_settings(answers_path: str, settings: dict, info: Optional[dict] = None) -> None:
+def check_settings(answers_path: str, settings: dict, info: Optional[dict] = None) -> Optional[dict]:
     """
-    Writes the settings file of a new answers file, or checks that an existing one was made with the same settings:
-    answers of another model or generation setting must not be mixed into it silently.
+    Writes the settings file of a new answers file, or checks that an existing one was made with the same settings
+    and returns what it holds: answers of another model or generation setting must not be mixed into it silently.
     """
     _, meta_path = output_paths(answers_path)
     settings = json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as file:
-            stored = json.load(file).get("settings", {})
+            meta = json.load(file)
+        stored = meta.get("settings", {})
         changed = [name for name in sorted(set(stored) | set(settings)) if stored.get(name) != settings.get(name)]
         if changed:
             differences = "; ".join(
@@ -420,15 +435,93 @@ def check_settings(answers_path: str, settings: dict, info: Optional[dict] = Non
             )
             raise ValueError(
                 f"{answers_path} holds answers made with other settings ({differences}). Rerun with the same settings "
-                "to resume, or write to another --answers file."
+                "to resume, or --restart to start over, or write to another --answers file."
             )
-        return
+        return meta
     if os.path.exists(answers_path) and os.path.getsize(answers_path) > 0:
         raise ValueError(
             f"{answers_path} exists but has no settings file {meta_path}, so its answers cannot be checked against "
-            "this run; move it away or write to another --answers file."
+            "this run; move it away, pass --restart to replace it, or write to another --answers file."
         )
     _write_json_atomically(meta_path, {"settings": settings, "info": info or {}})
+    return None
+
+
+# What a result depends on
+
+
+def question_fingerprint(question: Question, load_image: Optional[Callable] = None) -> str:
+    """
+    A digest of what the answer to `question` depends on besides the model and the generation settings: its text,
+    the earlier turns and the reference, the image's name and the sha256 of its bytes (where `load_image` has an
+    `image_digest`, as `ImageFolder` and `DatasetImages` do), or the reason it cannot be asked.
+    """
+    image_sha256 = None
+    image_digest = getattr(load_image, "image_digest", None)
+    if image_digest is not None and question.error is None and question.image is not None:
+        try:
+            image_sha256 = image_digest(question)
+        except (OSError, ValueError) as error:  # the answer is an error now, and something else once it is fixed
+            image_sha256 = f"unreadable: {error}"
+    return digest(
+        {
+            "id": question.id,
+            "turn": question.turn,
+            "question": question.question,
+            "history": question.history,
+            "reference": question.reference,
+            "chart_type": question.chart_type,
+            "image": question.image if isinstance(question.image, str) else None,
+            "image_sha256": image_sha256,
+            "error": question.error,
+        }
+    )
+
+
+def _describe_run_change(before: Optional[dict], after: dict) -> str:
+    """Why results made under the fingerprints `before` do not hold under `after`, in words."""
+    if not before:
+        return "they were made by an earlier run whose model files were not recorded"
+    parts = []
+    for part in ("model", "adapter"):
+        old, new = before.get(part), after.get(part)
+        if old != new:
+            files = describe_changes(old or {}, new or {}) if isinstance(old, dict) and isinstance(new, dict) else ""
+            parts.append(f"the {part}'s files changed" + (f" ({files})" if files else ""))
+    old, new = before.get("generation") or {}, after.get("generation") or {}
+    if old != new:
+        parts.append(f"the generation settings changed ({', '.join(changed_files(old, new))})")
+    return "; ".join(parts) or "they were made by another run"
+
+
+def _keep_results(path: str, run_key: str, question_keys: dict, run_change: str) -> tuple[list[dict], dict]:
+    """
+    The rows of an answers or errors file whose fingerprints still hold for this run, and `{reason: count}` for the
+    others, which are taken out of the file (rewritten whole, atomically) so that their questions are asked again.
+    """
+    kept, dropped = [], {}
+    for row in read_jsonl(path, repair=True):
+        key, stored = _key_of_row(row), row.get("fingerprint")
+        if key not in question_keys:
+            reason = "no longer in the input"
+        elif not isinstance(stored, dict):
+            reason = "written without a fingerprint"
+        elif stored.get("run") != run_key:
+            reason = run_change
+        elif stored.get("question") != question_keys[key]:
+            reason = "the question or its image changed"
+        else:
+            kept.append(row)
+            continue
+        dropped[reason] = dropped.get(reason, 0) + 1
+    if dropped:
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    return kept, dropped
 
 
 # The run
@@ -436,7 +529,11 @@ def check_settings(answers_path: str, settings: dict, info: Optional[dict] = Non
 
 @dataclass
 class InferenceSummary:
-    """What a run did: answered and bad questions (this run), those already done before it, and where time went."""
+    """
+    What a run did: answered and bad questions (this run), those already done before it, the results of earlier runs
+    that no longer held (`redone`: reason -> count, asked again; `removed`: of questions no longer in the input), and
+    where time went.
+    """
 
     answered: int = 0
     errors: int = 0
@@ -444,6 +541,18 @@ class InferenceSummary:
     seconds: float = 0.0
     wait_seconds: float = 0.0
     error_kinds: dict = field(default_factory=dict)  # kind -> count: record, context, too long, image, inputs
+    redone: dict = field(default_factory=dict)
+    removed: int = 0
+
+    def resume_note(self) -> str:
+        """`; 12 redone (the model's files changed (model.safetensors))`, or `""` when every earlier result held."""
+        redone = sum(self.redone.values())
+        note = ""
+        if redone:
+            note += f"; {redone} redone ({'; '.join(f'{count}: {why}' for why, count in self.redone.items())})"
+        if self.removed:
+            note += f"; {self.removed} results of questions no longer in the input removed"
+        return note
 
     @property
     def questions_per_second(self) -> float:
@@ -614,12 +723,16 @@ def run_inference(
     prefetch: int = 2,
     progress: bool = True,
     info: Optional[dict] = None,
+    fingerprints: Optional[dict] = None,
+    restart: bool = False,
     **generate_kwargs,
 ) -> InferenceSummary:
     """
     Answers `questions`, appending one JSON line per answer to `answers_path` and one per bad question to its errors
-    file (`output_paths`), batch by batch. Questions already in either file are skipped, so rerunning the same call
-    resumes a stopped run; the settings file makes sure it is the same call.
+    file (`output_paths`), batch by batch. Rerunning the same call resumes a stopped run: the settings file makes
+    sure it is the same call (another one is refused), and each line carries the fingerprints of what it depends on
+    (the model's and adapter's files, the generation settings, the question and its image's bytes), so that a
+    question is skipped only if its earlier result still holds; the others are taken out and asked again.
 
     Args:
         model, processor: a loaded ChartWiz (`load_chartwiz`).
@@ -640,27 +753,59 @@ def run_inference(
         prefetch (`int`, defaults to 2): batches prepared ahead of the model.
         progress (`bool`, defaults to `True`): show a tqdm bar (questions/s, ETA).
         info (`dict`, *optional*): informative fields for the settings file (not compared).
+        fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)`; by default those of the folder the
+            model was loaded from (`model.name_or_path`).
+        restart (`bool`, defaults to `False`): delete the answers, errors and settings files first and start over.
         generate_kwargs: passed to `generate` (greedy unless told otherwise).
     """
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be at least 1")
-    errors_path, _ = output_paths(answers_path)
+    errors_path, meta_path = output_paths(answers_path)
     os.makedirs(os.path.dirname(os.path.abspath(answers_path)), exist_ok=True)
-    run_settings = {
-        **settings,
+    if restart:
+        for path in (answers_path, errors_path, meta_path):
+            if os.path.exists(path):
+                os.remove(path)
+    generation = {
         "max_new_tokens": max_new_tokens,
         "context": context,
         "generate_kwargs": {name: generate_kwargs[name] for name in sorted(generate_kwargs)},
-        "image_tokens": processor.image_seq_length,
-        "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode("utf-8")).hexdigest(),
     }
-    check_settings(answers_path, run_settings, info)
+    run_settings = {**settings, **generation}
+    earlier = check_settings(answers_path, run_settings, info)
 
-    answers = {_key_of_row(row): row.get("answer") for row in read_jsonl(answers_path, repair=True)}
-    failed = {_key_of_row(row) for row in read_jsonl(errors_path, repair=True)}
+    if fingerprints is None:
+        fingerprints = model_fingerprints(getattr(model, "name_or_path", None))
+    depends_on = {
+        **fingerprints,
+        "generation": {
+            **generation,
+            "image_tokens": processor.image_seq_length,
+            "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode("utf-8")).hexdigest(),
+        },
+    }
+    depends_on = json.loads(json.dumps(depends_on))  # as it reads back from the file
+    run_key = digest(depends_on)
+    question_keys = {question.key: question_fingerprint(question, load_image) for question in questions}
+    stored = (earlier or {}).get("fingerprints")
+    run_change = _describe_run_change(stored, depends_on) if digest(stored) != run_key else "made by another run"
     summary = InferenceSummary()
+    answer_rows, errors_rows = [], []
+    for path, rows in ((answers_path, answer_rows), (errors_path, errors_rows)):
+        kept, dropped = _keep_results(path, run_key, question_keys, run_change)
+        rows.extend(kept)
+        for reason, count in dropped.items():
+            if reason == "no longer in the input":
+                summary.removed += count
+            else:
+                summary.redone[reason] = summary.redone.get(reason, 0) + count
+    _write_json_atomically(meta_path, {"settings": run_settings, "info": info or {}, "fingerprints": depends_on})
+    fingerprint_of = {key: {"run": run_key, "question": value} for key, value in question_keys.items()}
+
+    answers = {_key_of_row(row): row.get("answer") for row in answer_rows}
+    failed = {_key_of_row(row) for row in errors_rows}
     pending, seen = [], set()
     for question in questions:
         if question.key in answers or question.key in failed:
@@ -670,8 +815,14 @@ def run_inference(
         else:
             seen.add(question.key)
             pending.append(question)
-    if summary.already_done:
-        logger.info("%s: %d questions already done, %d to go", answers_path, summary.already_done, len(pending))
+    if summary.already_done or summary.redone or summary.removed:
+        logger.info(
+            "%s: %d questions already done, %d to go%s",
+            answers_path,
+            summary.already_done,
+            len(pending),
+            summary.resume_note(),
+        )
 
     context_limit = context_length(model.config)
     on_cpu = model.device.type == "cpu"
@@ -687,7 +838,8 @@ def run_inference(
                 failed.add(question.key)
                 summary.errors += 1
                 summary.error_kinds[kind] = summary.error_kinds.get(kind, 0) + 1
-                rows.append({"id": question.id, "turn": question.turn, "source": question.source, "reason": reason})
+                row = {"id": question.id, "turn": question.turn, "source": question.source, "reason": reason}
+                rows.append({**row, "fingerprint": fingerprint_of[question.key]})
             errors_file.write(rows)
             bar.update(len(rows))
 
@@ -756,6 +908,7 @@ def run_inference(
                         row["reference"] = question.reference
                     if question.chart_type or chart_type:
                         row["chart_type"] = question.chart_type or chart_type
+                    row["fingerprint"] = fingerprint_of[question.key]
                     rows.append(row)
                     answers[question.key] = answer
                 answers_file.write(rows)
@@ -788,18 +941,27 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
     shard_paths = list(dict.fromkeys(shard_paths))
     if os.path.abspath(output_path) in {os.path.abspath(path) for path in shard_paths}:
         raise ValueError(f"{output_path} is one of the shards; merge into another file")
-    metas = []
+    metas, fingerprints = [], None
     for path in shard_paths:
         _, meta_path = output_paths(path)
         if not os.path.exists(meta_path):
             raise FileNotFoundError(f"{path}: no settings file {meta_path}; is it an answers file of chartwiz infer?")
         with open(meta_path, encoding="utf-8") as file:
-            metas.append(json.load(file)["settings"])
+            meta = json.load(file)
+        metas.append(meta["settings"])
+        fingerprints = fingerprints or meta.get("fingerprints")
     common = {name: value for name, value in metas[0].items() if name != "chunk_idx"}
     for path, meta in zip(shard_paths, metas):
-        if {name: value for name, value in meta.items() if name != "chunk_idx"} != common:
+        differing = [
+            name for name in sorted(set(common) | set(meta) - {"chunk_idx"}) if meta.get(name) != common.get(name)
+        ]
+        if differing:
+            differences = "; ".join(
+                f"{name}: {common.get(name)!r} there, {meta.get(name)!r} here" for name in differing
+            )
             raise ValueError(
-                f"{path} was made with other settings than {shard_paths[0]}; only shards of one run merge"
+                f"{path} was made with other settings than {shard_paths[0]} ({differences}); only shards of one run "
+                "merge"
             )
     num_chunks = common.get("num_chunks", 1)
     by_chunk = {}
@@ -840,6 +1002,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
         {
             "settings": {**common, "num_chunks": 1, "chunk_idx": 0},
             "info": {"merged_from": [by_chunk[c] for c in sorted(by_chunk)]},
+            "fingerprints": fingerprints,
         },
     )
     return MergeSummary(len(answers), len(errors), missing, [by_chunk[chunk] for chunk in sorted(by_chunk)])
@@ -857,6 +1020,7 @@ __all__ = [
     "load_model_for_inference",
     "merge_shards",
     "output_paths",
+    "question_fingerprint",
     "read_dataset_questions",
     "read_jsonl",
     "read_question_file",

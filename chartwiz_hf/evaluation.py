@@ -22,6 +22,7 @@ from .batch_inference import (
     read_jsonl,
     run_inference,
 )
+from .fingerprints import model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 
 
@@ -174,6 +175,8 @@ def blank_charts(load_image: Callable) -> Callable:
         image, chart_type = load_image(question)
         return Image.new("RGB", image.size, "white"), chart_type
 
+    # The answer still depends on the chart: its size.
+    load_blank.image_digest = getattr(load_image, "image_digest", None)
     return load_blank
 
 
@@ -188,13 +191,16 @@ def predict_dataset(
     settings: Optional[dict] = None,
     progress: bool = True,
     info: Optional[dict] = None,
+    fingerprints: Optional[dict] = None,
+    restart: bool = False,
 ) -> InferenceSummary:
     """
     Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
     charts prepared ahead of the model, each prompt checked against the context) into `out_dir/answers.jsonl`, then
     writes the answered rows as `predictions.jsonl`. Rerunning resumes: rows answered or rejected before are not
-    asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with the
-    reason in `answers.errors.jsonl`. Returns what this call did.
+    asked again while their fingerprints hold (the model's files, the row and its image), those that no longer hold
+    are asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with
+    the reason in `answers.errors.jsonl`. Returns what this call did.
 
     Args:
         model, processor: a loaded ChartWiz (`load_model_for_inference`).
@@ -207,6 +213,8 @@ def predict_dataset(
         settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
         info (`dict`, *optional*): informative fields for the settings file (not compared).
+        fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)` (see `run_inference`).
+        restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
     """
     questions, tasks = split_questions(dataset)
     load_image = blank_charts(DatasetImages(dataset)) if blank_images else DatasetImages(dataset)
@@ -223,6 +231,8 @@ def predict_dataset(
         max_new_tokens=max_new_tokens,
         progress=progress,
         info=info,
+        fingerprints=fingerprints,
+        restart=restart,
     )
     answers = {(row["id"], row["turn"]): row["answer"] for row in read_jsonl(answers_path)}
     lines = [
@@ -256,11 +266,13 @@ def evaluate_model(
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
     blank_images: bool = False,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
     writes `out_dir`: `predictions.jsonl` (re-scorable), `metrics.json`, `report.md` and `report.png`. Running again
-    into the same `out_dir` resumes: rows already answered are not asked again. Returns the metrics.
+    into the same `out_dir` resumes: rows already answered are not asked again, unless the model's files or the row
+    changed since (then they are). Returns the metrics.
 
     Args:
         model_name_or_path (`str`): ChartWiz checkpoint directory or Hub repo.
@@ -278,6 +290,7 @@ def evaluate_model(
             image of its size, which shows how much of a score comes from reading the chart rather than from the
             question and the language prior. Recorded in the run's settings, `metrics.json` and the report.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
     """
     if config not in CONFIGS:
         raise ValueError(f"Unknown config {config!r}; choose from {', '.join(CONFIGS)}.")
@@ -296,7 +309,8 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
-    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
+    if not restart:
+        _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
@@ -304,15 +318,32 @@ def evaluate_model(
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     info = {"batch_size": batch_size, "device": str(model.device)}
+    if restart:
+        predictions = os.path.join(out_dir, PREDICTIONS_FILE)
+        if os.path.exists(predictions):
+            os.remove(predictions)
     summary = predict_dataset(
-        model, processor, dataset, out_dir, batch_size, max_new_tokens, blank_images, settings, progress, info
+        model,
+        processor,
+        dataset,
+        out_dir,
+        batch_size,
+        max_new_tokens,
+        blank_images,
+        settings,
+        progress,
+        info,
+        fingerprints=model_fingerprints(model_name_or_path, adapter),
+        restart=restart,
     )
-    if summary.answered:
+    if summary.answered or summary.already_done:
         logger.info(
-            "Answered %d questions in %.1f s (%.2f questions/s)",
+            "Answered %d questions in %.1f s (%.2f questions/s); %d were answered before%s",
             summary.answered,
             summary.seconds,
             summary.questions_per_second,
+            summary.already_done,
+            summary.resume_note(),
         )
     return score_run(out_dir, bleu_tokenize=bleu_tokenize, rows=len(dataset))
 
@@ -379,10 +410,14 @@ def _check_run(out_dir: str, run: dict) -> None:
         changed = ", ".join(f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in run if stored.get(key) != run[key])
         if changed:
             raise ValueError(
-                f"{out_dir} holds the predictions of another run ({changed}): choose another --out or delete it."
+                f"{out_dir} holds the predictions of another run ({changed}): choose another --out, or --restart to "
+                "start over in it."
             )
     elif os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
-        raise ValueError(f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out.")
+        raise ValueError(
+            f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out, or --restart to "
+            "replace it."
+        )
 
 
 def _write_json(path: str, data: dict) -> None:

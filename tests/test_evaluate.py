@@ -373,3 +373,27 @@ def test_split_questions_ask_the_last_user_turn_after_the_earlier_ones(tmp_path)
 def test_command_constants_match_the_modules():
     assert evaluate_command.CONFIGS == evaluation.CONFIGS
     assert evaluate_command.DEFAULT_BLEU_TOKENIZE == DEFAULT_BLEU_TOKENIZE
+
+
+def test_a_model_replaced_in_place_is_scored_on_its_own_answers(charts_dir, tmp_path, fake_generation):
+    model_dir, out = str(tmp_path / "model"), str(tmp_path / "report")
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "0"]) == 0
+    settings = {"config": "finetune", "max_samples": 6, "max_new_tokens": 8, "progress": False}
+    evaluate_model(model_dir, charts_dir, out, **settings)
+    assert sum(map(len, fake_generation)) == 6
+    # The same path now holds a model of the same shapes with other weights: every row is asked again.
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "5", "--overwrite"]) == 0
+    fake_generation.clear()
+    evaluate_model(model_dir, charts_dir, out, **settings)
+    assert sum(map(len, fake_generation)) == 6, "the old model's answers are not scored as the new one's"
+    meta = json.loads(open(os.path.join(out, "answers.meta.json"), encoding="utf-8").read())
+    assert "model.safetensors" in meta["fingerprints"]["model"]
+    fake_generation.clear()
+    evaluate_model(model_dir, charts_dir, out, **settings)
+    assert fake_generation == [], "a finished run of the same model is not asked again"
+
+    # --restart starts over with other settings in the same folder.
+    with pytest.raises(ValueError, match="another run"):
+        evaluate_model(model_dir, charts_dir, out, **{**settings, "max_samples": 3})
+    evaluate_model(model_dir, charts_dir, out, **{**settings, "max_samples": 3}, restart=True)
+    assert sum(map(len, fake_generation)) == 3 and len(read_lines(os.path.join(out, "predictions.jsonl"))) == 3

@@ -421,3 +421,68 @@ def test_a_bare_image_name_in_two_chart_type_folders_is_a_bad_record(tiny_dir, t
     assert (
         error["id"] == "twice" and "'twice.png' is in both img_line_standard and img_pie_standard" in error["reason"]
     )
+
+
+def test_a_model_replaced_in_place_has_its_answers_redone(tmp_path, capsys):
+    questions, images, conversations = write_question_set(tmp_path, records=4)
+    model_dir = str(tmp_path / "model")
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "0"]) == 0
+    out = tmp_path / "answers.jsonl"
+    assert infer(model_dir, questions, images, out) == 0
+    first, rows = answers_by_key(out)
+    assert all(row["fingerprint"]["question"] and row["fingerprint"]["run"] for row in rows)
+
+    # Same path, same shapes, other weights: the settings (which name the path) agree, the fingerprints do not.
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "5", "--overwrite"]) == 0
+    expected = reference_answers(*load_chartwiz(model_dir), conversations, images)
+    assert expected != first
+    capsys.readouterr()
+    assert infer(model_dir, questions, images, out) == 0
+    printed = capsys.readouterr().out
+    assert answers_by_key(out)[0] == expected
+    assert f"{len(expected)} answered" in printed and "0 were done before" in printed
+    assert f"{len(expected)} redone ({len(expected)}: the model's files changed (model.safetensors))" in printed
+    assert infer(model_dir, questions, images, out) == 0
+    assert "0 answered, 0 bad records" in capsys.readouterr().out, "the new answers hold"
+
+
+def test_edited_questions_and_replaced_images_are_asked_again(tiny_dir, tmp_path, capsys):
+    questions, images, conversations = write_question_set(tmp_path, records=6)
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    before, _ = answers_by_key(out)
+
+    # Same ids, new wording in one record; another record's chart redrawn under the same file name.
+    conversations[1]["conversations"][0]["value"] = "<image>\n전체 합계는 얼마인가요?"
+    draw_chart(300, 200, bars=(9, 1, 4), seed=42).save(images / conversations[2]["image"])
+    questions.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations) + "\n", encoding="utf-8")
+    expected = reference_answers(*load_chartwiz(tiny_dir), conversations, images)
+    touched = {key for key in expected if key[0] in ("c1", "c2")}
+    assert touched and all(expected[key] == before[key] for key in expected if key not in touched)
+    capsys.readouterr()
+    assert infer(tiny_dir, questions, images, out) == 0
+    printed = capsys.readouterr().out
+    assert answers_by_key(out)[0] == expected
+    assert f"{len(touched)} answered" in printed and f"{len(expected) - len(touched)} were done before" in printed
+    assert f"{len(touched)} redone ({len(touched)}: the question or its image changed)" in printed
+
+    # A record dropped from the input takes its answers with it; --restart starts over, other settings or not.
+    questions.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations[1:]) + "\n", "utf-8")
+    assert infer(tiny_dir, questions, images, out) == 0
+    assert "1 results of questions no longer in the input removed" in capsys.readouterr().out
+    assert ("q0", 1) not in answers_by_key(out)[0]
+    assert infer(tiny_dir, questions, images, out, "--max-new-tokens", "3") == 2
+    assert infer(tiny_dir, questions, images, out, "--restart", "--batch-size", "4") == 0
+    assert f"{len(expected) - 1} answered" in capsys.readouterr().out
+
+
+def test_shards_of_other_settings_do_not_merge_and_the_setting_is_named(tiny_dir, tmp_path, capsys):
+    questions, images, _ = write_question_set(tmp_path, records=2)
+    shards = [tmp_path / f"answers.{k}.jsonl" for k in range(2)]
+    assert infer(tiny_dir, questions, images, shards[0], "--num-chunks", "2", "--chunk-idx", "0") == 0
+    other = ("--num-chunks", "2", "--chunk-idx", "1", "--max-new-tokens", "3")
+    assert infer(tiny_dir, questions, images, shards[1], *other) == 0
+    capsys.readouterr()
+    assert main(["infer", "--merge", *map(str, shards), "--answers", str(tmp_path / "merged.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "made with other settings" in error and "max_new_tokens: 6 there, 3 here" in error

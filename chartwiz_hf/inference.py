@@ -309,16 +309,19 @@ def load_chartwiz(
     """
     Model and processor from a local directory or the Hub, through the Auto classes; with `adapter`, a PEFT (LoRA)
     adapter folder is applied on top without merging. The device and the checkpoint are checked first
-    (`check_device`, `check_checkpoint`), and weights that cannot be read are reported as such, so a wrong input
-    gives a one-line `ValueError` or `OSError` rather than a traceback or a download attempt.
+    (`check_device`, `check_checkpoint`), weights that cannot be read are reported as such, and weights missing from
+    the checkpoint, unexpected or of another shape are refused (`from_pretrained_complete`), so a wrong input gives
+    a one-line `ValueError` or `OSError` rather than a traceback, a download attempt or random weights.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from .checkpoints import from_pretrained_complete
+
     device = check_device(device)
     check_checkpoint(model_name_or_path, **kwargs)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+        model = from_pretrained_complete(AutoModelForImageTextToText, model_name_or_path, dtype=dtype, **kwargs)
     except SafetensorError as error:
         raise OSError(
             f"{model_name_or_path}: cannot read the weights ({error}); the safetensors file is truncated or corrupt, "

@@ -53,6 +53,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, 
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
+from chartwiz_hf.checkpoints import from_pretrained_complete
 
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,10 @@ def start_run(training_args, definition: dict):
 # Model
 ################
 def load_model_and_processor(model_args, training_args):
-    """The ChartWiz model (dtype and attention from `ModelConfig`) and its processor; refuses other checkpoints."""
+    """
+    The ChartWiz model (dtype and attention from `ModelConfig`) and its processor; refuses other checkpoints and
+    checkpoints whose weights do not all fit the model.
+    """
     name = model_args.model_name_or_path
     if not name:
         raise RecipeError("Set --model_name_or_path: a ChartWiz checkpoint (`chartwiz compose`, or stage 1's output).")
@@ -238,7 +242,10 @@ def load_model_and_processor(model_args, training_args):
     model_kwargs.update(training_args.model_init_kwargs or {})
     # The model is built here, so TRL must not try to apply these again (it warns when given both).
     training_args.model_init_kwargs = None
-    model = AutoModelForImageTextToText.from_pretrained(name, config=config, **model_kwargs)
+    try:
+        model = from_pretrained_complete(AutoModelForImageTextToText, name, config=config, **model_kwargs)
+    except ValueError as error:  # weights missing, unexpected or of another shape
+        raise RecipeError(str(error)) from None
     processor = AutoProcessor.from_pretrained(name, use_fast=False, **hub_kwargs)
     return model, processor
 

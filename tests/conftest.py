@@ -87,3 +87,25 @@ def charts():
         draw_chart(200, 300, (1, 2, 3, 4), seed=1),
         draw_chart(500, 150, (9, 4), seed=2),
     ]
+
+
+def damaged_checkpoint(source: str, target, drop: int = 0, reshape: int = 0, extra: int = 0) -> str:
+    """
+    A copy of the checkpoint `source` whose `model.safetensors` lacks its first `drop` weights, has the next
+    `reshape` of another shape, and holds `extra` weights the model has no place for; returns the sorted names hit.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(os.path.join(target, "model.safetensors"))
+    names = sorted(weights)
+    for name in names[:drop]:
+        del weights[name]
+    for name in names[drop : drop + reshape]:
+        weights[name] = torch.zeros(weights[name].numel() + 1)
+    for index in range(extra):
+        weights[f"model.unused_{index}.weight"] = torch.zeros(2)
+    save_file(weights, os.path.join(target, "model.safetensors"), metadata={"format": "pt"})
+    return names[: drop + reshape]

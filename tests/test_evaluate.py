@@ -397,3 +397,15 @@ def test_a_model_replaced_in_place_is_scored_on_its_own_answers(charts_dir, tmp_
         evaluate_model(model_dir, charts_dir, out, **{**settings, "max_samples": 3})
     evaluate_model(model_dir, charts_dir, out, **{**settings, "max_samples": 3}, restart=True)
     assert sum(map(len, fake_generation)) == 3 and len(read_lines(os.path.join(out, "predictions.jsonl"))) == 3
+
+
+def test_a_checkpoint_missing_weights_is_refused_before_any_answer(tiny_dir, charts_dir, tmp_path, capsys):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, drop=2)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", broken, "--dataset", charts_dir, "--out", str(out), "--max-samples", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "the weights do not fit the model: 2 missing" in error and hit[0] in error
+    assert not (out / "answers.jsonl").exists()

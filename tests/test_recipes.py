@@ -755,3 +755,15 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
     )
     assert resume_from is None and not (copy / "checkpoint-99").exists()
     assert json.loads((copy / sft.RUN_FILE).read_text())["dataset_config"] == "gpt"
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_dir, chart_data, tmp_path):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, reshape=1, extra=1)
+    with pytest.raises(sft.RecipeError, match=r"the weights do not fit the model: 1 unexpected .*1 of another shape"):
+        sft.build_trainer(*fast(PRETRAIN, broken, chart_data, tmp_path / "out"))
+    with pytest.raises(sft.RecipeError, match=re.escape(hit[0])):
+        sft.build_trainer(*fast(PRETRAIN, broken, chart_data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

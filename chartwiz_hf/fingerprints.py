@@ -15,6 +15,8 @@ import struct
 from typing import Any, Optional
 
 
+# Where the training recipes record a run's settings and the fingerprint of the model it started from.
+TRAINING_RUN_FILE = "chartwiz_run.json"
 # Hashed whole below this size; above it a file is a weight file, known by size, mtime and header.
 SMALL_FILE_BYTES = 16 << 20
 # What a checkpoint folder holds besides what loading it reads: the model card and the trainer's records.
@@ -26,7 +28,7 @@ NOT_LOADED = frozenset(
         "all_results.json",
         "train_results.json",
         "eval_results.json",
-        "chartwiz_run.json",
+        TRAINING_RUN_FILE,
     }
 )
 _CHUNK = 1 << 20
@@ -180,6 +182,7 @@ class ContentDigests:
 
 
 __all__ = [
+    "TRAINING_RUN_FILE",
     "ContentDigests",
     "changed_files",
     "checkpoint_fingerprint",

@@ -69,6 +69,20 @@ def build_fingerprint(report: dict, config: str, shard_paths: ShardPaths) -> str
     return digest.hexdigest()
 
 
+def read_build_fingerprint(directory: str, config: str) -> str | None:
+    """The `build sha256:...` that the card of a `chartwiz data build` folder gives `config`, or None."""
+    from huggingface_hub import DatasetCard
+
+    path = os.path.join(directory, "README.md")
+    if not os.path.isfile(path):
+        return None
+    for entry in DatasetCard.load(path).data.to_dict().get("configs") or []:
+        description = entry.get("description") or ""
+        if entry.get("config_name") == config and description.startswith("build sha256:"):
+            return description.removeprefix("build sha256:")
+    return None
+
+
 def _front_matter(report: dict, shard_paths: ShardPaths) -> str:
     # The same metadata `push_to_hub` writes; `datasets` also keys its cache of a local folder on it.
     card_data = DatasetCardData(
@@ -216,4 +230,11 @@ def write_card(directory: str, report: dict, images_embedded: bool) -> str:
     return path
 
 
-__all__ = ["ShardPaths", "build_fingerprint", "render_card", "write_card", "write_text_atomic"]
+__all__ = [
+    "ShardPaths",
+    "build_fingerprint",
+    "read_build_fingerprint",
+    "render_card",
+    "write_card",
+    "write_text_atomic",
+]

@@ -20,8 +20,9 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .aihub import check_tree, unknown_folders
-from .builder import ChartWizAIHub
+from .builder import CONFIG_TASKS, ChartWizAIHub
 from .card import ShardPaths, render_card, write_card, write_text_atomic
+from .rows import repeated_conversations
 
 
 logger = logging.getLogger(__name__)
@@ -115,12 +116,20 @@ def _collect_report(report_dir: str) -> dict:
 
 
 def _prepare_config(config: str, data_dir: str, gpt_files: list[str], work_dir: str, num_proc: Optional[int]):
+    repeated_file = None
+    if "gpt" in CONFIG_TASKS[config]:
+        # Found here, over every file in order: each job of the builder reads a shard only.
+        repeated_file = os.path.join(work_dir, "repeated_conversations.json")
+        if not os.path.exists(repeated_file):
+            with open(repeated_file, "w", encoding="utf-8") as file:
+                json.dump(repeated_conversations(gpt_files), file, ensure_ascii=False)
     builder = ChartWizAIHub(
         config_name=config,
         data_dir=data_dir,
         gpt_files=tuple(gpt_files),
         report_dir=os.path.join(work_dir, "report"),
         cache_dir=os.path.join(work_dir, "cache"),
+        repeated_file=repeated_file,
     )
     arrow_dir = os.path.join(work_dir, "arrow", config)
     builder.download_and_prepare(output_dir=arrow_dir, file_format="arrow", num_proc=num_proc)
@@ -236,7 +245,35 @@ def _merge(previous: Optional[dict], report: dict, kept: list[str]) -> dict:
         "gpt_files": previous.get("gpt_files", []) if "gpt" in kept else report["gpt_files"],
         "counts": {config: counts[config] for config in BUILT_CONFIGS if config in counts},
         "skipped": [entry for entry in previous["skipped"] if entry["config"] in kept] + report["skipped"],
+        "warnings": [entry for entry in previous.get("warnings", []) if entry["config"] in kept] + report["warnings"],
     }
+
+
+def _example_reason(report: dict, config: str, split=None) -> str:
+    reasons = collections.Counter(
+        entry["reason"]
+        for entry in report["skipped"]
+        if entry["config"] == config and (split is None or entry["split"] == split)
+    )
+    return reasons.most_common(1)[0][0] if reasons else "no reason recorded"
+
+
+def _empty_splits(report: dict) -> list[dict]:
+    """A warning for each split left without a row in a config that has rows elsewhere (all lost: the build fails)."""
+    warnings = []
+    for config, by_split in report["counts"].items():
+        if not any(counts["written"] for counts in by_split.values()):
+            continue
+        for split, counts in by_split.items():
+            if counts["written"]:
+                continue
+            why = (
+                f"all {counts['read']} records were skipped (e.g. {_example_reason(report, config, split)})"
+                if counts["read"]
+                else "no records found"
+            )
+            warnings.append({"config": config, "split": split, "message": f"{config}/{split} is empty: {why}"})
+    return warnings
 
 
 def _empty_configs(report: dict) -> list[str]:
@@ -249,9 +286,7 @@ def _empty_configs(report: dict) -> list[str]:
         if not read:
             problems.append(f"{config}: no records found")
             continue
-        reasons = collections.Counter(entry["reason"] for entry in report["skipped"] if entry["config"] == config)
-        example = reasons.most_common(1)[0][0] if reasons else "no reason recorded"
-        problems.append(f"{config}: all {read} records were skipped (e.g. {example})")
+        problems.append(f"{config}: all {read} records were skipped (e.g. {_example_reason(report, config)})")
     return problems
 
 
@@ -317,6 +352,9 @@ def build_dataset(
                 raise ValueError(
                     f"{'; '.join(empty)}. Nothing was written: {kept_note}{failed_path} lists every skipped record."
                 )
+            built["warnings"] = _empty_splits(built)
+            for warning in built["warnings"]:
+                logger.warning("%s", warning["message"])
             report = _merge(previous, built, kept)
             report_path = os.path.join(work_dir, REPORT_NAME)
             with open(report_path, "w", encoding="utf-8") as file:

@@ -161,7 +161,8 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
         f"(`{report['data_dir']}`), so the three finetune rows of a chart share one file. Keep that tree in place, "
         "or push the dataset (`chartwiz data build ... --push-to-hub REPO`), which embeds the images."
     )
-    skipped = len(report["skipped"])
+    skipped = sum(entry.get("records", 1) for entry in report["skipped"])
+    warnings = [f"- {warning['message']}" for warning in report.get("warnings", [])]
     body = [
         _front_matter(report, shard_paths),
         "",
@@ -203,6 +204,7 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
         "its reason. Each config's `description` holds a sha256 of its shards and of the AI-Hub tree's location, so "
         "that `datasets` caches every build apart.",
         "",
+        *(["Warnings:", "", *warnings, ""] if warnings else []),
         "## License",
         "",
         _LICENSE,

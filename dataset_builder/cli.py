@@ -32,7 +32,14 @@ def _build(args):
         for config, by_split in report["counts"].items()
     }
     print(json.dumps(summary, ensure_ascii=False, indent=2))
-    print(f"{len(report['skipped'])} skipped records are listed in {args.out}/build_report.json")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning['message']}")
+    # An entry may stand for several records (a chart that does not parse skips its three finetune rows).
+    records = sum(entry.get("records", 1) for entry in report["skipped"])
+    print(
+        f"{records} skipped records are listed with their reasons in {args.out}/build_report.json "
+        f"({len(report['skipped'])} entries)"
+    )
 
 
 def _synth(args):

@@ -588,3 +588,51 @@ def test_a_gpt_image_name_in_two_chart_type_folders_is_a_bad_record(tmp_path):
     assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "written": 1, "skipped": 1}
     (skipped,) = report["skipped"]
     assert "'twice.jpg' is in both img_pie_standard and img_vertical bar_standard" in skipped["reason"]
+
+
+def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, caplog):
+    from chartwiz_hf.cli import main
+
+    root = str(tmp_path / "aihub")
+    write_chart(root, "train", "pie_standard", "a")
+    write_chart(root, "train", "pie_standard", "broken", raw_json="{not json")
+    write_chart(root, "test", "line_standard", "b")
+
+    def conversation(conversation_id, image, answer, question="<image>\n값은?"):
+        turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        return {"id": conversation_id, "image": image, "conversations": turns}
+
+    qa = [
+        conversation("dup", "a.jpg", "처음 답"),
+        conversation("other", "a.jpg", "다른 답"),
+        conversation("dup", "a.jpg", "나중 답"),
+        conversation("dup", "a.jpg", "또 나중 답"),
+        conversation("b", "b.jpg", "", question="   "),  # the test split's only conversation has nothing to ask
+    ]
+    gpt_file = tmp_path / "qa.jsonl"
+    gpt_file.write_text("\n".join(json.dumps(item, ensure_ascii=False) for item in qa) + "\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    argv = ["data", "build", "--data-dir", root, "--gpt", str(gpt_file), "--out", out, "--num-proc", "2"]
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--configs", "gpt", "finetune"]) == 0
+    printed = capsys.readouterr().out
+
+    rows = load_dataset(out, "gpt", split="train")
+    answers = {row["id"]: row["completion"][0]["content"] for row in rows}
+    assert answers == {"dup-1": "처음 답", "other-1": "다른 답"}, "the first conversation of an id is kept"
+    report = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
+    repeated = [entry for entry in report["skipped"] if "repeats" in entry["reason"]]
+    assert [entry["source"] for entry in repeated] == [f"{gpt_file}:3", f"{gpt_file}:4"]
+    assert all(f"the first, {gpt_file}:1, is kept" in entry["reason"] for entry in repeated)
+    assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "written": 2, "skipped": 2}
+
+    # A split that loses every record is a warning in the log, the report, the card and the closing lines.
+    (warning,) = report["warnings"]
+    assert warning["config"] == "gpt" and warning["split"] == "test"
+    assert warning["message"].startswith("gpt/test is empty: all 1 records were skipped (e.g. ")
+    assert warning["message"] in caplog.text and f"warning: {warning['message']}" in printed
+    assert warning["message"] in open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    # The closing line counts records: the broken chart is one entry standing for its three finetune rows.
+    records = 2 + 1 + 3
+    assert len(report["skipped"]) == 4
+    assert f"{records} skipped records are listed with their reasons in {out}/build_report.json (4 entries)" in printed

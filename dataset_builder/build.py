@@ -3,6 +3,7 @@
 import collections
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -66,11 +67,22 @@ def parquet_tables(parquet_files: list[str], batch_size: int = 256) -> Iterator[
             yield pa.Table.from_batches([batch], schema=parquet.schema_arrow)
 
 
-def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str, embed_images: bool) -> list[str]:
+def _content_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def write_parquet_shards(
+    tables: Iterable[pa.Table], directory: str, split: str, embed_images: bool, name_by_content: bool = False
+) -> list[str]:
     """
-    Writes a split's tables as `<split>-0000i-of-0000n.parquet`. With `embed_images` the image bytes go into the
-    shards (as the Hub wants) and shards are cut by size; without, rows point at the image files, stored once.
-    Shards are renamed into place only when complete.
+    Writes a split's tables as `<split>-0000i-of-0000n.parquet` (with `name_by_content`,
+    `<split>-0000i-of-0000n-<sha256 prefix>.parquet`: shards of another content never take an existing shard's name).
+    With `embed_images` the image bytes go into the shards (as the Hub wants) and shards are cut by size; without,
+    rows point at the image files, stored once. Shards are renamed into place only when complete.
     """
     os.makedirs(directory, exist_ok=True)
     pending, writer, rows, size = [], None, 0, 0
@@ -93,7 +105,8 @@ def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str,
         writer.close()
     final = []
     for index, path in enumerate(pending):
-        target = os.path.join(directory, f"{split}-{index:05d}-of-{len(pending):05d}.parquet")
+        suffix = f"-{_content_hash(path)}" if name_by_content else ""
+        target = os.path.join(directory, f"{split}-{index:05d}-of-{len(pending):05d}{suffix}.parquet")
         os.replace(path, target)
         final.append(target)
     return final
@@ -146,7 +159,11 @@ def _stage_shards(configs, splits, data_dir, gpt_files, work_dir, staging_dir, n
         for split in splits:
             arrow_files = sorted(glob.glob(os.path.join(arrow_dir, f"*-{split}*.arrow")))
             staged = write_parquet_shards(
-                arrow_tables(arrow_files), os.path.join(staging_dir, config), split, embed_images=False
+                arrow_tables(arrow_files),
+                os.path.join(staging_dir, config),
+                split,
+                embed_images=False,
+                name_by_content=True,
             )
             shards[config][split] = [os.path.relpath(path, staging_dir) for path in staged]
     return shards
@@ -364,9 +381,14 @@ def build_dataset(
             with open(card_path, "w", encoding="utf-8") as file:
                 file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
             with _interrupts_deferred():
+                # Crash-consistent at every step, a SIGKILL included: the new shards come in beside the old ones
+                # (their names hold their content's hash), the card that `load_dataset` reads switches from the old
+                # set to the new one in one rename, and only then do the old shards go. Before the card's rename the
+                # folder loads as the previous build, after it as this one; leftovers go with the next build.
                 _swap_in(output_dir, staging_dir, configs)
                 os.replace(report_path, os.path.join(output_dir, REPORT_NAME))
                 os.replace(card_path, os.path.join(output_dir, "README.md"))
+                _remove_unlisted_shards(output_dir, report)
         if os.path.exists(os.path.join(output_dir, FAILED_REPORT_NAME)):
             os.remove(os.path.join(output_dir, FAILED_REPORT_NAME))
         if push_to_hub:
@@ -375,14 +397,29 @@ def build_dataset(
 
 
 def _swap_in(output_dir: str, staging_dir: str, configs: list[str]) -> None:
-    """Moves the staged shards of `configs` into place, replacing their previous shards."""
+    """
+    Moves the staged shards of `configs` into place beside their previous shards, which the card in place still
+    names: a shard of the same name has the same content.
+    """
     for config in configs:
         final_dir = os.path.join(output_dir, config)
         os.makedirs(final_dir, exist_ok=True)
-        for old in glob.glob(os.path.join(final_dir, "*.parquet")):
-            os.remove(old)
-        for path in glob.glob(os.path.join(staging_dir, config, "*.parquet")):
+        for path in sorted(glob.glob(os.path.join(staging_dir, config, "*.parquet"))):
             os.replace(path, os.path.join(final_dir, os.path.basename(path)))
+
+
+def _remove_unlisted_shards(output_dir: str, report: dict) -> None:
+    """Deletes the shards that `report` (the build the card names) does not list: older builds', killed ones'."""
+    listed = {
+        os.path.normpath(path)
+        for by_split in report["counts"].values()
+        for counts in by_split.values()
+        for path in counts["files"]
+    }
+    for config in BUILT_CONFIGS:
+        for path in glob.glob(os.path.join(output_dir, config, "*.parquet")):
+            if os.path.normpath(os.path.relpath(path, output_dir)) not in listed:
+                os.remove(path)
 
 
 def _parquet_rows(output_dir: str, paths: list[str]) -> int:

@@ -17,12 +17,13 @@ from .builder import _DESCRIPTION, _LICENSE, CONFIG_TASKS, FEATURES
 
 
 def _data_files(report: dict, config: str) -> list[dict]:
+    # The shards by name, not by a pattern: a folder in the middle of a rebuild holds two sets side by side, and the
+    # card names the one it describes.
     entries = []
     for split in ("train", "test"):
         paths = []
         for part in CONFIG_TASKS[config]:
-            if report["counts"].get(part, {}).get(split, {}).get("files"):
-                paths.append(f"{part}/{split}-*.parquet")
+            paths.extend(report["counts"].get(part, {}).get(split, {}).get("files", []))
         if paths:
             entries.append({"split": split, "paths": paths})
     return entries

@@ -200,8 +200,10 @@ def test_images_are_stored_once_locally(messy_tree, tmp_path):
 
     root, gpt_file, _ = messy_tree
     out = str(tmp_path / "out")
-    build_dataset(root, out, configs=["finetune"])
-    table = pq.read_table(os.path.join(out, "finetune", "train-00000-of-00001.parquet"))
+    report = build_dataset(root, out, configs=["finetune"])
+    (shard,) = report["counts"]["finetune"]["train"]["files"]
+    assert shard.startswith("finetune/train-00000-of-00001-") and shard.endswith(".parquet")
+    table = pq.read_table(os.path.join(out, shard))
     images = table.column("image").to_pylist()
     assert all(image["bytes"] is None and os.path.isabs(image["path"]) for image in images)
 
@@ -622,7 +624,7 @@ def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, c
     assert answers == {"dup-1": "처음 답", "other-1": "다른 답"}, "the first conversation of an id is kept"
     report = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
     repeated = [entry for entry in report["skipped"] if "repeats" in entry["reason"]]
-    assert [entry["source"] for entry in repeated] == [f"{gpt_file}:3", f"{gpt_file}:4"]
+    assert sorted(entry["source"] for entry in repeated) == [f"{gpt_file}:3", f"{gpt_file}:4"]
     assert all(f"the first, {gpt_file}:1, is kept" in entry["reason"] for entry in repeated)
     assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "written": 2, "skipped": 2}
 
@@ -636,3 +638,83 @@ def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, c
     records = 2 + 1 + 3
     assert len(report["skipped"]) == 4
     assert f"{records} skipped records are listed with their reasons in {out}/build_report.json (4 entries)" in printed
+
+
+_KILLED_IN_THE_SWAP = """
+import os, signal, sys
+
+import dataset_builder.build as build
+
+raw, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+replace, renames = os.replace, []
+
+
+def replace_then_die(source, target):
+    replace(source, target)
+    inside = os.path.relpath(target, out)
+    if not inside.startswith(os.pardir) and ".build-" not in inside:  # a rename into the output folder: the swap
+        renames.append(inside)
+        if len(renames) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+build.os.replace = replace_then_die
+build.build_dataset(raw, out, configs=["pretrain", "finetune"], num_proc=1)
+print(len(renames))
+"""
+
+
+def test_a_kill_between_any_two_renames_of_the_swap_leaves_one_whole_build(tmp_path):
+    import subprocess
+    import sys
+
+    def rows(config, cache):
+        split = load_dataset(out, config, split="train", cache_dir=str(tmp_path / cache))
+        return sorted((row["id"], row["completion"][0]["content"]) for row in split)
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    write_chart(raw, "test", "line_standard", "t1")
+    build_dataset(raw, out, configs=["pretrain", "finetune"], num_proc=1)
+    old = {config: rows(config, "cache-old") for config in ("pretrain", "finetune")}
+    one_chart_tree(raw, 7)
+    write_chart(raw, "train", "pie_standard", "c2")
+
+    kill_after, finished = 1, None
+    while finished is None:
+        work = tmp_path / f"kill-{kill_after}"
+        shutil.copytree(out, work / "charts")
+        result = subprocess.run(
+            [sys.executable, "-c", _KILLED_IN_THE_SWAP, raw, str(work / "charts"), str(kill_after)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode == 0:  # fewer renames than `kill_after`: the whole swap ran
+            finished = int(result.stdout.strip().splitlines()[-1])
+            break
+        assert result.returncode == -9, result.stderr[-2000:]
+        # Killed after `kill_after` renames: the folder loads as one build, the old or the new, never a mix.
+        loaded = {}
+        for config in ("pretrain", "finetune"):
+            split = load_dataset(str(work / "charts"), config, split="train", cache_dir=str(work / "cache"))
+            loaded[config] = sorted((row["id"], row["completion"][0]["content"]) for row in split)
+        assert loaded == old or (
+            sorted(i for i, _ in loaded["pretrain"]) == ["c1", "c2"] and len(loaded["finetune"]) == 6
+        ), f"killed after rename {kill_after}: {loaded}"
+        new_card = "c2" in str(loaded)
+        # The next build completes the swap and leaves no shard the card does not name.
+        build_dataset(raw, str(work / "charts"), configs=["pretrain", "finetune"], num_proc=1)
+        report = json.load(open(work / "charts" / "build_report.json", encoding="utf-8"))
+        listed = sorted(
+            path for by_split in report["counts"].values() for c in by_split.values() for path in c["files"]
+        )
+        on_disk = sorted(
+            os.path.relpath(os.path.join(folder, name), work / "charts")
+            for folder, _, names in os.walk(work / "charts")
+            for name in names
+            if name.endswith(".parquet")
+        )
+        assert on_disk == listed, f"killed after rename {kill_after} (card switched: {new_card})"
+        kill_after += 1
+    # Shards of both splits of both configs, the report and the card: every kill point was tried.
+    assert finished == kill_after - 1 >= 6

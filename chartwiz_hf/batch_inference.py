@@ -19,6 +19,7 @@ from dataset_builder.aihub import CHART_TYPE_FOLDERS, BadRecord, find_in_image_f
 
 from .fingerprints import ContentDigests, changed_files, describe_changes, digest, model_fingerprints
 from .inference import (
+    IMAGE_TOKEN,
     context_length,
     generate_answers,
     load_chart_image,
@@ -72,24 +73,32 @@ class Question:
     source: str = ""
     record: int = 0
     error: Optional[str] = None
+    repeats: Optional[str] = None
 
     @property
     def key(self) -> tuple:
-        """What identifies the question in the answers and errors files: `(id, turn)`, or its source without an id."""
-        return (self.id, self.turn) if self.id is not None else (None, self.turn, self.source)
+        """
+        What identifies the question in the answers and errors files: `(id, turn)`, or its source where it has no id
+        or repeats an earlier question's (`repeats`: where that one is).
+        """
+        if self.id is None or self.repeats is not None:
+            return (None, self.turn, self.source)
+        return (self.id, self.turn)
 
 
 def _key_of_row(row: dict) -> tuple:
-    return (row["id"], row.get("turn")) if row.get("id") is not None else (None, row.get("turn"), row.get("source"))
+    if row.get("id") is None or row.get("repeats") is not None:
+        return (None, row.get("turn"), row.get("source"))
+    return (row["id"], row.get("turn"))
 
 
 def _mark_duplicates(questions: list[Question]) -> list[Question]:
-    """A question whose (id, turn) came before is a bad record (without the id, so that its key is its own)."""
+    """A question whose (id, turn) came before is a bad record, keyed by its source: it must not hide the first."""
     first, marked = {}, []
     for question in questions:
         if question.id is not None and question.key in first:
             reason = f"id {question.id!r} turn {question.turn} appears again (first at {first[question.key]})"
-            question = replace(question, id=None, error=reason)
+            question = replace(question, error=reason, repeats=first[question.key])
         elif question.id is not None:
             first[question.key] = question.source
         marked.append(question)
@@ -99,10 +108,10 @@ def _mark_duplicates(questions: list[Question]) -> list[Question]:
 # Reading the inputs
 
 
-def _iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
+def iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
     """
     (source, record) for each record of a JSON file (an array, or one object) or a JSON Lines file (also when named
-    `.json`, as LLaVA question files often are); a line that does not parse comes as `_Unreadable`.
+    `.json`, as LLaVA question files often are); a line that does not parse comes as `Unreadable`.
     """
     name = os.path.basename(path)
     try:
@@ -128,17 +137,32 @@ def _iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
         try:
             yield f"{name}:{number}", json.loads(line)
         except json.JSONDecodeError as error:
-            yield f"{name}:{number}", _Unreadable(f"JSON does not parse: {error}")
+            yield f"{name}:{number}", Unreadable(f"JSON does not parse: {error}")
 
 
 @dataclass(frozen=True)
-class _Unreadable:
+class Unreadable:
+    """A record of a JSON Lines file that does not parse, and why."""
+
     reason: str
 
 
 def _chart_type_of(image: str) -> Optional[str]:
     # The AI-Hub folder an image sits in is authoritative for its chart type (docs/aihub-format.md).
     return _AIHUB_IMAGE_FOLDERS.get(os.path.basename(os.path.dirname(image)))
+
+
+def _without_placeholder(text: str) -> str:
+    """
+    A LLaVA question without the `<image>` that marks the chart's place at its start or end. One anywhere else stays,
+    so that the question is refused as `chartwiz ask` refuses it, rather than asked with the placeholder dropped.
+    """
+    text = text.strip()
+    if text.startswith(IMAGE_TOKEN):
+        text = text[len(IMAGE_TOKEN) :]
+    elif text.endswith(IMAGE_TOKEN):
+        text = text[: -len(IMAGE_TOKEN)]
+    return text.strip()
 
 
 def _conversation_turns(messages: Any) -> list[tuple[str, Optional[str]]]:
@@ -152,7 +176,7 @@ def _conversation_turns(messages: Any) -> list[tuple[str, Optional[str]]]:
         if speaker not in ("human", "gpt") or not isinstance(value, (str, type(None))):
             raise ValueError(f"conversations[{index}] is not a {{'from': 'human' or 'gpt', 'value': text}} message")
         if speaker == "human":
-            turns.append([(value or "").replace("<image>", "").strip(), None])
+            turns.append([_without_placeholder(value or ""), None])
         elif not turns or turns[-1][1] is not None:
             raise ValueError(f"conversations[{index}] comes from 'gpt' but does not follow a question from 'human'")
         else:
@@ -173,7 +197,7 @@ def read_question_file(path: str) -> list[Question]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such question file")
     questions = []
-    for record_index, (source, record) in enumerate(_iter_json_records(path)):
+    for record_index, (source, record) in enumerate(iter_json_records(path)):
         questions.extend(_record_questions(record, source, record_index))
     return _mark_duplicates(questions)
 
@@ -182,7 +206,7 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
     def bad(reason, record_id=None, turn=None):
         return [Question(record_id, turn, "", source=source, record=record_index, error=reason)]
 
-    if isinstance(record, _Unreadable):
+    if isinstance(record, Unreadable):
         return bad(record.reason)
     if not isinstance(record, dict):
         return bad(f"a record must be a JSON object, got {type(record).__name__}")
@@ -198,7 +222,7 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
             turns = _conversation_turns(record["conversations"])
         elif "text" in record:
             answer = record.get("answer")
-            turns = [(str(record["text"] or "").replace("<image>", "").strip(), answer if answer else None)]
+            turns = [(_without_placeholder(str(record["text"] or "")), answer if answer else None)]
         else:
             raise ValueError("the record needs 'conversations' (LLaVA messages) or 'text' (one question)")
     except ValueError as error:
@@ -337,7 +361,9 @@ def select_chunk(questions: Sequence[Question], num_chunks: int, chunk_idx: int)
     The questions of chunk `chunk_idx` of `num_chunks`: contiguous runs of records whose sizes differ by at most
     one, so a conversation is never split and the chunks together are exactly the input.
     """
-    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+    if num_chunks < 1:
+        raise ValueError(f"--num-chunks must be at least 1, got {num_chunks}")
+    if not 0 <= chunk_idx < num_chunks:
         raise ValueError(f"--chunk-idx must be in 0..{num_chunks - 1} for --num-chunks {num_chunks}, got {chunk_idx}")
     records = max((question.record for question in questions), default=-1) + 1
     start, end = chunk_idx * records // num_chunks, (chunk_idx + 1) * records // num_chunks
@@ -839,6 +865,8 @@ def run_inference(
                 summary.errors += 1
                 summary.error_kinds[kind] = summary.error_kinds.get(kind, 0) + 1
                 row = {"id": question.id, "turn": question.turn, "source": question.source, "reason": reason}
+                if question.repeats is not None:
+                    row["repeats"] = question.repeats
                 rows.append({**row, "fingerprint": fingerprint_of[question.key]})
             errors_file.write(rows)
             bar.update(len(rows))
@@ -1013,10 +1041,12 @@ __all__ = [
     "DatasetImages",
     "ImageFolder",
     "InferenceSummary",
+    "Unreadable",
     "JsonlAppender",
     "MergeSummary",
     "Question",
     "check_settings",
+    "iter_json_records",
     "load_model_for_inference",
     "merge_shards",
     "output_paths",

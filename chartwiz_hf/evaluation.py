@@ -16,6 +16,8 @@ from .batch_inference import (
     DatasetImages,
     InferenceSummary,
     Question,
+    Unreadable,
+    iter_json_records,
     load_model_for_inference,
     output_paths,
     read_dataset_questions,
@@ -66,37 +68,34 @@ class Prediction:
 
 def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
     """
-    The predictions of a JSON Lines file (`id`, `task`, `chart_type` (may be empty or absent), `prediction`,
-    `reference`), and `{"line": n, "reason": ...}` for each line that cannot be scored (it does not parse, lacks a
-    field, names an unknown task or repeats an id); blank lines are ignored.
+    The predictions of a JSON Lines file or a JSON array, read as `chartwiz infer` reads its inputs (`id`, `task`,
+    `chart_type` (may be empty or absent), `prediction`, `reference`), and `{"source": "file:line", "reason": ...}`
+    for each record that cannot be scored (it does not parse, lacks a field, names an unknown task or repeats an
+    id); blank lines are ignored.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such predictions file")
     predictions, skipped, seen = [], [], set()
-    with open(path, encoding="utf-8-sig") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                prediction = _prediction_from_json(line)
-            except ValueError as error:
-                skipped.append({"line": number, "reason": str(error)})
-                continue
-            if prediction.id in seen:
-                skipped.append({"line": number, "id": prediction.id, "reason": f"id {prediction.id!r} repeats"})
-                continue
-            seen.add(prediction.id)
-            predictions.append(prediction)
+    for source, record in iter_json_records(path):
+        try:
+            prediction = _prediction_from_record(record)
+        except ValueError as error:
+            skipped.append({"source": source, "reason": str(error)})
+            continue
+        if prediction.id in seen:
+            skipped.append({"source": source, "id": prediction.id, "reason": f"id {prediction.id!r} repeats"})
+            continue
+        seen.add(prediction.id)
+        predictions.append(prediction)
     return predictions, skipped
 
 
-def _prediction_from_json(line: str) -> Prediction:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"JSON does not parse: {error}") from None
+def _prediction_from_record(record) -> Prediction:
+    if isinstance(record, Unreadable):
+        raise ValueError(record.reason)
     if not isinstance(record, dict):
-        raise ValueError("a line should hold a JSON object")
+        raise ValueError("a record should be a JSON object")
+    record = dict(record)
     record.setdefault("chart_type", "")
     if record["chart_type"] is None:
         record["chart_type"] = ""
@@ -362,9 +361,16 @@ def score_run(
     target = os.path.join(out_dir, PREDICTIONS_FILE)
     source = predictions_path or target
     predictions, bad_lines = read_predictions(source)
+    if predictions_path is not None and not predictions:
+        example = f": {bad_lines[0]['source']}: {bad_lines[0]['reason']}" if bad_lines else ""
+        raise ValueError(
+            f"{source} holds no prediction to score ({len(bad_lines)} records could not be read{example})."
+        )
     os.makedirs(out_dir, exist_ok=True)
     if predictions_path is not None and os.path.abspath(source) != os.path.abspath(target):
         content = _read_text(source)
+        if content.lstrip()[:1] == "[" and not source.endswith(".jsonl"):  # a JSON array, kept as JSON Lines
+            content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in iter_json_records(source))
         if os.path.exists(target) and _read_text(target) != content:
             raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
         with open(target, "w", encoding="utf-8") as copy:
@@ -473,7 +479,26 @@ def render_report(metrics: dict) -> str:
     lines += ["", "All metrics in percent. `rms_f1` is the mean of each table's F1 (see docs/metrics.md)."]
     if metrics.get("bleu_signature"):
         lines.append(f"BLEU: sacrebleu `{metrics['bleu_signature']}`.")
-    lines += ["", "## By task", ""]
+    if by_task:
+        lines += _score_tables(metrics)
+    else:
+        lines += ["", "No row was scored: every one was skipped (listed below).", ""]
+    if metrics["skipped"]:
+        lines += ["## Skipped", ""]
+        for entry in metrics["skipped"]:
+            if "file" in entry:  # a record of the predictions file
+                where = f"`{entry['source']}`"
+            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
+                named_by_id = entry.get("id") is not None and entry.get("repeats") is None
+                where = f"`{entry['id'] if named_by_id else entry.get('source')}`"
+            lines.append(f"- {where}: {entry['reason']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _score_tables(metrics: dict) -> list[str]:
+    """The report's table by task and its tables by chart type, one per task."""
+    by_task, lines = metrics["by_task"], ["", "## By task", ""]
     columns = list(dict.fromkeys(metric for task in by_task for metric in TASK_METRICS[task]))
     lines.append("| task | n | " + " | ".join(columns) + " |")
     lines.append("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
@@ -490,16 +515,7 @@ def render_report(metrics: dict) -> str:
                 cells = [_format(tasks[task][metric]) for metric in TASK_METRICS[task]]
                 lines.append(f"| {chart_type} | {tasks[task]['n']} | " + " | ".join(cells) + " |")
         lines.append("")
-    if metrics["skipped"]:
-        lines += ["## Skipped", ""]
-        for entry in metrics["skipped"]:
-            if "line" in entry:
-                where = f"line {entry['line']}"
-            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
-                where = f"`{entry['id'] if entry.get('id') is not None else entry.get('source')}`"
-            lines.append(f"- {where}: {entry['reason']}")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 _FONT_FAMILY = None

@@ -70,7 +70,11 @@ def add_data_commands(commands) -> None:
     build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    build.set_defaults(func=_build, prog=build.prog)
+    build.set_defaults(
+        func=_build,
+        prog=build.prog,
+        interrupt_hint="the output folder keeps its previous build; run the same command again to build",
+    )
 
     synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
     synth.add_argument("out", help="output directory")

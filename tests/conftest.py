@@ -109,3 +109,26 @@ def damaged_checkpoint(source: str, target, drop: int = 0, reshape: int = 0, ext
         weights[f"model.unused_{index}.weight"] = torch.zeros(2)
     save_file(weights, os.path.join(target, "model.safetensors"), metadata={"format": "pt"})
     return names[: drop + reshape]
+
+
+def ctrl_c_when(script: str, argv: list, ready, settle: float = 0.0) -> str:
+    """
+    Runs `python -c script *argv` as a terminal's foreground job (its own process group), waits until `ready()`
+    holds, sends SIGINT to the whole group as Ctrl-C does, and returns the last line of its stderr after checking
+    that it ended with status 130 and no traceback.
+    """
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *argv], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 600  # the start of a process is slow on a busy machine
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.02)
+    time.sleep(settle)
+    assert process.poll() is None, process.stderr.read()
+    os.killpg(process.pid, signal.SIGINT)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in errors, errors[-3000:]
+    return errors.strip().splitlines()[-1]

@@ -11,7 +11,7 @@ from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
 from dataset_builder.synth import generate
 
-from .conftest import draw_chart
+from .conftest import ctrl_c_when, draw_chart
 
 
 def write_chart(root, split, folder, stem, annotation=None, image="ok", raw_json=None):
@@ -718,3 +718,39 @@ def test_a_kill_between_any_two_renames_of_the_swap_leaves_one_whole_build(tmp_p
         kill_after += 1
     # Shards of both splits of both configs, the report and the card: every kill point was tried.
     assert finished == kill_after - 1 >= 6
+
+
+_SLOW_BUILD = """
+import sys, time
+
+import dataset_builder.builder as builder
+
+check_image = builder.check_image
+
+
+def slow_check_image(path):
+    time.sleep(0.5)  # long enough for the test to interrupt the build in the middle
+    return check_image(path)
+
+
+builder.check_image = slow_check_image
+from chartwiz_hf.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_in_a_build_is_one_line_and_keeps_the_previous_build(tmp_path):
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"], num_proc=1)
+    for index in range(8):
+        write_chart(raw, "train", "pie_standard", f"p{index}")
+    argv = ["data", "build", "--data-dir", raw, "--out", out, "--configs", "pretrain", "--num-proc", "1"]
+    # Two seconds into the charts once the build has started staging.
+    last_line = ctrl_c_when(_SLOW_BUILD, argv, lambda: any(n.startswith(".build-") for n in os.listdir(out)), 2.0)
+    assert last_line == (
+        "chartwiz data build: interrupted; the output folder keeps its previous build; run the same command again to "
+        "build"
+    )
+    assert load_dataset(out, "pretrain", split="train")["id"] == ["c1"]
+    assert not [name for name in os.listdir(out) if name.startswith(".build-")]

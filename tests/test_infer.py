@@ -11,7 +11,7 @@ from chartwiz_hf.batch_inference import ImageFolder, read_jsonl, read_question_f
 from chartwiz_hf.cli import main
 from chartwiz_hf.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
 
-from .conftest import draw_chart
+from .conftest import ctrl_c_when, draw_chart
 
 
 MAX_NEW_TOKENS = 6
@@ -254,6 +254,8 @@ def test_select_chunk_covers_the_input_once_for_any_split(question_set):
         assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError, match="--chunk-idx must be in 0..2"):
         select_chunk(questions, 3, 3)
+    with pytest.raises(ValueError, match="^--num-chunks must be at least 1, got 0$"):
+        select_chunk(questions, 0, 0)
 
 
 def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tiny_dir, tmp_path, capsys):
@@ -293,8 +295,9 @@ def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tiny_dir, tmp_pat
     assert "does not follow a question from 'human'" in reasons[("order", 1)]
     assert "nowhere.png" in reasons[("chain", 1)] and "turn 1, context of this one" in reasons[("chain", 2)]
     unkeyed = sorted(row["reason"] for row in errors if row["id"] is None)
-    assert len(unkeyed) == 3
-    assert "JSON does not parse" in unkeyed[0] and "appears again" in unkeyed[1] and "missing field 'id'" in unkeyed[2]
+    assert len(unkeyed) == 2 and "JSON does not parse" in unkeyed[0] and "missing field 'id'" in unkeyed[1]
+    (again,) = [row for row in errors if row.get("repeats")]
+    assert again["id"] == "good" and "appears again (first at questions.jsonl:1)" in again["reason"]
     assert len(errors) == len(records) + 1
     printed = capsys.readouterr().out
     assert f"1 answered, {len(errors)} bad records" in printed
@@ -486,3 +489,39 @@ def test_shards_of_other_settings_do_not_merge_and_the_setting_is_named(tiny_dir
     assert main(["infer", "--merge", *map(str, shards), "--answers", str(tmp_path / "merged.jsonl")]) == 2
     error = capsys.readouterr().err
     assert "made with other settings" in error and "max_new_tokens: 6 there, 3 here" in error
+
+
+def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tiny_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    draw_chart().save(images / "chart.png")
+    records = [
+        {"id": "start", "image": "chart.png", "text": "<image>\n가장 큰 값은?"},
+        {"id": "end", "image": "chart.png", "text": "가장 큰 값은?\n<image>"},
+        {"id": "middle", "image": "chart.png", "text": "이 <image> 차트의 합계는?"},
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    answers, rows = answers_by_key(out)
+    assert sorted(answers) == [("end", 1), ("start", 1)]
+    assert {row["question"] for row in rows} == {"가장 큰 값은?"}
+    (error,) = read_jsonl(str(tmp_path / "answers.errors.jsonl"))
+    assert error["id"] == "middle" and "The question contains <image>" in error["reason"]
+
+
+def test_ctrl_c_ends_with_one_line_and_the_run_continues_after_it(tiny_dir, question_set, expected, tmp_path):
+    questions, images, _ = question_set
+    out = tmp_path / "answers.jsonl"
+    argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(images)]
+    argv += ["--answers", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "2", "--no-progress"]
+    last_line = ctrl_c_when(_SLOW_RUN, argv, lambda: out.exists() and out.read_bytes().count(b"\n") >= 2)
+    assert last_line == (
+        "chartwiz infer: interrupted; the answers so far are saved: run the same command again to continue where it "
+        "stopped"
+    )
+    done = len(read_jsonl(str(out)))
+    assert 2 <= done < len(expected)
+    assert infer(tiny_dir, questions, images, out, "--batch-size", "2") == 0
+    assert answers_by_key(out)[0] == expected

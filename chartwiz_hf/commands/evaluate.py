@@ -78,4 +78,8 @@ def register(subcommands) -> None:
         default=DEFAULT_BLEU_TOKENIZE,
         help="sacrebleu tokenizer for BLEU: intl (default), 13a, char, or ko-mecab with `pip install sacrebleu[ko]`",
     )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(
+        func=run,
+        prog=parser.prog,
+        interrupt_hint="the answers so far are saved: run the same command again to continue where it stopped",
+    )

@@ -183,4 +183,8 @@ def register(subcommands) -> None:
     parser.add_argument(
         "--merge", nargs="+", metavar="SHARD", help="answers files of the shards to join into --answers"
     )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(
+        func=run,
+        prog=parser.prog,
+        interrupt_hint="the answers so far are saved: run the same command again to continue where it stopped",
+    )

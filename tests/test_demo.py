@@ -277,13 +277,20 @@ def test_the_demo_process_is_its_server_and_stopping_it_stops_the_page(tiny_dir,
     assert "Traceback" not in demo.stdout.read()
 
 
-def test_a_model_that_cannot_load_stops_the_command_before_any_server(tmp_path):
-    port = free_port()
-    demo = start_demo(str(tmp_path / "nonexistent"), port)
-    output, _ = demo.communicate(timeout=300)
-    assert demo.returncode == 2 and health(port) is None
-    assert output.strip().splitlines()[-1] == f"chartwiz demo: error: {tmp_path / 'nonexistent'}: no such directory."
-    assert "Traceback" not in output and "You can now view" not in output
+def test_a_model_that_cannot_load_stops_the_command_before_any_server(tiny_dir, tmp_path):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    damaged_checkpoint(tiny_dir, broken, drop=1)
+    missing = str(tmp_path / "nonexistent")
+    for model, message in ((missing, f"{missing}: no such directory."), (broken, "the weights do not fit the model")):
+        port = free_port()
+        demo = start_demo(model, port)
+        output, _ = demo.communicate(timeout=300)
+        assert demo.returncode == 2 and health(port) is None
+        last = output.strip().splitlines()[-1]
+        assert last.startswith("chartwiz demo: error: ") and message in last
+        assert "Traceback" not in output and "You can now view" not in output
 
 
 class RecordingPlaceholder:

@@ -16,9 +16,9 @@ def read_config_dict(name_or_path: str | os.PathLike, **kwargs) -> dict:
         name_or_path (`str` or `os.PathLike`): a local directory or a Hub repo id.
         kwargs: `from_pretrained`'s Hub arguments (`revision`, `token`, `subfolder`...); others are ignored.
     """
+    from huggingface_hub import constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     from transformers import PretrainedConfig
-    from transformers.utils import is_offline_mode
 
     name = os.fspath(name_or_path)
     if os.path.isfile(name):
@@ -36,7 +36,7 @@ def read_config_dict(name_or_path: str | os.PathLike, **kwargs) -> dict:
     except OSError as error:
         if is_local:
             raise OSError(f"{name}: {error}") from None
-        if is_offline_mode():
+        if constants.HF_HUB_OFFLINE:
             raise OSError(f"{name}: no such directory (and no Hub lookup: HF_HUB_OFFLINE is set).") from None
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise OSError(f"{name}: no such directory, and no Hub repo of that name could be read: {reason}") from None

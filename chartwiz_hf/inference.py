@@ -314,7 +314,7 @@ def load_chartwiz(
     a one-line `ValueError` or `OSError` rather than a traceback, a download attempt or random weights.
     """
     from safetensors import SafetensorError
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from .checkpoints import from_pretrained_complete
 
@@ -333,17 +333,26 @@ def load_chartwiz(
         model = PeftModel.from_pretrained(model, adapter)
     if device is not None:
         model = model.to(device)
-    # AutoImageProcessor advises a fast image processor, which ChartWiz does not have; `use_fast=False` would quiet it
-    # but also reach AutoTokenizer and pick a slow tokenizer where one exists, which may split text differently from
-    # the fast one used in training. Quiet the advice alone.
+    return model.eval(), load_processor(model_name_or_path, **kwargs)
+
+
+def load_processor(model_name_or_path: str, **kwargs):
+    """
+    The processor of a checkpoint with its fast tokenizer, the one way training, merging and answering load it: a
+    slow SentencePiece twin splits text differently around special tokens, so a model would answer on other ids than
+    it was trained on. `kwargs`: the Hub arguments of `from_pretrained` (`revision`, `trust_remote_code`...).
+    """
+    from transformers import AutoProcessor
+
+    # transformers 4.57's AutoImageProcessor advises a fast image processor, which ChartWiz does not have;
+    # `use_fast=False` would quiet it but also reach AutoTokenizer and pick the slow tokenizer. Quiet the advice alone.
     advice = logging.getLogger("transformers.models.auto.image_processing_auto")
     level = advice.level
     advice.setLevel(logging.ERROR)
     try:
-        processor = AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
+        return AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
     finally:
         advice.setLevel(level)
-    return model.eval(), processor
 
 
 __all__ = [
@@ -359,6 +368,7 @@ __all__ = [
     "generate_answers",
     "load_chart_image",
     "load_chartwiz",
+    "load_processor",
     "prepare_inputs",
     "prompt_length",
 ]

@@ -109,9 +109,10 @@ def merge_adapter(
         The merged `ChartWizForConditionalGeneration`.
     """
     from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from .checkpoints import from_pretrained_complete
+    from .inference import load_processor
 
     for source in (base_model_name_or_path, adapter_name_or_path):
         if _same_path(source, output_dir):
@@ -145,9 +146,9 @@ def merge_adapter(
         os.path.isfile(os.path.join(adapter_name_or_path, "preprocessor_config.json"))
     )
     if adapter_has_processor:
-        processor = AutoProcessor.from_pretrained(adapter_name_or_path, use_fast=False)
+        processor = load_processor(adapter_name_or_path)
     else:
-        processor = AutoProcessor.from_pretrained(base_model_name_or_path, revision=revision, use_fast=False)
+        processor = load_processor(base_model_name_or_path, revision=revision)
     processor.save_pretrained(output_dir)
     logger.info("Merged %s into %s: %s", adapter_name_or_path, base_model_name_or_path, output_dir)
     return merged

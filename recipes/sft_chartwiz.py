@@ -40,18 +40,19 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import numpy as np
 import torch
 from datasets import get_dataset_config_names, load_dataset
 from huggingface_hub import ModelCard, ModelCardData
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 from chartwiz_hf.checkpoints import from_pretrained_complete
@@ -62,6 +63,7 @@ from chartwiz_hf.fingerprints import (
     digest,
     tree_fingerprint,
 )
+from chartwiz_hf.inference import load_processor
 from dataset_builder.card import read_build_fingerprint
 
 
@@ -136,6 +138,37 @@ class ChartWizScriptArguments(ScriptArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecipeError(f"{name} must be at least 1, got {value}.")
+
+
+_SFT_CONFIG_FIELDS = {config_field.name for config_field in fields(SFTConfig)}
+
+
+@dataclass
+class ChartWizSFTConfig(SFTConfig):
+    """
+    TRL's `SFTConfig`, with the settings the recipes use under their transformers 4 names on transformers 5 too, whose
+    `TrainingArguments` dropped them: `warmup_ratio` (5 reads a `warmup_steps` below 1 as that ratio),
+    `group_by_length` (done by `ChartWizSFTTrainer`'s seeded length-grouped sampler on either major) and
+    `overwrite_output_dir` (read by this script's run bookkeeping).
+    """
+
+    if "warmup_ratio" not in _SFT_CONFIG_FIELDS:
+        warmup_ratio: float = field(default=0.0, metadata={"help": "Linear warmup over this fraction of the steps."})
+    if "group_by_length" not in _SFT_CONFIG_FIELDS:
+        group_by_length: bool = field(
+            default=False, metadata={"help": "Group rows of similar length into batches (less padding)."}
+        )
+    if "overwrite_output_dir" not in _SFT_CONFIG_FIELDS:
+        overwrite_output_dir: bool = field(
+            default=False, metadata={"help": "Train into an output_dir holding another run, removing its checkpoints."}
+        )
+
+    def __post_init__(self):
+        if "warmup_ratio" not in _SFT_CONFIG_FIELDS and self.warmup_ratio:
+            if not 0 <= self.warmup_ratio < 1:
+                raise RecipeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            self.warmup_steps = self.warmup_ratio
+        super().__post_init__()
 
 
 def check_arguments(script_args, training_args, model_args):
@@ -345,7 +378,8 @@ def load_model_and_processor(model_args, training_args):
         model = from_pretrained_complete(AutoModelForImageTextToText, name, config=config, **model_kwargs)
     except ValueError as error:  # weights missing, unexpected or of another shape
         raise RecipeError(str(error)) from None
-    processor = AutoProcessor.from_pretrained(name, use_fast=False, **hub_kwargs)
+    # The fast tokenizer, as `chartwiz ask`, `infer` and `merge` load it: the ids trained on are the ids answered on.
+    processor = load_processor(name, **hub_kwargs)
     return model, processor
 
 
@@ -428,6 +462,39 @@ def load_chart_splits(script_args, training_args):
     return train_dataset, eval_dataset
 
 
+def tokenizer_prefix(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before any text it encodes: a BOS for Llama and Mistral tokenizers, none for most
+    byte-level BPE ones."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next((index for index in range(len(full)) if full[index : index + len(plain)] == plain), 0)
+    return full[:start]
+
+
+class ChartWizVisionCollator(DataCollatorForVisionLanguageModeling):
+    """
+    TRL's vision collator, with the tokenizer's own prefix (a BOS) in front of each row. TRL tokenizes prompts without
+    special tokens, expecting the chat template to write them; ChartWiz's templates do not, and `chartwiz_hf.inference`
+    encodes prompts as the tokenizer does, BOS included, as the original trained: so training rows get it here.
+    """
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples)
+        prefix = tokenizer_prefix(self.processor.tokenizer)
+        if not prefix:
+            return batch
+        rows = batch["input_ids"].shape[0]
+        # [rows, len(prefix)] before the flushed-left rows
+        ids = torch.tensor(prefix, dtype=batch["input_ids"].dtype).expand(rows, -1)
+        batch["input_ids"] = torch.cat([ids, batch["input_ids"]], dim=1)
+        batch["attention_mask"] = torch.cat([torch.ones_like(ids), batch["attention_mask"]], dim=1)
+        batch["labels"] = torch.cat([torch.full_like(ids, -100), batch["labels"]], dim=1)
+        if self.max_length is not None:
+            for key in ("input_ids", "attention_mask", "labels"):
+                batch[key] = batch[key][:, : self.max_length]
+        return batch
+
+
 class SequenceLengths:
     """
     The token count of each row as TRL's vision collator will build it (chat template, `<image>` expanded to the
@@ -436,6 +503,7 @@ class SequenceLengths:
 
     def __init__(self, processor):
         self.tokenizer = processor.tokenizer
+        self.prefix_length = len(tokenizer_prefix(processor.tokenizer))
         self.chat_template = processor.chat_template
         self.image_token = processor.image_token
         self.image_seq_length = processor.image_seq_length
@@ -455,7 +523,10 @@ class SequenceLengths:
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         completion_ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
         # `<image>` is one token in the text and `image_seq_length` tokens once the processor expands it.
-        prompt_lengths = [len(ids) + count * (self.image_seq_length - 1) for ids, count in zip(prompt_ids, images)]
+        prompt_lengths = [
+            self.prefix_length + len(ids) + count * (self.image_seq_length - 1)
+            for ids, count in zip(prompt_ids, images)
+        ]
         lengths = [length + len(ids) for length, ids in zip(prompt_lengths, completion_ids)]
         return {"prompt_length": prompt_lengths, "length": lengths}
 
@@ -752,6 +823,14 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
+        data_collator=ChartWizVisionCollator(
+            processor=processor,
+            max_length=training_args.max_length,
+            completion_only_loss=True,
+            pad_to_multiple_of=training_args.pad_to_multiple_of,
+            dataset_text_field=training_args.dataset_text_field,
+            assistant_only_loss=training_args.assistant_only_loss,
+        ),
         peft_config=peft_config,
         callbacks=callbacks,
         projector_learning_rate=script_args.projector_learning_rate,
@@ -787,7 +866,7 @@ def main(script_args, training_args, model_args, callbacks=None):
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((ChartWizScriptArguments, SFTConfig, ModelConfig))
+    return TrlParser((ChartWizScriptArguments, ChartWizSFTConfig, ModelConfig))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoModelForVision2Seq,
+    AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     Pix2StructConfig,
     Pix2StructForConditionalGeneration,
-    Pix2StructImageProcessor,
     PreTrainedTokenizerFast,
 )
 
@@ -22,7 +21,7 @@ from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.cli import main
 from chartwiz_hf.tiny import tiny_configs
 
-from .conftest import draw_chart
+from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def pretrained_parts(tmp_path_factory):
         )
     )
     pix2struct.save_pretrained(root / "deplot")
-    Pix2StructImageProcessor(is_vqa=True, max_patches=32).save_pretrained(root / "deplot")
+    pix2struct_image_processor(is_vqa=True, max_patches=32).save_pretrained(root / "deplot")
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,7 +71,7 @@ def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
         ]
     )
     assert code == 0
-    model = AutoModelForVision2Seq.from_pretrained(out).eval()
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
 
     for name, value in pix2struct.encoder.state_dict().items():
@@ -96,6 +95,7 @@ def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=draw_chart(), text=prompt, return_tensors="pt")
     assert model.generate(**inputs, max_new_tokens=2, min_new_tokens=2).shape[1] == inputs["input_ids"].shape[1] + 2
+    assert_same_answers_under_the_other_major(out, tmp_path / "other-major")
 
 
 def test_init_tiny_then_ask_streams_an_answer(tmp_path, capsys):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from datasets import load_dataset
-from transformers import AutoModelForVision2Seq, AutoTokenizer
+from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from chartwiz_hf.cli import main as chartwiz
 from chartwiz_hf.tiny import build_tiny_tokenizer, dataset_corpus
@@ -64,7 +64,7 @@ def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_clas
     for stage in ("pretrain", "finetune"):
         with open(os.path.join(out, f"chartwiz-tiny-{stage}", "train_results.json"), encoding="utf-8") as file:
             assert json.load(file)["train_loss"] > 0
-    model = AutoModelForVision2Seq.from_pretrained(os.path.join(out, "chartwiz-tiny-finetune"))
+    model = AutoModelForImageTextToText.from_pretrained(os.path.join(out, "chartwiz-tiny-finetune"))
     assert model.config.text_config.hidden_size == 128 and model.config.vision_config.hidden_size == 64
 
 

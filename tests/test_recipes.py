@@ -18,14 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModelForVision2Seq, AutoProcessor, TrainerCallback
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
 from chartwiz_hf import cli
 from chartwiz_hf.inference import answer_questions, load_chartwiz
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 
-from .conftest import draw_chart, run_without_chartwiz
+from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,8 @@ LORA = "chartwiz-tiny/finetune/config_lora.yaml"
 def load_script():
     spec = importlib.util.spec_from_file_location("sft_chartwiz", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    # Importable by name, as `python recipes/sft_chartwiz.py` makes it `__main__`: `datasets` pickles its config class.
+    sys.modules["sft_chartwiz"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -327,7 +329,7 @@ def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_di
     _, batch = collate_rows(trainer, 4)
     losses = []
     for directory in (tiny_dir, output_dir):
-        model = AutoModelForVision2Seq.from_pretrained(directory).eval()
+        model = AutoModelForImageTextToText.from_pretrained(directory).eval()
         with torch.no_grad():
             losses.append(model(**batch).loss.item())
     assert losses[1] < losses[0] - 0.01, losses
@@ -349,16 +351,16 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
     output_dir, _ = stage1
     chart = tmp_path / "chart.png"
     draw_chart(seed=4).save(chart)
-    model = AutoModelForVision2Seq.from_pretrained(output_dir).eval()
-    processor = AutoProcessor.from_pretrained(output_dir, use_fast=False)
+    model = AutoModelForImageTextToText.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
     expected = answer_questions(model, processor, [draw_chart(seed=4)], ["값?"], max_new_tokens=6, min_new_tokens=6)
     script = f"""
         import json
         import torch
         from PIL import Image
-        from transformers import AutoModelForVision2Seq, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        model = AutoModelForVision2Seq.from_pretrained({output_dir!r}, trust_remote_code=True).eval()
+        model = AutoModelForImageTextToText.from_pretrained({output_dir!r}, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained({output_dir!r}, trust_remote_code=True)
         messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "값?"}}]}}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -370,6 +372,7 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
     reply = run_without_chartwiz(script, tmp_path)
     assert reply["module"].startswith("transformers_modules.")
     assert reply["answer"] == expected[0]
+    assert_same_answers_under_the_other_major(output_dir, tmp_path / "other-major")
 
 
 def test_stage2_trains_projector_and_language_model_not_the_vision_encoder(stage1, stage2):
@@ -381,7 +384,7 @@ def test_stage2_trains_projector_and_language_model_not_the_vision_encoder(stage
     assert "lm_head.weight" in changed and any(key.startswith("model.multi_modal_projector.") for key in changed)
     output_dir, trainer = stage2
     assert trainer.state.global_step == 4
-    assert AutoModelForVision2Seq.from_pretrained(output_dir).config.model_type == "chartwiz"
+    assert AutoModelForImageTextToText.from_pretrained(output_dir).config.model_type == "chartwiz"
 
 
 def test_optimizer_holds_only_trainable_parameters_with_a_projector_rate(tiny_dir, chart_data, tmp_path):
@@ -530,12 +533,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(stage1, stag
     launcher.write_text(
         textwrap.dedent(
             f"""
-            import importlib.util, os
+            import importlib.util, os, sys
             from safetensors.torch import save_file
             from transformers import TrainerCallback
 
             spec = importlib.util.spec_from_file_location("sft_chartwiz", {str(SCRIPT)!r})
             sft = importlib.util.module_from_spec(spec)
+            sys.modules["sft_chartwiz"] = sft
             spec.loader.exec_module(sft)
 
             class SaveRankWeights(TrainerCallback):
@@ -667,6 +671,7 @@ def test_lora_trains_adapters_and_projector_and_merges_into_the_same_answers(tin
     assert with_adapter.strip(), "an answer to compare"
     assert cli.main([*ask, "--model", str(merged_dir)]) == 0
     assert capsys.readouterr().out == with_adapter
+    assert_same_answers_under_the_other_major(merged_dir, tmp_path / "other-major")
 
 
 def test_merge_refuses_a_folder_without_an_adapter(tiny_dir, tmp_path, capsys):
@@ -680,6 +685,7 @@ def test_merge_refuses_a_folder_without_an_adapter(tiny_dir, tmp_path, capsys):
 
 
 def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, chart_data, tmp_path, monkeypatch):
+    import huggingface_hub.hf_api
     import transformers.trainer
     from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 
@@ -704,9 +710,14 @@ def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, ch
         # The Hub checks the card's metadata; here it must at least be a YAML mapping.
         cards.append(ModelCard(content))
 
-    monkeypatch.setattr(transformers.trainer, "create_repo", create_repo)
+    if hasattr(transformers.trainer, "create_repo"):  # transformers 4 calls huggingface_hub.create_repo
+        monkeypatch.setattr(transformers.trainer, "create_repo", create_repo)
+    else:  # transformers 5 calls it on an HfApi
+        monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: create_repo(repo_id, **kwargs))
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
+    # huggingface_hub 2 streams uploads through its Xet pipeline where hf_xet is installed; the fake Hub takes commits.
+    monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False, raising=False)
     repo = "chartwiz-org/chartwiz-tiny-stage1"
     sft.main(
         *fast(
@@ -729,8 +740,8 @@ def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, ch
     assert {"NanumGothic.ttf", "tokenizer.json", "README.md", "train_results.json", "eval_results.json"} <= names
     assert not any(name.startswith("checkpoint-") for name in names)
     assert "stage 1, projector pretraining" in (uploaded / "README.md").read_text(encoding="utf-8")
-    model = AutoModelForVision2Seq.from_pretrained(uploaded).eval()
-    processor = AutoProcessor.from_pretrained(uploaded, use_fast=False)
+    model = AutoModelForImageTextToText.from_pretrained(uploaded).eval()
+    processor = AutoProcessor.from_pretrained(uploaded)
     assert processor.image_processor.resolve_font_path() == str(uploaded / "NanumGothic.ttf")
     answer = answer_questions(model, processor, [draw_chart()], ["값?"], max_new_tokens=4)
     assert isinstance(answer[0], str)

@@ -1,5 +1,6 @@
 """Chart metrics: DePlot's table RMS, ChartQA's relaxed accuracy read from Korean answers, ROUGE-L and BLEU."""
 
+import functools
 import math
 import re
 import unicodedata
@@ -9,11 +10,8 @@ from itertools import zip_longest
 from typing import Optional
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
-from rapidfuzz.process import cdist
-from rouge_score import rouge_scorer, tokenizers
-from sacrebleu.metrics import BLEU
-from scipy.optimize import linear_sum_assignment
+
+from .extras import require
 
 
 TEXT_THRESHOLD = 0.5  # ANLS: a normalized edit distance at or above this scores 0 (pix2struct's anls_metric)
@@ -40,8 +38,14 @@ def anls(target: str, prediction: str, threshold: float = TEXT_THRESHOLD) -> flo
     `1 - distance / max(len)`, or 0 once the normalized distance reaches `threshold`, so two keys one edit apart in
     two characters (`판매`, `판촉`) score 0. Two empty strings are identical (1.0), where pix2struct divides by zero.
     """
-    distance = Levenshtein.normalized_distance(target, prediction)
+    distance = _levenshtein().normalized_distance(target, prediction)
     return 1.0 - distance if distance < threshold else 0.0
+
+
+# The scoring libraries are the `[eval]` extra: parsing tables (the demo does) needs none of them.
+@functools.cache
+def _levenshtein():
+    return require("rapidfuzz.distance", "ANLS").Levenshtein
 
 
 def relative_distance(target: float, prediction: float, threshold: float = 1.0) -> float:
@@ -217,10 +221,12 @@ def _datapoints_scores(target: dict[str, str], prediction: dict[str, str]) -> tu
     if not prediction:
         return TableScore(0.0, 0.0, 0.0), TableScore(0.0, 0.0, 0.0)
     target_items, predicted_items = list(target.items()), list(prediction.items())
+    cdist = require("rapidfuzz.process", "The table metric").cdist
+    linear_sum_assignment = require("scipy.optimize", "The table metric").linear_sum_assignment
     distance = cdist(
         [key for key, _ in target_items],
         [key for key, _ in predicted_items],
-        scorer=Levenshtein.normalized_distance,
+        scorer=_levenshtein().normalized_distance,
         dtype=np.float64,
     )  # [target keys, predicted keys]
     key_similarity = np.where(distance < TEXT_THRESHOLD, 1.0 - distance, 0.0)
@@ -412,17 +418,21 @@ def korean_words(text: str) -> list[str]:
     return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
 
 
-class KoreanWordTokenizer(tokenizers.Tokenizer):
+class KoreanWordTokenizer:
     """
     `rouge_score` tokenizer that keeps Hangul. Its default one lowercases and then replaces everything but `a-z0-9`
-    with spaces, so a Korean text has no tokens left and scores 0.
+    with spaces, so a Korean text has no tokens left and scores 0. (`RougeScorer` only calls `tokenize`, so this
+    need not subclass `rouge_score.tokenizers.Tokenizer`, and importing this module needs no `rouge_score`.)
     """
 
     def tokenize(self, text: str) -> list[str]:
         return korean_words(text)
 
 
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=KoreanWordTokenizer())
+@functools.cache
+def _rouge_scorer():
+    rouge_scorer = require("rouge_score.rouge_scorer", "ROUGE-L")
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=KoreanWordTokenizer())
 
 
 def rouge_l(references: Sequence[str], predictions: Sequence[str]) -> float:
@@ -431,7 +441,7 @@ def rouge_l(references: Sequence[str], predictions: Sequence[str]) -> float:
     _check_lengths(references, predictions)
     return _mean_percent(
         [
-            _ROUGE.score(reference, prediction)["rougeL"].fmeasure
+            _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
             for reference, prediction in zip(references, predictions)
         ]
     )
@@ -461,7 +471,8 @@ def bleu_signature(tokenize: str = DEFAULT_BLEU_TOKENIZE) -> str:
     return str(metric.get_signature())
 
 
-def _bleu_metric(tokenize: str) -> BLEU:
+def _bleu_metric(tokenize: str):
+    BLEU = require("sacrebleu.metrics", "BLEU").BLEU
     if tokenize not in BLEU.TOKENIZERS:
         raise ValueError(f"Unknown BLEU tokenizer {tokenize!r}; sacrebleu has {', '.join(BLEU.TOKENIZERS)}.")
     try:

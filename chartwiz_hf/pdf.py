@@ -38,7 +38,7 @@ def _open(source: PdfSource, max_pages: int):
     try:
         import pypdfium2 as pdfium
     except ImportError:
-        raise ValueError("Reading PDFs needs pypdfium2: pip install 'chartwiz[demo]'") from None
+        raise ValueError("Reading PDFs needs pypdfium2 (a dependency of chartwiz): pip install pypdfium2") from None
 
     if not isinstance(source, (bytes, bytearray)) and not os.path.isfile(source):
         raise FileNotFoundError(f"{source}: no such PDF file")

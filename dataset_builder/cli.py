@@ -3,6 +3,8 @@
 import argparse
 import json
 
+from chartwiz_hf.extras import require
+
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1, so a bad count stops the command before any work."""
@@ -45,6 +47,8 @@ def _build(args):
 def _synth(args):
     from .synth import generate
 
+    # Before any chart is drawn: the core install has no matplotlib (it is `[train]`, synthetic training data).
+    require("matplotlib", "chartwiz synth", extra="train")
     generate(
         args.out,
         args.n,

@@ -50,12 +50,10 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
-from trl.data_utils import apply_chat_template, prepare_multimodal_messages
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 from chartwiz_hf.checkpoints import from_pretrained_complete
+from chartwiz_hf.extras import missing_extra_message
 from chartwiz_hf.fingerprints import (
     TRAINING_RUN_FILE,
     checkpoint_fingerprint,
@@ -65,6 +63,16 @@ from chartwiz_hf.fingerprints import (
 )
 from chartwiz_hf.inference import load_processor
 from dataset_builder.card import read_build_fingerprint
+
+
+try:
+    from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+except ModuleNotFoundError as error:  # the core install has no TRL: say which extra brings it, in one line
+    if error.name is None or error.name.split(".")[0] != "trl":
+        raise
+    raise SystemExit(missing_extra_message("trl", "recipes/sft_chartwiz.py")) from None
 
 
 logger = logging.getLogger(__name__)

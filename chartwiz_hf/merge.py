@@ -109,10 +109,10 @@ def merge_adapter(
         The merged `ChartWizForConditionalGeneration`.
     """
     from peft import PeftConfig, PeftModel
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     from .checkpoints import from_pretrained_complete
-    from .inference import load_processor
+    from .inference import check_checkpoint, load_processor
 
     for source in (base_model_name_or_path, adapter_name_or_path):
         if _same_path(source, output_dir):
@@ -121,9 +121,7 @@ def merge_adapter(
         peft_config = PeftConfig.from_pretrained(adapter_name_or_path)
     except ValueError as error:
         raise ValueError(f"{adapter_name_or_path} is not a PEFT adapter (no adapter_config.json): {error}") from None
-    config = AutoConfig.from_pretrained(base_model_name_or_path, revision=revision)
-    if config.model_type != "chartwiz":
-        raise ValueError(f"{base_model_name_or_path} is a {config.model_type!r} checkpoint, not a ChartWiz one.")
+    check_checkpoint(base_model_name_or_path, revision=revision)
     if check_base_model:
         check_base(base_model_name_or_path, adapter_name_or_path, peft_config.base_model_name_or_path)
 

@@ -7,21 +7,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from chartwiz_hf.names import CHART_TYPE_FOLDERS, CHART_TYPES
 
-# folder suffix -> canonical chart_type, in the contract's order
-CHART_TYPE_FOLDERS = {
-    "etc_mix": "mix",
-    "etc_radial": "radial",
-    "horizontal bar_100per accumulation": "horizontal_bar_100",
-    "horizontal bar_accumulation": "horizontal_bar_stacked",
-    "horizontal bar_standard": "horizontal_bar",
-    "line_standard": "line",
-    "pie_standard": "pie",
-    "vertical bar_100per accumulation": "vertical_bar_100",
-    "vertical bar_accumulation": "vertical_bar_stacked",
-    "vertical bar_standard": "vertical_bar",
-}
-CHART_TYPES = list(CHART_TYPE_FOLDERS.values())
+
 SPLITS = ("train", "test")
 HORIZONTAL_CHART_MAIN = "가로 막대형"
 

@@ -20,14 +20,16 @@ from datasets.table import embed_table_storage
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from chartwiz_hf.files import write_text_atomic
+from chartwiz_hf.names import BUILT_CONFIGS
+
 from .aihub import check_tree, unknown_folders
 from .builder import CONFIG_TASKS, ChartWizAIHub
-from .card import ShardPaths, render_card, write_card, write_text_atomic
+from .card import ShardPaths, render_card, write_card
 from .rows import repeated_conversations
 
 
 logger = logging.getLogger(__name__)
-BUILT_CONFIGS = ("pretrain", "finetune", "gpt")
 LOCAL_ROWS_PER_SHARD = 250_000
 HUB_BYTES_PER_SHARD = 500 << 20
 REPORT_NAME = "build_report.json"

@@ -8,6 +8,8 @@ from typing import Optional
 
 import datasets
 
+from chartwiz_hf.names import DEFAULT_DATASET_CONFIG
+
 from .aihub import (
     CHART_TYPE_FOLDERS,
     BadRecord,
@@ -148,7 +150,7 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
         ChartWizAIHubConfig(name="gpt", version=VERSION, description="GPT-generated question answering, per turn"),
         ChartWizAIHubConfig(name="all", version=VERSION, description="finetune + gpt: the stage-2 mix"),
     ]
-    DEFAULT_CONFIG_NAME = "finetune"
+    DEFAULT_CONFIG_NAME = DEFAULT_DATASET_CONFIG
 
     def _info(self):
         return datasets.DatasetInfo(

@@ -3,7 +3,6 @@
 import collections
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 
 import pyarrow.parquet as pq
@@ -11,6 +10,8 @@ from datasets import DatasetInfo, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
+
+from chartwiz_hf.files import write_text_atomic
 
 from .aihub import CHART_TYPES
 from .builder import _DESCRIPTION, _LICENSE, CONFIG_TASKS, FEATURES
@@ -214,18 +215,6 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
     return "\n".join(body)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to a temporary file beside `path` and renames it into place: `path` is never half written."""
-    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def write_card(directory: str, report: dict, images_embedded: bool) -> str:
     """Writes `README.md` for a build in `directory` and returns its path."""
     path = os.path.join(directory, "README.md")
@@ -239,5 +228,4 @@ __all__ = [
     "read_build_fingerprint",
     "render_card",
     "write_card",
-    "write_text_atomic",
 ]

@@ -4,6 +4,7 @@ import argparse
 import json
 
 from chartwiz_hf.extras import require
+from chartwiz_hf.names import BUILT_CONFIGS, DATASET_CONFIGS
 
 
 def positive_int(text: str) -> int:
@@ -68,9 +69,7 @@ def add_data_commands(commands) -> None:
     build.add_argument("--data-dir", required=True, help="the AI-Hub tree holding train/ and test/")
     build.add_argument("--gpt", nargs="*", default=[], help="GPT conversation files or folders (JSON / JSONL)")
     build.add_argument("--out", required=True, help="output directory")
-    build.add_argument(
-        "--configs", nargs="+", default=["pretrain", "finetune", "gpt"], choices=["pretrain", "finetune", "gpt", "all"]
-    )
+    build.add_argument("--configs", nargs="+", default=list(BUILT_CONFIGS), choices=DATASET_CONFIGS)
     build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")

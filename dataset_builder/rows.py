@@ -9,30 +9,9 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from chartwiz_hf.names import FINETUNE_TASKS, IMAGE_TOKEN, INSTRUCTIONS
+
 from .aihub import BadRecord, ChartRecord, find_in_image_folders
-
-
-FINETUNE_TASKS = ("table", "description", "summary")
-
-# The first instruction of each set is the original ChartWiz one; the others are paraphrases.
-INSTRUCTIONS = {
-    "table": [
-        "이 차트를 테이블 정보로 변경해줘.",
-        "차트의 데이터를 표로 정리해줘.",
-        "이 그래프의 기반 데이터를 테이블로 만들어줘.",
-        "차트에 나타난 값을 표 형식으로 바꿔줘.",
-    ],
-    "description": [
-        "이 차트를 자세히 설명해줘.",
-        "차트의 내용을 상세하게 서술해줘.",
-        "이 그래프가 보여주는 것을 자세히 알려줘.",
-    ],
-    "summary": [
-        "이 차트의 내용을 요약해줘.",
-        "차트를 간단히 요약해줘.",
-        "이 그래프의 핵심 내용을 짧게 정리해줘.",
-    ],
-}
 
 
 def instruction_for(task: str, record_id: str, paraphrases: bool) -> str:
@@ -185,26 +164,62 @@ def find_chart_image(root: str, split: str, filename: str) -> tuple[str, str] | 
     return find_in_image_folders(os.path.join(root, split, "img_data"), filename)
 
 
-def qa_turns(conversation: dict) -> list[tuple[str, str] | BadRecord]:
-    """(question, answer) per turn, or a BadRecord for a turn that has no usable question or answer."""
-    messages = conversation.get("conversations")
+def without_image_placeholder(text: str) -> str:
+    """
+    A question as the file writes it, without the `<image>` that marks the chart: LLaVA files put it at the start
+    (`"<image>\\n..."`) or the end. One anywhere else is left in the text, where the consumer refuses it.
+    """
+    text = text.strip()
+    if text.startswith(IMAGE_TOKEN):
+        text = text[len(IMAGE_TOKEN) :]
+    elif text.endswith(IMAGE_TOKEN):
+        text = text[: -len(IMAGE_TOKEN)]
+    return text.strip()
+
+
+def conversation_turns(messages) -> list[tuple[str, str | None]]:
+    """
+    The one reading of LLaVA `conversations`, for training rows and for `chartwiz infer`: a list of
+    `{"from": "human" | "gpt", "value": text}` messages where every `human` message is a question and the `gpt`
+    message right after it, if there is one, its answer. Returns (question, answer or None) per question, the
+    question without its `<image>` marker (`without_image_placeholder`) and an empty answer read as None. Raises
+    `BadRecord` for a record that is not such a list: no messages, a message of another shape or speaker, or a `gpt`
+    message that does not answer a question.
+    """
     if not isinstance(messages, list) or not messages:
+        raise BadRecord("'conversations' must be a non-empty list of {'from', 'value'} messages")
+    turns: list[list] = []
+    for index, message in enumerate(messages):
+        speaker = message.get("from") if isinstance(message, dict) else None
+        value = message.get("value") if isinstance(message, dict) else None
+        if speaker not in ("human", "gpt") or not isinstance(value, (str, type(None))):
+            raise BadRecord(f"conversations[{index}] is not a {{'from': 'human' or 'gpt', 'value': text}} message")
+        if speaker == "human":
+            turns.append([without_image_placeholder(value or ""), None])
+        elif not turns or turns[-1][1] is not None:
+            raise BadRecord(f"conversations[{index}] comes from 'gpt' but does not follow a question from 'human'")
+        else:
+            turns[-1][1] = (value or "").strip() or None
+    return [tuple(turn) for turn in turns]
+
+
+def qa_turns(conversation: dict) -> list[tuple[str, str] | BadRecord]:
+    """
+    (question, answer) per turn of a GPT conversation (read by `conversation_turns`), or a BadRecord for a turn that
+    cannot be a training row: no answer, an empty question, or an `<image>` inside the question.
+    """
+    if "conversations" not in conversation:
         raise BadRecord("missing field 'conversations'")
     turns = []
-    for index in range(0, len(messages), 2):
-        question, answer = messages[index], messages[index + 1] if index + 1 < len(messages) else None
-        if not isinstance(question, dict) or question.get("from") != "human":
-            raise BadRecord(f"conversations[{index}] should come from 'human'")
-        if answer is not None and (not isinstance(answer, dict) or answer.get("from") != "gpt"):
-            raise BadRecord(f"conversations[{index + 1}] should come from 'gpt'")
-        question_text = str(question.get("value") or "").replace("<image>", "").strip()
-        answer_text = str(answer.get("value") or "").strip() if answer is not None else ""
+    for number, (question, answer) in enumerate(conversation_turns(conversation["conversations"]), start=1):
         if answer is None:
-            turns.append(BadRecord(f"turn {index // 2 + 1} has a question but no answer"))
-        elif not question_text or not answer_text:
-            turns.append(BadRecord(f"turn {index // 2 + 1} has an empty question or answer"))
+            turns.append(BadRecord(f"turn {number} has a question but no answer"))
+        elif not question:
+            turns.append(BadRecord(f"turn {number} has an empty question"))
+        elif IMAGE_TOKEN in question:
+            turns.append(BadRecord(f"turn {number} has {IMAGE_TOKEN} inside its question, not at its start or end"))
         else:
-            turns.append((question_text, answer_text))
+            turns.append((question, answer))
     return turns
 
 
@@ -227,6 +242,7 @@ __all__ = [
     "Conversation",
     "check_image",
     "conversation_id",
+    "conversation_turns",
     "find_chart_image",
     "finetune_rows",
     "instruction_for",
@@ -235,4 +251,5 @@ __all__ = [
     "qa_rows",
     "qa_turns",
     "repeated_conversations",
+    "without_image_placeholder",
 ]

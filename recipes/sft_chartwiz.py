@@ -54,6 +54,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 from chartwiz_hf.checkpoints import from_pretrained_complete
 from chartwiz_hf.extras import missing_extra_message
+from chartwiz_hf.files import write_json_atomic
 from chartwiz_hf.fingerprints import (
     TRAINING_RUN_FILE,
     checkpoint_fingerprint,
@@ -61,7 +62,8 @@ from chartwiz_hf.fingerprints import (
     digest,
     tree_fingerprint,
 )
-from chartwiz_hf.inference import load_processor
+from chartwiz_hf.inference import check_checkpoint, load_processor
+from chartwiz_hf.names import DATASET_CONFIGS
 from dataset_builder.card import read_build_fingerprint
 
 
@@ -85,7 +87,6 @@ STAGES = {
 }
 RUN_FILE = TRAINING_RUN_FILE
 REQUIRED_COLUMNS = ("image", "prompt", "completion")
-BUILT = ("pretrain", "finetune", "gpt", "all")  # the configs `chartwiz data build` writes
 # LoRA never touches the vision encoder; the projector is trained in full and saved with the adapter instead.
 LORA_EXCLUDED_MODULES = r".*\b(vision_tower|multi_modal_projector)\b.*"
 LORA_MODULES_TO_SAVE = ["multi_modal_projector"]
@@ -353,8 +354,7 @@ def start_run(training_args, definition: dict):
             if name.startswith("checkpoint-") and os.path.isdir(path):
                 logger.warning("overwrite_output_dir: removing %s", path)
                 shutil.rmtree(path)
-    with open(os.path.join(output_dir, RUN_FILE), "w", encoding="utf-8") as file:
-        json.dump(definition, file, ensure_ascii=False, indent=2)
+    write_json_atomic(os.path.join(output_dir, RUN_FILE), definition)
 
 
 ################
@@ -370,14 +370,16 @@ def load_model_and_processor(model_args, training_args):
         raise RecipeError("Set --model_name_or_path: a ChartWiz checkpoint (`chartwiz compose`, or stage 1's output).")
     hub_kwargs = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code}
     try:
+        check_checkpoint(name, revision=model_args.model_revision)
+    except (OSError, ValueError) as error:
+        raise RecipeError(
+            f"{error} Stage 1 starts from `chartwiz compose --vision <pix2struct> --text <causal LM> --out DIR`; "
+            "stage 2 from stage 1's output."
+        ) from None
+    try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs)
     except (OSError, ValueError, KeyError) as error:
         raise RecipeError(f"{name} is not a loadable checkpoint: {error}") from error
-    if config.model_type != "chartwiz":
-        raise RecipeError(
-            f"{name} is a {config.model_type!r} checkpoint, not a ChartWiz one. Stage 1 starts from "
-            "`chartwiz compose --vision <pix2struct> --text <causal LM> --out DIR`; stage 2 from stage 1's output."
-        )
     model_kwargs = {**hub_kwargs, "dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
     model_kwargs.update(training_args.model_init_kwargs or {})
     # The model is built here, so TRL must not try to apply these again (it warns when given both).
@@ -444,7 +446,7 @@ def load_chart_splits(script_args, training_args):
         if config not in available:
             remedy = (
                 f"Build it with `chartwiz data build --configs {config} ...` or choose"
-                if config in BUILT
+                if config in DATASET_CONFIGS
                 else "Choose"
             )
             raise RecipeError(

@@ -147,7 +147,7 @@ def test_bad_records_are_skipped_reported_and_counted(messy_tree, tmp_path):
     assert reasons[("finetune", "good2.json", "description")] == "empty description"
     gpt_reasons = [entry["reason"] for entry in report["skipped"] if entry["config"] == "gpt"]
     assert any("neither split" in reason for reason in gpt_reasons)
-    assert any("should come from 'human'" in reason for reason in gpt_reasons)
+    assert any("does not follow a question from 'human'" in reason for reason in gpt_reasons)
     assert any("no answer" in reason for reason in gpt_reasons)
     assert any("JSON does not parse" in reason for reason in gpt_reasons)
     assert report["ignored_folders"]["train"] == ["text_unknown_type"]

@@ -779,7 +779,7 @@ def test_a_checkpoint_that_is_not_chartwiz_is_refused(chart_data, tmp_path):
         vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
     )
     LlamaForCausalLM(config).save_pretrained(llama)
-    with pytest.raises(sft.RecipeError, match="is a 'llama' checkpoint, not a ChartWiz one.*chartwiz compose"):
+    with pytest.raises(sft.RecipeError, match="holds a 'llama' model, not a ChartWiz model.*chartwiz compose"):
         sft.build_trainer(*fast(PRETRAIN, str(llama), chart_data, tmp_path / "out"))
 
 

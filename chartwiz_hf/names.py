@@ -1,0 +1,71 @@
+"""
+The names that the model, the data and the application share, defined once: the training instructions, the image
+placeholder, the dataset configs, the AI-Hub chart types and their folders, and the bundled font.
+
+This module belongs to the model layer: `dataset_builder` and the application import it, it imports nothing of them.
+(The remote-code files travel alone with a checkpoint, so they keep their own copies: the processor's `<image>`
+default and the image processor's font, re-exported here.)
+"""
+
+from .image_processing_chartwiz import DEFAULT_FONT_FILENAME, bundled_font_path
+
+
+# The placeholder of the chart in a prompt; the processor expands it to one token per image patch.
+IMAGE_TOKEN = "<image>"
+
+# The datasets `chartwiz data build` writes: `pretrain` (stage 1: chart -> table), `finetune` (tables, descriptions,
+# summaries), `gpt` (question answering) and `all` (finetune + gpt, the stage-2 mix, made from the other two).
+BUILT_CONFIGS = ("pretrain", "finetune", "gpt")
+DATASET_CONFIGS = (*BUILT_CONFIGS, "all")
+DEFAULT_DATASET_CONFIG = "finetune"
+
+# AI-Hub folder suffix -> canonical chart_type, in the contract's order (docs/aihub-format.md).
+CHART_TYPE_FOLDERS = {
+    "etc_mix": "mix",
+    "etc_radial": "radial",
+    "horizontal bar_100per accumulation": "horizontal_bar_100",
+    "horizontal bar_accumulation": "horizontal_bar_stacked",
+    "horizontal bar_standard": "horizontal_bar",
+    "line_standard": "line",
+    "pie_standard": "pie",
+    "vertical bar_100per accumulation": "vertical_bar_100",
+    "vertical bar_accumulation": "vertical_bar_stacked",
+    "vertical bar_standard": "vertical_bar",
+}
+CHART_TYPES = list(CHART_TYPE_FOLDERS.values())
+
+FINETUNE_TASKS = ("table", "description", "summary")
+
+# The first instruction of each set is the original ChartWiz one; the others are paraphrases.
+INSTRUCTIONS = {
+    "table": [
+        "이 차트를 테이블 정보로 변경해줘.",
+        "차트의 데이터를 표로 정리해줘.",
+        "이 그래프의 기반 데이터를 테이블로 만들어줘.",
+        "차트에 나타난 값을 표 형식으로 바꿔줘.",
+    ],
+    "description": [
+        "이 차트를 자세히 설명해줘.",
+        "차트의 내용을 상세하게 서술해줘.",
+        "이 그래프가 보여주는 것을 자세히 알려줘.",
+    ],
+    "summary": [
+        "이 차트의 내용을 요약해줘.",
+        "차트를 간단히 요약해줘.",
+        "이 그래프의 핵심 내용을 짧게 정리해줘.",
+    ],
+}
+
+
+__all__ = [
+    "BUILT_CONFIGS",
+    "CHART_TYPES",
+    "CHART_TYPE_FOLDERS",
+    "DATASET_CONFIGS",
+    "DEFAULT_DATASET_CONFIG",
+    "DEFAULT_FONT_FILENAME",
+    "FINETUNE_TASKS",
+    "IMAGE_TOKEN",
+    "INSTRUCTIONS",
+    "bundled_font_path",
+]

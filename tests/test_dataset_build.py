@@ -208,6 +208,7 @@ def test_images_are_stored_once_locally(messy_tree, tmp_path):
     assert all(image["bytes"] is None and os.path.isabs(image["path"]) for image in images)
 
 
+@pytest.mark.slow
 def test_synthetic_round_trip_regenerates_every_table(tmp_path):
     raw = str(tmp_path / "synth")
     generate(raw, 30, seed=5, test_fraction=0.2, progress=False)
@@ -232,6 +233,7 @@ def test_synthetic_round_trip_regenerates_every_table(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_num_proc_gives_the_same_rows(tmp_path):
     raw = str(tmp_path / "synth")
     generate(raw, 20, seed=1, progress=False)
@@ -286,6 +288,7 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         build_dataset(str(tmp_path / "tree"), str(tmp_path / "out"), configs=["nope"])
 
 
+@pytest.mark.slow
 def test_gpt_as_a_json_array_with_several_processes(tmp_path):
     raw = str(tmp_path / "synth")
     generate(raw, 20, seed=2, progress=False)
@@ -664,6 +667,7 @@ print(len(renames))
 """
 
 
+@pytest.mark.slow
 def test_a_kill_between_any_two_renames_of_the_swap_leaves_one_whole_build(tmp_path):
     import subprocess
     import sys
@@ -740,6 +744,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_build_is_one_line_and_keeps_the_previous_build(tmp_path):
     raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
     build_dataset(raw, out, configs=["pretrain"], num_proc=1)

@@ -172,6 +172,7 @@ def test_a_pdf_page_is_picked_cropped_and_asked_about(app, model_and_processor, 
     assert chat(app) == [], "another page is another chart"
 
 
+@pytest.mark.slow
 def test_pdf_pages_render_and_each_can_be_asked_about_from_the_command_line(tiny_dir, tmp_path, capsys):
     path = two_page_pdf(tmp_path / "report.pdf")
     assert is_pdf(path) and is_pdf(path.read_bytes()) and not is_pdf(png_bytes(draw_chart()))
@@ -255,6 +256,7 @@ def test_demo_command_options_keep_the_page_local_and_private(tiny_dir):
     assert arguments[arguments.index("--client.showErrorDetails") + 1] == "none"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_the_demo_process_is_its_server_and_stopping_it_stops_the_page(tiny_dir, stop):
     port = free_port()
@@ -277,6 +279,7 @@ def test_the_demo_process_is_its_server_and_stopping_it_stops_the_page(tiny_dir,
     assert "Traceback" not in demo.stdout.read()
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_stops_the_command_before_any_server(tiny_dir, tmp_path):
     from .conftest import damaged_checkpoint
 

@@ -68,6 +68,7 @@ def fake_generation(monkeypatch):
     return batches
 
 
+@pytest.mark.slow
 def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, capsys):
     out = tmp_path / "report"
     arguments = ["--model", tiny_dir, "--dataset", charts_dir, "--config", "all", "--out", str(out)]
@@ -196,6 +197,7 @@ def dataset_row(row_id, image, task="qa", prompt=None, answer="1"):
     }
 
 
+@pytest.mark.slow
 def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path):
     good = str(tmp_path / "good.png")
     draw_chart(160, 120).save(good)
@@ -243,6 +245,7 @@ def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path):
     assert len(score_run(out)["skipped"]) == 8
 
 
+@pytest.mark.slow
 def test_blank_images_answer_as_white_charts_would(tiny_dir, charts_dir, tmp_path):
     # Long enough answers that the tiny random model's output depends on the chart.
     settings = {"config": "gpt", "max_samples": 8, "max_new_tokens": 12, "progress": False}
@@ -377,6 +380,7 @@ def test_command_constants_match_the_modules():
     assert evaluate_command.DEFAULT_BLEU_TOKENIZE == DEFAULT_BLEU_TOKENIZE
 
 
+@pytest.mark.slow
 def test_a_model_replaced_in_place_is_scored_on_its_own_answers(charts_dir, tmp_path, fake_generation):
     model_dir, out = str(tmp_path / "model"), str(tmp_path / "report")
     assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "0"]) == 0

@@ -144,7 +144,7 @@ def test_missing_font_is_a_clear_error(monkeypatch):
         lambda: draw_chart().convert("CMYK"),
         lambda: draw_chart().convert("P"),
         lambda: draw_chart(4000, 50),
-        lambda: draw_chart(50, 4000),
+        pytest.param(lambda: draw_chart(50, 4000), marks=pytest.mark.slow, id="50x4000"),  # its header: seconds
         lambda: Image.new("RGB", (1, 1), "red"),
     ],
     ids=["rgba", "grayscale", "cmyk", "palette", "4000x50", "50x4000", "1x1"],

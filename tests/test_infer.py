@@ -106,6 +106,7 @@ def expected(tiny_dir, question_set):
     return reference_answers(model, processor, conversations, images)
 
 
+@pytest.mark.slow
 def test_batched_answers_equal_one_at_a_time_for_every_batch_size(tiny_dir, question_set, expected, tmp_path):
     questions, images, conversations = question_set
     assert any(len(c.get("conversations", [])) % 2 for c in conversations), "a turn without a reference is covered"
@@ -129,6 +130,7 @@ def test_batched_answers_equal_one_at_a_time_for_every_batch_size(tiny_dir, ques
     assert meta["settings"]["max_new_tokens"] == MAX_NEW_TOKENS and meta["settings"]["model"] == tiny_dir
 
 
+@pytest.mark.slow
 def test_model_context_uses_the_models_own_earlier_answers(tiny_dir, tmp_path):
     questions, images, conversations = write_question_set(tmp_path, records=6)
     model, processor = load_chartwiz(tiny_dir)
@@ -157,6 +159,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_losing_or_doubling_answers(tiny_dir, question_set, expected, tmp_path):
     questions, images, _ = question_set
     out = tmp_path / "answers.jsonl"
@@ -203,6 +206,7 @@ def test_changed_settings_against_existing_answers_are_an_error(tiny_dir, questi
     assert "no settings file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_shards_together_are_the_whole_run_and_merge(tiny_dir, question_set, expected, tmp_path, capsys):
     questions, images, conversations = question_set
     shards = [tmp_path / f"answers.{k}.jsonl" for k in range(3)]
@@ -310,6 +314,7 @@ def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tiny_dir, tmp_pat
     assert len(read_jsonl(str(out))) == 1 and len(read_jsonl(str(tmp_path / "answers.errors.jsonl"))) == len(errors)
 
 
+@pytest.mark.slow
 def test_a_dataset_split_is_answered_with_its_prompts_as_context(tiny_dir, tmp_path):
     from datasets import load_dataset
 
@@ -389,6 +394,7 @@ def test_question_files_as_json_arrays_objects_or_lines_read_alike(question_set,
         read_question_file(str(tmp_path / "nowhere.jsonl"))
 
 
+@pytest.mark.slow
 def test_an_adapter_is_applied_and_part_of_the_settings(tiny_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -428,6 +434,7 @@ def test_a_bare_image_name_in_two_chart_type_folders_is_a_bad_record(tiny_dir, t
     )
 
 
+@pytest.mark.slow
 def test_a_model_replaced_in_place_has_its_answers_redone(tmp_path, capsys):
     questions, images, conversations = write_question_set(tmp_path, records=4)
     model_dir = str(tmp_path / "model")
@@ -451,6 +458,7 @@ def test_a_model_replaced_in_place_has_its_answers_redone(tmp_path, capsys):
     assert "0 answered, 0 bad records" in capsys.readouterr().out, "the new answers hold"
 
 
+@pytest.mark.slow
 def test_edited_questions_and_replaced_images_are_asked_again(tiny_dir, tmp_path, capsys):
     questions, images, conversations = write_question_set(tmp_path, records=6)
     out = tmp_path / "answers.jsonl"
@@ -513,6 +521,7 @@ def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tin
     assert error["id"] == "middle" and "The question contains <image>" in error["reason"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_the_run_continues_after_it(tiny_dir, question_set, expected, tmp_path):
     questions, images, _ = question_set
     out = tmp_path / "answers.jsonl"

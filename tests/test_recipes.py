@@ -347,6 +347,7 @@ def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_di
     assert "| learning rate | 0.02 |" in card
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, tmp_path):
     output_dir, _ = stage1
     chart = tmp_path / "chart.png"
@@ -442,6 +443,7 @@ class RecordStart(TrainerCallback):
         self.start_step = state.global_step
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1, stage2, chart_data, tmp_path):
     output_dir = tmp_path / "resumed"
     arguments = fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2)
@@ -460,6 +462,7 @@ def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1,
         )
 
 
+@pytest.mark.slow
 def test_a_checkpoint_half_written_by_a_kill_is_skipped_for_the_one_before(
     stage1, stage2, chart_data, tmp_path, caplog
 ):
@@ -506,6 +509,7 @@ def test_a_model_changed_since_the_run_started_is_refused(stage1, chart_data, tm
         sft.build_trainer(*fast(FINETUNE, str(model), chart_data, output_dir, **STAGE2))
 
 
+@pytest.mark.slow
 def test_a_dataset_that_is_not_there_is_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--config", str(RECIPES / PRETRAIN), "--output_dir", str(tmp_path / "out")]
@@ -527,6 +531,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(stage1, stage2, chart_data, tmp_path):
     output_dir = tmp_path / "two-processes"
     launcher = tmp_path / "launch_with_rank_weights.py"
@@ -606,6 +611,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(stage1, stag
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_projector_and_merges_into_the_same_answers(tiny_dir, chart_data, tmp_path, capsys):
     output_dir = tmp_path / "lora"
     trainer = sft.main(*fast(LORA, tiny_dir, chart_data, output_dir))

@@ -19,6 +19,7 @@ def tree_digest(root: str) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(tmp_path):
     generate(str(tmp_path / "a"), 12, seed=3, progress=False)
     generate(str(tmp_path / "b"), 12, seed=3, num_proc=2, progress=False)
@@ -27,6 +28,7 @@ def test_deterministic_for_a_seed(tmp_path):
     assert tree_digest(str(tmp_path / "a")) != tree_digest(str(tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_every_chart_type_in_both_splits_with_the_contract_schema(tmp_path):
     root = str(tmp_path / "synth")
     generate(root, 40, seed=0, test_fraction=0.25, progress=False)

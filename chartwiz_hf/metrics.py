@@ -16,7 +16,7 @@ from sacrebleu.metrics import BLEU
 from scipy.optimize import linear_sum_assignment
 
 
-TEXT_THRESHOLD = 0.5  # ANLS: a normalized edit distance above this scores 0 (DePlot, DocVQA)
+TEXT_THRESHOLD = 0.5  # ANLS: a normalized edit distance at or above this scores 0 (pix2struct's anls_metric)
 NUMBER_THRESHOLD = 0.1  # RMS: a relative error at or above this scores 0 (DePlot)
 RELAXED_TOLERANCE = 0.05  # relaxed accuracy: a relative error up to this is still correct (ChartQA)
 DEFAULT_BLEU_TOKENIZE = "intl"
@@ -36,11 +36,12 @@ TASKS = tuple(TASK_METRICS)
 
 def anls(target: str, prediction: str, threshold: float = TEXT_THRESHOLD) -> float:
     """
-    Average normalized Levenshtein similarity of one pair: `1 - distance / max(len)`, or 0 when the normalized distance
-    is above `threshold`. Two empty strings are identical (1.0).
+    Average normalized Levenshtein similarity of one pair, as pix2struct's `anls_metric` (which DePlot's RMS uses):
+    `1 - distance / max(len)`, or 0 once the normalized distance reaches `threshold`, so two keys one edit apart in
+    two characters (`판매`, `판촉`) score 0. Two empty strings are identical (1.0), where pix2struct divides by zero.
     """
     distance = Levenshtein.normalized_distance(target, prediction)
-    return 1.0 - distance if distance <= threshold else 0.0
+    return 1.0 - distance if distance < threshold else 0.0
 
 
 def relative_distance(target: float, prediction: float, threshold: float = 1.0) -> float:
@@ -222,7 +223,7 @@ def _datapoints_scores(target: dict[str, str], prediction: dict[str, str]) -> tu
         scorer=Levenshtein.normalized_distance,
         dtype=np.float64,
     )  # [target keys, predicted keys]
-    key_similarity = np.where(distance <= TEXT_THRESHOLD, 1.0 - distance, 0.0)
+    key_similarity = np.where(distance < TEXT_THRESHOLD, 1.0 - distance, 0.0)
     target_index, predicted_index = linear_sum_assignment(1.0 - key_similarity)
     plain = units = 0.0
     for t, p in zip(target_index, predicted_index):

@@ -8,6 +8,7 @@ from rouge_score import rouge_scorer
 
 from chartwiz_hf.metrics import (
     Quantity,
+    anls,
     bleu,
     exact_match,
     find_quantities,
@@ -44,7 +45,7 @@ def _anls(a: str, b: str) -> float:
     if not a and not b:
         return 1.0
     normalized = _edit_distance(a, b) / max(len(a), len(b))
-    return 1 - normalized if normalized <= 0.5 else 0.0
+    return 1 - normalized if normalized < 0.5 else 0.0  # pix2struct's anls_metric: `< theta` keeps a score
 
 
 def _reference_points(text: str, transposed: bool) -> dict:
@@ -141,6 +142,7 @@ SHARES = "TITLE | 연도별 점유율\n| 2021 | 2022\nA사 | 30% | 35.5%\nB사 |
 POPULATION = "TITLE | 지역별 인구\n서울 | 950만 명\n부산 | 340만 명\n대구 | 240만 명"
 DEPLOT_LAYOUT = "characteristic | 2021 | 2022\nA | 1,000 | 2\nB | 3 | 4.5"
 ONE_CELL = "TITLE | 비율\nA | 30%"
+SALES = "TITLE | 항목별 금액\n판매 | 120\n판매량 | 40"
 
 TRICKY_PAIRS = [
     pytest.param(SHARES, SHARES, id="same"),
@@ -195,6 +197,9 @@ TRICKY_PAIRS = [
     pytest.param(ONE_CELL, ONE_CELL, id="one-cell-same"),
     pytest.param(ONE_CELL, "TITLE | 비율\nA | 0.3", id="one-cell-fraction"),
     pytest.param(ONE_CELL, "TITLE | 비율\nB | 30%", id="one-cell-other-key"),
+    pytest.param(SALES, "TITLE | 항목별 금액\n판촉 | 120\n판매량 | 40", id="key-at-the-threshold"),
+    pytest.param(SALES, "TITLE | 항목별 금액\n판매 | 120\n판촉량 | 40", id="key-under-the-threshold"),
+    pytest.param("TITLE | 담당\n1분기 | 판매", "TITLE | 담당\n1분기 | 판촉", id="cell-at-the-threshold"),
     pytest.param("TITLE | 비율", "TITLE | 비율", id="title-only-target"),
     pytest.param("TITLE | 비율", "TITLE | 비율\nA | 1", id="title-only-target-extra"),
 ]
@@ -206,6 +211,31 @@ def test_table_score_matches_the_brute_force_reference(target, prediction, units
     score = table_score(target, prediction, units=units)
     expected = reference_table_score(target, prediction, units=units)
     assert (score.precision, score.recall, score.f1) == pytest.approx(expected, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ANLS at its threshold, by hand from pix2struct's `anls_metric`: `1 - d / max(len)` while that is `< 0.5`, else 0
+
+
+def test_anls_scores_zero_once_the_normalized_distance_reaches_the_threshold():
+    assert anls("판매", "판촉") == 0.0  # one edit in two characters: exactly 0.5
+    assert anls("abcd", "abxy") == 0.0  # two edits in four
+    assert anls("판매량", "판촉량") == pytest.approx(1 - 1 / 3)  # one edit in three keeps 2/3
+    assert anls("abcd", "abcx") == pytest.approx(0.75)
+    assert anls("abcd", "abc") == pytest.approx(0.75)  # a deletion, divided by the longer length
+    assert anls("abcd", "abxy", threshold=0.6) == pytest.approx(0.5)
+    assert anls("", "") == 1.0 and anls("", "a") == 0.0 and anls("판매", "판매") == 1.0
+
+
+def test_keys_at_the_threshold_are_not_paired():
+    # "판매" vs "판촉" keys: DePlot's code scores the pair 0, so its cell counts for nothing; "판매량" vs "판촉량"
+    # keeps 2/3 of its cell. Three datapoints each side (the title and two cells).
+    at = table_score(SALES, SALES.replace("판매 |", "판촉 |"))
+    assert at.f1 == pytest.approx(2 / 3)
+    under = table_score(SALES, SALES.replace("판매량 |", "판촉량 |"))
+    assert under.f1 == pytest.approx((2 + 2 / 3) / 3)
+    # The same rule for text cells: "판촉" read for "판매" scores 0 (the title alone of two datapoints).
+    assert table_score("TITLE | 담당\n1분기 | 판매", "TITLE | 담당\n1분기 | 판촉").f1 == pytest.approx(1 / 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

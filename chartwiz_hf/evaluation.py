@@ -1,9 +1,11 @@
 """Scoring ChartWiz on a built dataset: answers from `chartwiz infer`'s engine, the task metrics by task and chart
 type, a report."""
 
+import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -177,6 +179,46 @@ def blank_charts(load_image: Callable) -> Callable:
     return load_blank
 
 
+def chart_identities(dataset) -> list[str]:
+    """Which chart each row of a built split shows: its image file, or a digest of the image bytes it embeds."""
+    from datasets import Image as ImageFeature
+
+    identities = []
+    for stored in dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))["image"]:
+        stored = stored or {}
+        if stored.get("bytes"):
+            identities.append(hashlib.sha256(stored["bytes"]).hexdigest())
+        else:
+            identities.append(os.path.abspath(stored["path"]) if stored.get("path") else "")
+    return identities
+
+
+def shuffled_charts(load_image: Callable, dataset, seed: int = 0) -> Callable:
+    """
+    `load_image` with every row shown the chart of another row of `dataset`: the `--shuffle-images` ablation. The
+    split's charts are put in a seeded random cycle and each chart's rows get the next chart's image, so no row sees
+    its own chart and the rows of one chart (its questions, its turns) all see the same other one. Rows without an
+    image keep theirs (they are reported as bad records). Raises `ValueError` for a split of fewer than two charts.
+    """
+    identities = chart_identities(dataset)
+    charts = list(dict.fromkeys(identity for identity in identities if identity))
+    if len(charts) < 2:
+        raise ValueError(f"--shuffle-images needs at least two charts in the split, got {len(charts)}.")
+    random.Random(seed).shuffle(charts)
+    first_row = {}
+    for row, identity in enumerate(identities):
+        first_row.setdefault(identity, row)
+    following = {chart: first_row[charts[(place + 1) % len(charts)]] for place, chart in enumerate(charts)}
+
+    def load_shuffled(question: Question):
+        identity = identities[question.image]
+        image, _ = load_image(replace(question, image=following[identity]) if identity else question)
+        # No chart type from the other chart: answers are grouped by the row's own, what was asked about.
+        return image, None
+
+    return load_shuffled
+
+
 def predict_dataset(
     model,
     processor,
@@ -188,6 +230,7 @@ def predict_dataset(
     settings: Optional[dict] = None,
     progress: bool = True,
     info: Optional[dict] = None,
+    shuffled_images: bool = False,
 ) -> InferenceSummary:
     """
     Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
@@ -204,14 +247,22 @@ def predict_dataset(
         max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
         blank_images (`bool`, *optional*, defaults to `False`): show the model a white image of each chart's size
             instead of the chart (`blank_charts`).
+        shuffled_images (`bool`, *optional*, defaults to `False`): show the model another row's chart instead of the
+            row's own (`shuffled_charts`).
         settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
         info (`dict`, *optional*): informative fields for the settings file (not compared).
     """
+    if blank_images and shuffled_images:
+        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     questions, tasks = split_questions(dataset)
-    load_image = blank_charts(DatasetImages(dataset)) if blank_images else DatasetImages(dataset)
+    load_image = DatasetImages(dataset)
+    if blank_images:
+        load_image = blank_charts(load_image)
+    elif shuffled_images:
+        load_image = shuffled_charts(load_image, dataset)
     answers_path = os.path.join(out_dir, ANSWERS_FILE)
-    settings = {**(settings or {}), "blank_images": blank_images}
+    settings = {**(settings or {}), "blank_images": blank_images, "shuffled_images": shuffled_images}
     summary = run_inference(
         model,
         processor,
@@ -256,6 +307,7 @@ def evaluate_model(
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
     blank_images: bool = False,
     progress: bool = True,
+    shuffled_images: bool = False,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
@@ -278,6 +330,9 @@ def evaluate_model(
             image of its size, which shows how much of a score comes from reading the chart rather than from the
             question and the language prior. Recorded in the run's settings, `metrics.json` and the report.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        shuffled_images (`bool`, *optional*, defaults to `False`): the second image ablation: every row is shown the
+            chart of another row of the split (`shuffled_charts`), which tells reading this chart from the help of
+            any chart at all (a chart-like input, its type, the vocabulary of its labels).
     """
     if config not in CONFIGS:
         raise ValueError(f"Unknown config {config!r}; choose from {', '.join(CONFIGS)}.")
@@ -287,6 +342,8 @@ def evaluate_model(
         raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+    if blank_images and shuffled_images:
+        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
     run = {
         "model": model_name_or_path,
@@ -296,7 +353,8 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
-    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
+    ablation = {"blank_images": blank_images, "shuffled_images": shuffled_images}
+    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, **ablation})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
@@ -305,7 +363,17 @@ def evaluate_model(
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     info = {"batch_size": batch_size, "device": str(model.device)}
     summary = predict_dataset(
-        model, processor, dataset, out_dir, batch_size, max_new_tokens, blank_images, settings, progress, info
+        model,
+        processor,
+        dataset,
+        out_dir,
+        batch_size,
+        max_new_tokens,
+        blank_images,
+        settings,
+        progress,
+        info,
+        shuffled_images=shuffled_images,
     )
     if summary.answered:
         logger.info(
@@ -354,6 +422,7 @@ def score_run(
         "config": run.get("config"),
         "split": run.get("split"),
         "blank_images": run.get("blank_images"),
+        "shuffled_images": run.get("shuffled_images"),
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
@@ -432,6 +501,8 @@ def render_report(metrics: dict) -> str:
         lines.append(f"- Dataset: `{metrics['dataset']}` ({source})")
     if metrics.get("blank_images"):
         lines.append("- Images: **blank**, every chart replaced by a white image of its size (an image ablation)")
+    if metrics.get("shuffled_images"):
+        lines.append("- Images: **shuffled**, every row shown the chart of another row (an image ablation)")
     rows = f" of {metrics['rows']}" if metrics.get("rows") is not None else ""
     lines.append(f"- Scored: {metrics['n']}{rows} rows, {len(metrics['skipped'])} skipped (listed below)")
     lines.append(f"- Predictions: `{PREDICTIONS_FILE}` (re-score with `chartwiz evaluate --predictions`)")
@@ -534,6 +605,8 @@ def draw_chart(metrics: dict, path: str) -> None:
             source += f" on {metrics['config']} / {metrics['split']}"
         if metrics.get("blank_images"):
             source += " (blank images)"
+        if metrics.get("shuffled_images"):
+            source += " (shuffled images)"
         figure.suptitle(f"ChartWiz evaluation: {source}")
         figure.savefig(path, dpi=100)
 
@@ -542,6 +615,7 @@ __all__ = [
     "CONFIGS",
     "Prediction",
     "blank_charts",
+    "chart_identities",
     "draw_chart",
     "evaluate_model",
     "load_split",
@@ -550,5 +624,6 @@ __all__ = [
     "render_report",
     "score_predictions",
     "score_run",
+    "shuffled_charts",
     "split_questions",
 ]

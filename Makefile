@@ -1,29 +1,47 @@
-# Fresh machine: `make quickstart` (set up + main job) and `make test` (set up + tests).
+# Fresh machine: `make quickstart` (set up + main job) and `make test` (set up + tests on both transformers majors).
 PYTHON ?= python3
+# The transformers 5 lane (newest 5.x; quickstart runs here) and the transformers 4.57 lane, each pinned by its
+# constraints file; the package itself only asks for transformers>=4.57,<6.
 VENV ?= .venv
+VENV_457 ?= .venv-4.57
 BIN := $(VENV)/bin
+BIN_457 := $(VENV_457)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup quickstart test lint benchmark clean
+.PHONY: setup setup-4.57 quickstart test test-5 test-4.57 lint benchmark clean
 
-$(BIN)/chartwiz: setup.cfg pyproject.toml
+# torch first, so the resolver keeps this CPU build instead of fetching another one
+$(BIN)/chartwiz: setup.cfg pyproject.toml constraints/transformers-5.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, so the resolver keeps this CPU build instead of fetching another one
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" -c constraints/transformers-5.txt
+	touch $@
+
+$(BIN_457)/chartwiz: setup.cfg pyproject.toml constraints/transformers-4.57.txt
+	$(PYTHON) -m venv $(VENV_457)
+	$(BIN_457)/pip install --quiet --upgrade pip
+	$(BIN_457)/pip install --quiet torch==2.13.0
+	$(BIN_457)/pip install --quiet -e ".[dev]" -c constraints/transformers-4.57.txt
 	touch $@
 
 setup: $(BIN)/chartwiz
 
+setup-4.57: $(BIN_457)/chartwiz
+
 quickstart: setup
 	$(BIN)/python examples/quickstart.py --out outputs
 
-test: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+# Each lane runs the whole suite; CHARTWIZ_OTHER_PYTHON is the other lane's interpreter, which the cross-version
+# tests use to load, under one major, the checkpoints the suite saved under the other.
+test: lint test-5 test-4.57
+
+test-5: setup setup-4.57
+	CHARTWIZ_OTHER_PYTHON=$(abspath $(BIN_457))/python $(BIN)/python -m pytest -q
+
+test-4.57: setup setup-4.57
+	CHARTWIZ_OTHER_PYTHON=$(abspath $(BIN))/python $(BIN_457)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -4,6 +4,9 @@ left-padded batch of eight, both through `chartwiz_hf.inference.answer_questions
 
     python benchmarks/bench_generation.py --model small --new-tokens 256
     python benchmarks/bench_generation.py --model small --new-tokens 256 --max-patches 64
+    python benchmarks/bench_generation.py --model tiny --ready-mask on   # force the ready-made padding mask
+
+Run it with each test lane's interpreter (`.venv` for transformers 5, `.venv-4.57`) to compare the majors.
 """
 
 import argparse
@@ -11,9 +14,11 @@ import json
 import time
 
 import torch
+import transformers
 from charts import QUESTIONS, chart_images
 from models import make_model
 
+import chartwiz_hf.modeling_chartwiz as modeling
 from chartwiz_hf.inference import answer_questions
 
 
@@ -24,7 +29,15 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-patches", type=int, default=None, help="image tokens per chart (config default: 512)")
+    parser.add_argument(
+        "--ready-mask",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the ready-made padding mask: as the model decides (auto), or forced on or off",
+    )
     args = parser.parse_args()
+    if args.ready_mask != "auto":
+        modeling._READY_MASK = args.ready_mask == "on"
     torch.manual_seed(0)
     model, processor = make_model(args.model, max_patches=args.max_patches)
     images = chart_images(args.batch_size)
@@ -55,6 +68,8 @@ def main():
         json.dumps(
             {
                 "model": args.model,
+                "transformers": transformers.__version__,
+                "ready_mask": modeling._READY_MASK,
                 "parameters": model.num_parameters(),
                 "image_tokens": processor.image_seq_length,
                 "torch_threads": torch.get_num_threads(),

@@ -62,7 +62,7 @@ def padding_efficiency(lengths: np.ndarray, order: list[int], batch_size: int) -
 def measure_padding(data_dir: str, model_dir: str, batch_size: int, epochs: int = 5) -> dict:
     from datasets import load_dataset
 
-    processor = AutoProcessor.from_pretrained(model_dir, use_fast=False)
+    processor = AutoProcessor.from_pretrained(model_dir)
     train = load_dataset(data_dir, "finetune", split="train")
     # The lengths the collator produces (tests/test_recipes.py checks them against collated batches)
     train, _ = sft.add_sequence_lengths(train, processor)

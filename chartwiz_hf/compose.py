@@ -1,5 +1,6 @@
 """Joins a pretrained Pix2Struct / DePlot encoder and a pretrained causal LM into one ChartWiz checkpoint."""
 
+import inspect
 import os
 from contextlib import contextmanager
 from itertools import chain
@@ -11,9 +12,9 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     Pix2StructConfig,
-    Pix2StructImageProcessor,
     Pix2StructVisionModel,
 )
+from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .chat_templates import CHAT_TEMPLATES, load_chat_template
@@ -71,11 +72,23 @@ def load_causal_lm(text_name_or_path: str, trust_remote_code: bool = False, **kw
 
 
 def _vision_image_processor_kwargs(vision_name_or_path: str) -> dict:
+    # The saved settings themselves: transformers 5's `Pix2StructImageProcessor` would need torchvision to read them.
     try:
-        reference = Pix2StructImageProcessor.from_pretrained(vision_name_or_path)
+        settings, _ = BaseImageProcessor.get_image_processor_dict(vision_name_or_path)
     except OSError:
         return {}
-    return {"is_vqa": reference.is_vqa, "patch_size": reference.patch_size}
+    return {key: settings[key] for key in ("is_vqa", "patch_size") if key in settings}
+
+
+def add_special_token(tokenizer, token: str) -> None:
+    """
+    Adds `token` to `tokenizer` as one more unnamed special token, keeping the ones it has: transformers 5 calls these
+    extra special tokens, 4.57 additional special tokens.
+    """
+    if "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters:
+        tokenizer.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
+    else:
+        tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_additional_special_tokens=False)
 
 
 def add_image_token(tokenizer, model) -> int:
@@ -85,9 +98,7 @@ def add_image_token(tokenizer, model) -> int:
     The new rows never matter as inputs: image positions take the projected patches instead.
     """
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
-        )
+        add_special_token(tokenizer, IMAGE_TOKEN)
     if tokenizer.pad_token is None:
         # Padding positions are masked out, so the end-of-text token serves without growing the vocabulary.
         tokenizer.pad_token = tokenizer.eos_token
@@ -204,4 +215,11 @@ def compose_chartwiz(
     return model, processor
 
 
-__all__ = ["add_image_token", "build_processor", "compose_chartwiz", "load_causal_lm", "load_pix2struct_encoder"]
+__all__ = [
+    "add_image_token",
+    "add_special_token",
+    "build_processor",
+    "compose_chartwiz",
+    "load_causal_lm",
+    "load_pix2struct_encoder",
+]

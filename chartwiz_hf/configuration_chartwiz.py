@@ -117,6 +117,9 @@ class ChartWizConfig(PretrainedConfig):
                 "projector_type='identity' needs equal hidden sizes, got vision "
                 f"{vision_config.hidden_size} and text {text_config.hidden_size}."
             )
+        # The head is tied to the embeddings exactly when the language model ties them: transformers 4.57 reads the
+        # text config for that, 5.x the top-level config.
+        kwargs["tie_word_embeddings"] = getattr(text_config, "tie_word_embeddings", False)
         super().__init__(**kwargs)
 
     @classmethod

@@ -29,6 +29,7 @@ import torch
 from accelerate import init_empty_weights
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, Pix2StructVisionConfig, PretrainedConfig
@@ -136,15 +137,17 @@ def _resolve(name_or_path: str, filename: str) -> Optional[str]:
     if os.path.isdir(name_or_path):
         path = os.path.join(name_or_path, filename)
         return path if os.path.isfile(path) else None
+    # Checked here: transformers 5 turns the Hub's validation error into a message about repo ids of its own.
     try:
-        return cached_file(
-            name_or_path,
-            filename,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
+        validate_repo_id(name_or_path)
     except HFValidationError as error:
         raise FileNotFoundError(f"{name_or_path}: no such folder, and not a Hub repo id") from error
+    return cached_file(
+        name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
 
 
 def load_weights_file(path: str) -> dict[str, torch.Tensor]:

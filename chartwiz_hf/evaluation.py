@@ -1,7 +1,6 @@
 """Scoring ChartWiz on a built dataset: answers from `chartwiz infer`'s engine, the task metrics by task and chart
 type, a report."""
 
-import hashlib
 import json
 import logging
 import os
@@ -18,12 +17,15 @@ from .batch_inference import (
     DatasetImages,
     InferenceSummary,
     Question,
+    Unreadable,
+    iter_json_records,
     load_model_for_inference,
     output_paths,
     read_dataset_questions,
     read_jsonl,
     run_inference,
 )
+from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 
 
@@ -67,37 +69,34 @@ class Prediction:
 
 def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
     """
-    The predictions of a JSON Lines file (`id`, `task`, `chart_type` (may be empty or absent), `prediction`,
-    `reference`), and `{"line": n, "reason": ...}` for each line that cannot be scored (it does not parse, lacks a
-    field, names an unknown task or repeats an id); blank lines are ignored.
+    The predictions of a JSON Lines file or a JSON array, read as `chartwiz infer` reads its inputs (`id`, `task`,
+    `chart_type` (may be empty or absent), `prediction`, `reference`), and `{"source": "file:line", "reason": ...}`
+    for each record that cannot be scored (it does not parse, lacks a field, names an unknown task or repeats an
+    id); blank lines are ignored.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such predictions file")
     predictions, skipped, seen = [], [], set()
-    with open(path, encoding="utf-8-sig") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                prediction = _prediction_from_json(line)
-            except ValueError as error:
-                skipped.append({"line": number, "reason": str(error)})
-                continue
-            if prediction.id in seen:
-                skipped.append({"line": number, "id": prediction.id, "reason": f"id {prediction.id!r} repeats"})
-                continue
-            seen.add(prediction.id)
-            predictions.append(prediction)
+    for source, record in iter_json_records(path):
+        try:
+            prediction = _prediction_from_record(record)
+        except ValueError as error:
+            skipped.append({"source": source, "reason": str(error)})
+            continue
+        if prediction.id in seen:
+            skipped.append({"source": source, "id": prediction.id, "reason": f"id {prediction.id!r} repeats"})
+            continue
+        seen.add(prediction.id)
+        predictions.append(prediction)
     return predictions, skipped
 
 
-def _prediction_from_json(line: str) -> Prediction:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"JSON does not parse: {error}") from None
+def _prediction_from_record(record) -> Prediction:
+    if isinstance(record, Unreadable):
+        raise ValueError(record.reason)
     if not isinstance(record, dict):
-        raise ValueError("a line should hold a JSON object")
+        raise ValueError("a record should be a JSON object")
+    record = dict(record)
     record.setdefault("chart_type", "")
     if record["chart_type"] is None:
         record["chart_type"] = ""
@@ -176,6 +175,8 @@ def blank_charts(load_image: Callable) -> Callable:
         image, chart_type = load_image(question)
         return Image.new("RGB", image.size, "white"), chart_type
 
+    # The answer still depends on the chart: its size.
+    load_blank.image_digest = getattr(load_image, "image_digest", None)
     return load_blank
 
 
@@ -187,7 +188,7 @@ def chart_identities(dataset) -> list[str]:
     for stored in dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))["image"]:
         stored = stored or {}
         if stored.get("bytes"):
-            identities.append(hashlib.sha256(stored["bytes"]).hexdigest())
+            identities.append(ContentDigests.of_bytes(stored["bytes"]))
         else:
             identities.append(os.path.abspath(stored["path"]) if stored.get("path") else "")
     return identities
@@ -210,12 +211,18 @@ def shuffled_charts(load_image: Callable, dataset, seed: int = 0) -> Callable:
         first_row.setdefault(identity, row)
     following = {chart: first_row[charts[(place + 1) % len(charts)]] for place, chart in enumerate(charts)}
 
-    def load_shuffled(question: Question):
+    def shown(question: Question) -> Question:
         identity = identities[question.image]
-        image, _ = load_image(replace(question, image=following[identity]) if identity else question)
+        return replace(question, image=following[identity]) if identity else question
+
+    def load_shuffled(question: Question):
+        image, _ = load_image(shown(question))
         # No chart type from the other chart: answers are grouped by the row's own, what was asked about.
         return image, None
 
+    # The answer depends on the chart shown, the other row's.
+    base_digest = getattr(load_image, "image_digest", None)
+    load_shuffled.image_digest = None if base_digest is None else lambda question: base_digest(shown(question))
     return load_shuffled
 
 
@@ -231,13 +238,16 @@ def predict_dataset(
     progress: bool = True,
     info: Optional[dict] = None,
     shuffled_images: bool = False,
+    fingerprints: Optional[dict] = None,
+    restart: bool = False,
 ) -> InferenceSummary:
     """
     Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
     charts prepared ahead of the model, each prompt checked against the context) into `out_dir/answers.jsonl`, then
     writes the answered rows as `predictions.jsonl`. Rerunning resumes: rows answered or rejected before are not
-    asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with the
-    reason in `answers.errors.jsonl`. Returns what this call did.
+    asked again while their fingerprints hold (the model's files, the row and its image), those that no longer hold
+    are asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with
+    the reason in `answers.errors.jsonl`. Returns what this call did.
 
     Args:
         model, processor: a loaded ChartWiz (`load_model_for_inference`).
@@ -252,6 +262,8 @@ def predict_dataset(
         settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
         info (`dict`, *optional*): informative fields for the settings file (not compared).
+        fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)` (see `run_inference`).
+        restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
     """
     if blank_images and shuffled_images:
         raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
@@ -274,6 +286,8 @@ def predict_dataset(
         max_new_tokens=max_new_tokens,
         progress=progress,
         info=info,
+        fingerprints=fingerprints,
+        restart=restart,
     )
     answers = {(row["id"], row["turn"]): row["answer"] for row in read_jsonl(answers_path)}
     lines = [
@@ -308,11 +322,13 @@ def evaluate_model(
     blank_images: bool = False,
     progress: bool = True,
     shuffled_images: bool = False,
+    restart: bool = False,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
     writes `out_dir`: `predictions.jsonl` (re-scorable), `metrics.json`, `report.md` and `report.png`. Running again
-    into the same `out_dir` resumes: rows already answered are not asked again. Returns the metrics.
+    into the same `out_dir` resumes: rows already answered are not asked again, unless the model's files or the row
+    changed since (then they are). Returns the metrics.
 
     Args:
         model_name_or_path (`str`): ChartWiz checkpoint directory or Hub repo.
@@ -333,6 +349,7 @@ def evaluate_model(
         shuffled_images (`bool`, *optional*, defaults to `False`): the second image ablation: every row is shown the
             chart of another row of the split (`shuffled_charts`), which tells reading this chart from the help of
             any chart at all (a chart-like input, its type, the vocabulary of its labels).
+        restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
     """
     if config not in CONFIGS:
         raise ValueError(f"Unknown config {config!r}; choose from {', '.join(CONFIGS)}.")
@@ -354,7 +371,8 @@ def evaluate_model(
         "max_samples": max_samples,
     }
     ablation = {"blank_images": blank_images, "shuffled_images": shuffled_images}
-    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, **ablation})
+    if not restart:
+        _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, **ablation})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
@@ -362,6 +380,10 @@ def evaluate_model(
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     info = {"batch_size": batch_size, "device": str(model.device)}
+    if restart:
+        predictions = os.path.join(out_dir, PREDICTIONS_FILE)
+        if os.path.exists(predictions):
+            os.remove(predictions)
     summary = predict_dataset(
         model,
         processor,
@@ -374,13 +396,17 @@ def evaluate_model(
         progress,
         info,
         shuffled_images=shuffled_images,
+        fingerprints=model_fingerprints(model_name_or_path, adapter),
+        restart=restart,
     )
-    if summary.answered:
+    if summary.answered or summary.already_done:
         logger.info(
-            "Answered %d questions in %.1f s (%.2f questions/s)",
+            "Answered %d questions in %.1f s (%.2f questions/s); %d were answered before%s",
             summary.answered,
             summary.seconds,
             summary.questions_per_second,
+            summary.already_done,
+            summary.resume_note(),
         )
     return score_run(out_dir, bleu_tokenize=bleu_tokenize, rows=len(dataset))
 
@@ -399,9 +425,16 @@ def score_run(
     target = os.path.join(out_dir, PREDICTIONS_FILE)
     source = predictions_path or target
     predictions, bad_lines = read_predictions(source)
+    if predictions_path is not None and not predictions:
+        example = f": {bad_lines[0]['source']}: {bad_lines[0]['reason']}" if bad_lines else ""
+        raise ValueError(
+            f"{source} holds no prediction to score ({len(bad_lines)} records could not be read{example})."
+        )
     os.makedirs(out_dir, exist_ok=True)
     if predictions_path is not None and os.path.abspath(source) != os.path.abspath(target):
         content = _read_text(source)
+        if content.lstrip()[:1] == "[" and not source.endswith(".jsonl"):  # a JSON array, kept as JSON Lines
+            content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in iter_json_records(source))
         if os.path.exists(target) and _read_text(target) != content:
             raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
         with open(target, "w", encoding="utf-8") as copy:
@@ -448,10 +481,14 @@ def _check_run(out_dir: str, run: dict) -> None:
         changed = ", ".join(f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in run if stored.get(key) != run[key])
         if changed:
             raise ValueError(
-                f"{out_dir} holds the predictions of another run ({changed}): choose another --out or delete it."
+                f"{out_dir} holds the predictions of another run ({changed}): choose another --out, or --restart to "
+                "start over in it."
             )
     elif os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
-        raise ValueError(f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out.")
+        raise ValueError(
+            f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out, or --restart to "
+            "replace it."
+        )
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -509,7 +546,26 @@ def render_report(metrics: dict) -> str:
     lines += ["", "All metrics in percent. `rms_f1` is the mean of each table's F1 (see docs/metrics.md)."]
     if metrics.get("bleu_signature"):
         lines.append(f"BLEU: sacrebleu `{metrics['bleu_signature']}`.")
-    lines += ["", "## By task", ""]
+    if by_task:
+        lines += _score_tables(metrics)
+    else:
+        lines += ["", "No row was scored: every one was skipped (listed below).", ""]
+    if metrics["skipped"]:
+        lines += ["## Skipped", ""]
+        for entry in metrics["skipped"]:
+            if "file" in entry:  # a record of the predictions file
+                where = f"`{entry['source']}`"
+            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
+                named_by_id = entry.get("id") is not None and entry.get("repeats") is None
+                where = f"`{entry['id'] if named_by_id else entry.get('source')}`"
+            lines.append(f"- {where}: {entry['reason']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _score_tables(metrics: dict) -> list[str]:
+    """The report's table by task and its tables by chart type, one per task."""
+    by_task, lines = metrics["by_task"], ["", "## By task", ""]
     columns = list(dict.fromkeys(metric for task in by_task for metric in TASK_METRICS[task]))
     lines.append("| task | n | " + " | ".join(columns) + " |")
     lines.append("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
@@ -526,16 +582,7 @@ def render_report(metrics: dict) -> str:
                 cells = [_format(tasks[task][metric]) for metric in TASK_METRICS[task]]
                 lines.append(f"| {chart_type} | {tasks[task]['n']} | " + " | ".join(cells) + " |")
         lines.append("")
-    if metrics["skipped"]:
-        lines += ["## Skipped", ""]
-        for entry in metrics["skipped"]:
-            if "line" in entry:
-                where = f"line {entry['line']}"
-            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
-                where = f"`{entry['id'] if entry.get('id') is not None else entry.get('source')}`"
-            lines.append(f"- {where}: {entry['reason']}")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 _FONT_FAMILY = None

@@ -11,12 +11,17 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Pix2StructImageProcessor
-from transformers.image_processing_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_transforms import to_pil_image
-from transformers.image_utils import ChannelDimension, ImageInput, make_flat_list_of_images, valid_images
-from transformers.models.pix2struct.image_processing_pix2struct import render_text
+from transformers.image_utils import ImageInput, make_flat_list_of_images, valid_images
 from transformers.utils import TensorType, cached_file
+
+
+try:
+    # transformers 5: the PIL Pix2Struct module; its `image_processing_pix2struct` imports torchvision.
+    from transformers.models.pix2struct.image_processing_pil_pix2struct import render_text
+except ImportError:  # transformers 4
+    from transformers.models.pix2struct.image_processing_pix2struct import render_text
 
 
 DEPLOT_HEADER_TEXT = "Generate underlying data table of the figure below:"
@@ -59,9 +64,16 @@ def bundled_font_path() -> Optional[str]:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB like Pix2Struct's `convert_to_rgb`, but 16-bit and float images are scaled to 8 bits instead of clipped."""
+    """
+    RGB like Pix2Struct's `convert_to_rgb`, except that transparent pixels are composited on white (a transparent PNG
+    often stores them as black; transformers 5 composites too) and 16-bit and float images are scaled to 8 bits
+    instead of clipped.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     if image.mode in _HIGH_BIT_DEPTH_RANGES or image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         top = _HIGH_BIT_DEPTH_RANGES.get(image.mode) or max(float(values.max()), 1.0)
@@ -123,11 +135,14 @@ def find_checkpoint_file(pretrained_model_name_or_path, filename: str, **kwargs)
     return resolved or filename
 
 
-class ChartWizImageProcessor(Pix2StructImageProcessor):
+class ChartWizImageProcessor(BaseImageProcessor):
     r"""
-    Constructs a ChartWiz image processor: `Pix2StructImageProcessor` with the same arguments and the same output
-    values for the same font, that renders the DePlot header offline with a bundled OFL font covering Hangul, reuses
-    the rendered header across images, and names its outputs for [`ChartWizForConditionalGeneration`].
+    Constructs a ChartWiz image processor: transformers' 4.x `Pix2StructImageProcessor` with the same arguments and
+    the same output values for the same font, that renders the DePlot header offline with a bundled OFL font
+    covering Hangul, reuses the rendered header across images, and names its outputs for
+    [`ChartWizForConditionalGeneration`]. It is written on `BaseImageProcessor` alone, with PIL, numpy and torch,
+    so it runs unchanged on transformers 4 and 5 (whose Pix2Struct processors are built differently) and needs no
+    torchvision.
 
     Args:
         do_convert_rgb (`bool`, *optional*, defaults to `True`):
@@ -166,14 +181,12 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         **kwargs,
     ) -> None:
-        super().__init__(
-            do_convert_rgb=do_convert_rgb,
-            do_normalize=do_normalize,
-            patch_size=patch_size,
-            max_patches=max_patches,
-            is_vqa=is_vqa,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
+        self.do_convert_rgb = do_convert_rgb
+        self.do_normalize = do_normalize
+        self.patch_size = dict(patch_size) if patch_size is not None else {"height": 16, "width": 16}
+        self.max_patches = max_patches
+        self.is_vqa = is_vqa
         self.header_text = header_text
         self.font_path = font_path
         self.num_workers = num_workers
@@ -196,19 +209,25 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
 
     def to_dict(self):
         output = super().to_dict()
+        # transformers 5 leaves out attributes that are None; no header (`is_vqa=False`) must not reload as DePlot's.
+        output["header_text"] = self.header_text
         # Saved checkpoints carry the font beside the config, so store its file name only.
         font = self.font_path or bundled_font_path()
         output["font_path"] = os.path.basename(font) if font else None
         return output
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], push_to_hub: bool = False, **kwargs):
+        self.save_font(save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def save_font(self, save_directory: Union[str, os.PathLike]) -> None:
+        """Copies the header font into `save_directory`, where `font_path`'s file name finds it when loading."""
         os.makedirs(save_directory, exist_ok=True)
         font = self.resolve_font_path()
         if font is not None:
             target = os.path.join(save_directory, os.path.basename(font))
             if not os.path.exists(target) or not os.path.samefile(font, target):
                 shutil.copyfile(font, target)
-        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     def resolve_font_path(self) -> Optional[str]:
         """The font file the header is drawn with."""
@@ -287,7 +306,10 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
 
     @staticmethod
     def _flattened_patches(image: np.ndarray, max_patches: int, patch_size: dict) -> np.ndarray:
-        """Pix2Struct's `extract_flattened_patches` for a float32 HWC image, the layout written directly."""
+        """
+        Pix2Struct's `extract_flattened_patches` for an HWC image (float32, or uint8 when not normalized, which torch
+        interpolates with its own rounding, as Pix2Struct's does), the layout written directly.
+        """
         patch_height, patch_width = patch_size["height"], patch_size["width"]
         height, width, channels = image.shape
         scale = math.sqrt(max_patches * (patch_height / height) * (patch_width / width))
@@ -325,12 +347,8 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
         else:
             pixels = np.asarray(image)
         if do_normalize:
-            patches = self._flattened_patches(self._standardize(pixels), max_patches, patch_size)
-        else:
-            # Unnormalized pixels stay uint8, which torch interpolates with its own rounding: keep Pix2Struct's path.
-            patches = self.extract_flattened_patches(
-                image=pixels, max_patches=max_patches, patch_size=patch_size, input_data_format=ChannelDimension.LAST
-            )
+            pixels = self._standardize(pixels)
+        patches = self._flattened_patches(pixels, max_patches, patch_size)
         return patches, (patches.sum(axis=-1) != 0).astype(np.float32)
 
     def preprocess(
@@ -354,7 +372,7 @@ class ChartWizImageProcessor(Pix2StructImageProcessor):
             header_text (`str` or `list[str]`, *optional*): header(s) to render when `is_vqa`; defaults to the
                 processor's `header_text`.
             font_path (`str`, *optional*): overrides the processor's font for this call.
-            Other arguments: as [`Pix2StructImageProcessor.preprocess`].
+            Other arguments: as transformers' `Pix2StructImageProcessor.preprocess`.
         """
         do_normalize = do_normalize if do_normalize is not None else self.do_normalize
         do_convert_rgb = do_convert_rgb if do_convert_rgb is not None else self.do_convert_rgb

@@ -8,37 +8,14 @@ from itertools import zip_longest
 from typing import Optional
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from transformers.feature_extraction_utils import BatchFeature
 
-from .image_processing_chartwiz import MAX_IMAGE_PIXELS, check_image_size
+from .images import load_chart_image
 
 
 IMAGE_TOKEN = "<image>"
-
-
-def load_chart_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """
-    Opens and fully decodes an image file, upright: the EXIF orientation of a photo is applied, as a camera or phone
-    records it. Raises an error naming the file if it is missing, corrupt or truncated, or if it has more than
-    `max_pixels` pixels (8192 x 8192 by default), which is checked from the file's header before decoding.
-    """
-    try:
-        image = Image.open(path)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{path}: no such image file") from error
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: the image is above the limit of {max_pixels:,} pixels ({error})") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{path}: cannot decode the image ({error})") from error
-    with image:
-        check_image_size(image.width, image.height, max_pixels, name=str(path))
-        try:
-            image.load()
-            return ImageOps.exif_transpose(image)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"{path}: cannot decode the image ({error})") from error
 
 
 def _check_text(text: str, what: str) -> None:
@@ -332,16 +309,19 @@ def load_chartwiz(
     """
     Model and processor from a local directory or the Hub, through the Auto classes; with `adapter`, a PEFT (LoRA)
     adapter folder is applied on top without merging. The device and the checkpoint are checked first
-    (`check_device`, `check_checkpoint`), and weights that cannot be read are reported as such, so a wrong input
-    gives a one-line `ValueError` or `OSError` rather than a traceback or a download attempt.
+    (`check_device`, `check_checkpoint`), weights that cannot be read are reported as such, and weights missing from
+    the checkpoint, unexpected or of another shape are refused (`from_pretrained_complete`), so a wrong input gives
+    a one-line `ValueError` or `OSError` rather than a traceback, a download attempt or random weights.
     """
     from safetensors import SafetensorError
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from .checkpoints import from_pretrained_complete
 
     device = check_device(device)
     check_checkpoint(model_name_or_path, **kwargs)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+        model = from_pretrained_complete(AutoModelForImageTextToText, model_name_or_path, dtype=dtype, **kwargs)
     except SafetensorError as error:
         raise OSError(
             f"{model_name_or_path}: cannot read the weights ({error}); the safetensors file is truncated or corrupt, "
@@ -353,17 +333,26 @@ def load_chartwiz(
         model = PeftModel.from_pretrained(model, adapter)
     if device is not None:
         model = model.to(device)
-    # AutoImageProcessor advises a fast image processor, which ChartWiz does not have; `use_fast=False` would quiet it
-    # but also reach AutoTokenizer and pick a slow tokenizer where one exists, which may split text differently from
-    # the fast one used in training. Quiet the advice alone.
+    return model.eval(), load_processor(model_name_or_path, **kwargs)
+
+
+def load_processor(model_name_or_path: str, **kwargs):
+    """
+    The processor of a checkpoint with its fast tokenizer, the one way training, merging and answering load it: a
+    slow SentencePiece twin splits text differently around special tokens, so a model would answer on other ids than
+    it was trained on. `kwargs`: the Hub arguments of `from_pretrained` (`revision`, `trust_remote_code`...).
+    """
+    from transformers import AutoProcessor
+
+    # transformers 4.57's AutoImageProcessor advises a fast image processor, which ChartWiz does not have;
+    # `use_fast=False` would quiet it but also reach AutoTokenizer and pick the slow tokenizer. Quiet the advice alone.
     advice = logging.getLogger("transformers.models.auto.image_processing_auto")
     level = advice.level
     advice.setLevel(logging.ERROR)
     try:
-        processor = AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
+        return AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
     finally:
         advice.setLevel(level)
-    return model.eval(), processor
 
 
 __all__ = [
@@ -379,6 +368,7 @@ __all__ = [
     "generate_answers",
     "load_chart_image",
     "load_chartwiz",
+    "load_processor",
     "prepare_inputs",
     "prompt_length",
 ]

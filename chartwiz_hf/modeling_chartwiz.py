@@ -1,36 +1,45 @@
 """PyTorch ChartWiz model: a Pix2Struct (DePlot) encoder, a projector and a causal language model."""
 
-from dataclasses import dataclass
+import functools
+import inspect
+from dataclasses import dataclass, fields
 from typing import Optional, Union
 
 import torch
-import transformers
-from packaging import version
 from torch import nn
-from transformers import AutoModel, GenerationMixin, Pix2StructVisionModel, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, Pix2StructVisionModel, PreTrainedModel, masking_utils
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .configuration_chartwiz import ChartWizConfig, projector_depth
 
 
+# The name outputs give the key/value cache: `past_key_values` up to transformers 5.19, `cache` since (the old name
+# is still accepted there, with a warning). ChartWiz's outputs use the running library's name.
+CACHE_OUTPUT_NAME = "cache" if "cache" in {f.name for f in fields(BaseModelOutputWithPast)} else "past_key_values"
+
+# transformers 5 tells `prepare_inputs_for_generation` which call is the prefill; 4.57 passes `cache_position` instead.
+_GENERATION_MARKS_FIRST_ITERATION = (
+    "is_first_iteration" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+)
+
 # Built-in language models whose SDPA attention masks are transformers' causal mask and nothing else when all their
 # layers attend fully; for them a padded batch's mask can be handed over ready-made (see `expanded_attention_mask`).
 _FULL_ATTENTION_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
-# The transformers series whose mask building the ready-made mask was checked against (logits and generations equal
-# to its own masks); other versions, which checkpoints' remote code may meet, build their masks themselves.
-_READY_MASK_TRANSFORMERS_SERIES = (4, 57)
 
 
-def ready_mask_supported(transformers_version: str) -> bool:
-    """Whether `expanded_attention_mask` may hand over its own mask under this transformers version."""
-    return version.parse(transformers_version).release[:2] == _READY_MASK_TRANSFORMERS_SERIES
+def builds_sdpa_masks_with_vmap() -> bool:
+    """
+    Whether transformers builds a padded batch's SDPA mask with nested `vmap`s at every generation step (4.57 does;
+    5.x broadcasts unless asked for `use_vmap`, which is what `expanded_attention_mask` does itself).
+    """
+    return "use_vmap" not in inspect.signature(masking_utils.sdpa_mask).parameters
 
 
-_READY_MASK = ready_mask_supported(transformers.__version__)
+_READY_MASK = builds_sdpa_masks_with_vmap()
 
 
 def _attends_fully(text_config) -> bool:
@@ -57,7 +66,6 @@ def submodel_no_split_modules(*submodels) -> list[str]:
 def expanded_attention_mask(
     attention_mask: Optional[torch.Tensor],
     text_config,
-    cache_position: Optional[torch.LongTensor],
     past_key_values: Optional[Cache],
     query_length: int,
 ) -> Optional[torch.Tensor]:
@@ -65,8 +73,8 @@ def expanded_attention_mask(
     The `[batch, 1, query, key]` boolean causal-and-padding mask of a padded batch, built by broadcasting, for the
     language models where it equals the SDPA mask transformers would build; otherwise `attention_mask` unchanged.
     transformers 4.57 builds that mask with nested `vmap`s at every generation step, which costs more than a small
-    model's whole decoding step and erases the gain of batching; it takes a ready 4D mask as it is. Under any other
-    transformers series the mask is left to transformers.
+    model's whole decoding step and erases the gain of batching; it takes a ready 4D mask as it is. Where
+    transformers builds the mask by broadcasting itself (5.x), the mask is left to transformers.
     """
     if (
         not _READY_MASK
@@ -80,12 +88,20 @@ def expanded_attention_mask(
     ):
         return attention_mask
     key_length = attention_mask.shape[-1]
-    if cache_position is None:
-        cache_position = torch.arange(key_length - query_length, key_length, device=attention_mask.device)
+    # The cache's length is read from its tensors' shapes, so no position tensor waits on the GPU.
+    past_length = past_key_values.get_seq_length() if past_key_values is not None else key_length - query_length
+    positions = torch.arange(past_length, past_length + query_length, device=attention_mask.device)
     # [query, key]: a query sees the keys at or before its own position
-    causal = torch.arange(key_length, device=attention_mask.device)[None, :] <= cache_position[:, None]
+    causal = torch.arange(key_length, device=attention_mask.device)[None, :] <= positions[:, None]
     # [batch, 1, query, key]
     return causal[None, None, :, :] & attention_mask.bool()[:, None, None, :]
+
+
+@functools.cache
+def cache_argument_name(module_class: type) -> str:
+    """The name a module class's `forward` takes the key/value cache under: `cache` (transformers 5.20+) or
+    `past_key_values` (earlier releases, and language models shipped as remote code for them)."""
+    return "cache" if "cache" in inspect.signature(module_class.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -101,21 +117,14 @@ class ChartWizModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class ChartWizCausalLMOutputWithPast(ModelOutput):
+class ChartWizCausalLMOutputWithPast(CausalLMOutputWithPast):
     """
-    Base class for ChartWiz causal language model outputs.
+    Base class for ChartWiz causal language model outputs: transformers' `CausalLMOutputWithPast` (loss on the text
+    positions only; the cache under the running transformers' name) with the projected image features.
 
-    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): language modeling loss, image positions excluded.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): prediction scores.
-    past_key_values (`Cache`, *optional*): the key/value cache for generation.
     image_hidden_states (`torch.FloatTensor`, *optional*): image features after the projector.
     """
 
-    loss: Optional[torch.FloatTensor] = None
-    logits: Optional[torch.FloatTensor] = None
-    past_key_values: Optional[Cache] = None
-    hidden_states: Optional[tuple[torch.FloatTensor]] = None
-    attentions: Optional[tuple[torch.FloatTensor]] = None
     image_hidden_states: Optional[torch.FloatTensor] = None
 
 
@@ -145,9 +154,9 @@ class ChartWizMultiModalProjector(nn.Module):
 class ChartWizPreTrainedModel(PreTrainedModel):
     config_class = ChartWizConfig
     config: ChartWizConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = "past_key_values"
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -164,6 +173,9 @@ class ChartWizPreTrainedModel(PreTrainedModel):
 
 class ChartWizModel(ChartWizPreTrainedModel):
     """The ChartWiz model without a language modeling head."""
+
+    # Loaded from a full checkpoint (`AutoModel`), the head's weights are there and not wanted.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: ChartWizConfig):
         super().__init__(config)
@@ -237,7 +249,6 @@ class ChartWizModel(ChartWizPreTrainedModel):
         past_key_values: Optional[Cache] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
         use_cache: Optional[bool] = None,
-        cache_position: Optional[torch.LongTensor] = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Union[tuple, ChartWizModelOutputWithPast]:
         r"""
@@ -247,8 +258,12 @@ class ChartWizModel(ChartWizPreTrainedModel):
         pixel_attention_mask (`torch.Tensor` of shape `(num_images, max_patches)`, *optional*):
             1 for real patches, 0 for padding patches.
 
-        The other arguments are those of the language model's forward; `return_dict=False` gives a tuple.
+        The other arguments are those of the language model's forward (`cache_position` where it takes one); the
+        key/value cache comes as `past_key_values` or, as transformers 5.20+ names it, `cache`. `return_dict=False`
+        gives a tuple.
         """
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         if self.config.image_token_id is None:
@@ -280,20 +295,19 @@ class ChartWizModel(ChartWizPreTrainedModel):
             )
 
         attention_mask = expanded_attention_mask(
-            attention_mask, self.config.text_config, cache_position, past_key_values, inputs_embeds.shape[1]
+            attention_mask, self.config.text_config, past_key_values, inputs_embeds.shape[1]
         )
+        kwargs[cache_argument_name(type(self.language_model))] = past_key_values
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            cache_position=cache_position,
             **kwargs,
         )
         return ChartWizModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_OUTPUT_NAME: outputs.get(CACHE_OUTPUT_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -317,7 +331,8 @@ class ChartWizModel(ChartWizPreTrainedModel):
 class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin):
     """ChartWiz with a language modeling head: answers questions about charts."""
 
-    _tied_weights_keys = ["lm_head.weight"]
+    # Head -> the weight it is tied to when the language model ties them; transformers 4.57 reads the keys alone.
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
     def __init__(self, config: ChartWizConfig):
         super().__init__(config)
@@ -328,11 +343,14 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
-            # Remote code: map both auto classes our users call to this class, not just the registered one.
-            class_path = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            # Remote code: map every auto class users call to its class, not just the registered one. `AutoModel`
+            # builds the base model (vLLM's Transformers backend loads it so); `AutoModelForVision2Seq` exists on
+            # transformers 4 only, and the entry is ignored where it does not.
+            module = type(self).__module__.split(".")[-1]
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            for auto_class in ("AutoModelForVision2Seq", "AutoModelForImageTextToText"):
-                auto_map.setdefault(auto_class, class_path)
+            for auto_class in ("AutoModelForImageTextToText", "AutoModelForVision2Seq"):
+                auto_map.setdefault(auto_class, f"{module}.{type(self).__name__}")
+            auto_map.setdefault("AutoModel", f"{module}.{ChartWizModel.__name__}")
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -381,7 +399,6 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
         inputs_embeds: Optional[torch.FloatTensor] = None,
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
-        cache_position: Optional[torch.LongTensor] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Union[tuple, ChartWizCausalLMOutputWithPast]:
@@ -399,9 +416,9 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
 
         ```python
         >>> from PIL import Image
-        >>> from transformers import AutoModelForVision2Seq, AutoProcessor
+        >>> from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        >>> model = AutoModelForVision2Seq.from_pretrained("path/to/chartwiz")
+        >>> model = AutoModelForImageTextToText.from_pretrained("path/to/chartwiz")
         >>> processor = AutoProcessor.from_pretrained("path/to/chartwiz")
         >>> messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "가장 큰 값은?"}]}]
         >>> prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -418,7 +435,6 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            cache_position=cache_position,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -441,37 +457,27 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
         return ChartWizCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_OUTPUT_NAME: outputs.get(CACHE_OUTPUT_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
         )
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids,
-        past_key_values=None,
-        inputs_embeds=None,
-        pixel_values=None,
-        pixel_attention_mask=None,
-        attention_mask=None,
-        cache_position=None,
-        logits_to_keep=None,
-        **kwargs,
-    ):
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache_position=cache_position,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
-        # After the first step the cache holds the image; the new tokens contain no <image> to fill.
-        if cache_position[0] == 0:
+    def prepare_inputs_for_generation(self, input_ids, pixel_values=None, pixel_attention_mask=None, **kwargs):
+        # The image is encoded once, on the step that fills the cache (or on every step without a cache). transformers
+        # 5 says which step that is (`is_first_iteration`); 4.57 gives the step's positions (`cache_position`).
+        if _GENERATION_MARKS_FIRST_ITERATION:
+            first_step = bool(kwargs.get("is_first_iteration", False))
+        else:
+            cache_position = kwargs.get("cache_position")
+            first_step = cache_position is None or bool(cache_position[0] == 0)
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        if first_step or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
             model_inputs["pixel_attention_mask"] = pixel_attention_mask
+        else:
+            model_inputs.pop("pixel_values", None)
+            model_inputs.pop("pixel_attention_mask", None)
         return model_inputs
 
 

@@ -1,11 +1,39 @@
 """Processor for ChartWiz: the image processor, the tokenizer and the chat template in one object."""
 
+import json
+import os
 from typing import Optional, Union
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import TextInput
+from transformers.utils import IMAGE_PROCESSOR_NAME
+
+
+def readable_by_both_majors(tokenizer_settings: dict, tokenizer) -> bool:
+    """
+    Rewrites, in place, what transformers 5 writes in `tokenizer_config.json` and 4.57 cannot read, and says whether
+    anything changed: 5's generic `TokenizersBackend` class becomes `PreTrainedTokenizerFast` (5 reads that name as
+    the same class), and 5's list of `extra_special_tokens` becomes 4.57's form, a dict of the named multimodal tokens
+    (`image_token`) beside the list as `additional_special_tokens`, which 5 also reads.
+    """
+    changed = False
+    if tokenizer_settings.get("tokenizer_class") == "TokenizersBackend":
+        tokenizer_settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+        changed = True
+    extra = tokenizer_settings.get("extra_special_tokens")
+    if isinstance(extra, list):
+        # transformers 5 extends the instance's SPECIAL_TOKENS_ATTRIBUTES with the named tokens it was given.
+        standard = set(type(tokenizer).SPECIAL_TOKENS_ATTRIBUTES)
+        named = [name for name in tokenizer.SPECIAL_TOKENS_ATTRIBUTES if name not in standard]
+        tokenizer_settings["extra_special_tokens"] = {
+            name: tokenizer_settings[name] for name in named if isinstance(tokenizer_settings.get(name), str)
+        }
+        if extra:
+            tokenizer_settings.setdefault("additional_special_tokens", extra)
+        changed = True
+    return changed
 
 
 class ChartWizImagesKwargs(ImagesKwargs, total=False):
@@ -50,7 +78,7 @@ class ChartWizProcessor(ProcessorMixin):
         if tokenizer is not None and len(image_token_ids) != 1:
             raise ValueError(
                 f"The tokenizer splits the image token {self.image_token!r} into {image_token_ids}; add it as a "
-                "special token (tokenizer.add_special_tokens({'additional_special_tokens': ['<image>']}))."
+                "special token (chartwiz_hf.compose.add_special_token(tokenizer, '<image>'))."
             )
         self.image_token_id = image_token_ids[0] if image_token_ids else None
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
@@ -61,6 +89,36 @@ class ChartWizProcessor(ProcessorMixin):
         # AutoImageProcessor builds the image processor from its config alone; the header font sits beside it.
         processor.image_processor.locate_font(pretrained_model_name_or_path, **kwargs)
         return processor
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """
+        Saves the processor so that both transformers majors load it: transformers 5 writes the image processor into
+        `processor_config.json` only, where 4.57 does not look, so its own `preprocessor_config.json` (and the header
+        font) are written too; and 5's generic `TokenizersBackend` is recorded as `PreTrainedTokenizerFast`, the name
+        both majors read for a tokenizer defined by its `tokenizer.json` alone (see `readable_by_both_majors`).
+        """
+        if push_to_hub:
+            # Upload the folder as this method completes it, not as transformers alone writes it.
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            token, private = kwargs.pop("token", None), kwargs.pop("private", None)
+            result = self.save_pretrained(save_directory, **kwargs)
+            repo_id = create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
+            upload_folder(repo_id=repo_id, folder_path=save_directory, token=token)
+            return result
+        result = super().save_pretrained(save_directory, **kwargs)
+        if not os.path.isfile(os.path.join(save_directory, IMAGE_PROCESSOR_NAME)):
+            self.image_processor.save_pretrained(save_directory)
+        self.image_processor.save_font(save_directory)
+        tokenizer_config = os.path.join(save_directory, "tokenizer_config.json")
+        if os.path.isfile(tokenizer_config):
+            with open(tokenizer_config, encoding="utf-8") as file:
+                settings = json.load(file)
+            if readable_by_both_majors(settings, self.tokenizer):
+                with open(tokenizer_config, "w", encoding="utf-8") as file:
+                    json.dump(settings, file, ensure_ascii=False, indent=2)
+        return result
 
     @property
     def image_seq_length(self) -> int:

@@ -7,14 +7,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoModelForVision2Seq,
+    AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     Pix2StructConfig,
     Pix2StructForConditionalGeneration,
-    Pix2StructImageProcessor,
     PreTrainedTokenizerFast,
 )
 
@@ -22,7 +21,7 @@ from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.cli import main
 from chartwiz_hf.tiny import tiny_configs
 
-from .conftest import draw_chart
+from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def pretrained_parts(tmp_path_factory):
         )
     )
     pix2struct.save_pretrained(root / "deplot")
-    Pix2StructImageProcessor(is_vqa=True, max_patches=32).save_pretrained(root / "deplot")
+    pix2struct_image_processor(is_vqa=True, max_patches=32).save_pretrained(root / "deplot")
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,7 +71,7 @@ def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
         ]
     )
     assert code == 0
-    model = AutoModelForVision2Seq.from_pretrained(out).eval()
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
 
     for name, value in pix2struct.encoder.state_dict().items():
@@ -96,6 +95,7 @@ def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=draw_chart(), text=prompt, return_tensors="pt")
     assert model.generate(**inputs, max_new_tokens=2, min_new_tokens=2).shape[1] == inputs["input_ids"].shape[1] + 2
+    assert_same_answers_under_the_other_major(out, tmp_path / "other-major")
 
 
 def test_init_tiny_then_ask_streams_an_answer(tmp_path, capsys):
@@ -390,3 +390,37 @@ def test_answers_that_would_overrun_the_context_are_refused_before_generating(ti
     assert fit_new_tokens(inputs, model.config, room + 50, clamp=True) == room
     assert fit_new_tokens(inputs, model.config, room) == room
     assert len(answer_questions(model, processor, [chart], [question], max_new_tokens=room, min_new_tokens=room)) == 1
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ({"drop": 4}, "4 missing"),
+        ({"reshape": 2}, "2 of another shape"),
+        ({"extra": 1}, "1 unexpected (model.unused_0.weight)"),
+    ],
+)
+def test_every_command_refuses_weights_that_do_not_fit_the_model(tiny_dir, tmp_path, capsys, damage, words):
+    from .conftest import damaged_checkpoint, draw_chart
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, **damage)
+    chart = tmp_path / "chart.png"
+    draw_chart().save(chart)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "a", "image": "chart.png", "text": "값은?"}\n', encoding="utf-8")
+    commands = {
+        "ask": ["ask", "--model", broken, str(chart), "값은?"],
+        "infer": ["infer", "--model", broken, "--questions", str(questions), "--image-folder", str(tmp_path)]
+        + ["--answers", str(tmp_path / "answers.jsonl")],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        # transformers 5 draws a weight-loading progress bar on stderr first; the error is the last line.
+        stderr = capsys.readouterr().err.replace("\r", "\n").strip()
+        error = stderr.splitlines()[-1]
+        assert "Traceback" not in stderr
+        assert error.startswith(f"chartwiz {name}: error: {broken}: the weights do not fit the model: ")
+        assert words in error and all(key in error for key in hit[:3])
+    assert not (tmp_path / "answers.jsonl").exists()

@@ -16,14 +16,13 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import (
-    AutoModelForVision2Seq,
+    AutoModelForImageTextToText,
     AutoProcessor,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     Pix2StructConfig,
     Pix2StructForConditionalGeneration,
-    Pix2StructImageProcessor,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -35,7 +34,7 @@ from chartwiz_hf.cli import main
 from chartwiz_hf.inference import load_chartwiz
 from chartwiz_hf.tiny import tiny_configs
 
-from .conftest import draw_chart
+from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 
 
 IMAGE_TOKEN_INDEX = -200  # the original's sentinel id for the image
@@ -187,7 +186,7 @@ def parts(tmp_path_factory):
         )
     )
     pix2struct.save_pretrained(root / "deplot")
-    Pix2StructImageProcessor(is_vqa=True, max_patches=MAX_PATCHES).save_pretrained(root / "deplot")
+    pix2struct_image_processor(is_vqa=True, max_patches=MAX_PATCHES).save_pretrained(root / "deplot")
     pix2struct.encoder.save_pretrained(root / "deplot-encoder")
     tokenizer = make_tokenizer()
     tokenizer.save_pretrained(root / "tokenizer")
@@ -260,7 +259,7 @@ def test_full_bin_checkpoint_matches_the_original(parts, tmp_path, caplog, capsy
     assert code == 0, capsys.readouterr().err
     assert "inv_freq" in caplog.text and "rotary embedding buffer, recomputed from the config" in caplog.text
 
-    model = AutoModelForVision2Seq.from_pretrained(out).eval()
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
     assert_matches_original(model, processor, original)
 
@@ -282,6 +281,7 @@ def test_full_bin_checkpoint_matches_the_original(parts, tmp_path, caplog, capsy
     prompt, inputs = chart_inputs(processor)
     expected_ids = original_tokenization(parts["tokenizer"], prompt)
     assert original_ids(inputs["input_ids"], model.config.image_token_id) == expected_ids
+    assert_same_answers_under_the_other_major(out, tmp_path / "other-major")
 
 
 def test_sharded_safetensors_with_tied_embeddings_and_the_tower_from_its_checkpoint(parts, tmp_path, caplog):
@@ -308,7 +308,7 @@ def test_sharded_safetensors_with_tied_embeddings_and_the_tower_from_its_checkpo
     assert "Pix2Struct's text decoder" in caplog.text and "tied to the input embeddings" in caplog.text
     assert f"Used {len(parts['encoder'].state_dict())} weights from {deplot}" in caplog.text
 
-    model = AutoModelForVision2Seq.from_pretrained(tmp_path / "out").eval()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert model.config.text_config.model_type == "qwen2" and model.config.projector_type == "linear"
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -316,11 +316,27 @@ def test_sharded_safetensors_with_tied_embeddings_and_the_tower_from_its_checkpo
     assert_matches_original(model, processor, original, generate=False)
 
 
+def save_sharded_bin(model, directory, shards: int = 3):
+    """`model` as the original's sharded `pytorch_model-*.bin` files with their index, written by hand:
+    transformers 5 saves safetensors only."""
+    os.makedirs(directory, exist_ok=True)
+    model.config.save_pretrained(directory)
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    keys = list(state)
+    weight_map = {}
+    for index in range(shards):
+        name = f"pytorch_model-{index + 1:05d}-of-{shards:05d}.bin"
+        part = {key: state[key] for key in keys[index::shards]}
+        torch.save(part, os.path.join(directory, name))
+        weight_map.update(dict.fromkeys(part, name))
+    write_json(os.path.join(directory, "pytorch_model.bin.index.json"), {"metadata": {}, "weight_map": weight_map})
+
+
 def test_stage1_side_file_on_the_base_language_model(parts, tmp_path, capsys):
     """`mm_projector.bin` + a Mistral base saved as sharded `.bin`, the tower from a vision-only checkpoint."""
     original = build_original(parts, kind="mistral")
     base = tmp_path / "synatra"
-    original.language_model.save_pretrained(base, safe_serialization=False, max_shard_size="100KB")
+    save_sharded_bin(original.language_model, base)
     parts["tokenizer"].save_pretrained(base)
     assert os.path.exists(base / "pytorch_model.bin.index.json")
     stage1 = tmp_path / "stage1"
@@ -336,7 +352,7 @@ def test_stage1_side_file_on_the_base_language_model(parts, tmp_path, capsys):
     assert convert_chartwiz_llava_to_hf.main([*argv, "--max-patches", str(MAX_PATCHES)]) == 0
     assert "error" not in capsys.readouterr().err
 
-    model = AutoModelForVision2Seq.from_pretrained(tmp_path / "out").eval()
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert model.config.text_config.model_type == "mistral"
     assert_matches_original(model, processor, original)
@@ -374,7 +390,7 @@ def test_lora_run_is_merged_with_peft(parts, tmp_path, adapter_format):
     assert main([*argv, "--text", str(base), "--out", str(out), "--max-patches", str(MAX_PATCHES)]) == 0
     assert not os.path.exists(out / "adapter")
 
-    model = AutoModelForVision2Seq.from_pretrained(out).eval()
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
     assert not any("lora" in name for name in model.state_dict())
     assert_matches_original(model, processor, reference)
@@ -421,7 +437,7 @@ def test_push_to_hub_uploads_the_folder_that_loads_with_the_auto_classes(parts, 
     assert calls[0][2] is True
 
     uploaded = hub / "me" / "chartwiz"
-    model = AutoModelForVision2Seq.from_pretrained(uploaded).eval()
+    model = AutoModelForImageTextToText.from_pretrained(uploaded).eval()
     processor = AutoProcessor.from_pretrained(uploaded)
     assert_matches_original(model, processor, original, generate=False)
 

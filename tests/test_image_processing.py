@@ -2,6 +2,7 @@ import io
 import math
 import os
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -9,15 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import transformers
 from PIL import Image
-from transformers import Pix2StructImageProcessor
-from transformers.models.pix2struct import image_processing_pix2struct
 
 import chartwiz_hf.image_processing_chartwiz as chartwiz_image_processing
 from chartwiz_hf import ChartWizImageProcessor
 from chartwiz_hf.image_processing_chartwiz import DEPLOT_HEADER_TEXT, bundled_font_path
 
-from .conftest import draw_chart
+from .conftest import draw_chart, pix2struct_image_processor
 
 
 def varied_images():
@@ -32,17 +32,49 @@ def varied_images():
     return images
 
 
-@pytest.mark.parametrize("is_vqa", [True, False])
+# transformers 5's Pix2StructImageProcessorPil takes no font_path (with a header it would download Arial), so the
+# header path is compared with 4.57's processor in the 4.57 lane, and with 5's header drawing below.
+_NO_FONT_PATH = hasattr(transformers, "Pix2StructImageProcessorPil")
+
+
+@pytest.mark.parametrize(
+    "is_vqa",
+    [
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                _NO_FONT_PATH,
+                reason="transformers 5's Pix2Struct processor takes no font; test_header_canvas_equals_pix2structs",
+            ),
+        ),
+        False,
+    ],
+)
 @pytest.mark.parametrize("max_patches", [64, 512])
 def test_same_values_as_pix2struct_for_the_same_font(is_vqa, max_patches):
     images = varied_images()
-    reference = Pix2StructImageProcessor(is_vqa=is_vqa, max_patches=max_patches)
+    reference = pix2struct_image_processor(is_vqa=is_vqa, max_patches=max_patches)
     ours = ChartWizImageProcessor(is_vqa=is_vqa, max_patches=max_patches)
     kwargs = {"header_text": DEPLOT_HEADER_TEXT, "font_path": bundled_font_path()} if is_vqa else {}
     expected = reference(images, return_tensors="np", **kwargs)
     actual = ours(images, return_tensors="np")
     np.testing.assert_array_equal(actual["pixel_values"], expected["flattened_patches"])
     np.testing.assert_array_equal(actual["pixel_attention_mask"], expected["attention_mask"])
+
+
+@pytest.mark.skipif(
+    not _NO_FONT_PATH, reason="transformers 4.57 lane: test_same_values_as_pix2struct_... with a header"
+)
+def test_header_canvas_equals_pix2structs_on_transformers_5():
+    reference = pix2struct_image_processor(is_vqa=True)
+    ours = ChartWizImageProcessor()
+    font = bundled_font_path()
+    for image in varied_images()[:7]:
+        image = image.convert("RGB")
+        # [channels, height, width] uint8: the header drawn by transformers' render_text and pasted above the image
+        expected = reference.render_header(np.asarray(image).transpose(2, 0, 1), DEPLOT_HEADER_TEXT, font_path=font)
+        actual = ours._with_header(image, DEPLOT_HEADER_TEXT, font, np.uint8)
+        np.testing.assert_array_equal(actual.transpose(2, 0, 1), expected)
 
 
 def test_korean_header_renders_with_the_bundled_font():
@@ -70,7 +102,11 @@ def test_header_is_drawn_once_and_never_downloaded(monkeypatch):
         raise AssertionError("the header font must not be downloaded")
 
     monkeypatch.setattr(chartwiz_image_processing, "render_text", counting_render_text)
-    monkeypatch.setattr(image_processing_pix2struct, "hf_hub_download", no_download)
+    # render_text downloads Arial when given no font: through `hf_hub_download` (transformers 4) or `hf_api()` (5).
+    render_text_module = sys.modules[real_render_text.__module__]
+    for name in ("hf_hub_download", "hf_api"):
+        if hasattr(render_text_module, name):
+            monkeypatch.setattr(render_text_module, name, no_download)
     chartwiz_image_processing._drawn_header.cache_clear()
     processor = ChartWizImageProcessor(max_patches=32)
     processor([draw_chart(300 + 10 * i, 200) for i in range(6)])

@@ -1,14 +1,15 @@
+import inspect
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageTextToText,
-    AutoModelForVision2Seq,
     AutoProcessor,
     LlamaForCausalLM,
     Pix2StructVisionModel,
@@ -23,7 +24,7 @@ from chartwiz_hf import (
 )
 from chartwiz_hf.inference import build_prompt
 
-from .conftest import draw_chart, run_without_chartwiz
+from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
 
 def prompt_inputs(processor, images, questions, **kwargs):
@@ -150,11 +151,41 @@ def test_save_load_round_trip_is_bit_identical(tiny, tmp_path, charts):
 
 def test_loads_through_every_auto_class(tiny_dir):
     assert isinstance(AutoConfig.from_pretrained(tiny_dir), ChartWizConfig)
-    assert type(AutoModelForVision2Seq.from_pretrained(tiny_dir)) is ChartWizForConditionalGeneration
     assert type(AutoModelForImageTextToText.from_pretrained(tiny_dir)) is ChartWizForConditionalGeneration
     assert type(AutoModel.from_pretrained(tiny_dir)) is ChartWizModel
     assert type(AutoProcessor.from_pretrained(tiny_dir)) is ChartWizProcessor
     assert type(AutoImageProcessor.from_pretrained(tiny_dir)) is ChartWizImageProcessor
+
+
+@pytest.mark.skipif(
+    not hasattr(transformers, "AutoModelForVision2Seq"),
+    reason="transformers 5 removed AutoModelForVision2Seq; test_vision2seq_is_gone_and_image_text_to_text_replaces_it",
+)
+def test_the_designs_vision2seq_call_loads_chartwiz_on_transformers_4(tiny_dir):
+    with pytest.warns(FutureWarning, match="AutoModelForVision2Seq` is deprecated"):
+        model = transformers.AutoModelForVision2Seq.from_pretrained(tiny_dir)
+    assert type(model) is ChartWizForConditionalGeneration
+
+
+@pytest.mark.skipif(
+    hasattr(transformers, "AutoModelForVision2Seq"),
+    reason="transformers 4 still has AutoModelForVision2Seq; test_the_designs_vision2seq_call_loads_chartwiz_on_...",
+)
+def test_vision2seq_is_gone_and_image_text_to_text_replaces_it(tiny_dir):
+    with pytest.raises(ImportError):
+        from transformers import AutoModelForVision2Seq  # noqa: F401
+    assert type(AutoModelForImageTextToText.from_pretrained(tiny_dir)) is ChartWizForConditionalGeneration
+
+
+def test_saved_auto_map_names_every_auto_class(tiny_dir):
+    import json
+
+    with open(os.path.join(tiny_dir, "config.json"), encoding="utf-8") as file:
+        auto_map = json.load(file)["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_chartwiz.ChartWizModel"
+    assert auto_map["AutoModelForImageTextToText"] == "modeling_chartwiz.ChartWizForConditionalGeneration"
+    assert auto_map["AutoModelForVision2Seq"] == "modeling_chartwiz.ChartWizForConditionalGeneration"
+    assert auto_map["AutoConfig"] == "configuration_chartwiz.ChartWizConfig"
 
 
 def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny, tiny_dir, tmp_path, charts):
@@ -165,10 +196,11 @@ def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny,
         import json
         import torch
         from PIL import Image
-        from transformers import AutoModelForImageTextToText, AutoModelForVision2Seq, AutoProcessor
+        from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-        model = AutoModelForVision2Seq.from_pretrained({tiny_dir!r}, trust_remote_code=True).eval()
-        AutoModelForImageTextToText.from_pretrained({tiny_dir!r}, trust_remote_code=True)
+        model = AutoModelForImageTextToText.from_pretrained({tiny_dir!r}, trust_remote_code=True).eval()
+        base = AutoModel.from_pretrained({tiny_dir!r}, trust_remote_code=True)
+        assert type(base).__name__ == "ChartWizModel", type(base)
         processor = AutoProcessor.from_pretrained({tiny_dir!r}, trust_remote_code=True)
         assert not any(name.startswith("chartwiz_hf") for name in sys.modules)
         messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "값?"}}]}}]
@@ -188,6 +220,10 @@ def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny,
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_tiny_checkpoint_answers_the_same_under_the_other_transformers_major(tiny_dir, tmp_path):
+    assert_same_answers_under_the_other_major(tiny_dir, tmp_path)
+
+
 def test_image_text_to_text_pipeline(tiny_dir, charts):
     from transformers import pipeline
 
@@ -205,7 +241,10 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir, char
         model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name (the old one warns)
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert model.model.language_model.gradient_checkpointing
         loss = model(**inputs, labels=inputs["input_ids"]).loss
         loss.backward()
@@ -216,10 +255,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir, char
 
 @torch.no_grad()
 def test_bf16_and_device_map_auto(tiny_dir, charts):
-    model = AutoModelForVision2Seq.from_pretrained(tiny_dir, dtype=torch.bfloat16, device_map="auto").eval()
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir, dtype=torch.bfloat16, device_map="auto").eval()
     assert model.dtype == torch.bfloat16
-    assert getattr(model, "hf_device_map", None)
-    assert {"LlamaDecoderLayer", "Pix2StructVisionLayer"} <= set(model._get_no_split_modules("auto"))
+    assert {"LlamaDecoderLayer", "Pix2StructVisionLayer"} <= set(model._no_split_modules)
     processor = AutoProcessor.from_pretrained(tiny_dir)
     inputs = prompt_inputs(processor, charts[:1], ["값?"])
     output = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3)
@@ -325,16 +363,15 @@ def test_ready_made_padding_mask_equals_transformers_mask(model_type, tiny_dir, 
     )
     mask = inputs["attention_mask"].bool()
     assert not mask.all()
-    expanded = modeling.expanded_attention_mask(
-        inputs["attention_mask"], config.text_config, None, None, mask.shape[1]
-    )
+    monkeypatch.setattr(modeling, "_READY_MASK", True)
+    expanded = modeling.expanded_attention_mask(inputs["attention_mask"], config.text_config, None, mask.shape[1])
     assert expanded.shape == (3, 1, mask.shape[1], mask.shape[1])
     ours = model(**inputs).logits
     generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4)
-    # transformers' own mask, as under any other transformers series
+    # transformers' own mask, as where transformers builds masks without vmap
     monkeypatch.setattr(modeling, "_READY_MASK", False)
     assert (
-        modeling.expanded_attention_mask(inputs["attention_mask"], config.text_config, None, None, 1)
+        modeling.expanded_attention_mask(inputs["attention_mask"], config.text_config, None, 1)
         is inputs["attention_mask"]
     )
     reference = model(**inputs).logits
@@ -342,23 +379,25 @@ def test_ready_made_padding_mask_equals_transformers_mask(model_type, tiny_dir, 
     assert torch.equal(generated, model.generate(**inputs, max_new_tokens=4, min_new_tokens=4))
 
 
-def test_ready_made_mask_only_where_it_equals_transformers_mask():
+def test_ready_made_mask_only_where_it_equals_transformers_mask(monkeypatch):
     from transformers import MistralConfig
 
+    import chartwiz_hf.modeling_chartwiz as modeling
     from chartwiz_hf.modeling_chartwiz import expanded_attention_mask
 
+    monkeypatch.setattr(modeling, "_READY_MASK", True)
     padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
     sliding = MistralConfig(sliding_window=2)
     sliding._attn_implementation = "sdpa"
-    assert expanded_attention_mask(padded, sliding, None, None, 3) is padded
+    assert expanded_attention_mask(padded, sliding, None, 3) is padded
     full = MistralConfig(sliding_window=None)
     for implementation, expanded in (("sdpa", True), ("eager", False)):
         full._attn_implementation = implementation
-        assert (expanded_attention_mask(padded, full, None, None, 3) is not padded) == expanded
+        assert (expanded_attention_mask(padded, full, None, 3) is not padded) == expanded
     full._attn_implementation = "sdpa"
     unpadded = torch.ones(2, 3, dtype=torch.long)
-    assert expanded_attention_mask(unpadded, full, None, None, 3) is unpadded
-    mask = expanded_attention_mask(padded, full, None, None, 3)
+    assert expanded_attention_mask(unpadded, full, None, 3) is unpadded
+    mask = expanded_attention_mask(padded, full, None, 3)
     assert mask[0, 0].tolist() == [[False, False, False], [False, True, False], [False, True, True]]
     assert mask[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
 
@@ -421,25 +460,22 @@ def test_untied_lm_head_is_initialized_like_every_other_linear():
 
 
 def test_no_checkpoint_key_renaming():
-    # transformers and PEFT rename checkpoint keys by this mapping; ChartWiz checkpoints never had other names.
-    assert ChartWizForConditionalGeneration._checkpoint_conversion_mapping == {}
-    assert ChartWizModel._checkpoint_conversion_mapping == {}
+    # transformers 4.57 and PEFT rename checkpoint keys by this mapping (5.x keys its renamings on built-in model
+    # types, never on ChartWiz's); ChartWiz checkpoints never had other names.
+    assert getattr(ChartWizForConditionalGeneration, "_checkpoint_conversion_mapping", {}) == {}
+    assert getattr(ChartWizModel, "_checkpoint_conversion_mapping", {}) == {}
 
 
-@pytest.mark.parametrize(
-    ("version", "supported"),
-    [("4.57.6", True), ("4.57.0", True), ("4.57.1.dev0", True), ("4.56.2", False), ("4.58.0", False), ("5.0", False)],
-)
-def test_ready_made_mask_is_gated_on_the_transformers_series_it_was_checked_on(version, supported, monkeypatch):
-    import transformers
+def test_ready_made_mask_only_where_transformers_builds_masks_with_vmap(monkeypatch):
+    from transformers import masking_utils
 
     import chartwiz_hf.modeling_chartwiz as modeling
 
-    assert modeling.ready_mask_supported(version) is supported
-    assert modeling._READY_MASK is modeling.ready_mask_supported(transformers.__version__)
+    # 4.57's sdpa_mask always vmaps; 5.x's takes `use_vmap` and broadcasts by default.
+    vmaps = "use_vmap" not in inspect.signature(masking_utils.sdpa_mask).parameters
+    assert modeling.builds_sdpa_masks_with_vmap() is vmaps
+    assert modeling._READY_MASK is vmaps
     config = AutoConfig.for_model("llama", hidden_size=16, num_attention_heads=2)
     config._attn_implementation = "sdpa"
     padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    monkeypatch.setattr(modeling, "_READY_MASK", supported)
-    mask = modeling.expanded_attention_mask(padded, config, None, None, 3)
-    assert (mask is padded) is not supported
+    assert (modeling.expanded_attention_mask(padded, config, None, 3) is padded) is not vmaps

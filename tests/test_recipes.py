@@ -18,14 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModelForVision2Seq, AutoProcessor, TrainerCallback
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
 from chartwiz_hf import cli
 from chartwiz_hf.inference import answer_questions, load_chartwiz
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 
-from .conftest import draw_chart, run_without_chartwiz
+from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,8 @@ LORA = "chartwiz-tiny/finetune/config_lora.yaml"
 def load_script():
     spec = importlib.util.spec_from_file_location("sft_chartwiz", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    # Importable by name, as `python recipes/sft_chartwiz.py` makes it `__main__`: `datasets` pickles its config class.
+    sys.modules["sft_chartwiz"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -327,7 +329,7 @@ def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_di
     _, batch = collate_rows(trainer, 4)
     losses = []
     for directory in (tiny_dir, output_dir):
-        model = AutoModelForVision2Seq.from_pretrained(directory).eval()
+        model = AutoModelForImageTextToText.from_pretrained(directory).eval()
         with torch.no_grad():
             losses.append(model(**batch).loss.item())
     assert losses[1] < losses[0] - 0.01, losses
@@ -349,16 +351,16 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
     output_dir, _ = stage1
     chart = tmp_path / "chart.png"
     draw_chart(seed=4).save(chart)
-    model = AutoModelForVision2Seq.from_pretrained(output_dir).eval()
-    processor = AutoProcessor.from_pretrained(output_dir, use_fast=False)
+    model = AutoModelForImageTextToText.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
     expected = answer_questions(model, processor, [draw_chart(seed=4)], ["값?"], max_new_tokens=6, min_new_tokens=6)
     script = f"""
         import json
         import torch
         from PIL import Image
-        from transformers import AutoModelForVision2Seq, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        model = AutoModelForVision2Seq.from_pretrained({output_dir!r}, trust_remote_code=True).eval()
+        model = AutoModelForImageTextToText.from_pretrained({output_dir!r}, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained({output_dir!r}, trust_remote_code=True)
         messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "값?"}}]}}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -370,6 +372,7 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
     reply = run_without_chartwiz(script, tmp_path)
     assert reply["module"].startswith("transformers_modules.")
     assert reply["answer"] == expected[0]
+    assert_same_answers_under_the_other_major(output_dir, tmp_path / "other-major")
 
 
 def test_stage2_trains_projector_and_language_model_not_the_vision_encoder(stage1, stage2):
@@ -381,7 +384,7 @@ def test_stage2_trains_projector_and_language_model_not_the_vision_encoder(stage
     assert "lm_head.weight" in changed and any(key.startswith("model.multi_modal_projector.") for key in changed)
     output_dir, trainer = stage2
     assert trainer.state.global_step == 4
-    assert AutoModelForVision2Seq.from_pretrained(output_dir).config.model_type == "chartwiz"
+    assert AutoModelForImageTextToText.from_pretrained(output_dir).config.model_type == "chartwiz"
 
 
 def test_optimizer_holds_only_trainable_parameters_with_a_projector_rate(tiny_dir, chart_data, tmp_path):
@@ -457,6 +460,67 @@ def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1,
         )
 
 
+def test_a_checkpoint_half_written_by_a_kill_is_skipped_for_the_one_before(
+    stage1, stage2, chart_data, tmp_path, caplog
+):
+    output_dir = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        sft.main(*fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2), callbacks=[InterruptAfterSave(2)])
+    # What a kill in the middle of saving checkpoint-4 leaves (before the rotation removes checkpoint-2): weights cut
+    # short, no trainer state yet.
+    last = output_dir / "checkpoint-4"
+    shutil.copytree(output_dir / "checkpoint-2", last)
+    (last / "trainer_state.json").unlink()
+    weights_file = last / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
+    assert sft.checkpoint_problem(str(last)) == "it has no trainer_state.json"
+    (last / "trainer_state.json").write_text((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert "model.safetensors does not load" in sft.checkpoint_problem(str(last))
+
+    record = RecordStart()
+    with caplog.at_level("WARNING"):
+        trainer = sft.main(*fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2), callbacks=[record])
+    assert f"Skipping {last}" in caplog.text and "model.safetensors does not load" in caplog.text
+    assert record.start_step == 2 and trainer.state.global_step == 4
+    reference, resumed = weights(stage2[0]), weights(output_dir)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_changed_since_the_run_started_is_refused(stage1, chart_data, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(stage1[0], model)
+    output_dir = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        sft.main(*fast(FINETUNE, str(model), chart_data, output_dir, **STAGE2), callbacks=[InterruptAfterSave(2)])
+    # The base trained again in place: same path, same settings, other weights.
+    from safetensors.torch import save_file
+
+    trained = weights(model)
+    name = sorted(trained)[0]
+    trained[name] = trained[name] + 1
+    save_file(trained, str(model / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(
+        sft.RecipeError, match=r"same settings, but the files of .*model changed \(model.safetensors\)"
+    ):
+        sft.build_trainer(*fast(FINETUNE, str(model), chart_data, output_dir, **STAGE2))
+
+
+def test_a_dataset_that_is_not_there_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config", str(RECIPES / PRETRAIN), "--output_dir", str(tmp_path / "out")]
+        + ["--dataset_name", str(tmp_path / "no-such-charts")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "no-such-charts (pretrain) cannot be loaded: no such folder here" in errors[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -469,12 +533,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(stage1, stag
     launcher.write_text(
         textwrap.dedent(
             f"""
-            import importlib.util, os
+            import importlib.util, os, sys
             from safetensors.torch import save_file
             from transformers import TrainerCallback
 
             spec = importlib.util.spec_from_file_location("sft_chartwiz", {str(SCRIPT)!r})
             sft = importlib.util.module_from_spec(spec)
+            sys.modules["sft_chartwiz"] = sft
             spec.loader.exec_module(sft)
 
             class SaveRankWeights(TrainerCallback):
@@ -606,6 +671,7 @@ def test_lora_trains_adapters_and_projector_and_merges_into_the_same_answers(tin
     assert with_adapter.strip(), "an answer to compare"
     assert cli.main([*ask, "--model", str(merged_dir)]) == 0
     assert capsys.readouterr().out == with_adapter
+    assert_same_answers_under_the_other_major(merged_dir, tmp_path / "other-major")
 
 
 def test_merge_refuses_a_folder_without_an_adapter(tiny_dir, tmp_path, capsys):
@@ -619,6 +685,7 @@ def test_merge_refuses_a_folder_without_an_adapter(tiny_dir, tmp_path, capsys):
 
 
 def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, chart_data, tmp_path, monkeypatch):
+    import huggingface_hub.hf_api
     import transformers.trainer
     from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 
@@ -643,9 +710,14 @@ def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, ch
         # The Hub checks the card's metadata; here it must at least be a YAML mapping.
         cards.append(ModelCard(content))
 
-    monkeypatch.setattr(transformers.trainer, "create_repo", create_repo)
+    if hasattr(transformers.trainer, "create_repo"):  # transformers 4 calls huggingface_hub.create_repo
+        monkeypatch.setattr(transformers.trainer, "create_repo", create_repo)
+    else:  # transformers 5 calls it on an HfApi
+        monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: create_repo(repo_id, **kwargs))
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
+    # huggingface_hub 2 streams uploads through its Xet pipeline where hf_xet is installed; the fake Hub takes commits.
+    monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False, raising=False)
     repo = "chartwiz-org/chartwiz-tiny-stage1"
     sft.main(
         *fast(
@@ -668,8 +740,8 @@ def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, ch
     assert {"NanumGothic.ttf", "tokenizer.json", "README.md", "train_results.json", "eval_results.json"} <= names
     assert not any(name.startswith("checkpoint-") for name in names)
     assert "stage 1, projector pretraining" in (uploaded / "README.md").read_text(encoding="utf-8")
-    model = AutoModelForVision2Seq.from_pretrained(uploaded).eval()
-    processor = AutoProcessor.from_pretrained(uploaded, use_fast=False)
+    model = AutoModelForImageTextToText.from_pretrained(uploaded).eval()
+    processor = AutoProcessor.from_pretrained(uploaded)
     assert processor.image_processor.resolve_font_path() == str(uploaded / "NanumGothic.ttf")
     answer = answer_questions(model, processor, [draw_chart()], ["값?"], max_new_tokens=4)
     assert isinstance(answer[0], str)
@@ -755,3 +827,68 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
     )
     assert resume_from is None and not (copy / "checkpoint-99").exists()
     assert json.loads((copy / sft.RUN_FILE).read_text())["dataset_config"] == "gpt"
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_dir, chart_data, tmp_path):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, reshape=1, extra=1)
+    with pytest.raises(sft.RecipeError, match=r"the weights do not fit the model: 1 unexpected .*1 of another shape"):
+        sft.build_trainer(*fast(PRETRAIN, broken, chart_data, tmp_path / "out"))
+    with pytest.raises(sft.RecipeError, match=re.escape(hit[0])):
+        sft.build_trainer(*fast(PRETRAIN, broken, chart_data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_a_used_folder_another_base_and_other_shapes_in_one_line(tiny_dir, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from chartwiz_hf.fingerprints import checkpoint_fingerprint
+
+    base, _ = load_chartwiz(tiny_dir)
+    adapter = tmp_path / "adapter"
+    get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).save_pretrained(adapter)
+    same_shapes, other_shapes = str(tmp_path / "seed5"), str(tmp_path / "wider")
+    assert cli.main(["init-tiny", same_shapes, "--max-patches", "16", "--seed", "5"]) == 0
+    assert cli.main(["init-tiny", other_shapes, "--max-patches", "16", "--hidden-size", "32"]) == 0
+    capsys.readouterr()
+
+    def merge(base_dir, out, *extra):
+        code = cli.main(["merge", "--base", base_dir, "--adapter", str(adapter), "--out", str(out), *extra])
+        # transformers 5 draws a weight-loading progress bar on stderr first; the error is the last line.
+        stderr = capsys.readouterr().err.replace("\r", "\n").strip()
+        assert "Traceback" not in stderr
+        return code, stderr.splitlines()[-1] if stderr else ""
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    assert merge(tiny_dir, used) == (
+        2,
+        f"chartwiz merge: error: {used} is not empty; pass --overwrite to write over what is there.",
+    )
+    assert merge(tiny_dir, used, "--overwrite")[0] == 0 and (used / "model.safetensors").is_file()
+
+    # The adapter names its base (adapter_config.json): another model of the same shapes is refused...
+    code, error = merge(same_shapes, tmp_path / "m1")
+    assert (
+        code == 2
+        and f"was trained on {tiny_dir} (its base_model_name_or_path), and {same_shapes} holds other files" in error
+    )
+    assert "model.safetensors" in error and not (tmp_path / "m1").exists()
+    # ...and a model of other shapes is one line too, also when the check is waived.
+    code, error = merge(other_shapes, tmp_path / "m2", "--no-base-check")
+    assert code == 2 and f"{adapter} does not fit {other_shapes}: " in error
+    assert "weights have another shape" in error and "lora_A" in error and "in the adapter" in error
+    assert merge(same_shapes, tmp_path / "m3", "--no-base-check")[0] == 0, "waived on purpose"
+
+    # A recipe's adapter records its base's fingerprint: a copy of the base is the base, another model is not.
+    (adapter / "chartwiz_run.json").write_text(json.dumps({"model_fingerprint": checkpoint_fingerprint(tiny_dir)}))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    assert merge(str(copy), tmp_path / "m4")[0] == 0
+    code, error = merge(same_shapes, tmp_path / "m5")
+    assert code == 2 and "is not the model" in error and "differ from those recorded in chartwiz_run.json" in error

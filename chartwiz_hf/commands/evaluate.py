@@ -15,6 +15,7 @@ def run(args):
             ("--adapter", args.adapter),
             ("--blank-images", args.blank_images),
             ("--shuffle-images", args.shuffle_images),
+            ("--restart", args.restart),
         )
         given = [flag for flag, value in flags if value]
         if given:
@@ -39,6 +40,7 @@ def run(args):
             bleu_tokenize=args.bleu_tokenize,
             blank_images=args.blank_images,
             shuffled_images=args.shuffle_images,
+            restart=args.restart,
         )
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
@@ -77,8 +79,15 @@ def register(subcommands) -> None:
         help="image ablation: show each row the chart of another row of the split (a seeded cycle of the charts)",
     )
     parser.add_argument(
+        "--restart", action="store_true", help="start over in --out instead of resuming the run it holds"
+    )
+    parser.add_argument(
         "--bleu-tokenize",
         default=DEFAULT_BLEU_TOKENIZE,
         help="sacrebleu tokenizer for BLEU: intl (default), 13a, char, or ko-mecab with `pip install sacrebleu[ko]`",
     )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(
+        func=run,
+        prog=parser.prog,
+        interrupt_hint="the answers so far are saved: run the same command again to continue where it stopped",
+    )

@@ -154,7 +154,7 @@ def test_init_tiny_language_model_only_is_a_text_for_compose(pretrained_parts, t
     assert config["model_type"] == "llama" and config["head_dim"] == 32 and config["num_attention_heads"] == 3
     assert not (language_model / "preprocessor_config.json").exists()
     assert main(compose_argv(root / "deplot", language_model, out)) == 0
-    model = AutoModelForVision2Seq.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
     assert model.config.text_config.head_dim == 32
     for name, value in pix2struct.encoder.state_dict().items():
         assert torch.equal(model.model.vision_tower.state_dict()[name], value), name

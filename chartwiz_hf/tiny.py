@@ -5,7 +5,13 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Pix2StructVisionConfig,
+    PreTrainedTokenizerFast,
+)
 
 from .chat_templates import load_chat_template
 from .configuration_chartwiz import ChartWizConfig
@@ -158,20 +164,60 @@ def make_tiny_chartwiz(
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         max_patches=max_patches,
     )
-    model = ChartWizForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
-    )
+    model = ChartWizForConditionalGeneration(config)
     processor = ChartWizProcessor(
         image_processor=ChartWizImageProcessor(max_patches=max_patches),
         tokenizer=tokenizer,
         chat_template=load_chat_template("synatra_mini"),
     )
+    return _finish(model, processor, tokenizer, output_dir), processor
+
+
+def _finish(model, processor, tokenizer, output_dir: str | None):
+    """Greedy decoding by default, and both halves saved to `output_dir` when given."""
+    model.eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-    return model, processor
+    return model
 
 
-__all__ = ["build_tiny_tokenizer", "dataset_corpus", "make_tiny_chartwiz", "tiny_configs"]
+def make_tiny_language_model(
+    output_dir: str | None = None,
+    seed: int = 0,
+    hidden_size: int = 128,
+    vocab_size: int = 600,
+    corpus: Iterable[str] | None = None,
+    head_dim: int = 32,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """
+    Builds (and, with `output_dir`, saves) the language model half of the tiny ChartWiz alone: a random two-layer
+    Llama with attention heads of `head_dim` and its tokenizer (trained on `corpus` when given, as in
+    `make_tiny_chartwiz`), a `--text` for `chartwiz compose` beside a pretrained Pix2Struct encoder.
+    """
+    if hidden_size % head_dim or hidden_size // head_dim < 2:
+        raise ValueError(
+            f"hidden_size must be a multiple of head_dim={head_dim} of at least two heads, got {hidden_size}."
+        )
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    heads = hidden_size // head_dim
+    _, text_config = tiny_configs(
+        len(tokenizer),
+        hidden_size=hidden_size,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=head_dim,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    tokenizer.model_max_length = text_config.max_position_embeddings
+    return _finish(LlamaForCausalLM(text_config), tokenizer, tokenizer, output_dir), tokenizer
+
+
+__all__ = ["build_tiny_tokenizer", "dataset_corpus", "make_tiny_chartwiz", "make_tiny_language_model", "tiny_configs"]

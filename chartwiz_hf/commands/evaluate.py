@@ -14,6 +14,7 @@ def run(args):
             ("--dataset", args.dataset),
             ("--adapter", args.adapter),
             ("--blank-images", args.blank_images),
+            ("--shuffle-images", args.shuffle_images),
             ("--restart", args.restart),
         )
         given = [flag for flag, value in flags if value]
@@ -38,6 +39,7 @@ def run(args):
             device=args.device,
             bleu_tokenize=args.bleu_tokenize,
             blank_images=args.blank_images,
+            shuffled_images=args.shuffle_images,
             restart=args.restart,
         )
     for task, scores in metrics["by_task"].items():
@@ -65,10 +67,16 @@ def register(subcommands) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
-    parser.add_argument(
+    ablation = parser.add_mutually_exclusive_group()
+    ablation.add_argument(
         "--blank-images",
         action="store_true",
         help="image ablation: show the model a white image of each chart's size instead of the chart",
+    )
+    ablation.add_argument(
+        "--shuffle-images",
+        action="store_true",
+        help="image ablation: show each row the chart of another row of the split (a seeded cycle of the charts)",
     )
     parser.add_argument(
         "--restart", action="store_true", help="start over in --out instead of resuming the run it holds"

@@ -2,7 +2,6 @@
 
 import copy
 import hashlib
-import io
 import json
 import logging
 import os
@@ -13,12 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
-from dataset_builder.aihub import CHART_TYPE_FOLDERS
+from dataset_builder.aihub import CHART_TYPE_FOLDERS, BadRecord, find_in_image_folders
 
+from .fingerprints import ContentDigests, changed_files, describe_changes, digest, model_fingerprints
 from .inference import (
+    IMAGE_TOKEN,
     context_length,
     generate_answers,
     load_chart_image,
@@ -72,24 +73,32 @@ class Question:
     source: str = ""
     record: int = 0
     error: Optional[str] = None
+    repeats: Optional[str] = None
 
     @property
     def key(self) -> tuple:
-        """What identifies the question in the answers and errors files: `(id, turn)`, or its source without an id."""
-        return (self.id, self.turn) if self.id is not None else (None, self.turn, self.source)
+        """
+        What identifies the question in the answers and errors files: `(id, turn)`, or its source where it has no id
+        or repeats an earlier question's (`repeats`: where that one is).
+        """
+        if self.id is None or self.repeats is not None:
+            return (None, self.turn, self.source)
+        return (self.id, self.turn)
 
 
 def _key_of_row(row: dict) -> tuple:
-    return (row["id"], row.get("turn")) if row.get("id") is not None else (None, row.get("turn"), row.get("source"))
+    if row.get("id") is None or row.get("repeats") is not None:
+        return (None, row.get("turn"), row.get("source"))
+    return (row["id"], row.get("turn"))
 
 
 def _mark_duplicates(questions: list[Question]) -> list[Question]:
-    """A question whose (id, turn) came before is a bad record (without the id, so that its key is its own)."""
+    """A question whose (id, turn) came before is a bad record, keyed by its source: it must not hide the first."""
     first, marked = {}, []
     for question in questions:
         if question.id is not None and question.key in first:
             reason = f"id {question.id!r} turn {question.turn} appears again (first at {first[question.key]})"
-            question = replace(question, id=None, error=reason)
+            question = replace(question, error=reason, repeats=first[question.key])
         elif question.id is not None:
             first[question.key] = question.source
         marked.append(question)
@@ -99,10 +108,10 @@ def _mark_duplicates(questions: list[Question]) -> list[Question]:
 # Reading the inputs
 
 
-def _iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
+def iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
     """
     (source, record) for each record of a JSON file (an array, or one object) or a JSON Lines file (also when named
-    `.json`, as LLaVA question files often are); a line that does not parse comes as `_Unreadable`.
+    `.json`, as LLaVA question files often are); a line that does not parse comes as `Unreadable`.
     """
     name = os.path.basename(path)
     try:
@@ -128,17 +137,32 @@ def _iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
         try:
             yield f"{name}:{number}", json.loads(line)
         except json.JSONDecodeError as error:
-            yield f"{name}:{number}", _Unreadable(f"JSON does not parse: {error}")
+            yield f"{name}:{number}", Unreadable(f"JSON does not parse: {error}")
 
 
 @dataclass(frozen=True)
-class _Unreadable:
+class Unreadable:
+    """A record of a JSON Lines file that does not parse, and why."""
+
     reason: str
 
 
 def _chart_type_of(image: str) -> Optional[str]:
     # The AI-Hub folder an image sits in is authoritative for its chart type (docs/aihub-format.md).
     return _AIHUB_IMAGE_FOLDERS.get(os.path.basename(os.path.dirname(image)))
+
+
+def _without_placeholder(text: str) -> str:
+    """
+    A LLaVA question without the `<image>` that marks the chart's place at its start or end. One anywhere else stays,
+    so that the question is refused as `chartwiz ask` refuses it, rather than asked with the placeholder dropped.
+    """
+    text = text.strip()
+    if text.startswith(IMAGE_TOKEN):
+        text = text[len(IMAGE_TOKEN) :]
+    elif text.endswith(IMAGE_TOKEN):
+        text = text[: -len(IMAGE_TOKEN)]
+    return text.strip()
 
 
 def _conversation_turns(messages: Any) -> list[tuple[str, Optional[str]]]:
@@ -152,7 +176,7 @@ def _conversation_turns(messages: Any) -> list[tuple[str, Optional[str]]]:
         if speaker not in ("human", "gpt") or not isinstance(value, (str, type(None))):
             raise ValueError(f"conversations[{index}] is not a {{'from': 'human' or 'gpt', 'value': text}} message")
         if speaker == "human":
-            turns.append([(value or "").replace("<image>", "").strip(), None])
+            turns.append([_without_placeholder(value or ""), None])
         elif not turns or turns[-1][1] is not None:
             raise ValueError(f"conversations[{index}] comes from 'gpt' but does not follow a question from 'human'")
         else:
@@ -173,7 +197,7 @@ def read_question_file(path: str) -> list[Question]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such question file")
     questions = []
-    for record_index, (source, record) in enumerate(_iter_json_records(path)):
+    for record_index, (source, record) in enumerate(iter_json_records(path)):
         questions.extend(_record_questions(record, source, record_index))
     return _mark_duplicates(questions)
 
@@ -182,7 +206,7 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
     def bad(reason, record_id=None, turn=None):
         return [Question(record_id, turn, "", source=source, record=record_index, error=reason)]
 
-    if isinstance(record, _Unreadable):
+    if isinstance(record, Unreadable):
         return bad(record.reason)
     if not isinstance(record, dict):
         return bad(f"a record must be a JSON object, got {type(record).__name__}")
@@ -198,7 +222,7 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
             turns = _conversation_turns(record["conversations"])
         elif "text" in record:
             answer = record.get("answer")
-            turns = [(str(record["text"] or "").replace("<image>", "").strip(), answer if answer else None)]
+            turns = [(_without_placeholder(str(record["text"] or "")), answer if answer else None)]
         else:
             raise ValueError("the record needs 'conversations' (LLaVA messages) or 'text' (one question)")
     except ValueError as error:
@@ -279,15 +303,27 @@ class ImageFolder:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{root}: no such image folder")
         self.root = root
+        self.digests = ContentDigests()
 
-    def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
+    def resolve(self, question: Question) -> tuple[str, Optional[str]]:
+        """(path, chart type or None) of the question's image; a bare name in two chart-type folders is an error."""
         path = os.path.join(self.root, question.image)
         if not os.path.isfile(path) and os.path.basename(question.image) == question.image:
-            for folder, chart_type in _AIHUB_IMAGE_FOLDERS.items():
-                candidate = os.path.join(self.root, folder, question.image)
-                if os.path.isfile(candidate):
-                    return load_chart_image(candidate), chart_type
-        return load_chart_image(path), None
+            try:
+                found = find_in_image_folders(self.root, question.image)
+            except BadRecord as error:
+                raise ValueError(f"{self.root}: {error}") from None
+            if found is not None:
+                return found
+        return path, None
+
+    def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
+        path, chart_type = self.resolve(question)
+        return load_chart_image(path), chart_type
+
+    def image_digest(self, question: Question) -> str:
+        """The sha256 of the question's image file, what its answer depends on (`question_fingerprint`)."""
+        return self.digests.of_file(self.resolve(question)[0])
 
 
 class DatasetImages:
@@ -302,19 +338,22 @@ class DatasetImages:
         from datasets import Image as ImageFeature
 
         self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+        self.digests = ContentDigests()
 
     def __call__(self, question: Question) -> tuple[Image.Image, Optional[str]]:
         stored = self.images[question.image]["image"] or {}
         if stored.get("bytes"):
-            try:
-                with Image.open(io.BytesIO(stored["bytes"])) as image:
-                    image.load()
-                    return image.copy(), None
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-                raise ValueError(f"{question.source}: cannot decode the image ({error})") from error
+            return load_chart_image(stored["bytes"], name=f"{question.source}: the image"), None
         if not stored.get("path"):
             raise ValueError(f"{question.source}: the row has no image")
         return load_chart_image(stored["path"]), None
+
+    def image_digest(self, question: Question) -> str:
+        """The sha256 of the row's image bytes (or of the file it points at)."""
+        stored = self.images[question.image]["image"] or {}
+        if stored.get("bytes"):
+            return ContentDigests.of_bytes(stored["bytes"])
+        return self.digests.of_file(stored["path"]) if stored.get("path") else "no image"
 
 
 def select_chunk(questions: Sequence[Question], num_chunks: int, chunk_idx: int) -> list[Question]:
@@ -322,7 +361,9 @@ def select_chunk(questions: Sequence[Question], num_chunks: int, chunk_idx: int)
     The questions of chunk `chunk_idx` of `num_chunks`: contiguous runs of records whose sizes differ by at most
     one, so a conversation is never split and the chunks together are exactly the input.
     """
-    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+    if num_chunks < 1:
+        raise ValueError(f"--num-chunks must be at least 1, got {num_chunks}")
+    if not 0 <= chunk_idx < num_chunks:
         raise ValueError(f"--chunk-idx must be in 0..{num_chunks - 1} for --num-chunks {num_chunks}, got {chunk_idx}")
     records = max((question.record for question in questions), default=-1) + 1
     start, end = chunk_idx * records // num_chunks, (chunk_idx + 1) * records // num_chunks
@@ -402,16 +443,17 @@ def _write_json_atomically(path: str, data: dict) -> None:
     os.replace(temporary, path)
 
 
-def check_settings(answers_path: str, settings: dict, info: Optional[dict] = None) -> None:
+def check_settings(answers_path: str, settings: dict, info: Optional[dict] = None) -> Optional[dict]:
     """
-    Writes the settings file of a new answers file, or checks that an existing one was made with the same settings:
-    answers of another model or generation setting must not be mixed into it silently.
+    Writes the settings file of a new answers file, or checks that an existing one was made with the same settings
+    and returns what it holds: answers of another model or generation setting must not be mixed into it silently.
     """
     _, meta_path = output_paths(answers_path)
     settings = json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as file:
-            stored = json.load(file).get("settings", {})
+            meta = json.load(file)
+        stored = meta.get("settings", {})
         changed = [name for name in sorted(set(stored) | set(settings)) if stored.get(name) != settings.get(name)]
         if changed:
             differences = "; ".join(
@@ -419,15 +461,93 @@ def check_settings(answers_path: str, settings: dict, info: Optional[dict] = Non
             )
             raise ValueError(
                 f"{answers_path} holds answers made with other settings ({differences}). Rerun with the same settings "
-                "to resume, or write to another --answers file."
+                "to resume, or --restart to start over, or write to another --answers file."
             )
-        return
+        return meta
     if os.path.exists(answers_path) and os.path.getsize(answers_path) > 0:
         raise ValueError(
             f"{answers_path} exists but has no settings file {meta_path}, so its answers cannot be checked against "
-            "this run; move it away or write to another --answers file."
+            "this run; move it away, pass --restart to replace it, or write to another --answers file."
         )
     _write_json_atomically(meta_path, {"settings": settings, "info": info or {}})
+    return None
+
+
+# What a result depends on
+
+
+def question_fingerprint(question: Question, load_image: Optional[Callable] = None) -> str:
+    """
+    A digest of what the answer to `question` depends on besides the model and the generation settings: its text,
+    the earlier turns and the reference, the image's name and the sha256 of its bytes (where `load_image` has an
+    `image_digest`, as `ImageFolder` and `DatasetImages` do), or the reason it cannot be asked.
+    """
+    image_sha256 = None
+    image_digest = getattr(load_image, "image_digest", None)
+    if image_digest is not None and question.error is None and question.image is not None:
+        try:
+            image_sha256 = image_digest(question)
+        except (OSError, ValueError) as error:  # the answer is an error now, and something else once it is fixed
+            image_sha256 = f"unreadable: {error}"
+    return digest(
+        {
+            "id": question.id,
+            "turn": question.turn,
+            "question": question.question,
+            "history": question.history,
+            "reference": question.reference,
+            "chart_type": question.chart_type,
+            "image": question.image if isinstance(question.image, str) else None,
+            "image_sha256": image_sha256,
+            "error": question.error,
+        }
+    )
+
+
+def _describe_run_change(before: Optional[dict], after: dict) -> str:
+    """Why results made under the fingerprints `before` do not hold under `after`, in words."""
+    if not before:
+        return "they were made by an earlier run whose model files were not recorded"
+    parts = []
+    for part in ("model", "adapter"):
+        old, new = before.get(part), after.get(part)
+        if old != new:
+            files = describe_changes(old or {}, new or {}) if isinstance(old, dict) and isinstance(new, dict) else ""
+            parts.append(f"the {part}'s files changed" + (f" ({files})" if files else ""))
+    old, new = before.get("generation") or {}, after.get("generation") or {}
+    if old != new:
+        parts.append(f"the generation settings changed ({', '.join(changed_files(old, new))})")
+    return "; ".join(parts) or "they were made by another run"
+
+
+def _keep_results(path: str, run_key: str, question_keys: dict, run_change: str) -> tuple[list[dict], dict]:
+    """
+    The rows of an answers or errors file whose fingerprints still hold for this run, and `{reason: count}` for the
+    others, which are taken out of the file (rewritten whole, atomically) so that their questions are asked again.
+    """
+    kept, dropped = [], {}
+    for row in read_jsonl(path, repair=True):
+        key, stored = _key_of_row(row), row.get("fingerprint")
+        if key not in question_keys:
+            reason = "no longer in the input"
+        elif not isinstance(stored, dict):
+            reason = "written without a fingerprint"
+        elif stored.get("run") != run_key:
+            reason = run_change
+        elif stored.get("question") != question_keys[key]:
+            reason = "the question or its image changed"
+        else:
+            kept.append(row)
+            continue
+        dropped[reason] = dropped.get(reason, 0) + 1
+    if dropped:
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    return kept, dropped
 
 
 # The run
@@ -435,7 +555,11 @@ def check_settings(answers_path: str, settings: dict, info: Optional[dict] = Non
 
 @dataclass
 class InferenceSummary:
-    """What a run did: answered and bad questions (this run), those already done before it, and where time went."""
+    """
+    What a run did: answered and bad questions (this run), those already done before it, the results of earlier runs
+    that no longer held (`redone`: reason -> count, asked again; `removed`: of questions no longer in the input), and
+    where time went.
+    """
 
     answered: int = 0
     errors: int = 0
@@ -443,6 +567,18 @@ class InferenceSummary:
     seconds: float = 0.0
     wait_seconds: float = 0.0
     error_kinds: dict = field(default_factory=dict)  # kind -> count: record, context, too long, image, inputs
+    redone: dict = field(default_factory=dict)
+    removed: int = 0
+
+    def resume_note(self) -> str:
+        """`; 12 redone (the model's files changed (model.safetensors))`, or `""` when every earlier result held."""
+        redone = sum(self.redone.values())
+        note = ""
+        if redone:
+            note += f"; {redone} redone ({'; '.join(f'{count}: {why}' for why, count in self.redone.items())})"
+        if self.removed:
+            note += f"; {self.removed} results of questions no longer in the input removed"
+        return note
 
     @property
     def questions_per_second(self) -> float:
@@ -613,12 +749,16 @@ def run_inference(
     prefetch: int = 2,
     progress: bool = True,
     info: Optional[dict] = None,
+    fingerprints: Optional[dict] = None,
+    restart: bool = False,
     **generate_kwargs,
 ) -> InferenceSummary:
     """
     Answers `questions`, appending one JSON line per answer to `answers_path` and one per bad question to its errors
-    file (`output_paths`), batch by batch. Questions already in either file are skipped, so rerunning the same call
-    resumes a stopped run; the settings file makes sure it is the same call.
+    file (`output_paths`), batch by batch. Rerunning the same call resumes a stopped run: the settings file makes
+    sure it is the same call (another one is refused), and each line carries the fingerprints of what it depends on
+    (the model's and adapter's files, the generation settings, the question and its image's bytes), so that a
+    question is skipped only if its earlier result still holds; the others are taken out and asked again.
 
     Args:
         model, processor: a loaded ChartWiz (`load_chartwiz`).
@@ -639,27 +779,59 @@ def run_inference(
         prefetch (`int`, defaults to 2): batches prepared ahead of the model.
         progress (`bool`, defaults to `True`): show a tqdm bar (questions/s, ETA).
         info (`dict`, *optional*): informative fields for the settings file (not compared).
+        fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)`; by default those of the folder the
+            model was loaded from (`model.name_or_path`).
+        restart (`bool`, defaults to `False`): delete the answers, errors and settings files first and start over.
         generate_kwargs: passed to `generate` (greedy unless told otherwise).
     """
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be at least 1")
-    errors_path, _ = output_paths(answers_path)
+    errors_path, meta_path = output_paths(answers_path)
     os.makedirs(os.path.dirname(os.path.abspath(answers_path)), exist_ok=True)
-    run_settings = {
-        **settings,
+    if restart:
+        for path in (answers_path, errors_path, meta_path):
+            if os.path.exists(path):
+                os.remove(path)
+    generation = {
         "max_new_tokens": max_new_tokens,
         "context": context,
         "generate_kwargs": {name: generate_kwargs[name] for name in sorted(generate_kwargs)},
-        "image_tokens": processor.image_seq_length,
-        "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode("utf-8")).hexdigest(),
     }
-    check_settings(answers_path, run_settings, info)
+    run_settings = {**settings, **generation}
+    earlier = check_settings(answers_path, run_settings, info)
 
-    answers = {_key_of_row(row): row.get("answer") for row in read_jsonl(answers_path, repair=True)}
-    failed = {_key_of_row(row) for row in read_jsonl(errors_path, repair=True)}
+    if fingerprints is None:
+        fingerprints = model_fingerprints(getattr(model, "name_or_path", None))
+    depends_on = {
+        **fingerprints,
+        "generation": {
+            **generation,
+            "image_tokens": processor.image_seq_length,
+            "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode("utf-8")).hexdigest(),
+        },
+    }
+    depends_on = json.loads(json.dumps(depends_on))  # as it reads back from the file
+    run_key = digest(depends_on)
+    question_keys = {question.key: question_fingerprint(question, load_image) for question in questions}
+    stored = (earlier or {}).get("fingerprints")
+    run_change = _describe_run_change(stored, depends_on) if digest(stored) != run_key else "made by another run"
     summary = InferenceSummary()
+    answer_rows, errors_rows = [], []
+    for path, rows in ((answers_path, answer_rows), (errors_path, errors_rows)):
+        kept, dropped = _keep_results(path, run_key, question_keys, run_change)
+        rows.extend(kept)
+        for reason, count in dropped.items():
+            if reason == "no longer in the input":
+                summary.removed += count
+            else:
+                summary.redone[reason] = summary.redone.get(reason, 0) + count
+    _write_json_atomically(meta_path, {"settings": run_settings, "info": info or {}, "fingerprints": depends_on})
+    fingerprint_of = {key: {"run": run_key, "question": value} for key, value in question_keys.items()}
+
+    answers = {_key_of_row(row): row.get("answer") for row in answer_rows}
+    failed = {_key_of_row(row) for row in errors_rows}
     pending, seen = [], set()
     for question in questions:
         if question.key in answers or question.key in failed:
@@ -669,8 +841,14 @@ def run_inference(
         else:
             seen.add(question.key)
             pending.append(question)
-    if summary.already_done:
-        logger.info("%s: %d questions already done, %d to go", answers_path, summary.already_done, len(pending))
+    if summary.already_done or summary.redone or summary.removed:
+        logger.info(
+            "%s: %d questions already done, %d to go%s",
+            answers_path,
+            summary.already_done,
+            len(pending),
+            summary.resume_note(),
+        )
 
     context_limit = context_length(model.config)
     on_cpu = model.device.type == "cpu"
@@ -686,7 +864,10 @@ def run_inference(
                 failed.add(question.key)
                 summary.errors += 1
                 summary.error_kinds[kind] = summary.error_kinds.get(kind, 0) + 1
-                rows.append({"id": question.id, "turn": question.turn, "source": question.source, "reason": reason})
+                row = {"id": question.id, "turn": question.turn, "source": question.source, "reason": reason}
+                if question.repeats is not None:
+                    row["repeats"] = question.repeats
+                rows.append({**row, "fingerprint": fingerprint_of[question.key]})
             errors_file.write(rows)
             bar.update(len(rows))
 
@@ -755,6 +936,7 @@ def run_inference(
                         row["reference"] = question.reference
                     if question.chart_type or chart_type:
                         row["chart_type"] = question.chart_type or chart_type
+                    row["fingerprint"] = fingerprint_of[question.key]
                     rows.append(row)
                     answers[question.key] = answer
                 answers_file.write(rows)
@@ -787,18 +969,27 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
     shard_paths = list(dict.fromkeys(shard_paths))
     if os.path.abspath(output_path) in {os.path.abspath(path) for path in shard_paths}:
         raise ValueError(f"{output_path} is one of the shards; merge into another file")
-    metas = []
+    metas, fingerprints = [], None
     for path in shard_paths:
         _, meta_path = output_paths(path)
         if not os.path.exists(meta_path):
             raise FileNotFoundError(f"{path}: no settings file {meta_path}; is it an answers file of chartwiz infer?")
         with open(meta_path, encoding="utf-8") as file:
-            metas.append(json.load(file)["settings"])
+            meta = json.load(file)
+        metas.append(meta["settings"])
+        fingerprints = fingerprints or meta.get("fingerprints")
     common = {name: value for name, value in metas[0].items() if name != "chunk_idx"}
     for path, meta in zip(shard_paths, metas):
-        if {name: value for name, value in meta.items() if name != "chunk_idx"} != common:
+        differing = [
+            name for name in sorted(set(common) | set(meta) - {"chunk_idx"}) if meta.get(name) != common.get(name)
+        ]
+        if differing:
+            differences = "; ".join(
+                f"{name}: {common.get(name)!r} there, {meta.get(name)!r} here" for name in differing
+            )
             raise ValueError(
-                f"{path} was made with other settings than {shard_paths[0]}; only shards of one run merge"
+                f"{path} was made with other settings than {shard_paths[0]} ({differences}); only shards of one run "
+                "merge"
             )
     num_chunks = common.get("num_chunks", 1)
     by_chunk = {}
@@ -839,6 +1030,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
         {
             "settings": {**common, "num_chunks": 1, "chunk_idx": 0},
             "info": {"merged_from": [by_chunk[c] for c in sorted(by_chunk)]},
+            "fingerprints": fingerprints,
         },
     )
     return MergeSummary(len(answers), len(errors), missing, [by_chunk[chunk] for chunk in sorted(by_chunk)])
@@ -849,13 +1041,16 @@ __all__ = [
     "DatasetImages",
     "ImageFolder",
     "InferenceSummary",
+    "Unreadable",
     "JsonlAppender",
     "MergeSummary",
     "Question",
     "check_settings",
+    "iter_json_records",
     "load_model_for_inference",
     "merge_shards",
     "output_paths",
+    "question_fingerprint",
     "read_dataset_questions",
     "read_jsonl",
     "read_question_file",

@@ -1,4 +1,4 @@
-"""Reading the config of a checkpoint, local or on the Hub, with one-line errors that name it."""
+"""Reading a checkpoint, local or on the Hub: its config, and weights that must all fit, with one-line errors."""
 
 import os
 
@@ -43,10 +43,58 @@ def read_config_dict(name_or_path: str | os.PathLike, **kwargs) -> dict:
     return config_dict
 
 
+def _names(entries, limit: int = 3) -> str:
+    shown = ", ".join(entries[:limit])
+    return shown + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def check_loading_info(name: str, loading_info: dict) -> None:
+    """
+    Raises a one-line `ValueError` naming the first few weights when `from_pretrained(..., output_loading_info=True)`
+    reports weights missing from the checkpoint (they would be left random), weights the model has no place for, or
+    weights of another shape. transformers only warns about them; a model answering with random weights is worse.
+    """
+    parts = []
+    for field, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")):
+        names = sorted(loading_info.get(field) or [])
+        if names:
+            parts.append(f"{len(names)} {what} ({_names(names)})")
+    # transformers 4 lists the names of weights of another shape, 5 (name, shape in the file, shape in the model).
+    mismatched = sorted(loading_info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        described = [
+            f"{entry[0]}: {'x'.join(map(str, entry[1]))} in the file, {'x'.join(map(str, entry[2]))} in the model"
+            if isinstance(entry, tuple) and len(entry) == 3
+            else str(entry)
+            for entry in mismatched
+        ]
+        parts.append(f"{len(mismatched)} of another shape ({_names(described)})")
+    errors = [str(message).splitlines()[0] for message in loading_info.get("error_msgs") or [] if str(message)]
+    if errors:
+        parts.append(f"loading errors ({_names(errors, 1)})")
+    if parts:
+        raise ValueError(
+            f"{name}: the weights do not fit the model: {'; '.join(parts)}. The checkpoint is incomplete or belongs "
+            "to another model; save or download it again."
+        )
+
+
+def from_pretrained_complete(model_class, name_or_path: str | os.PathLike, **kwargs):
+    """
+    `model_class.from_pretrained(name_or_path, **kwargs)` that refuses a checkpoint whose weights do not fit the
+    model (`check_loading_info`) instead of initializing the missing ones at random or failing with a traceback.
+    """
+    model, loading_info = model_class.from_pretrained(
+        name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    check_loading_info(os.fspath(name_or_path), loading_info)
+    return model
+
+
 def describe_model_type(config_dict: dict) -> str:
     """`a 'llama' model`, or what the config lacks, for error messages."""
     model_type = config_dict.get("model_type")
     return f"a {model_type!r} model" if model_type else "a config.json without a model_type"
 
 
-__all__ = ["describe_model_type", "read_config_dict"]
+__all__ = ["check_loading_info", "describe_model_type", "from_pretrained_complete", "read_config_dict"]

@@ -30,6 +30,11 @@ def main(argv=None) -> int:
         # The sub-command's own name (`chartwiz data build`), so the user knows which step failed.
         print(f"{args.prog}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is how a user stops a long job: one line saying what was kept, not a traceback.
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"\n{args.prog}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
     return 0
 
 

@@ -16,12 +16,15 @@ from .batch_inference import (
     DatasetImages,
     InferenceSummary,
     Question,
+    Unreadable,
+    iter_json_records,
     load_model_for_inference,
     output_paths,
     read_dataset_questions,
     read_jsonl,
     run_inference,
 )
+from .fingerprints import model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 
 
@@ -65,37 +68,34 @@ class Prediction:
 
 def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
     """
-    The predictions of a JSON Lines file (`id`, `task`, `chart_type` (may be empty or absent), `prediction`,
-    `reference`), and `{"line": n, "reason": ...}` for each line that cannot be scored (it does not parse, lacks a
-    field, names an unknown task or repeats an id); blank lines are ignored.
+    The predictions of a JSON Lines file or a JSON array, read as `chartwiz infer` reads its inputs (`id`, `task`,
+    `chart_type` (may be empty or absent), `prediction`, `reference`), and `{"source": "file:line", "reason": ...}`
+    for each record that cannot be scored (it does not parse, lacks a field, names an unknown task or repeats an
+    id); blank lines are ignored.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such predictions file")
     predictions, skipped, seen = [], [], set()
-    with open(path, encoding="utf-8-sig") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                prediction = _prediction_from_json(line)
-            except ValueError as error:
-                skipped.append({"line": number, "reason": str(error)})
-                continue
-            if prediction.id in seen:
-                skipped.append({"line": number, "id": prediction.id, "reason": f"id {prediction.id!r} repeats"})
-                continue
-            seen.add(prediction.id)
-            predictions.append(prediction)
+    for source, record in iter_json_records(path):
+        try:
+            prediction = _prediction_from_record(record)
+        except ValueError as error:
+            skipped.append({"source": source, "reason": str(error)})
+            continue
+        if prediction.id in seen:
+            skipped.append({"source": source, "id": prediction.id, "reason": f"id {prediction.id!r} repeats"})
+            continue
+        seen.add(prediction.id)
+        predictions.append(prediction)
     return predictions, skipped
 
 
-def _prediction_from_json(line: str) -> Prediction:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"JSON does not parse: {error}") from None
+def _prediction_from_record(record) -> Prediction:
+    if isinstance(record, Unreadable):
+        raise ValueError(record.reason)
     if not isinstance(record, dict):
-        raise ValueError("a line should hold a JSON object")
+        raise ValueError("a record should be a JSON object")
+    record = dict(record)
     record.setdefault("chart_type", "")
     if record["chart_type"] is None:
         record["chart_type"] = ""
@@ -174,6 +174,8 @@ def blank_charts(load_image: Callable) -> Callable:
         image, chart_type = load_image(question)
         return Image.new("RGB", image.size, "white"), chart_type
 
+    # The answer still depends on the chart: its size.
+    load_blank.image_digest = getattr(load_image, "image_digest", None)
     return load_blank
 
 
@@ -188,13 +190,16 @@ def predict_dataset(
     settings: Optional[dict] = None,
     progress: bool = True,
     info: Optional[dict] = None,
+    fingerprints: Optional[dict] = None,
+    restart: bool = False,
 ) -> InferenceSummary:
     """
     Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
     charts prepared ahead of the model, each prompt checked against the context) into `out_dir/answers.jsonl`, then
     writes the answered rows as `predictions.jsonl`. Rerunning resumes: rows answered or rejected before are not
-    asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with the
-    reason in `answers.errors.jsonl`. Returns what this call did.
+    asked again while their fingerprints hold (the model's files, the row and its image), those that no longer hold
+    are asked again, and other settings than the first run's are refused. Rows that cannot be asked are listed with
+    the reason in `answers.errors.jsonl`. Returns what this call did.
 
     Args:
         model, processor: a loaded ChartWiz (`load_model_for_inference`).
@@ -207,6 +212,8 @@ def predict_dataset(
         settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
         info (`dict`, *optional*): informative fields for the settings file (not compared).
+        fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)` (see `run_inference`).
+        restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
     """
     questions, tasks = split_questions(dataset)
     load_image = blank_charts(DatasetImages(dataset)) if blank_images else DatasetImages(dataset)
@@ -223,6 +230,8 @@ def predict_dataset(
         max_new_tokens=max_new_tokens,
         progress=progress,
         info=info,
+        fingerprints=fingerprints,
+        restart=restart,
     )
     answers = {(row["id"], row["turn"]): row["answer"] for row in read_jsonl(answers_path)}
     lines = [
@@ -256,11 +265,13 @@ def evaluate_model(
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
     blank_images: bool = False,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
     writes `out_dir`: `predictions.jsonl` (re-scorable), `metrics.json`, `report.md` and `report.png`. Running again
-    into the same `out_dir` resumes: rows already answered are not asked again. Returns the metrics.
+    into the same `out_dir` resumes: rows already answered are not asked again, unless the model's files or the row
+    changed since (then they are). Returns the metrics.
 
     Args:
         model_name_or_path (`str`): ChartWiz checkpoint directory or Hub repo.
@@ -278,6 +289,7 @@ def evaluate_model(
             image of its size, which shows how much of a score comes from reading the chart rather than from the
             question and the language prior. Recorded in the run's settings, `metrics.json` and the report.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
     """
     if config not in CONFIGS:
         raise ValueError(f"Unknown config {config!r}; choose from {', '.join(CONFIGS)}.")
@@ -296,7 +308,8 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
-    _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
+    if not restart:
+        _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
@@ -304,15 +317,32 @@ def evaluate_model(
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     info = {"batch_size": batch_size, "device": str(model.device)}
+    if restart:
+        predictions = os.path.join(out_dir, PREDICTIONS_FILE)
+        if os.path.exists(predictions):
+            os.remove(predictions)
     summary = predict_dataset(
-        model, processor, dataset, out_dir, batch_size, max_new_tokens, blank_images, settings, progress, info
+        model,
+        processor,
+        dataset,
+        out_dir,
+        batch_size,
+        max_new_tokens,
+        blank_images,
+        settings,
+        progress,
+        info,
+        fingerprints=model_fingerprints(model_name_or_path, adapter),
+        restart=restart,
     )
-    if summary.answered:
+    if summary.answered or summary.already_done:
         logger.info(
-            "Answered %d questions in %.1f s (%.2f questions/s)",
+            "Answered %d questions in %.1f s (%.2f questions/s); %d were answered before%s",
             summary.answered,
             summary.seconds,
             summary.questions_per_second,
+            summary.already_done,
+            summary.resume_note(),
         )
     return score_run(out_dir, bleu_tokenize=bleu_tokenize, rows=len(dataset))
 
@@ -331,9 +361,16 @@ def score_run(
     target = os.path.join(out_dir, PREDICTIONS_FILE)
     source = predictions_path or target
     predictions, bad_lines = read_predictions(source)
+    if predictions_path is not None and not predictions:
+        example = f": {bad_lines[0]['source']}: {bad_lines[0]['reason']}" if bad_lines else ""
+        raise ValueError(
+            f"{source} holds no prediction to score ({len(bad_lines)} records could not be read{example})."
+        )
     os.makedirs(out_dir, exist_ok=True)
     if predictions_path is not None and os.path.abspath(source) != os.path.abspath(target):
         content = _read_text(source)
+        if content.lstrip()[:1] == "[" and not source.endswith(".jsonl"):  # a JSON array, kept as JSON Lines
+            content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in iter_json_records(source))
         if os.path.exists(target) and _read_text(target) != content:
             raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
         with open(target, "w", encoding="utf-8") as copy:
@@ -379,10 +416,14 @@ def _check_run(out_dir: str, run: dict) -> None:
         changed = ", ".join(f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in run if stored.get(key) != run[key])
         if changed:
             raise ValueError(
-                f"{out_dir} holds the predictions of another run ({changed}): choose another --out or delete it."
+                f"{out_dir} holds the predictions of another run ({changed}): choose another --out, or --restart to "
+                "start over in it."
             )
     elif os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
-        raise ValueError(f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out.")
+        raise ValueError(
+            f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out, or --restart to "
+            "replace it."
+        )
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -438,7 +479,26 @@ def render_report(metrics: dict) -> str:
     lines += ["", "All metrics in percent. `rms_f1` is the mean of each table's F1 (see docs/metrics.md)."]
     if metrics.get("bleu_signature"):
         lines.append(f"BLEU: sacrebleu `{metrics['bleu_signature']}`.")
-    lines += ["", "## By task", ""]
+    if by_task:
+        lines += _score_tables(metrics)
+    else:
+        lines += ["", "No row was scored: every one was skipped (listed below).", ""]
+    if metrics["skipped"]:
+        lines += ["## Skipped", ""]
+        for entry in metrics["skipped"]:
+            if "file" in entry:  # a record of the predictions file
+                where = f"`{entry['source']}`"
+            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
+                named_by_id = entry.get("id") is not None and entry.get("repeats") is None
+                where = f"`{entry['id'] if named_by_id else entry.get('source')}`"
+            lines.append(f"- {where}: {entry['reason']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _score_tables(metrics: dict) -> list[str]:
+    """The report's table by task and its tables by chart type, one per task."""
+    by_task, lines = metrics["by_task"], ["", "## By task", ""]
     columns = list(dict.fromkeys(metric for task in by_task for metric in TASK_METRICS[task]))
     lines.append("| task | n | " + " | ".join(columns) + " |")
     lines.append("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
@@ -455,16 +515,7 @@ def render_report(metrics: dict) -> str:
                 cells = [_format(tasks[task][metric]) for metric in TASK_METRICS[task]]
                 lines.append(f"| {chart_type} | {tasks[task]['n']} | " + " | ".join(cells) + " |")
         lines.append("")
-    if metrics["skipped"]:
-        lines += ["## Skipped", ""]
-        for entry in metrics["skipped"]:
-            if "line" in entry:
-                where = f"line {entry['line']}"
-            else:  # a row of the split; one whose id repeats an earlier row's is named by its place
-                where = f"`{entry['id'] if entry.get('id') is not None else entry.get('source')}`"
-            lines.append(f"- {where}: {entry['reason']}")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 _FONT_FAMILY = None

@@ -64,9 +64,16 @@ def bundled_font_path() -> Optional[str]:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB like Pix2Struct's `convert_to_rgb`, but 16-bit and float images are scaled to 8 bits instead of clipped."""
+    """
+    RGB like Pix2Struct's `convert_to_rgb`, except that transparent pixels are composited on white (a transparent PNG
+    often stores them as black; transformers 5 composites too) and 16-bit and float images are scaled to 8 bits
+    instead of clipped.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     if image.mode in _HIGH_BIT_DEPTH_RANGES or image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         top = _HIGH_BIT_DEPTH_RANGES.get(image.mode) or max(float(values.max()), 1.0)

@@ -8,37 +8,14 @@ from itertools import zip_longest
 from typing import Optional
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from transformers.feature_extraction_utils import BatchFeature
 
-from .image_processing_chartwiz import MAX_IMAGE_PIXELS, check_image_size
+from .images import load_chart_image
 
 
 IMAGE_TOKEN = "<image>"
-
-
-def load_chart_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """
-    Opens and fully decodes an image file, upright: the EXIF orientation of a photo is applied, as a camera or phone
-    records it. Raises an error naming the file if it is missing, corrupt or truncated, or if it has more than
-    `max_pixels` pixels (8192 x 8192 by default), which is checked from the file's header before decoding.
-    """
-    try:
-        image = Image.open(path)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{path}: no such image file") from error
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: the image is above the limit of {max_pixels:,} pixels ({error})") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{path}: cannot decode the image ({error})") from error
-    with image:
-        check_image_size(image.width, image.height, max_pixels, name=str(path))
-        try:
-            image.load()
-            return ImageOps.exif_transpose(image)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"{path}: cannot decode the image ({error})") from error
 
 
 def _check_text(text: str, what: str) -> None:
@@ -332,16 +309,19 @@ def load_chartwiz(
     """
     Model and processor from a local directory or the Hub, through the Auto classes; with `adapter`, a PEFT (LoRA)
     adapter folder is applied on top without merging. The device and the checkpoint are checked first
-    (`check_device`, `check_checkpoint`), and weights that cannot be read are reported as such, so a wrong input
-    gives a one-line `ValueError` or `OSError` rather than a traceback or a download attempt.
+    (`check_device`, `check_checkpoint`), weights that cannot be read are reported as such, and weights missing from
+    the checkpoint, unexpected or of another shape are refused (`from_pretrained_complete`), so a wrong input gives
+    a one-line `ValueError` or `OSError` rather than a traceback, a download attempt or random weights.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText
 
+    from .checkpoints import from_pretrained_complete
+
     device = check_device(device)
     check_checkpoint(model_name_or_path, **kwargs)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
+        model = from_pretrained_complete(AutoModelForImageTextToText, model_name_or_path, dtype=dtype, **kwargs)
     except SafetensorError as error:
         raise OSError(
             f"{model_name_or_path}: cannot read the weights ({error}); the safetensors file is truncated or corrupt, "

@@ -1,15 +1,82 @@
 """Merging a PEFT (LoRA) adapter into its ChartWiz base: one full checkpoint that loads with the Auto classes."""
 
+import json
 import logging
 import os
+import re
 from typing import Optional
+
+from .fingerprints import TRAINING_RUN_FILE, checkpoint_fingerprint, describe_changes
 
 
 logger = logging.getLogger(__name__)
+# torch's message for each weight of another shape in `load_state_dict`.
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in "
+    r"current model is torch\.Size\(\[([^\]]*)\]\)"
+)
 
 
 def _same_path(first: str, second: str) -> bool:
     return os.path.exists(first) and os.path.exists(second) and os.path.samefile(first, second)
+
+
+def _recorded_base(adapter: str) -> Optional[dict]:
+    """The fingerprint of the model the adapter was trained from, where the training recipe recorded it."""
+    path = os.path.join(adapter, TRAINING_RUN_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        return json.load(file).get("model_fingerprint")
+
+
+def check_base(base: str, adapter: str, trained_on: Optional[str]) -> None:
+    """
+    Refuses to merge `adapter` onto a `base` other than the model it was trained on: by the fingerprint the training
+    run recorded (`chartwiz_run.json`), else by `trained_on` (the adapter config's `base_model_name_or_path`), a path
+    compared by what is at it. LoRA weights fit any base of the same shapes, and silently make a model nobody trained.
+    """
+    remedy = "pass the adapter's own base, or --no-base-check if you mean to merge onto another model"
+    recorded = _recorded_base(adapter) if os.path.isdir(adapter) else None
+    if recorded is not None:
+        current = checkpoint_fingerprint(base) if os.path.isdir(base) else None
+        if current != recorded:
+            files = describe_changes(recorded, current) if isinstance(current, dict) else ""
+            raise ValueError(
+                f"{base} is not the model {adapter} was trained on: "
+                + (
+                    f"its files differ from those recorded in {TRAINING_RUN_FILE} ({files})"
+                    if files
+                    else "not a folder"
+                )
+                + f"; {remedy}."
+            )
+        return
+    if not trained_on:
+        logger.warning("%s does not say which base it was trained on; merging onto %s unchecked", adapter, base)
+        return
+    if trained_on == base or _same_path(trained_on, base):
+        return
+    if os.path.isdir(trained_on) and os.path.isdir(base):
+        if checkpoint_fingerprint(trained_on) == checkpoint_fingerprint(base):
+            return
+        raise ValueError(
+            f"{adapter} was trained on {trained_on} (its base_model_name_or_path), and {base} holds other files "
+            f"({describe_changes(checkpoint_fingerprint(trained_on), checkpoint_fingerprint(base))}); {remedy}."
+        )
+    raise ValueError(f"{adapter} was trained on {trained_on} (its base_model_name_or_path), not {base}; {remedy}.")
+
+
+def _shape_mismatch(error: RuntimeError, base: str, adapter: str) -> Optional[ValueError]:
+    found = _SIZE_MISMATCH.findall(str(error))
+    if not found:
+        return None
+    shown = "; ".join(
+        f"{name}: {shape.replace(', ', 'x')} in the adapter, {model.replace(', ', 'x')} in the model"
+        for name, shape, model in found[:3]
+    )
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return ValueError(f"{adapter} does not fit {base}: {len(found)} weights have another shape ({shown}{more}).")
 
 
 def merge_adapter(
@@ -18,6 +85,7 @@ def merge_adapter(
     output_dir: str,
     dtype="auto",
     revision: Optional[str] = None,
+    check_base_model: bool = True,
 ):
     """
     Folds a LoRA adapter (and the modules it saved in full, such as the projector) into the base model's weights
@@ -34,6 +102,8 @@ def merge_adapter(
             The dtype to load (and save) the base model in.
         revision (`str`, *optional*):
             The base model's revision on the Hub.
+        check_base_model (`bool`, *optional*, defaults to `True`):
+            Refuse a base other than the adapter's own (`check_base`).
 
     Returns:
         The merged `ChartWizForConditionalGeneration`.
@@ -41,21 +111,32 @@ def merge_adapter(
     from peft import PeftConfig, PeftModel
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from .checkpoints import from_pretrained_complete
     from .inference import load_processor
 
     for source in (base_model_name_or_path, adapter_name_or_path):
         if _same_path(source, output_dir):
             raise ValueError(f"--out {output_dir} is the folder {source}: write the merged checkpoint elsewhere.")
     try:
-        PeftConfig.from_pretrained(adapter_name_or_path)
+        peft_config = PeftConfig.from_pretrained(adapter_name_or_path)
     except ValueError as error:
         raise ValueError(f"{adapter_name_or_path} is not a PEFT adapter (no adapter_config.json): {error}") from None
     config = AutoConfig.from_pretrained(base_model_name_or_path, revision=revision)
     if config.model_type != "chartwiz":
         raise ValueError(f"{base_model_name_or_path} is a {config.model_type!r} checkpoint, not a ChartWiz one.")
+    if check_base_model:
+        check_base(base_model_name_or_path, adapter_name_or_path, peft_config.base_model_name_or_path)
 
-    model = AutoModelForImageTextToText.from_pretrained(base_model_name_or_path, dtype=dtype, revision=revision)
-    model = PeftModel.from_pretrained(model, adapter_name_or_path)
+    model = from_pretrained_complete(
+        AutoModelForImageTextToText, base_model_name_or_path, dtype=dtype, revision=revision
+    )
+    try:
+        model = PeftModel.from_pretrained(model, adapter_name_or_path)
+    except RuntimeError as error:
+        mismatch = _shape_mismatch(error, base_model_name_or_path, adapter_name_or_path)
+        if mismatch is None:
+            raise
+        raise mismatch from None
     # LoRA updates are folded in as W + scale * B @ A; modules saved in full replace their originals.
     merged = model.merge_and_unload()
     merged.save_pretrained(output_dir)
@@ -73,4 +154,4 @@ def merge_adapter(
     return merged
 
 
-__all__ = ["merge_adapter"]
+__all__ = ["check_base", "merge_adapter"]

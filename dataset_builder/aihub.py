@@ -68,6 +68,22 @@ def image_dir(root: str, split: str, folder: str) -> str:
     return os.path.join(root, split, "img_data", f"img_{folder}")
 
 
+def find_in_image_folders(img_data: str, filename: str) -> tuple[str, str] | None:
+    """
+    (path, chart_type) of a bare file name in the ten chart-type folders of an `img_data/` folder, None if it is in
+    none. A name in two folders could be either chart: `BadRecord` naming both, rather than a guess.
+    """
+    found = [
+        (os.path.join(img_data, f"img_{folder}", filename), chart_type)
+        for folder, chart_type in CHART_TYPE_FOLDERS.items()
+        if os.path.isfile(os.path.join(img_data, f"img_{folder}", filename))
+    ]
+    if len(found) > 1:
+        folders = " and ".join(os.path.basename(os.path.dirname(path)) for path, _ in found)
+        raise BadRecord(f"image {filename!r} is in both {folders}; name it with its folder, or rename one of them")
+    return found[0] if found else None
+
+
 def check_tree(root: str) -> list[str]:
     """The splits present under `root`; raises `FileNotFoundError` saying what an AI-Hub tree should look like."""
     if not os.path.isdir(root):
@@ -313,6 +329,7 @@ __all__ = [
     "bare_file_name",
     "check_tree",
     "clean_cell",
+    "find_in_image_folders",
     "format_value",
     "image_dir",
     "iter_annotation_files",

@@ -3,6 +3,7 @@
 import collections
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -20,8 +21,9 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .aihub import check_tree, unknown_folders
-from .builder import ChartWizAIHub
+from .builder import CONFIG_TASKS, ChartWizAIHub
 from .card import ShardPaths, render_card, write_card, write_text_atomic
+from .rows import repeated_conversations
 
 
 logger = logging.getLogger(__name__)
@@ -65,11 +67,22 @@ def parquet_tables(parquet_files: list[str], batch_size: int = 256) -> Iterator[
             yield pa.Table.from_batches([batch], schema=parquet.schema_arrow)
 
 
-def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str, embed_images: bool) -> list[str]:
+def _content_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def write_parquet_shards(
+    tables: Iterable[pa.Table], directory: str, split: str, embed_images: bool, name_by_content: bool = False
+) -> list[str]:
     """
-    Writes a split's tables as `<split>-0000i-of-0000n.parquet`. With `embed_images` the image bytes go into the
-    shards (as the Hub wants) and shards are cut by size; without, rows point at the image files, stored once.
-    Shards are renamed into place only when complete.
+    Writes a split's tables as `<split>-0000i-of-0000n.parquet` (with `name_by_content`,
+    `<split>-0000i-of-0000n-<sha256 prefix>.parquet`: shards of another content never take an existing shard's name).
+    With `embed_images` the image bytes go into the shards (as the Hub wants) and shards are cut by size; without,
+    rows point at the image files, stored once. Shards are renamed into place only when complete.
     """
     os.makedirs(directory, exist_ok=True)
     pending, writer, rows, size = [], None, 0, 0
@@ -92,7 +105,8 @@ def write_parquet_shards(tables: Iterable[pa.Table], directory: str, split: str,
         writer.close()
     final = []
     for index, path in enumerate(pending):
-        target = os.path.join(directory, f"{split}-{index:05d}-of-{len(pending):05d}.parquet")
+        suffix = f"-{_content_hash(path)}" if name_by_content else ""
+        target = os.path.join(directory, f"{split}-{index:05d}-of-{len(pending):05d}{suffix}.parquet")
         os.replace(path, target)
         final.append(target)
     return final
@@ -115,12 +129,20 @@ def _collect_report(report_dir: str) -> dict:
 
 
 def _prepare_config(config: str, data_dir: str, gpt_files: list[str], work_dir: str, num_proc: Optional[int]):
+    repeated_file = None
+    if "gpt" in CONFIG_TASKS[config]:
+        # Found here, over every file in order: each job of the builder reads a shard only.
+        repeated_file = os.path.join(work_dir, "repeated_conversations.json")
+        if not os.path.exists(repeated_file):
+            with open(repeated_file, "w", encoding="utf-8") as file:
+                json.dump(repeated_conversations(gpt_files), file, ensure_ascii=False)
     builder = ChartWizAIHub(
         config_name=config,
         data_dir=data_dir,
         gpt_files=tuple(gpt_files),
         report_dir=os.path.join(work_dir, "report"),
         cache_dir=os.path.join(work_dir, "cache"),
+        repeated_file=repeated_file,
     )
     arrow_dir = os.path.join(work_dir, "arrow", config)
     builder.download_and_prepare(output_dir=arrow_dir, file_format="arrow", num_proc=num_proc)
@@ -137,7 +159,11 @@ def _stage_shards(configs, splits, data_dir, gpt_files, work_dir, staging_dir, n
         for split in splits:
             arrow_files = sorted(glob.glob(os.path.join(arrow_dir, f"*-{split}*.arrow")))
             staged = write_parquet_shards(
-                arrow_tables(arrow_files), os.path.join(staging_dir, config), split, embed_images=False
+                arrow_tables(arrow_files),
+                os.path.join(staging_dir, config),
+                split,
+                embed_images=False,
+                name_by_content=True,
             )
             shards[config][split] = [os.path.relpath(path, staging_dir) for path in staged]
     return shards
@@ -236,7 +262,35 @@ def _merge(previous: Optional[dict], report: dict, kept: list[str]) -> dict:
         "gpt_files": previous.get("gpt_files", []) if "gpt" in kept else report["gpt_files"],
         "counts": {config: counts[config] for config in BUILT_CONFIGS if config in counts},
         "skipped": [entry for entry in previous["skipped"] if entry["config"] in kept] + report["skipped"],
+        "warnings": [entry for entry in previous.get("warnings", []) if entry["config"] in kept] + report["warnings"],
     }
+
+
+def _example_reason(report: dict, config: str, split=None) -> str:
+    reasons = collections.Counter(
+        entry["reason"]
+        for entry in report["skipped"]
+        if entry["config"] == config and (split is None or entry["split"] == split)
+    )
+    return reasons.most_common(1)[0][0] if reasons else "no reason recorded"
+
+
+def _empty_splits(report: dict) -> list[dict]:
+    """A warning for each split left without a row in a config that has rows elsewhere (all lost: the build fails)."""
+    warnings = []
+    for config, by_split in report["counts"].items():
+        if not any(counts["written"] for counts in by_split.values()):
+            continue
+        for split, counts in by_split.items():
+            if counts["written"]:
+                continue
+            why = (
+                f"all {counts['read']} records were skipped (e.g. {_example_reason(report, config, split)})"
+                if counts["read"]
+                else "no records found"
+            )
+            warnings.append({"config": config, "split": split, "message": f"{config}/{split} is empty: {why}"})
+    return warnings
 
 
 def _empty_configs(report: dict) -> list[str]:
@@ -249,9 +303,7 @@ def _empty_configs(report: dict) -> list[str]:
         if not read:
             problems.append(f"{config}: no records found")
             continue
-        reasons = collections.Counter(entry["reason"] for entry in report["skipped"] if entry["config"] == config)
-        example = reasons.most_common(1)[0][0] if reasons else "no reason recorded"
-        problems.append(f"{config}: all {read} records were skipped (e.g. {example})")
+        problems.append(f"{config}: all {read} records were skipped (e.g. {_example_reason(report, config)})")
     return problems
 
 
@@ -317,6 +369,9 @@ def build_dataset(
                 raise ValueError(
                     f"{'; '.join(empty)}. Nothing was written: {kept_note}{failed_path} lists every skipped record."
                 )
+            built["warnings"] = _empty_splits(built)
+            for warning in built["warnings"]:
+                logger.warning("%s", warning["message"])
             report = _merge(previous, built, kept)
             report_path = os.path.join(work_dir, REPORT_NAME)
             with open(report_path, "w", encoding="utf-8") as file:
@@ -326,9 +381,14 @@ def build_dataset(
             with open(card_path, "w", encoding="utf-8") as file:
                 file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
             with _interrupts_deferred():
+                # Crash-consistent at every step, a SIGKILL included: the new shards come in beside the old ones
+                # (their names hold their content's hash), the card that `load_dataset` reads switches from the old
+                # set to the new one in one rename, and only then do the old shards go. Before the card's rename the
+                # folder loads as the previous build, after it as this one; leftovers go with the next build.
                 _swap_in(output_dir, staging_dir, configs)
                 os.replace(report_path, os.path.join(output_dir, REPORT_NAME))
                 os.replace(card_path, os.path.join(output_dir, "README.md"))
+                _remove_unlisted_shards(output_dir, report)
         if os.path.exists(os.path.join(output_dir, FAILED_REPORT_NAME)):
             os.remove(os.path.join(output_dir, FAILED_REPORT_NAME))
         if push_to_hub:
@@ -337,14 +397,29 @@ def build_dataset(
 
 
 def _swap_in(output_dir: str, staging_dir: str, configs: list[str]) -> None:
-    """Moves the staged shards of `configs` into place, replacing their previous shards."""
+    """
+    Moves the staged shards of `configs` into place beside their previous shards, which the card in place still
+    names: a shard of the same name has the same content.
+    """
     for config in configs:
         final_dir = os.path.join(output_dir, config)
         os.makedirs(final_dir, exist_ok=True)
-        for old in glob.glob(os.path.join(final_dir, "*.parquet")):
-            os.remove(old)
-        for path in glob.glob(os.path.join(staging_dir, config, "*.parquet")):
+        for path in sorted(glob.glob(os.path.join(staging_dir, config, "*.parquet"))):
             os.replace(path, os.path.join(final_dir, os.path.basename(path)))
+
+
+def _remove_unlisted_shards(output_dir: str, report: dict) -> None:
+    """Deletes the shards that `report` (the build the card names) does not list: older builds', killed ones'."""
+    listed = {
+        os.path.normpath(path)
+        for by_split in report["counts"].values()
+        for counts in by_split.values()
+        for path in counts["files"]
+    }
+    for config in BUILT_CONFIGS:
+        for path in glob.glob(os.path.join(output_dir, config, "*.parquet")):
+            if os.path.normpath(os.path.relpath(path, output_dir)) not in listed:
+                os.remove(path)
 
 
 def _parquet_rows(output_dir: str, paths: list[str]) -> int:

@@ -19,6 +19,7 @@ from .aihub import (
 from .rows import (
     FINETUNE_TASKS,
     check_image,
+    conversation_id,
     find_chart_image,
     finetune_rows,
     iter_conversations,
@@ -65,12 +66,15 @@ class ChartWizAIHubConfig(datasets.BuilderConfig):
         report_dir (`str`, *optional*): where each job appends its skipped records and counts (JSON Lines).
         instruction_paraphrases (`bool`): use paraphrased instructions, chosen from the row id, beside the original.
         shards_per_source (`int`): shards per chart-type folder and per GPT file, the units `num_proc` spreads.
+        repeated_file (`str`, *optional*): a JSON `{source: reason}` of the GPT conversations to skip because an
+            earlier one has their id (`repeated_conversations`, which needs every file in order: a job sees a shard).
     """
 
     gpt_files: tuple = ()
     report_dir: Optional[str] = None
     instruction_paraphrases: bool = False
     shards_per_source: int = 8
+    repeated_file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,10 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
 
     def _gpt_examples(self, root, split, conversations, log: SkipLog):
         # A conversation belongs to the split whose img_data/ holds its image; unresolved ones are reported with train.
+        repeated = {}
+        if self.config.repeated_file:
+            with open(self.config.repeated_file, encoding="utf-8") as file:
+                repeated = json.load(file)
         for conversation in conversations:
             data = conversation.data
             if isinstance(data, str) or not isinstance(data, dict):
@@ -233,26 +241,39 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
                 if split == "train":
                     log.skip(conversation.source, str(error), records=_turn_count(data))
                 continue
-            found = find_chart_image(root, split, filename)
+            try:
+                found = find_chart_image(root, split, filename)
+            except BadRecord as error:  # in two chart-type folders of this split
+                log.skip(conversation.source, str(error), records=_turn_count(data))
+                continue
             if found is None:
                 other = "test" if split == "train" else "train"
-                if split == "train" and not find_chart_image(root, other, filename):
+                if split == "train" and not _in_split(root, other, filename):
                     log.skip(conversation.source, f"image {filename!r} is in neither split", records=_turn_count(data))
                 continue
             image_path, chart_type = found
-            conversation_id = str(data.get("id") or os.path.splitext(filename)[0])
+            if conversation.source in repeated:
+                log.skip(conversation.source, repeated[conversation.source], records=_turn_count(data))
+                continue
             try:
                 turns = qa_turns(data)
                 check_image(image_path)
             except BadRecord as error:
                 log.skip(conversation.source, str(error), records=_turn_count(data))
                 continue
-            for number, example in qa_rows(conversation_id, image_path, chart_type, turns):
+            for number, example in qa_rows(conversation_id(data), image_path, chart_type, turns):
                 if isinstance(example, BadRecord):
                     log.skip(f"{conversation.source}#turn{number}", str(example))
                 else:
                     log.wrote()
                     yield f"{conversation.source}#{number}", example
+
+
+def _in_split(root: str, split: str, filename: str) -> bool:
+    try:
+        return find_chart_image(root, split, filename) is not None
+    except BadRecord:  # there twice: that split's job reports it
+        return True
 
 
 def _turn_count(conversation: dict) -> int:

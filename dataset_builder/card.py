@@ -17,12 +17,13 @@ from .builder import _DESCRIPTION, _LICENSE, CONFIG_TASKS, FEATURES
 
 
 def _data_files(report: dict, config: str) -> list[dict]:
+    # The shards by name, not by a pattern: a folder in the middle of a rebuild holds two sets side by side, and the
+    # card names the one it describes.
     entries = []
     for split in ("train", "test"):
         paths = []
         for part in CONFIG_TASKS[config]:
-            if report["counts"].get(part, {}).get(split, {}).get("files"):
-                paths.append(f"{part}/{split}-*.parquet")
+            paths.extend(report["counts"].get(part, {}).get(split, {}).get("files", []))
         if paths:
             entries.append({"split": split, "paths": paths})
     return entries
@@ -67,6 +68,20 @@ def build_fingerprint(report: dict, config: str, shard_paths: ShardPaths) -> str
                     for chunk in iter(lambda: file.read(1 << 20), b""):
                         digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_build_fingerprint(directory: str, config: str) -> str | None:
+    """The `build sha256:...` that the card of a `chartwiz data build` folder gives `config`, or None."""
+    from huggingface_hub import DatasetCard
+
+    path = os.path.join(directory, "README.md")
+    if not os.path.isfile(path):
+        return None
+    for entry in DatasetCard.load(path).data.to_dict().get("configs") or []:
+        description = entry.get("description") or ""
+        if entry.get("config_name") == config and description.startswith("build sha256:"):
+            return description.removeprefix("build sha256:")
+    return None
 
 
 def _front_matter(report: dict, shard_paths: ShardPaths) -> str:
@@ -147,7 +162,8 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
         f"(`{report['data_dir']}`), so the three finetune rows of a chart share one file. Keep that tree in place, "
         "or push the dataset (`chartwiz data build ... --push-to-hub REPO`), which embeds the images."
     )
-    skipped = len(report["skipped"])
+    skipped = sum(entry.get("records", 1) for entry in report["skipped"])
+    warnings = [f"- {warning['message']}" for warning in report.get("warnings", [])]
     body = [
         _front_matter(report, shard_paths),
         "",
@@ -189,6 +205,7 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
         "its reason. Each config's `description` holds a sha256 of its shards and of the AI-Hub tree's location, so "
         "that `datasets` caches every build apart.",
         "",
+        *(["Warnings:", "", *warnings, ""] if warnings else []),
         "## License",
         "",
         _LICENSE,
@@ -216,4 +233,11 @@ def write_card(directory: str, report: dict, images_embedded: bool) -> str:
     return path
 
 
-__all__ = ["ShardPaths", "build_fingerprint", "render_card", "write_card", "write_text_atomic"]
+__all__ = [
+    "ShardPaths",
+    "build_fingerprint",
+    "read_build_fingerprint",
+    "render_card",
+    "write_card",
+    "write_text_atomic",
+]

@@ -32,7 +32,14 @@ def _build(args):
         for config, by_split in report["counts"].items()
     }
     print(json.dumps(summary, ensure_ascii=False, indent=2))
-    print(f"{len(report['skipped'])} skipped records are listed in {args.out}/build_report.json")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning['message']}")
+    # An entry may stand for several records (a chart that does not parse skips its three finetune rows).
+    records = sum(entry.get("records", 1) for entry in report["skipped"])
+    print(
+        f"{records} skipped records are listed with their reasons in {args.out}/build_report.json "
+        f"({len(report['skipped'])} entries)"
+    )
 
 
 def _synth(args):
@@ -63,7 +70,11 @@ def add_data_commands(commands) -> None:
     build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    build.set_defaults(func=_build, prog=build.prog)
+    build.set_defaults(
+        func=_build,
+        prog=build.prog,
+        interrupt_hint="the output folder keeps its previous build; run the same command again to build",
+    )
 
     synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
     synth.add_argument("out", help="output directory")

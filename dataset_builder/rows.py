@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from .aihub import CHART_TYPE_FOLDERS, BadRecord, ChartRecord, image_dir
+from .aihub import BadRecord, ChartRecord, find_in_image_folders
 
 
 FINETUNE_TASKS = ("table", "description", "summary")
@@ -151,13 +151,38 @@ def iter_conversations(path: str, shard_index: int = 0, num_shards: int = 1) -> 
             yield Conversation(f"{path}[{index}]", item)
 
 
+def conversation_id(data: dict) -> str | None:
+    """The id a GPT conversation's rows take (`<id>-<turn>`): its `id`, else its image's stem; None without both."""
+    if data.get("id"):
+        return str(data["id"])
+    filename = data.get("image")
+    return os.path.splitext(filename)[0] if isinstance(filename, str) and filename else None
+
+
+def repeated_conversations(paths) -> dict[str, str]:
+    """
+    `{source: reason}` for each GPT conversation whose id an earlier one already has, in the order of the files and
+    of their lines: the first is kept, the later ones would give rows of the same ids and are bad records.
+    """
+    first, repeated = {}, {}
+    for path in paths:
+        for conversation in iter_conversations(path):
+            key = conversation_id(conversation.data) if isinstance(conversation.data, dict) else None
+            if key is None:
+                continue
+            if key in first:
+                repeated[conversation.source] = f"conversation id {key!r} repeats; the first, {first[key]}, is kept"
+            else:
+                first[key] = conversation.source
+    return repeated
+
+
 def find_chart_image(root: str, split: str, filename: str) -> tuple[str, str] | None:
-    """(path, chart_type) of an image file in one split's img_data/ tree, looking in each of the ten folders."""
-    for folder, chart_type in CHART_TYPE_FOLDERS.items():
-        path = os.path.join(image_dir(root, split, folder), filename)
-        if os.path.isfile(path):
-            return path, chart_type
-    return None
+    """
+    (path, chart_type) of an image file in one split's img_data/ tree, looking in each of the ten folders; a name in
+    two of them is a `BadRecord` (`find_in_image_folders`).
+    """
+    return find_in_image_folders(os.path.join(root, split, "img_data"), filename)
 
 
 def qa_turns(conversation: dict) -> list[tuple[str, str] | BadRecord]:
@@ -201,6 +226,7 @@ __all__ = [
     "INSTRUCTIONS",
     "Conversation",
     "check_image",
+    "conversation_id",
     "find_chart_image",
     "finetune_rows",
     "instruction_for",
@@ -208,4 +234,5 @@ __all__ = [
     "pretrain_row",
     "qa_rows",
     "qa_turns",
+    "repeated_conversations",
 ]

@@ -3,7 +3,7 @@
 import json
 import os
 import random
-import shutil
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -453,11 +453,36 @@ def _write_chart(job: tuple[str, int, int, float, int]) -> tuple[str, str]:
 
 
 MANIFEST_NAME = "synth_manifest.jsonl"
-OUTPUTS = ("train", "test", "gpt_qa.jsonl", MANIFEST_NAME)
+# The names of synth's charts, to find those of a run killed before its manifest listed them.
+_CHART_FILE = re.compile(r"S_\d+_\d{7}_\w+\.(jpg|json)")
+
+
+def _written_by_synth(out_dir: str) -> list[str]:
+    """The chart files of an earlier synth output: those its manifest lists, and any of a killed run, by name."""
+    listed = set()
+    with open(os.path.join(out_dir, MANIFEST_NAME), encoding="utf-8") as file:
+        for line in file:
+            try:
+                listed.add(json.loads(line)["stem"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut off by a kill
+    found = []
+    for split in ("train", "test"):
+        for folder in CHART_TYPE_FOLDERS:
+            for directory in (image_dir(out_dir, split, folder), text_dir(out_dir, split, folder)):
+                if not os.path.isdir(directory):
+                    continue
+                for name in sorted(os.listdir(directory)):
+                    if os.path.splitext(name)[0] in listed or _CHART_FILE.fullmatch(name):
+                        found.append(os.path.join(directory, name))
+    return found
 
 
 def _clear_output(out_dir: str, overwrite: bool) -> None:
-    """Refuses a folder with files in it (the next build would read them too), or clears an earlier synth output."""
+    """
+    Refuses a folder with files in it (the next build would read them too), or removes what an earlier synth run
+    wrote there, and only that: files a user added under the tree stay, and so do the folders holding them.
+    """
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
         return
     if not overwrite:
@@ -470,12 +495,16 @@ def _clear_output(out_dir: str, overwrite: bool) -> None:
             f"{out_dir} holds files but no {MANIFEST_NAME}, so `chartwiz synth` did not write it; --overwrite only "
             "replaces synth outputs. Choose an empty folder."
         )
-    for name in OUTPUTS:
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    for path in _written_by_synth(out_dir):
+        os.remove(path)
+    for name in ("gpt_qa.jsonl", MANIFEST_NAME):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    for split in ("train", "test"):
+        # Deepest first: the chart-type folders, img_data/ and text_data/, the split, where nothing else is left.
+        for folder, _, _ in sorted(os.walk(os.path.join(out_dir, split)), key=lambda entry: -entry[0].count(os.sep)):
+            if not os.listdir(folder):
+                os.rmdir(folder)
 
 
 def generate(

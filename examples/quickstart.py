@@ -12,14 +12,13 @@ The table at the end compares, on the test split, the untrained model, the train
 shown blank white charts (an image ablation: what it scores from the questions and its language prior alone).
 
 An interrupted quickstart continues where it stopped when the same command is run again: finished steps are skipped,
-a training stage resumes from its last checkpoint and an evaluation from its last answered batch. Other settings, or
-`--restart`, start over.
+a training stage resumes from its last checkpoint and an evaluation from its last answered batch; a finished step whose
+output folder changed since runs again, and so do the steps after it. Other settings, or `--restart`, start over.
 """
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -46,17 +45,35 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Progress:
     """
     The steps started and finished in `out` by runs with the same settings, kept in `out/quickstart.json`, so that
-    rerunning an interrupted quickstart skips the finished steps and lets the one it stopped in resume.
+    rerunning an interrupted quickstart skips the finished steps and lets the one it stopped in resume. A finished
+    step whose output (`outputs`: step -> folder) is no longer as it left it runs again, and so do the steps after it.
     """
 
-    def __init__(self, out: str, settings: dict, restart: bool = False):
+    def __init__(self, out: str, settings: dict, restart: bool = False, outputs: dict | None = None):
         self.path, self.settings, self.started, self.done = os.path.join(out, PROGRESS_FILE), settings, [], []
         self.timings: list[tuple[str, float]] = []
+        self.outputs, self.fingerprints = dict(outputs or {}), {}
         earlier = self._read()
         if not restart and earlier is not None and earlier.get("settings") == settings:
             self.started, self.done = list(earlier.get("started", [])), list(earlier.get("done", []))
+            self.fingerprints = dict(earlier.get("fingerprints", {}))
+            for step in list(self.done):
+                if step in self.fingerprints and self.fingerprints[step] != self._fingerprint(step):
+                    print(
+                        f"(step {step}: {self.outputs[step]} changed since it was made; it runs again, and so do the "
+                        "steps after it)",
+                        flush=True,
+                    )
+                    position = self.done.index(step)
+                    self.started, self.done = self.done[:position], self.done[:position]
+                    break
         os.makedirs(out, exist_ok=True)
         self._write()
+
+    def _fingerprint(self, step: str):
+        from chartwiz_hf.fingerprints import digest, tree_fingerprint
+
+        return digest(tree_fingerprint(self.outputs[step])) if step in self.outputs else None
 
     def is_new(self, step: str) -> bool:
         """Whether `step` has not been started with these settings: its output folder then holds nothing to resume."""
@@ -72,7 +89,8 @@ class Progress:
     def _write(self) -> None:
         temporary = self.path + ".tmp"
         with open(temporary, "w", encoding="utf-8") as file:
-            json.dump({"settings": self.settings, "started": self.started, "done": self.done}, file, indent=2)
+            progress = {"settings": self.settings, "started": self.started, "done": self.done}
+            json.dump({**progress, "fingerprints": self.fingerprints}, file, indent=2)
         os.replace(temporary, self.path)
 
     def run(self, title: str, command: list[str]) -> None:
@@ -98,8 +116,13 @@ class Progress:
                 file=sys.stderr,
             )
             raise SystemExit(error.returncode) from None
+        except KeyboardInterrupt:
+            print(f"quickstart: interrupted in step {step}; run the same command again to continue", file=sys.stderr)
+            raise SystemExit(130) from None
         self.timings.append((title, time.perf_counter() - start))
         self.done.append(step)
+        if step in self.outputs:
+            self.fingerprints[step] = self._fingerprint(step)
         self._write()
 
 
@@ -158,7 +181,10 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     procs = str(args.num_proc)
     settings = {"charts": args.charts, "max_steps": args.max_steps, "max_new_tokens": args.max_new_tokens}
-    progress = Progress(out, settings, restart=args.restart)
+    evaluations = (os.path.join(reports, name) for name in ("untrained", "trained", "blank-charts"))
+    steps = [synth, charts, base, stage1, stage2, *evaluations]
+    outputs = {f"{number}/9": folder for number, folder in enumerate(steps, start=1)}
+    progress = Progress(out, settings, restart=args.restart, outputs=outputs)
 
     progress.run(
         "1/9 Synthetic AI-Hub charts (images, annotations, GPT conversations)",
@@ -212,9 +238,8 @@ def main(argv=None) -> dict:
     }
     for number, (name, (model, extra, what)) in enumerate(evaluated.items(), start=6):
         report_dir = os.path.join(reports, name.replace(" ", "-"))
-        if progress.is_new(f"{number}/9"):
-            # An evaluation resumes from the answers in its folder: those of an earlier run's model must not count.
-            shutil.rmtree(report_dir, ignore_errors=True)
+        # An evaluation resumes from the answers in its folder that still hold; a new one starts over there.
+        extra = [*extra, "--restart"] if progress.is_new(f"{number}/9") else extra
         progress.run(
             f"{number}/9 Evaluation of {what} on the test split",
             chartwiz(

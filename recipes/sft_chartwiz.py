@@ -38,6 +38,7 @@ this script was written. `recipes/README.md` gives every stage's command and how
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
@@ -48,13 +49,22 @@ from datasets import get_dataset_config_names, load_dataset
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
+from chartwiz_hf.checkpoints import from_pretrained_complete
+from chartwiz_hf.fingerprints import (
+    TRAINING_RUN_FILE,
+    checkpoint_fingerprint,
+    describe_changes,
+    digest,
+    tree_fingerprint,
+)
 from chartwiz_hf.inference import load_processor
+from dataset_builder.card import read_build_fingerprint
 
 
 logger = logging.getLogger(__name__)
@@ -65,12 +75,15 @@ STAGES = {
     "projector_and_language_model": "stage 2, finetuning of the projector and the language model",
     "all": "finetuning of every part (vision encoder, projector, language model)",
 }
-RUN_FILE = "chartwiz_run.json"
+RUN_FILE = TRAINING_RUN_FILE
 REQUIRED_COLUMNS = ("image", "prompt", "completion")
 BUILT = ("pretrain", "finetune", "gpt", "all")  # the configs `chartwiz data build` writes
 # LoRA never touches the vision encoder; the projector is trained in full and saved with the adapter instead.
 LORA_EXCLUDED_MODULES = r".*\b(vision_tower|multi_modal_projector)\b.*"
 LORA_MODULES_TO_SAVE = ["multi_modal_projector"]
+# What is at the run's paths, beside the settings: a model or a dataset replaced in place makes another run too.
+FINGERPRINT_KEYS = ("model_fingerprint", "dataset_fingerprint")
+_CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
 class RecipeError(ValueError):
@@ -184,8 +197,19 @@ def _normalized(name: Optional[str]) -> Optional[str]:
     return os.path.abspath(name) if name is not None and os.path.exists(name) else name
 
 
+def dataset_fingerprint(name: Optional[str], config: Optional[str]):
+    """The card's build fingerprint of a `chartwiz data build` folder's config, else its files' (None for the Hub)."""
+    if not name or not os.path.isdir(name):
+        return None
+    return read_build_fingerprint(name, config) or digest(tree_fingerprint(name))
+
+
 def run_definition(script_args, model_args) -> dict:
-    """What makes two invocations the same run: resuming one from the other's checkpoints makes sense."""
+    """
+    What makes two invocations the same run, so that resuming one from the other's checkpoints makes sense: the
+    settings, and the fingerprints of the model folder and the dataset they name.
+    """
+    model = model_args.model_name_or_path
     definition = {
         "model_name_or_path": _normalized(model_args.model_name_or_path),
         "model_revision": model_args.model_revision,
@@ -195,6 +219,8 @@ def run_definition(script_args, model_args) -> dict:
         "max_train_samples": script_args.max_train_samples,
         "tune": script_args.tune,
         "use_peft": model_args.use_peft,
+        "model_fingerprint": checkpoint_fingerprint(model) if model and os.path.isdir(model) else None,
+        "dataset_fingerprint": dataset_fingerprint(script_args.dataset_name, script_args.dataset_config),
     }
     if model_args.use_peft:
         definition.update(
@@ -206,14 +232,78 @@ def run_definition(script_args, model_args) -> dict:
     return definition
 
 
+def checkpoint_problem(checkpoint: str) -> Optional[str]:
+    """
+    Why a Trainer checkpoint cannot be resumed from, or None: a complete one has a trainer state and weights that
+    load. The Trainer writes the trainer state last, so a run killed while saving leaves a checkpoint without it or
+    with a torn weights file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as file:
+            json.load(file)
+    except FileNotFoundError:
+        return "it has no trainer_state.json"
+    except (OSError, ValueError) as error:
+        return f"its trainer_state.json does not load ({error})"
+    weights = sorted(name for name in os.listdir(checkpoint) if name.endswith(".safetensors"))
+    index = os.path.join(checkpoint, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as file:
+            shards = sorted(set(json.load(file).get("weight_map", {}).values()))
+        missing = [name for name in shards if name not in weights]
+        if missing:
+            return f"its weights shard {missing[0]} is missing"
+    if not weights:
+        return "it holds no safetensors weights"
+    for name in weights:
+        try:
+            # Opening checks the header against the file's length: a file cut short does not open.
+            with safe_open(os.path.join(checkpoint, name), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            return f"its {name} does not load ({error})"
+    return None
+
+
+def newest_complete_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest checkpoint of `output_dir` that `checkpoint_problem` finds complete; the newer ones are named."""
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT.fullmatch(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("Skipping %s, which a run stopped while saving: %s", path, problem)
+    if steps:
+        logger.warning("No complete checkpoint in %s: training starts over", output_dir)
+    return None
+
+
+def _fingerprint_change(key: str, stored, current, definition: dict) -> str:
+    if key == "model_fingerprint":
+        files = describe_changes(stored or {}, current or {}) if stored and current else ""
+        return f"the files of {definition['model_name_or_path']} changed" + (f" ({files})" if files else "")
+    return f"the dataset {definition['dataset_name']} ({definition['dataset_config']}) was built again"
+
+
 def find_resume_checkpoint(training_args, definition: dict) -> Optional[str]:
     """
-    The checkpoint to resume from (`resume_from_checkpoint`, else the last one in `output_dir`), or None to start
-    over; refuses an `output_dir` that holds another run unless `overwrite_output_dir` is set.
+    The checkpoint to resume from (`resume_from_checkpoint`, else the newest complete one in `output_dir`), or None to
+    start over; refuses an `output_dir` that holds another run, or the same settings on a model or dataset that changed
+    since, unless `overwrite_output_dir` is set.
     """
     output_dir = training_args.output_dir
+    explicit = training_args.resume_from_checkpoint
+    if isinstance(explicit, str) and os.path.isdir(explicit) and checkpoint_problem(explicit):
+        raise RecipeError(f"resume_from_checkpoint {explicit} cannot be resumed from: {checkpoint_problem(explicit)}.")
     if training_args.overwrite_output_dir or not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return training_args.resume_from_checkpoint
+        return explicit
     run_file = os.path.join(output_dir, RUN_FILE)
     if not os.path.isfile(run_file):
         raise RecipeError(
@@ -222,14 +312,24 @@ def find_resume_checkpoint(training_args, definition: dict) -> Optional[str]:
         )
     with open(run_file, encoding="utf-8") as file:
         stored = json.load(file)
-    changed = [key for key in sorted(set(stored) | set(definition)) if stored.get(key) != definition.get(key)]
+    keys = sorted(set(stored) | set(definition))
+    changed = [key for key in keys if key not in FINGERPRINT_KEYS and stored.get(key) != definition.get(key)]
     if changed:
         differences = "; ".join(f"{key}: {stored.get(key)!r} there, {definition.get(key)!r} now" for key in changed)
         raise RecipeError(
             f"output_dir {output_dir} holds a different run ({differences}). Pass --overwrite_output_dir to start "
             "over, or choose another --output_dir."
         )
-    return training_args.resume_from_checkpoint or get_last_checkpoint(output_dir)
+    # A run recorded before fingerprints were has none to compare.
+    moved = [key for key in FINGERPRINT_KEYS if key in stored and stored[key] != definition.get(key)]
+    if moved:
+        reasons = "; ".join(_fingerprint_change(key, stored[key], definition.get(key), definition) for key in moved)
+        raise RecipeError(
+            f"output_dir {output_dir} holds a run of the same settings, but {reasons} since it started: its "
+            "checkpoints belong to the old one. Pass --overwrite_output_dir to start over, or choose another "
+            "--output_dir."
+        )
+    return explicit or newest_complete_checkpoint(output_dir)
 
 
 def start_run(training_args, definition: dict):
@@ -253,7 +353,10 @@ def start_run(training_args, definition: dict):
 # Model
 ################
 def load_model_and_processor(model_args, training_args):
-    """The ChartWiz model (dtype and attention from `ModelConfig`) and its processor; refuses other checkpoints."""
+    """
+    The ChartWiz model (dtype and attention from `ModelConfig`) and its processor; refuses other checkpoints and
+    checkpoints whose weights do not all fit the model.
+    """
     name = model_args.model_name_or_path
     if not name:
         raise RecipeError("Set --model_name_or_path: a ChartWiz checkpoint (`chartwiz compose`, or stage 1's output).")
@@ -271,7 +374,10 @@ def load_model_and_processor(model_args, training_args):
     model_kwargs.update(training_args.model_init_kwargs or {})
     # The model is built here, so TRL must not try to apply these again (it warns when given both).
     training_args.model_init_kwargs = None
-    model = AutoModelForImageTextToText.from_pretrained(name, config=config, **model_kwargs)
+    try:
+        model = from_pretrained_complete(AutoModelForImageTextToText, name, config=config, **model_kwargs)
+    except ValueError as error:  # weights missing, unexpected or of another shape
+        raise RecipeError(str(error)) from None
     # The fast tokenizer, as `chartwiz ask`, `infer` and `merge` load it: the ids trained on are the ids answered on.
     processor = load_processor(name, **hub_kwargs)
     return model, processor
@@ -337,7 +443,18 @@ def load_chart_splits(script_args, training_args):
                 f"Dataset folder {name} has no {config!r} config (it has {', '.join(available)}). {remedy} one of "
                 "those with --dataset_config."
             )
-    dataset = load_dataset(name, config)
+    elif os.path.exists(name):
+        raise RecipeError(f"--dataset_name {name} is a file; give the folder `chartwiz data build` wrote.")
+    try:
+        dataset = load_dataset(name, config)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if os.path.isdir(name):
+            raise RecipeError(f"Dataset folder {name} ({config}) does not load: {reason}") from None
+        raise RecipeError(
+            f"Dataset {name} ({config}) cannot be loaded: no such folder here, and as a Hub dataset: {reason}. Build "
+            f"it with `chartwiz data build --out {name} ...`, or pass --dataset_name."
+        ) from None
     train_dataset = _split(dataset, name, config, script_args.dataset_train_split, script_args.max_train_samples)
     eval_dataset = None
     if training_args.eval_strategy != "no" or training_args.do_eval:
@@ -655,6 +772,11 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     resume_from = find_resume_checkpoint(training_args, definition)
 
     ################
+    # Dataset (opened first: a wrong path fails before a large model is loaded)
+    ################
+    train_dataset, eval_dataset = load_chart_splits(script_args, training_args)
+
+    ################
     # Model
     ################
     model, processor = load_model_and_processor(model_args, training_args)
@@ -662,9 +784,8 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     peft_config = chartwiz_lora_config(model_args)
 
     ################
-    # Dataset
+    # Sequence lengths
     ################
-    train_dataset, eval_dataset = load_chart_splits(script_args, training_args)
     column, num_proc = training_args.length_column_name, training_args.dataset_num_proc
     context = model.config.text_config.max_position_embeddings
     # The main process measures first and caches; the others read its cache.

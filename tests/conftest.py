@@ -150,3 +150,48 @@ def charts():
         draw_chart(200, 300, (1, 2, 3, 4), seed=1),
         draw_chart(500, 150, (9, 4), seed=2),
     ]
+
+
+def damaged_checkpoint(source: str, target, drop: int = 0, reshape: int = 0, extra: int = 0) -> str:
+    """
+    A copy of the checkpoint `source` whose `model.safetensors` lacks its first `drop` weights, has the next
+    `reshape` of another shape, and holds `extra` weights the model has no place for; returns the sorted names hit.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(os.path.join(target, "model.safetensors"))
+    names = sorted(weights)
+    for name in names[:drop]:
+        del weights[name]
+    for name in names[drop : drop + reshape]:
+        weights[name] = torch.zeros(weights[name].numel() + 1)
+    for index in range(extra):
+        weights[f"model.unused_{index}.weight"] = torch.zeros(2)
+    save_file(weights, os.path.join(target, "model.safetensors"), metadata={"format": "pt"})
+    return names[: drop + reshape]
+
+
+def ctrl_c_when(script: str, argv: list, ready, settle: float = 0.0) -> str:
+    """
+    Runs `python -c script *argv` as a terminal's foreground job (its own process group), waits until `ready()`
+    holds, sends SIGINT to the whole group as Ctrl-C does, and returns the last line of its stderr after checking
+    that it ended with status 130 and no traceback.
+    """
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *argv], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 600  # the start of a process is slow on a busy machine
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(0.02)
+    time.sleep(settle)
+    assert process.poll() is None, process.stderr.read()
+    os.killpg(process.pid, signal.SIGINT)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in errors, errors[-3000:]
+    return errors.strip().splitlines()[-1]

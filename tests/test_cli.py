@@ -346,3 +346,37 @@ def test_answers_that_would_overrun_the_context_are_refused_before_generating(ti
     assert fit_new_tokens(inputs, model.config, room + 50, clamp=True) == room
     assert fit_new_tokens(inputs, model.config, room) == room
     assert len(answer_questions(model, processor, [chart], [question], max_new_tokens=room, min_new_tokens=room)) == 1
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ({"drop": 4}, "4 missing"),
+        ({"reshape": 2}, "2 of another shape"),
+        ({"extra": 1}, "1 unexpected (model.unused_0.weight)"),
+    ],
+)
+def test_every_command_refuses_weights_that_do_not_fit_the_model(tiny_dir, tmp_path, capsys, damage, words):
+    from .conftest import damaged_checkpoint, draw_chart
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, **damage)
+    chart = tmp_path / "chart.png"
+    draw_chart().save(chart)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "a", "image": "chart.png", "text": "값은?"}\n', encoding="utf-8")
+    commands = {
+        "ask": ["ask", "--model", broken, str(chart), "값은?"],
+        "infer": ["infer", "--model", broken, "--questions", str(questions), "--image-folder", str(tmp_path)]
+        + ["--answers", str(tmp_path / "answers.jsonl")],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        error = capsys.readouterr().err.strip()
+        assert (
+            error.startswith(f"chartwiz {name}: error: {broken}: the weights do not fit the model: ")
+            and "\n" not in error
+        )
+        assert words in error and all(key in error for key in hit[:3])
+    assert not (tmp_path / "answers.jsonl").exists()

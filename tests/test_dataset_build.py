@@ -11,7 +11,7 @@ from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
 from dataset_builder.synth import generate
 
-from .conftest import draw_chart
+from .conftest import ctrl_c_when, draw_chart
 
 
 def write_chart(root, split, folder, stem, annotation=None, image="ok", raw_json=None):
@@ -200,8 +200,10 @@ def test_images_are_stored_once_locally(messy_tree, tmp_path):
 
     root, gpt_file, _ = messy_tree
     out = str(tmp_path / "out")
-    build_dataset(root, out, configs=["finetune"])
-    table = pq.read_table(os.path.join(out, "finetune", "train-00000-of-00001.parquet"))
+    report = build_dataset(root, out, configs=["finetune"])
+    (shard,) = report["counts"]["finetune"]["train"]["files"]
+    assert shard.startswith("finetune/train-00000-of-00001-") and shard.endswith(".parquet")
+    table = pq.read_table(os.path.join(out, shard))
     images = table.column("image").to_pylist()
     assert all(image["bytes"] is None and os.path.isabs(image["path"]) for image in images)
 
@@ -566,3 +568,189 @@ def test_a_build_where_every_record_is_skipped_fails(tmp_path, capsys):
     assert main(["data", "build", "--data-dir", raw, "--out", out, "--configs", "pretrain"]) != 0
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert lines[-1].startswith("chartwiz data build: error: pretrain: all 2 records were skipped")
+
+
+def test_a_gpt_image_name_in_two_chart_type_folders_is_a_bad_record(tmp_path):
+    root = str(tmp_path / "aihub")
+    write_chart(root, "train", "vertical bar_standard", "twice")
+    write_chart(root, "train", "pie_standard", "twice")
+    write_chart(root, "train", "pie_standard", "once")
+    write_chart(root, "test", "line_standard", "other")
+    qa = tmp_path / "qa.jsonl"
+    conversation = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "1개"}]
+    qa.write_text(
+        "\n".join(
+            json.dumps({"id": name, "image": f"{name}.jpg", "conversations": conversation})
+            for name in ("twice", "once")
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    report = build_dataset(root, str(tmp_path / "out"), gpt_sources=[str(qa)], configs=["gpt"], num_proc=1)
+    assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "written": 1, "skipped": 1}
+    (skipped,) = report["skipped"]
+    assert "'twice.jpg' is in both img_pie_standard and img_vertical bar_standard" in skipped["reason"]
+
+
+def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, caplog):
+    from chartwiz_hf.cli import main
+
+    root = str(tmp_path / "aihub")
+    write_chart(root, "train", "pie_standard", "a")
+    write_chart(root, "train", "pie_standard", "broken", raw_json="{not json")
+    write_chart(root, "test", "line_standard", "b")
+
+    def conversation(conversation_id, image, answer, question="<image>\n값은?"):
+        turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        return {"id": conversation_id, "image": image, "conversations": turns}
+
+    qa = [
+        conversation("dup", "a.jpg", "처음 답"),
+        conversation("other", "a.jpg", "다른 답"),
+        conversation("dup", "a.jpg", "나중 답"),
+        conversation("dup", "a.jpg", "또 나중 답"),
+        conversation("b", "b.jpg", "", question="   "),  # the test split's only conversation has nothing to ask
+    ]
+    gpt_file = tmp_path / "qa.jsonl"
+    gpt_file.write_text("\n".join(json.dumps(item, ensure_ascii=False) for item in qa) + "\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    argv = ["data", "build", "--data-dir", root, "--gpt", str(gpt_file), "--out", out, "--num-proc", "2"]
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--configs", "gpt", "finetune"]) == 0
+    printed = capsys.readouterr().out
+
+    rows = load_dataset(out, "gpt", split="train")
+    answers = {row["id"]: row["completion"][0]["content"] for row in rows}
+    assert answers == {"dup-1": "처음 답", "other-1": "다른 답"}, "the first conversation of an id is kept"
+    report = json.load(open(os.path.join(out, "build_report.json"), encoding="utf-8"))
+    repeated = [entry for entry in report["skipped"] if "repeats" in entry["reason"]]
+    assert sorted(entry["source"] for entry in repeated) == [f"{gpt_file}:3", f"{gpt_file}:4"]
+    assert all(f"the first, {gpt_file}:1, is kept" in entry["reason"] for entry in repeated)
+    assert report["counts"]["gpt"]["train"] == {**report["counts"]["gpt"]["train"], "written": 2, "skipped": 2}
+
+    # A split that loses every record is a warning in the log, the report, the card and the closing lines.
+    (warning,) = report["warnings"]
+    assert warning["config"] == "gpt" and warning["split"] == "test"
+    assert warning["message"].startswith("gpt/test is empty: all 1 records were skipped (e.g. ")
+    assert warning["message"] in caplog.text and f"warning: {warning['message']}" in printed
+    assert warning["message"] in open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    # The closing line counts records: the broken chart is one entry standing for its three finetune rows.
+    records = 2 + 1 + 3
+    assert len(report["skipped"]) == 4
+    assert f"{records} skipped records are listed with their reasons in {out}/build_report.json (4 entries)" in printed
+
+
+_KILLED_IN_THE_SWAP = """
+import os, signal, sys
+
+import dataset_builder.build as build
+
+raw, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+replace, renames = os.replace, []
+
+
+def replace_then_die(source, target):
+    replace(source, target)
+    inside = os.path.relpath(target, out)
+    if not inside.startswith(os.pardir) and ".build-" not in inside:  # a rename into the output folder: the swap
+        renames.append(inside)
+        if len(renames) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+build.os.replace = replace_then_die
+build.build_dataset(raw, out, configs=["pretrain", "finetune"], num_proc=1)
+print(len(renames))
+"""
+
+
+def test_a_kill_between_any_two_renames_of_the_swap_leaves_one_whole_build(tmp_path):
+    import subprocess
+    import sys
+
+    def rows(config, cache):
+        split = load_dataset(out, config, split="train", cache_dir=str(tmp_path / cache))
+        return sorted((row["id"], row["completion"][0]["content"]) for row in split)
+
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    write_chart(raw, "test", "line_standard", "t1")
+    build_dataset(raw, out, configs=["pretrain", "finetune"], num_proc=1)
+    old = {config: rows(config, "cache-old") for config in ("pretrain", "finetune")}
+    one_chart_tree(raw, 7)
+    write_chart(raw, "train", "pie_standard", "c2")
+
+    kill_after, finished = 1, None
+    while finished is None:
+        work = tmp_path / f"kill-{kill_after}"
+        shutil.copytree(out, work / "charts")
+        result = subprocess.run(
+            [sys.executable, "-c", _KILLED_IN_THE_SWAP, raw, str(work / "charts"), str(kill_after)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode == 0:  # fewer renames than `kill_after`: the whole swap ran
+            finished = int(result.stdout.strip().splitlines()[-1])
+            break
+        assert result.returncode == -9, result.stderr[-2000:]
+        # Killed after `kill_after` renames: the folder loads as one build, the old or the new, never a mix.
+        loaded = {}
+        for config in ("pretrain", "finetune"):
+            split = load_dataset(str(work / "charts"), config, split="train", cache_dir=str(work / "cache"))
+            loaded[config] = sorted((row["id"], row["completion"][0]["content"]) for row in split)
+        assert loaded == old or (
+            sorted(i for i, _ in loaded["pretrain"]) == ["c1", "c2"] and len(loaded["finetune"]) == 6
+        ), f"killed after rename {kill_after}: {loaded}"
+        new_card = "c2" in str(loaded)
+        # The next build completes the swap and leaves no shard the card does not name.
+        build_dataset(raw, str(work / "charts"), configs=["pretrain", "finetune"], num_proc=1)
+        report = json.load(open(work / "charts" / "build_report.json", encoding="utf-8"))
+        listed = sorted(
+            path for by_split in report["counts"].values() for c in by_split.values() for path in c["files"]
+        )
+        on_disk = sorted(
+            os.path.relpath(os.path.join(folder, name), work / "charts")
+            for folder, _, names in os.walk(work / "charts")
+            for name in names
+            if name.endswith(".parquet")
+        )
+        assert on_disk == listed, f"killed after rename {kill_after} (card switched: {new_card})"
+        kill_after += 1
+    # Shards of both splits of both configs, the report and the card: every kill point was tried.
+    assert finished == kill_after - 1 >= 6
+
+
+_SLOW_BUILD = """
+import sys, time
+
+import dataset_builder.builder as builder
+
+check_image = builder.check_image
+
+
+def slow_check_image(path):
+    time.sleep(0.5)  # long enough for the test to interrupt the build in the middle
+    return check_image(path)
+
+
+builder.check_image = slow_check_image
+from chartwiz_hf.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_in_a_build_is_one_line_and_keeps_the_previous_build(tmp_path):
+    raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
+    build_dataset(raw, out, configs=["pretrain"], num_proc=1)
+    for index in range(8):
+        write_chart(raw, "train", "pie_standard", f"p{index}")
+    argv = ["data", "build", "--data-dir", raw, "--out", out, "--configs", "pretrain", "--num-proc", "1"]
+    # Two seconds into the charts once the build has started staging.
+    last_line = ctrl_c_when(_SLOW_BUILD, argv, lambda: any(n.startswith(".build-") for n in os.listdir(out)), 2.0)
+    assert last_line == (
+        "chartwiz data build: interrupted; the output folder keeps its previous build; run the same command again to "
+        "build"
+    )
+    assert load_dataset(out, "pretrain", split="train")["id"] == ["c1"]
+    assert not [name for name in os.listdir(out) if name.startswith(".build-")]

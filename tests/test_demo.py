@@ -1,18 +1,20 @@
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+import psutil
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import chartwiz_hf.demo
 from chartwiz_hf.cli import build_parser, main
-from chartwiz_hf.commands.demo import streamlit_command
+from chartwiz_hf.commands.demo import streamlit_arguments
 from chartwiz_hf.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
 from chartwiz_hf.demo.tables import parse_table
 from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs, prompt_length
@@ -144,11 +146,11 @@ def test_quick_buttons_ask_the_training_instructions_and_a_table_answer_becomes_
 
 def test_bad_uploads_are_messages_not_tracebacks(app):
     app.file_uploader[0].set_value(("chart.png", b"\x89PNG\r\n\x1a\n not an image", "image/png")).run()
-    assert not app.exception and "not an image" in app.error[0].value
+    assert not app.exception and "cannot decode the image" in app.error[0].value
     bomb = Image.new("1", (8000, 8000))
     assert bomb.width * bomb.height > MAX_IMAGE_PIXELS
     app.file_uploader[0].set_value(("bomb.png", png_bytes(bomb), "image/png")).run()
-    assert not app.exception and "8000x8000 pixels" in app.error[0].value
+    assert not app.exception and "8000 x 8000" in app.error[0].value
     assert app.chat_input[0].disabled
 
 
@@ -225,33 +227,70 @@ def test_uploaded_images_with_transparency_are_put_on_white():
     assert opened.getpixel((30, 20)) == (255, 255, 255) and opened.getpixel((5, 5)) == (0, 0, 255)
 
 
-def test_demo_command_serves_the_app_on_localhost(tiny_dir, monkeypatch):
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    args = build_parser().parse_args(["demo", "--model", tiny_dir, "--port", str(port)])
-    command = streamlit_command(args)
-    assert command[command.index("--server.address") + 1] == "127.0.0.1"
-    assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
-    assert command[command.index("--client.showErrorDetails") + 1] == "none"
-    environment = {**os.environ, "CHARTWIZ_MODEL": tiny_dir}
-    server = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return probe.getsockname()[1]
+
+
+def health(port: int):
     try:
-        deadline, health = time.monotonic() + 300, None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                    health = response.read()
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert health == b"ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+            return response.read()
+    except OSError:
+        return None
+
+
+def start_demo(model: str, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "chartwiz_hf.cli", "demo", "--model", model, "--port", str(port)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_demo_command_options_keep_the_page_local_and_private(tiny_dir):
+    arguments = streamlit_arguments(build_parser().parse_args(["demo", "--model", tiny_dir, "--port", "8600"]))
+    assert arguments[:2] == ["run", APP]
+    assert arguments[arguments.index("--server.address") + 1] == "127.0.0.1"
+    assert arguments[arguments.index("--server.port") + 1] == "8600"
+    assert arguments[arguments.index("--browser.gatherUsageStats") + 1] == "false"
+    assert arguments[arguments.index("--client.showErrorDetails") + 1] == "none"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_the_demo_process_is_its_server_and_stopping_it_stops_the_page(tiny_dir, stop):
+    port = free_port()
+    demo = start_demo(tiny_dir, port)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and demo.poll() is None and health(port) != b"ok":
+            time.sleep(0.2)
+        assert health(port) == b"ok", demo.stdout.read() if demo.poll() is not None else "no answer"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             assert response.status == 200 and b"<html" in response.read().lower()
+        assert psutil.Process(demo.pid).children(recursive=True) == [], "no server process of its own"
+        demo.send_signal(stop)
+        assert demo.wait(timeout=60) == 0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert sys.executable == command[0]
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert health(port) is None, "nothing answers once the demo is stopped"
+    assert "Traceback" not in demo.stdout.read()
+
+
+def test_a_model_that_cannot_load_stops_the_command_before_any_server(tiny_dir, tmp_path):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    damaged_checkpoint(tiny_dir, broken, drop=1)
+    missing = str(tmp_path / "nonexistent")
+    for model, message in ((missing, f"{missing}: no such directory."), (broken, "the weights do not fit the model")):
+        port = free_port()
+        demo = start_demo(model, port)
+        output, _ = demo.communicate(timeout=300)
+        assert demo.returncode == 2 and health(port) is None
+        last = output.strip().splitlines()[-1]
+        assert last.startswith("chartwiz demo: error: ") and message in last
+        assert "Traceback" not in output and "You can now view" not in output
 
 
 class RecordingPlaceholder:

@@ -221,7 +221,10 @@ def test_bad_rows_are_skipped_counted_and_reported(tiny_dir, tmp_path):
     assert (summary.answered, summary.errors) == (2, 8)
 
     metrics = score_run(out, rows=len(dataset))
-    reasons = {entry["id"] or entry["source"]: entry["reason"] for entry in metrics["skipped"]}
+    reasons = {
+        entry["source"] if entry["id"] is None or entry.get("repeats") else entry["id"]: entry["reason"]
+        for entry in metrics["skipped"]
+    }
     assert len(reasons) == len(metrics["skipped"]) == 8
     assert "broken.jpg: cannot decode the image" in reasons["broken-image"]
     assert "end with a user turn" in reasons["ends-with-answer"]
@@ -304,14 +307,13 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
     assert metrics["by_task"]["description"]["rouge_l"] == pytest.approx(100)
     assert set(metrics["by_chart_type"]) == {"pie", "line", "unknown"}
     assert metrics["by_chart_type"]["unknown"]["qa"]["n"] == 1
-    assert [entry["line"] for entry in metrics["skipped"]] == [6, 7, 8, 9, 10]
+    assert [entry["source"] for entry in metrics["skipped"]] == [f"predictions.jsonl:{n}" for n in (6, 7, 8, 9, 10)]
     reasons = " / ".join(entry["reason"] for entry in metrics["skipped"])
     for expected in ("JSON does not parse", "missing field 'reference'", "unknown task 'chart'", "repeats", "string"):
         assert expected in reasons
     assert (out / "predictions.jsonl").read_text(encoding="utf-8") == source.read_text(encoding="utf-8")
-    assert "tok:intl" in metrics["bleu_signature"] and "line 6: JSON does not parse" in (out / "report.md").read_text(
-        encoding="utf-8"
-    )
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "tok:intl" in metrics["bleu_signature"] and "`predictions.jsonl:6`: JSON does not parse" in report
     assert "5 rows skipped" in capsys.readouterr().out
     # Re-scoring the same file into the same folder is fine; another file would replace its predictions: refused.
     assert main(["evaluate", "--predictions", str(source), "--out", str(out)]) == 0
@@ -373,3 +375,77 @@ def test_split_questions_ask_the_last_user_turn_after_the_earlier_ones(tmp_path)
 def test_command_constants_match_the_modules():
     assert evaluate_command.CONFIGS == evaluation.CONFIGS
     assert evaluate_command.DEFAULT_BLEU_TOKENIZE == DEFAULT_BLEU_TOKENIZE
+
+
+def test_a_model_replaced_in_place_is_scored_on_its_own_answers(charts_dir, tmp_path, fake_generation):
+    model_dir, out = str(tmp_path / "model"), str(tmp_path / "report")
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "0"]) == 0
+    settings = {"config": "finetune", "max_samples": 6, "max_new_tokens": 8, "progress": False}
+    evaluate_model(model_dir, charts_dir, out, **settings)
+    assert sum(map(len, fake_generation)) == 6
+    # The same path now holds a model of the same shapes with other weights: every row is asked again.
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "5", "--overwrite"]) == 0
+    fake_generation.clear()
+    evaluate_model(model_dir, charts_dir, out, **settings)
+    assert sum(map(len, fake_generation)) == 6, "the old model's answers are not scored as the new one's"
+    meta = json.loads(open(os.path.join(out, "answers.meta.json"), encoding="utf-8").read())
+    assert "model.safetensors" in meta["fingerprints"]["model"]
+    fake_generation.clear()
+    evaluate_model(model_dir, charts_dir, out, **settings)
+    assert fake_generation == [], "a finished run of the same model is not asked again"
+
+    # --restart starts over with other settings in the same folder.
+    with pytest.raises(ValueError, match="another run"):
+        evaluate_model(model_dir, charts_dir, out, **{**settings, "max_samples": 3})
+    evaluate_model(model_dir, charts_dir, out, **{**settings, "max_samples": 3}, restart=True)
+    assert sum(map(len, fake_generation)) == 3 and len(read_lines(os.path.join(out, "predictions.jsonl"))) == 3
+
+
+def test_a_checkpoint_missing_weights_is_refused_before_any_answer(tiny_dir, charts_dir, tmp_path, capsys):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, drop=2)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", broken, "--dataset", charts_dir, "--out", str(out), "--max-samples", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "the weights do not fit the model: 2 missing" in error and hit[0] in error
+    assert not (out / "answers.jsonl").exists()
+
+
+def test_predictions_as_a_json_array_score_alike_and_an_empty_file_is_refused(tmp_path, capsys):
+    records = [
+        {"id": "q1", "task": "qa", "chart_type": "pie", "prediction": "25%", "reference": "25%"},
+        {"id": "q2", "task": "qa", "chart_type": "pie", "prediction": "3", "reference": "4"},
+    ]
+    as_lines, as_array = tmp_path / "p.jsonl", tmp_path / "p.json"
+    as_lines.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    as_array.write_text(json.dumps(records, indent=2), encoding="utf-8")  # as `chartwiz infer` also accepts
+    scores = []
+    for path in (as_lines, as_array):
+        assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / path.suffix[1:])]) == 0
+        scores.append(json.loads((tmp_path / path.suffix[1:] / "metrics.json").read_text())["by_task"])
+    assert scores[0] == scores[1] and scores[0]["qa"]["relaxed_accuracy"] == 50.0
+    copied = tmp_path / "json" / "predictions.jsonl"
+    assert [json.loads(line) for line in copied.read_text().splitlines()] == records
+
+    capsys.readouterr()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    assert main(["evaluate", "--predictions", str(empty), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"chartwiz evaluate: error: {empty} holds no prediction to score (0 records could not be read)."
+    )
+    assert not (tmp_path / "e" / "report.md").exists()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{oops\n", encoding="utf-8")
+    assert main(["evaluate", "--predictions", str(broken), "--out", str(tmp_path / "b")]) == 2
+    assert "1 records could not be read: broken.jsonl:1: JSON does not parse" in capsys.readouterr().err
+
+
+def test_a_report_with_no_row_scored_is_well_formed():
+    from chartwiz_hf.evaluation import render_report
+
+    skipped = [{"id": "a", "source": "dataset[0]", "reason": "no such image file"}]
+    report = render_report({"by_task": {}, "by_chart_type": {}, "n": 0, "rows": 1, "skipped": skipped})
+    assert "No row was scored" in report and "| task |" not in report and "- `a`: no such image file" in report

@@ -11,7 +11,7 @@ from chartwiz_hf.batch_inference import ImageFolder, read_jsonl, read_question_f
 from chartwiz_hf.cli import main
 from chartwiz_hf.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
 
-from .conftest import draw_chart
+from .conftest import ctrl_c_when, draw_chart
 
 
 MAX_NEW_TOKENS = 6
@@ -256,6 +256,8 @@ def test_select_chunk_covers_the_input_once_for_any_split(question_set):
         assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError, match="--chunk-idx must be in 0..2"):
         select_chunk(questions, 3, 3)
+    with pytest.raises(ValueError, match="^--num-chunks must be at least 1, got 0$"):
+        select_chunk(questions, 0, 0)
 
 
 def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tiny_dir, tmp_path, capsys):
@@ -295,8 +297,9 @@ def test_bad_records_go_to_the_errors_file_and_the_run_goes_on(tiny_dir, tmp_pat
     assert "does not follow a question from 'human'" in reasons[("order", 1)]
     assert "nowhere.png" in reasons[("chain", 1)] and "turn 1, context of this one" in reasons[("chain", 2)]
     unkeyed = sorted(row["reason"] for row in errors if row["id"] is None)
-    assert len(unkeyed) == 3
-    assert "JSON does not parse" in unkeyed[0] and "appears again" in unkeyed[1] and "missing field 'id'" in unkeyed[2]
+    assert len(unkeyed) == 2 and "JSON does not parse" in unkeyed[0] and "missing field 'id'" in unkeyed[1]
+    (again,) = [row for row in errors if row.get("repeats")]
+    assert again["id"] == "good" and "appears again (first at questions.jsonl:1)" in again["reason"]
     assert len(errors) == len(records) + 1
     printed = capsys.readouterr().out
     assert f"1 answered, {len(errors)} bad records" in printed
@@ -404,3 +407,123 @@ def test_an_adapter_is_applied_and_part_of_the_settings(tiny_dir, tmp_path):
     assert answers_by_key(out)[0] == expected
     assert json.loads((tmp_path / "answers.meta.json").read_text())["settings"]["adapter"] == str(tmp_path / "adapter")
     assert infer(tiny_dir, questions, images, out) == 2, "the same answers file without the adapter is refused"
+
+
+def test_a_bare_image_name_in_two_chart_type_folders_is_a_bad_record(tiny_dir, tmp_path):
+    images = tmp_path / "img_data"
+    for folder in ("img_pie_standard", "img_line_standard"):
+        (images / folder).mkdir(parents=True)
+        draw_chart().save(images / folder / "twice.png")
+    draw_chart().save(images / "img_pie_standard" / "once.png")
+    questions = tmp_path / "questions.jsonl"
+    records = [{"id": name, "image": f"{name}.png", "text": "값은?"} for name in ("twice", "once")]
+    questions.write_text("\n".join(json.dumps(record) for record in records) + "\n", encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    answers, rows = answers_by_key(out)
+    assert list(answers) == [("once", 1)] and rows[0]["chart_type"] == "pie"
+    (error,) = read_jsonl(str(tmp_path / "answers.errors.jsonl"))
+    assert (
+        error["id"] == "twice" and "'twice.png' is in both img_line_standard and img_pie_standard" in error["reason"]
+    )
+
+
+def test_a_model_replaced_in_place_has_its_answers_redone(tmp_path, capsys):
+    questions, images, conversations = write_question_set(tmp_path, records=4)
+    model_dir = str(tmp_path / "model")
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "0"]) == 0
+    out = tmp_path / "answers.jsonl"
+    assert infer(model_dir, questions, images, out) == 0
+    first, rows = answers_by_key(out)
+    assert all(row["fingerprint"]["question"] and row["fingerprint"]["run"] for row in rows)
+
+    # Same path, same shapes, other weights: the settings (which name the path) agree, the fingerprints do not.
+    assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", "5", "--overwrite"]) == 0
+    expected = reference_answers(*load_chartwiz(model_dir), conversations, images)
+    assert expected != first
+    capsys.readouterr()
+    assert infer(model_dir, questions, images, out) == 0
+    printed = capsys.readouterr().out
+    assert answers_by_key(out)[0] == expected
+    assert f"{len(expected)} answered" in printed and "0 were done before" in printed
+    assert f"{len(expected)} redone ({len(expected)}: the model's files changed (model.safetensors))" in printed
+    assert infer(model_dir, questions, images, out) == 0
+    assert "0 answered, 0 bad records" in capsys.readouterr().out, "the new answers hold"
+
+
+def test_edited_questions_and_replaced_images_are_asked_again(tiny_dir, tmp_path, capsys):
+    questions, images, conversations = write_question_set(tmp_path, records=6)
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    before, _ = answers_by_key(out)
+
+    # Same ids, new wording in one record; another record's chart redrawn under the same file name.
+    conversations[1]["conversations"][0]["value"] = "<image>\n전체 합계는 얼마인가요?"
+    draw_chart(300, 200, bars=(9, 1, 4), seed=42).save(images / conversations[2]["image"])
+    questions.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations) + "\n", encoding="utf-8")
+    expected = reference_answers(*load_chartwiz(tiny_dir), conversations, images)
+    touched = {key for key in expected if key[0] in ("c1", "c2")}
+    assert touched and all(expected[key] == before[key] for key in expected if key not in touched)
+    capsys.readouterr()
+    assert infer(tiny_dir, questions, images, out) == 0
+    printed = capsys.readouterr().out
+    assert answers_by_key(out)[0] == expected
+    assert f"{len(touched)} answered" in printed and f"{len(expected) - len(touched)} were done before" in printed
+    assert f"{len(touched)} redone ({len(touched)}: the question or its image changed)" in printed
+
+    # A record dropped from the input takes its answers with it; --restart starts over, other settings or not.
+    questions.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations[1:]) + "\n", "utf-8")
+    assert infer(tiny_dir, questions, images, out) == 0
+    assert "1 results of questions no longer in the input removed" in capsys.readouterr().out
+    assert ("q0", 1) not in answers_by_key(out)[0]
+    assert infer(tiny_dir, questions, images, out, "--max-new-tokens", "3") == 2
+    assert infer(tiny_dir, questions, images, out, "--restart", "--batch-size", "4") == 0
+    assert f"{len(expected) - 1} answered" in capsys.readouterr().out
+
+
+def test_shards_of_other_settings_do_not_merge_and_the_setting_is_named(tiny_dir, tmp_path, capsys):
+    questions, images, _ = write_question_set(tmp_path, records=2)
+    shards = [tmp_path / f"answers.{k}.jsonl" for k in range(2)]
+    assert infer(tiny_dir, questions, images, shards[0], "--num-chunks", "2", "--chunk-idx", "0") == 0
+    other = ("--num-chunks", "2", "--chunk-idx", "1", "--max-new-tokens", "3")
+    assert infer(tiny_dir, questions, images, shards[1], *other) == 0
+    capsys.readouterr()
+    assert main(["infer", "--merge", *map(str, shards), "--answers", str(tmp_path / "merged.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "made with other settings" in error and "max_new_tokens: 6 there, 3 here" in error
+
+
+def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tiny_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    draw_chart().save(images / "chart.png")
+    records = [
+        {"id": "start", "image": "chart.png", "text": "<image>\n가장 큰 값은?"},
+        {"id": "end", "image": "chart.png", "text": "가장 큰 값은?\n<image>"},
+        {"id": "middle", "image": "chart.png", "text": "이 <image> 차트의 합계는?"},
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    answers, rows = answers_by_key(out)
+    assert sorted(answers) == [("end", 1), ("start", 1)]
+    assert {row["question"] for row in rows} == {"가장 큰 값은?"}
+    (error,) = read_jsonl(str(tmp_path / "answers.errors.jsonl"))
+    assert error["id"] == "middle" and "The question contains <image>" in error["reason"]
+
+
+def test_ctrl_c_ends_with_one_line_and_the_run_continues_after_it(tiny_dir, question_set, expected, tmp_path):
+    questions, images, _ = question_set
+    out = tmp_path / "answers.jsonl"
+    argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(images)]
+    argv += ["--answers", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", "2", "--no-progress"]
+    last_line = ctrl_c_when(_SLOW_RUN, argv, lambda: out.exists() and out.read_bytes().count(b"\n") >= 2)
+    assert last_line == (
+        "chartwiz infer: interrupted; the answers so far are saved: run the same command again to continue where it "
+        "stopped"
+    )
+    done = len(read_jsonl(str(out)))
+    assert 2 <= done < len(expected)
+    assert infer(tiny_dir, questions, images, out, "--batch-size", "2") == 0
+    assert answers_by_key(out)[0] == expected

@@ -132,3 +132,33 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
     assert os.stat(trained).st_mtime_ns == stamp, "the trained model was not trained again"
     # The resumed evaluation answered nothing twice: the same rows, the same scores.
     assert second["metrics"] == first["metrics"]
+
+
+def test_a_finished_step_whose_output_changed_runs_again_with_the_steps_after_it(tmp_path, capsys):
+    quickstart = load_quickstart()
+    settings = {"charts": 40, "max_steps": 2, "max_new_tokens": 8}
+    outputs = {step: str(tmp_path / step.replace("/", "-")) for step in ("1/9", "2/9", "3/9")}
+
+    def write(step):
+        folder = outputs[step]
+        return [
+            sys.executable,
+            "-c",
+            f"import os; os.makedirs({folder!r}, exist_ok=True); open({folder!r} + '/f', 'w')",
+        ]
+
+    progress = quickstart.Progress(str(tmp_path), settings, outputs=outputs)
+    for step in outputs:
+        progress.run(f"{step} Step", write(step))
+    assert quickstart.Progress(str(tmp_path), settings, outputs=outputs).done == ["1/9", "2/9", "3/9"]
+
+    with open(os.path.join(outputs["2/9"], "f"), "w", encoding="utf-8") as file:
+        file.write("changed by hand")
+    capsys.readouterr()
+    again = quickstart.Progress(str(tmp_path), settings, outputs=outputs)
+    assert again.done == ["1/9"] and again.is_new("2/9") and again.is_new("3/9")
+    assert f"step 2/9: {outputs['2/9']} changed since it was made" in capsys.readouterr().out
+    for step in ("2/9", "3/9"):
+        again.run(f"{step} Step", write(step))
+    assert [title.split(" ")[0] for title, _ in again.timings] == ["2/9", "3/9"]
+    assert quickstart.Progress(str(tmp_path), settings, outputs=outputs).done == ["1/9", "2/9", "3/9"]

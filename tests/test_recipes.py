@@ -460,6 +460,67 @@ def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1,
         )
 
 
+def test_a_checkpoint_half_written_by_a_kill_is_skipped_for_the_one_before(
+    stage1, stage2, chart_data, tmp_path, caplog
+):
+    output_dir = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        sft.main(*fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2), callbacks=[InterruptAfterSave(2)])
+    # What a kill in the middle of saving checkpoint-4 leaves (before the rotation removes checkpoint-2): weights cut
+    # short, no trainer state yet.
+    last = output_dir / "checkpoint-4"
+    shutil.copytree(output_dir / "checkpoint-2", last)
+    (last / "trainer_state.json").unlink()
+    weights_file = last / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
+    assert sft.checkpoint_problem(str(last)) == "it has no trainer_state.json"
+    (last / "trainer_state.json").write_text((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert "model.safetensors does not load" in sft.checkpoint_problem(str(last))
+
+    record = RecordStart()
+    with caplog.at_level("WARNING"):
+        trainer = sft.main(*fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2), callbacks=[record])
+    assert f"Skipping {last}" in caplog.text and "model.safetensors does not load" in caplog.text
+    assert record.start_step == 2 and trainer.state.global_step == 4
+    reference, resumed = weights(stage2[0]), weights(output_dir)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_changed_since_the_run_started_is_refused(stage1, chart_data, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(stage1[0], model)
+    output_dir = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        sft.main(*fast(FINETUNE, str(model), chart_data, output_dir, **STAGE2), callbacks=[InterruptAfterSave(2)])
+    # The base trained again in place: same path, same settings, other weights.
+    from safetensors.torch import save_file
+
+    trained = weights(model)
+    name = sorted(trained)[0]
+    trained[name] = trained[name] + 1
+    save_file(trained, str(model / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(
+        sft.RecipeError, match=r"same settings, but the files of .*model changed \(model.safetensors\)"
+    ):
+        sft.build_trainer(*fast(FINETUNE, str(model), chart_data, output_dir, **STAGE2))
+
+
+def test_a_dataset_that_is_not_there_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--config", str(RECIPES / PRETRAIN), "--output_dir", str(tmp_path / "out")]
+        + ["--dataset_name", str(tmp_path / "no-such-charts")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "no-such-charts (pretrain) cannot be loaded: no such folder here" in errors[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -766,3 +827,65 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
     )
     assert resume_from is None and not (copy / "checkpoint-99").exists()
     assert json.loads((copy / sft.RUN_FILE).read_text())["dataset_config"] == "gpt"
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_dir, chart_data, tmp_path):
+    from .conftest import damaged_checkpoint
+
+    broken = str(tmp_path / "broken")
+    hit = damaged_checkpoint(tiny_dir, broken, reshape=1, extra=1)
+    with pytest.raises(sft.RecipeError, match=r"the weights do not fit the model: 1 unexpected .*1 of another shape"):
+        sft.build_trainer(*fast(PRETRAIN, broken, chart_data, tmp_path / "out"))
+    with pytest.raises(sft.RecipeError, match=re.escape(hit[0])):
+        sft.build_trainer(*fast(PRETRAIN, broken, chart_data, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_a_used_folder_another_base_and_other_shapes_in_one_line(tiny_dir, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from chartwiz_hf.fingerprints import checkpoint_fingerprint
+
+    base, _ = load_chartwiz(tiny_dir)
+    adapter = tmp_path / "adapter"
+    get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).save_pretrained(adapter)
+    same_shapes, other_shapes = str(tmp_path / "seed5"), str(tmp_path / "wider")
+    assert cli.main(["init-tiny", same_shapes, "--max-patches", "16", "--seed", "5"]) == 0
+    assert cli.main(["init-tiny", other_shapes, "--max-patches", "16", "--hidden-size", "32"]) == 0
+    capsys.readouterr()
+
+    def merge(base_dir, out, *extra):
+        code = cli.main(["merge", "--base", base_dir, "--adapter", str(adapter), "--out", str(out), *extra])
+        return code, capsys.readouterr().err.strip()
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    assert merge(tiny_dir, used) == (
+        2,
+        f"chartwiz merge: error: {used} is not empty; pass --overwrite to write over what is there.",
+    )
+    assert merge(tiny_dir, used, "--overwrite")[0] == 0 and (used / "model.safetensors").is_file()
+
+    # The adapter names its base (adapter_config.json): another model of the same shapes is refused...
+    code, error = merge(same_shapes, tmp_path / "m1")
+    assert (
+        code == 2
+        and f"was trained on {tiny_dir} (its base_model_name_or_path), and {same_shapes} holds other files" in error
+    )
+    assert "model.safetensors" in error and not (tmp_path / "m1").exists()
+    # ...and a model of other shapes is one line too, also when the check is waived.
+    code, error = merge(other_shapes, tmp_path / "m2", "--no-base-check")
+    assert code == 2 and "\n" not in error and f"{adapter} does not fit {other_shapes}: " in error
+    assert "weights have another shape" in error and "lora_A" in error and "in the adapter" in error
+    assert merge(same_shapes, tmp_path / "m3", "--no-base-check")[0] == 0, "waived on purpose"
+
+    # A recipe's adapter records its base's fingerprint: a copy of the base is the base, another model is not.
+    (adapter / "chartwiz_run.json").write_text(json.dumps({"model_fingerprint": checkpoint_fingerprint(tiny_dir)}))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    assert merge(str(copy), tmp_path / "m4")[0] == 0
+    code, error = merge(same_shapes, tmp_path / "m5")
+    assert code == 2 and "is not the model" in error and "differ from those recorded in chartwiz_run.json" in error

@@ -140,3 +140,29 @@ def test_test_fractions_that_leave_a_split_empty_are_refused(tmp_path, test_frac
     with pytest.raises(ValueError, match="--test-fraction"):
         generate(str(tmp_path / "synth"), 30, test_fraction=test_fraction, progress=False)
     assert not (tmp_path / "synth").exists()
+
+
+def test_overwrite_removes_what_synth_wrote_and_nothing_a_user_added(tmp_path):
+    from dataset_builder.aihub import image_dir, text_dir
+
+    root = str(tmp_path / "synth")
+    generate(root, 12, seed=0, progress=False)
+    mine = [
+        os.path.join(image_dir(root, "train", "pie_standard"), "mine.jpg"),
+        os.path.join(text_dir(root, "test", "line_standard"), "mine.json"),
+        os.path.join(root, "train", "notes.txt"),
+    ]
+    for path in mine:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write("mine")
+    # A chart a killed run rendered before its manifest line was written is synth's too.
+    orphan = os.path.join(image_dir(root, "train", "pie_standard"), "S_0_0000099_pie.jpg")
+    open(orphan, "wb").close()
+    generate(root, 5, seed=1, overwrite=True, progress=False)
+    assert all(os.path.isfile(path) for path in mine)
+    assert not os.path.exists(orphan)
+    charts = charts_in(root)
+    assert sorted(name for names in charts.values() for name in names if name.startswith("S_")) == sorted(
+        name for names in charts.values() for name in names if name.startswith("S_1_")
+    )
+    assert sum(name.startswith("S_1_") for names in charts.values() for name in names) == 5

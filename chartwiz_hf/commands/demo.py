@@ -1,22 +1,19 @@
 """`chartwiz demo`: the Streamlit web demo (chat about a chart or a PDF report) on a local port."""
 
 import os
-import signal
-import subprocess
-import sys
 
 
-def streamlit_command(args) -> list[str]:
-    """The `streamlit run` command line of the demo, with the server options it needs."""
+def app_path() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "app.py")
+
+
+def streamlit_arguments(args) -> list[str]:
+    """The arguments of `streamlit run` for the demo: the page and the server options it needs."""
     from ..demo.charts import MAX_UPLOAD_MB
 
-    app = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "app.py")
     return [
-        sys.executable,
-        "-m",
-        "streamlit",
         "run",
-        app,
+        app_path(),
         "--server.address",
         args.address,
         "--server.port",
@@ -25,6 +22,9 @@ def streamlit_command(args) -> list[str]:
         "true",
         "--server.maxUploadSize",
         str(MAX_UPLOAD_MB),
+        # The page's code does not change while it is served.
+        "--server.fileWatcherType",
+        "none",
         # No tracebacks on the page, no usage statistics sent anywhere.
         "--client.showErrorDetails",
         "none",
@@ -40,21 +40,22 @@ def run(args):
 
     if importlib.util.find_spec("streamlit") is None:
         raise ValueError("The demo needs Streamlit: pip install 'chartwiz[demo]'")
-    environment = {
-        **os.environ,
-        "CHARTWIZ_MODEL": os.path.abspath(args.model) if os.path.isdir(args.model) else args.model,
-        "CHARTWIZ_ADAPTER": os.path.abspath(args.adapter) if args.adapter else "",
-        "CHARTWIZ_MAX_NEW_TOKENS": str(args.max_new_tokens),
-    }
+    from ..demo.model import load_demo_model
+
+    model = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    adapter = os.path.abspath(args.adapter) if args.adapter else None
+    # Loaded here, before any server exists: a model that cannot load is the command's error, not the page's. The
+    # page, served by this same process, finds it loaded.
+    load_demo_model(model, adapter)
+    os.environ.update(
+        CHARTWIZ_MODEL=model, CHARTWIZ_ADAPTER=adapter or "", CHARTWIZ_MAX_NEW_TOKENS=str(args.max_new_tokens)
+    )
     print(f"ChartWiz demo on http://{args.address}:{args.port} (Ctrl+C stops it)", flush=True)
-    server = subprocess.Popen(streamlit_command(args), env=environment)
-    try:
-        code = server.wait()
-    except KeyboardInterrupt:  # Ctrl+C reaches Streamlit too, which shuts down by itself
-        code = server.wait()
-    # Stopped by Ctrl+C or a termination signal is a normal end of the demo.
-    if code not in (0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
-        raise OSError(f"streamlit exited with code {code}")
+    from streamlit.web import cli as streamlit_cli
+
+    # `streamlit run` in this process, so that the process is the server: SIGTERM or Ctrl+C to `chartwiz demo` stops
+    # it (Streamlit's own handlers), and nothing is left behind answering.
+    streamlit_cli.main(streamlit_arguments(args), prog_name="streamlit", standalone_mode=False)
 
 
 def register(subcommands) -> None:

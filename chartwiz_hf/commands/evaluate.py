@@ -10,7 +10,12 @@ def run(args):
     from ..evaluation import evaluate_model, score_run
 
     if args.predictions is not None:
-        flags = (("--dataset", args.dataset), ("--adapter", args.adapter), ("--blank-images", args.blank_images))
+        flags = (
+            ("--dataset", args.dataset),
+            ("--adapter", args.adapter),
+            ("--blank-images", args.blank_images),
+            ("--restart", args.restart),
+        )
         given = [flag for flag, value in flags if value]
         if given:
             raise ValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
@@ -33,6 +38,7 @@ def run(args):
             device=args.device,
             bleu_tokenize=args.bleu_tokenize,
             blank_images=args.blank_images,
+            restart=args.restart,
         )
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
@@ -65,8 +71,15 @@ def register(subcommands) -> None:
         help="image ablation: show the model a white image of each chart's size instead of the chart",
     )
     parser.add_argument(
+        "--restart", action="store_true", help="start over in --out instead of resuming the run it holds"
+    )
+    parser.add_argument(
         "--bleu-tokenize",
         default=DEFAULT_BLEU_TOKENIZE,
         help="sacrebleu tokenizer for BLEU: intl (default), 13a, char, or ko-mecab with `pip install sacrebleu[ko]`",
     )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(
+        func=run,
+        prog=parser.prog,
+        interrupt_hint="the answers so far are saved: run the same command again to continue where it stopped",
+    )

@@ -93,6 +93,7 @@ def run(args):
         )
 
     from ..batch_inference import load_model_for_inference, output_paths, run_inference, select_chunk
+    from ..fingerprints import model_fingerprints
 
     questions, loader, input_settings = read_input(args)
     questions = select_chunk(questions, args.num_chunks, args.chunk_idx)
@@ -121,13 +122,16 @@ def run(args):
         background={"auto": None, "on": True, "off": False}[args.background],
         progress=not args.no_progress,
         info=info,
+        fingerprints=model_fingerprints(args.model, args.adapter),
+        restart=args.restart,
     )
     errors_path, _ = output_paths(args.answers)
     kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.error_kinds.items()))
     print(
         f"{summary.answered} answered, {summary.errors} bad records{f' ({kinds})' if kinds else ''} in "
         f"{summary.seconds:.1f} s ({summary.questions_per_second:.2f} questions/s); {summary.already_done} were done "
-        f"before. Answers: {args.answers}" + (f", bad records: {errors_path}" if summary.errors else "")
+        f"before{summary.resume_note()}. Answers: {args.answers}"
+        + (f", bad records: {errors_path}" if summary.errors else "")
     )
 
 
@@ -174,6 +178,13 @@ def register(subcommands) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--restart", action="store_true", help="delete the answers, errors and settings files first and start over"
+    )
+    parser.add_argument(
         "--merge", nargs="+", metavar="SHARD", help="answers files of the shards to join into --answers"
     )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(
+        func=run,
+        prog=parser.prog,
+        interrupt_hint="the answers so far are saved: run the same command again to continue where it stopped",
+    )

@@ -1,10 +1,13 @@
 """`chartwiz merge`: fold a LoRA adapter into its ChartWiz base and save a full checkpoint."""
 
+from . import check_output_dir
+
 
 def run(args):
     from ..merge import merge_adapter
 
-    merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype)
+    check_output_dir(args.out, args.overwrite)
+    merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, check_base_model=not args.no_base_check)
     print(f"Saved {args.base} + {args.adapter}, merged, to {args.out}")
 
 
@@ -12,11 +15,17 @@ def register(subcommands) -> None:
     parser = subcommands.add_parser("merge", help="fold a LoRA adapter into its base and save a full checkpoint")
     parser.add_argument("--base", required=True, help="the ChartWiz checkpoint the adapter was trained on")
     parser.add_argument("--adapter", required=True, help="the adapter folder (recipes' LoRA output) or Hub repo")
-    parser.add_argument("--out", required=True, help="output directory of the merged checkpoint")
+    parser.add_argument("--out", required=True, help="output directory of the merged checkpoint (new or empty)")
     parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
         help="dtype to merge and save in",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="write into OUT even if it is not empty")
+    parser.add_argument(
+        "--no-base-check",
+        action="store_true",
+        help="merge onto --base even if it is not the model the adapter was trained on",
     )
     parser.set_defaults(func=run, prog=parser.prog)

@@ -1,8 +1,9 @@
 """
 The ChartWiz web demo: upload a chart or a PDF report, pick a page and crop the chart, then chat about it.
 
-Start it with `chartwiz demo --model DIR`, which runs `streamlit run` on this file with the model in the environment
-(`CHARTWIZ_MODEL`, `CHARTWIZ_ADAPTER`, `CHARTWIZ_MAX_NEW_TOKENS`) and the server options the demo needs.
+Start it with `chartwiz demo --model DIR`, which loads the model, then serves this file with Streamlit in the same
+process, the model named in the environment (`CHARTWIZ_MODEL`, `CHARTWIZ_ADAPTER`, `CHARTWIZ_MAX_NEW_TOKENS`) and the
+server options the demo needs; `streamlit run` on this file works too.
 
 Everything a user types and everything the model says is shown with `st.text` (no Markdown, no HTML) or in a data
 grid, so a question such as `<script>...</script>` or `[x](javascript:...)` is displayed, never interpreted.
@@ -11,11 +12,9 @@ grid, so a question such as `<script>...</script>` or `[x](javascript:...)` is d
 import hashlib
 import logging
 import os
-import threading
 
 import streamlit as st
 
-from chartwiz_hf.batch_inference import load_model_for_inference
 from chartwiz_hf.demo.charts import (
     IMAGE_TYPES,
     MAX_PDF_PAGES,
@@ -25,6 +24,7 @@ from chartwiz_hf.demo.charts import (
     is_pdf,
     open_chart_image,
 )
+from chartwiz_hf.demo.model import load_demo_model
 from chartwiz_hf.demo.streaming import stream_answer
 from chartwiz_hf.demo.tables import parse_table
 from chartwiz_hf.inference import check_question
@@ -45,9 +45,7 @@ QUICK_ASKS = {
 @st.cache_resource(show_spinner="모델을 불러오는 중입니다...")
 def get_model(path: str, adapter: str | None):
     """The model, its processor and a lock: loaded once per server process and shared by every browser tab."""
-    model, processor = load_model_for_inference(path, adapter)
-    # One generation at a time: sessions run in threads and would otherwise contend for the same device.
-    return model, processor, threading.Lock()
+    return load_demo_model(path, adapter)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -1,10 +1,8 @@
 """Uploaded files as chart images, with the demo's limits: file size, image pixels, PDF pages."""
 
-import io
-import warnings
+from PIL import Image
 
-from PIL import Image, UnidentifiedImageError
-
+from ..images import load_chart_image
 from ..pdf import crop_fraction, is_pdf
 
 
@@ -22,29 +20,11 @@ def check_upload_size(data: bytes) -> None:
 
 def open_chart_image(data: bytes) -> Image.Image:
     """
-    The uploaded bytes as an RGB image (transparency on white). Refuses what is not an image and decompression
-    bombs: the pixel count is checked from the header, before anything is decoded.
+    The uploaded bytes as the chart the model is shown, read as every entry point reads images (`load_chart_image`:
+    upright by EXIF, transparency on white), within the demo's limits: file size, and pixels from the header.
     """
     check_upload_size(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ValueError(
-                        f"The image is {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS // 1_000_000} "
-                        "million pixels are accepted."
-                    )
-                image.load()
-                if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                    image = image.convert("RGBA")
-                    background = Image.new("RGBA", image.size, "white")
-                    return Image.alpha_composite(background, image).convert("RGB")
-                return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(f"The image is too large to open safely ({error}).") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"The file is not an image that can be read ({error}).") from None
+    return load_chart_image(data, max_pixels=MAX_IMAGE_PIXELS, name="The uploaded image")
 
 
 __all__ = [

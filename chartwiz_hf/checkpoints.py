@@ -1,5 +1,6 @@
 """Reading a checkpoint, local or on the Hub: its config, and weights that must all fit, with one-line errors."""
 
+import logging
 import os
 
 
@@ -79,14 +80,27 @@ def check_loading_info(name: str, loading_info: dict) -> None:
         )
 
 
+class _BelowErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def from_pretrained_complete(model_class, name_or_path: str | os.PathLike, **kwargs):
     """
     `model_class.from_pretrained(name_or_path, **kwargs)` that refuses a checkpoint whose weights do not fit the
     model (`check_loading_info`) instead of initializing the missing ones at random or failing with a traceback.
     """
-    model, loading_info = model_class.from_pretrained(
-        name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-    )
+    # transformers 5 logs its own table of the same findings as a warning; the one-line error below replaces it. A
+    # filter, not a level: transformers 5.24 runs extra checks (and warns) when this logger's own level is raised.
+    report = logging.getLogger("transformers.modeling_utils")
+    quiet = _BelowErrors()
+    report.addFilter(quiet)
+    try:
+        model, loading_info = model_class.from_pretrained(
+            name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    finally:
+        report.removeFilter(quiet)
     check_loading_info(os.fspath(name_or_path), loading_info)
     return model
 

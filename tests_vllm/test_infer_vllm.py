@@ -56,15 +56,16 @@ def test_vllm_answers_equal_the_transformers_engines_and_a_killed_run_resumes(ti
     argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(images)]
     argv += ["--answers", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-progress", "--engine", "vllm"]
 
-    # One request in flight: answers come one by one, and the run is killed among them.
-    process = chartwiz(*argv, "--batch-size", "1", stderr=subprocess.PIPE)
+    # One request in flight: answers come one by one, and the run is killed among them, vLLM's engine process with
+    # it (its own session, killed as a scheduler kills a job).
+    process = chartwiz(*argv, "--batch-size", "1", stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + SERVER_START_SECONDS  # vLLM's start-up, on a busy machine too
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 3:
             break
         time.sleep(0.01)
     assert process.poll() is None, process.stderr.read().decode()[-4000:]
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     process.stderr.close()
     written = read_jsonl(str(out))

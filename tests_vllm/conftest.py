@@ -62,7 +62,16 @@ def server(eager_image_checkpoint, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", directory]
-    argv += ["--trust-remote-code", "--model-impl", "transformers", "--served-model-name", SERVED_MODEL]
+    # float32 as the reference answers are computed (vLLM's `auto` takes bf16 for a float32 checkpoint on CPU).
+    argv += [
+        "--trust-remote-code",
+        "--model-impl",
+        "transformers",
+        "--served-model-name",
+        SERVED_MODEL,
+        "--dtype",
+        "float32",
+    ]
     argv += [
         "--host",
         "127.0.0.1",

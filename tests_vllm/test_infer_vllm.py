@@ -54,7 +54,8 @@ def test_vllm_answers_equal_the_transformers_engines_and_a_killed_run_resumes(ti
     questions, images, expected = question_set
     out = tmp_path / "answers.jsonl"
     argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(images)]
-    argv += ["--answers", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-progress", "--engine", "vllm"]
+    argv += ["--answers", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-progress", "--dtype", "float32"]
+    argv += ["--engine", "vllm"]
 
     # One request in flight: answers come one by one, and the run is killed among them, vLLM's engine process with
     # it (its own session, killed as a scheduler kills a job).

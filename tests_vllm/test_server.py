@@ -44,7 +44,9 @@ def served_answer(url, messages, stream=False, **extra):
     )
     if not stream:
         return response.choices[0].model_extra["token_ids"]
-    return [token for chunk in response if chunk.choices for token in chunk.choices[0].model_extra["token_ids"] or []]
+    return [
+        token for chunk in response if chunk.choices for token in chunk.choices[0].model_extra.get("token_ids") or []
+    ]
 
 
 def test_the_head_would_answer_image_placeholders_unsuppressed(eager_image_checkpoint):

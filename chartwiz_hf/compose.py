@@ -205,6 +205,8 @@ def compose_chartwiz(
     del encoder, language_model, base_model
     model.generation_config = GenerationConfig.from_model_config(text_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The image placeholder is input only: an answer holding it would read as another chart.
+    model.generation_config.suppress_tokens = [model.config.image_token_id]
     model.eval()
 
     processor = build_processor(tokenizer, vision_name_or_path, max_patches, header_text, chat_template)

@@ -1,6 +1,7 @@
 """Scoring ChartWiz on a built dataset: answers from `chartwiz infer`'s engine, the task metrics by task and chart
 type, a report."""
 
+import contextlib
 import json
 import logging
 import os
@@ -15,11 +16,12 @@ from PIL import Image
 
 from .batch_inference import (
     DatasetImages,
+    InferenceEngine,
     InferenceSummary,
     Question,
     Unreadable,
     iter_json_records,
-    load_model_for_inference,
+    load_inference_engine,
     output_paths,
     read_dataset_questions,
     read_jsonl,
@@ -314,7 +316,7 @@ def evaluate_model(
     config: str = "finetune",
     split: str = "test",
     max_samples: Optional[int] = None,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     max_new_tokens: int = 512,
     adapter: Optional[str] = None,
     device: Optional[str] = None,
@@ -323,6 +325,9 @@ def evaluate_model(
     progress: bool = True,
     shuffled_images: bool = False,
     restart: bool = False,
+    engine: str = "transformers",
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
@@ -337,7 +342,7 @@ def evaluate_model(
         config (`str`, *optional*, defaults to `"finetune"`): `pretrain`, `finetune`, `gpt` or `all`.
         split (`str`, *optional*, defaults to `"test"`): the split to answer.
         max_samples (`int`, *optional*): only the first `max_samples` rows of the split.
-        batch_size (`int`, *optional*, defaults to 8): questions generated together.
+        batch_size (`int`, *optional*): questions generated together (8), or with vLLM requests in flight (256).
         max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
         adapter (`str`, *optional*): a PEFT (LoRA) adapter folder applied on top of the model.
         device (`str`, *optional*): where to run the model (default: every GPU in bf16, else the CPU).
@@ -350,10 +355,12 @@ def evaluate_model(
             chart of another row of the split (`shuffled_charts`), which tells reading this chart from the help of
             any chart at all (a chart-like input, its type, the vocabulary of its labels).
         restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
+        engine (`str`, *optional*, defaults to `"transformers"`): `"vllm"` generates with vLLM
+            (`load_inference_engine`), with `tensor_parallel_size` and `data_parallel_size`.
     """
     if config not in CONFIGS:
         raise ValueError(f"Unknown config {config!r}; choose from {', '.join(CONFIGS)}.")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
@@ -376,29 +383,40 @@ def evaluate_model(
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-    model, processor = load_model_for_inference(model_name_or_path, adapter, device)
+    model, processor = load_inference_engine(
+        model_name_or_path,
+        engine,
+        adapter,
+        device,
+        batch_size=batch_size,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+    )
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
-    info = {"batch_size": batch_size, "device": str(model.device)}
+    if engine != "transformers":  # absent for the transformers engine, as in the runs made before the choice
+        settings["engine"] = engine
+    info = {"batch_size": batch_size, "device": str(getattr(model, "device", engine))}
     if restart:
         predictions = os.path.join(out_dir, PREDICTIONS_FILE)
         if os.path.exists(predictions):
             os.remove(predictions)
-    summary = predict_dataset(
-        model,
-        processor,
-        dataset,
-        out_dir,
-        batch_size,
-        max_new_tokens,
-        blank_images,
-        settings,
-        progress,
-        info,
-        shuffled_images=shuffled_images,
-        fingerprints=model_fingerprints(model_name_or_path, adapter),
-        restart=restart,
-    )
+    with model if isinstance(model, InferenceEngine) else contextlib.nullcontext():
+        summary = predict_dataset(
+            model,
+            processor,
+            dataset,
+            out_dir,
+            8 if batch_size is None else batch_size,
+            max_new_tokens,
+            blank_images,
+            settings,
+            progress,
+            info,
+            shuffled_images=shuffled_images,
+            fingerprints=model_fingerprints(model_name_or_path, adapter),
+            restart=restart,
+        )
     if summary.answered or summary.already_done:
         logger.info(
             "Answered %d questions in %.1f s (%.2f questions/s); %d were answered before%s",

@@ -23,6 +23,8 @@ from .processing_chartwiz import ChartWizProcessor
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 IMAGE_TOKEN = "<image>"
+# The smallest head size vLLM's CPU attention takes (it takes 32, 64, 80, 96, ...), so tiny models serve there too.
+ATTENTION_HEAD_SIZE = 32
 
 # Enough Korean chart language for byte-level BPE merges; any other text still encodes through the byte fallback.
 _TOKENIZER_CORPUS = [
@@ -103,10 +105,15 @@ def tiny_configs(
 ):
     """
     The vision and text configs of the tiny model (the default sizes are the ones the tests use): a two-layer Llama
-    of width `hidden_size` and a two-layer Pix2Struct encoder of half that width.
+    of width `hidden_size` with attention heads of 32 (half as many key/value heads), and a two-layer Pix2Struct
+    encoder of half that width.
     """
-    if hidden_size < 8 or hidden_size % 8:
-        raise ValueError(f"hidden_size must be a multiple of 8, got {hidden_size}.")
+    if hidden_size < ATTENTION_HEAD_SIZE or hidden_size % ATTENTION_HEAD_SIZE:
+        raise ValueError(
+            f"hidden_size must be a multiple of {ATTENTION_HEAD_SIZE} (the width of an attention head), got "
+            f"{hidden_size}."
+        )
+    num_heads = hidden_size // ATTENTION_HEAD_SIZE
     vision_config = Pix2StructVisionConfig(
         hidden_size=hidden_size // 2,
         patch_embed_hidden_size=768,
@@ -124,8 +131,8 @@ def tiny_configs(
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": max(1, num_heads // 2),
         "max_position_embeddings": max_position_embeddings,
         "tie_word_embeddings": False,
     }
@@ -164,7 +171,13 @@ def make_tiny_chartwiz(
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         max_patches=max_patches,
     )
-    model = ChartWizForConditionalGeneration(config)
+    model = ChartWizForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        suppress_tokens=[config.image_token_id],
+    )
     processor = ChartWizProcessor(
         image_processor=ChartWizImageProcessor(max_patches=max_patches),
         tokenizer=tokenizer,

@@ -101,7 +101,7 @@ def test_init_tiny_refuses_a_folder_that_is_not_a_built_dataset(tmp_path, capsys
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--corpus", str(tmp_path)]) == 2
     assert "chartwiz init-tiny: error:" in capsys.readouterr().err
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--hidden-size", "60"]) == 2
-    assert "hidden_size must be a multiple of 8, got 60" in capsys.readouterr().err
+    assert "hidden_size must be a multiple of 32 (the width of an attention head), got 60" in capsys.readouterr().err
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--vocab-size", "100"]) == 2
     assert "vocab_size must be at least 259 (the 256 bytes and 3 special tokens), got 100" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()

@@ -1,5 +1,8 @@
 """`chartwiz evaluate`: answer a built dataset's split and score it, or score a predictions file."""
 
+from .infer import add_engine_arguments
+
+
 # Spelt out here (tests check they match evaluation.CONFIGS and metrics.DEFAULT_BLEU_TOKENIZE) so that building the
 # parser does not import the metric libraries for every other sub-command.
 CONFIGS = ("pretrain", "finetune", "gpt", "all")
@@ -41,6 +44,9 @@ def run(args):
             blank_images=args.blank_images,
             shuffled_images=args.shuffle_images,
             restart=args.restart,
+            engine=args.engine,
+            tensor_parallel_size=args.tensor_parallel_size,
+            data_parallel_size=args.data_parallel_size,
         )
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
@@ -63,7 +69,13 @@ def register(subcommands) -> None:
     parser.add_argument("--config", default="finetune", choices=CONFIGS)
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N rows of the split")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions generated together")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="questions generated together (default 8); --engine vllm: requests in flight (default 256)",
+    )
+    add_engine_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")

@@ -33,7 +33,9 @@ def register(subcommands) -> None:
     parser.add_argument("out", help="output directory (new or empty, unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-patches", type=int, default=64, help="patches (= image tokens) per chart")
-    parser.add_argument("--hidden-size", type=int, default=64, help="width of the language model (encoder: half)")
+    parser.add_argument(
+        "--hidden-size", type=int, default=64, help="width of the language model, a multiple of 32 (encoder: half)"
+    )
     parser.add_argument(
         "--corpus", default=None, help="a `chartwiz data build` folder whose train texts the tokenizer learns"
     )

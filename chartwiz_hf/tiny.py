@@ -171,13 +171,7 @@ def make_tiny_chartwiz(
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         max_patches=max_patches,
     )
-    model = ChartWizForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        suppress_tokens=[config.image_token_id],
-    )
+    model = ChartWizForConditionalGeneration(config)
     processor = ChartWizProcessor(
         image_processor=ChartWizImageProcessor(max_patches=max_patches),
         tokenizer=tokenizer,
@@ -187,10 +181,17 @@ def make_tiny_chartwiz(
 
 
 def _finish(model, processor, tokenizer, output_dir: str | None):
-    """Greedy decoding by default, and both halves saved to `output_dir` when given."""
+    """
+    Greedy decoding by default, never the `<image>` placeholder (a text-only prompt stays answerable), and both halves
+    saved to `output_dir` when given.
+    """
     model.eval()
+    image_token_id = getattr(model.config, "image_token_id", None)
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        suppress_tokens=None if image_token_id is None else [image_token_id],
     )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)

@@ -7,6 +7,14 @@ the background worker.
     python benchmarks/bench_infer.py --model tiny
     python benchmarks/bench_infer.py --model small
     python benchmarks/bench_infer.py --model 100m --device cuda --dtype bfloat16 --batch-size 32
+
+With `--engine vllm` (in an environment with vLLM: `make setup-vllm`, then `.venv-vllm/bin/python`), it compares
+instead the two engines of `chartwiz infer` on the same questions: `--engine transformers` (batches of
+`--batch-size`) and `--engine vllm` (vLLM's offline engine on the saved model, every question in flight):
+
+    VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND=nobind .venv-vllm/bin/python benchmarks/bench_infer.py \
+        --model small --engine vllm
+    python benchmarks/bench_infer.py --model 1b3 --engine vllm --device cuda --dtype bfloat16 --batch-size 32
 """
 
 import argparse
@@ -52,9 +60,49 @@ def one_at_a_time(model, processor, questions, image_folder, generate_kwargs):
         answer_questions(model, processor, [image], [question.question], [history], **generate_kwargs)
 
 
+def compare_engines(args, model, processor, questions, work: str) -> dict:
+    """Best-of-`repeats` questions/s of the transformers engine and the vLLM engine, taking turns."""
+    from chartwiz_hf.serving.engine import VLLMEngine
+
+    checkpoint = os.path.join(work, "model")
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    vllm_engine = VLLMEngine(checkpoint, dtype=args.dtype, max_in_flight=len(questions))
+    best = {"transformers": None, "vllm": None}
+    try:
+        for _ in range(args.repeats):
+            for name, engine in (("transformers", model), ("vllm", vllm_engine)):
+                answers = os.path.join(work, f"answers-{name}-{time.monotonic_ns()}.jsonl")
+                summary = run_inference(
+                    engine,
+                    processor,
+                    questions,
+                    ImageFolder(work),
+                    answers,
+                    {"model": args.model, "engine": name},
+                    batch_size=args.batch_size,
+                    max_new_tokens=args.new_tokens,
+                    progress=False,
+                    min_new_tokens=args.new_tokens,
+                )
+                assert summary.answered == len(questions), summary
+                if best[name] is None or summary.seconds < best[name].seconds:
+                    best[name] = summary
+    finally:
+        vllm_engine.close()
+    import vllm
+
+    return {
+        "vllm": vllm.__version__,
+        "transformers_engine_questions_per_s": round(best["transformers"].questions_per_second, 2),
+        "vllm_engine_questions_per_s": round(best["vllm"].questions_per_second, 2),
+        "speedup": round(best["transformers"].seconds / best["vllm"].seconds, 2),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="tiny", choices=["tiny", "small", "100m"])
+    parser.add_argument("--model", default="tiny", choices=["tiny", "small", "100m", "1b3"])
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--charts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -63,6 +111,12 @@ def main():
     parser.add_argument("--max-patches", type=int, default=None, help="image tokens per chart (config default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="vllm: compare chartwiz infer's two engines instead of batching with one question at a time",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     model, processor = make_model(args.model, max_patches=args.max_patches)
@@ -73,6 +127,20 @@ def main():
     # Every answer as long as every other, so both ways do the same work whatever the random model says.
     generate_kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     answer_questions(model, processor, chart_images(2), QUESTIONS[:2], max_new_tokens=2)  # warm-up
+    setup = {
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "parameters": model.num_parameters(),
+        "image_tokens": processor.image_seq_length,
+        "torch_threads": torch.get_num_threads(),
+        "questions": len(questions),
+        "new_tokens_per_question": args.new_tokens,
+        "batch_size": args.batch_size,
+    }
+    if args.engine == "vllm":
+        print(json.dumps({**setup, **compare_engines(args, model, processor, questions, work)}))
+        return
 
     def batched(background: bool):
         answers = os.path.join(work, f"answers-{time.monotonic_ns()}.jsonl")
@@ -105,15 +173,7 @@ def main():
     print(
         json.dumps(
             {
-                "model": args.model,
-                "device": args.device,
-                "dtype": args.dtype,
-                "parameters": model.num_parameters(),
-                "image_tokens": processor.image_seq_length,
-                "torch_threads": torch.get_num_threads(),
-                "questions": len(questions),
-                "new_tokens_per_question": args.new_tokens,
-                "batch_size": args.batch_size,
+                **setup,
                 "one_at_a_time_questions_per_s": round(len(questions) / loop_s, 2),
                 "infer_questions_per_s": round(best[True].questions_per_second, 2),
                 "speedup": round(loop_s / best[True].seconds, 2),

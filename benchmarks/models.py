@@ -10,6 +10,8 @@ from chartwiz_hf.tiny import build_tiny_tokenizer, make_tiny_chartwiz
 SIZES = {
     "small": {"vision": (128, 2, 4), "text": (256, 4, 8, 688), "max_patches": 512},
     "100m": {"vision": (512, 6, 8), "text": (768, 10, 12, 2048), "max_patches": 512},
+    # The layers of ChartWiz itself, for GPUs: a Pix2Struct-base-wide encoder and the 1.3B Llama (tiny vocabulary).
+    "1b3": {"vision": (768, 12, 12), "text": (2048, 24, 32, 5632), "max_patches": 512},
 }
 
 

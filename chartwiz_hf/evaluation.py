@@ -1,9 +1,11 @@
 """Scoring ChartWiz on a built dataset: answers from `chartwiz infer`'s engine, the task metrics by task and chart
 type, a report."""
 
+import contextlib
 import json
 import logging
 import os
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -14,18 +16,21 @@ from PIL import Image
 
 from .batch_inference import (
     DatasetImages,
+    InferenceEngine,
     InferenceSummary,
     Question,
     Unreadable,
     iter_json_records,
-    load_model_for_inference,
+    load_inference_engine,
     output_paths,
     read_dataset_questions,
     read_jsonl,
     run_inference,
 )
-from .fingerprints import model_fingerprints
+from .files import write_text_atomic
+from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
+from .names import INSTRUCTIONS
 
 
 logger = logging.getLogger(__name__)
@@ -149,7 +154,6 @@ def split_questions(dataset) -> tuple[list[Question], list]:
     pretraining row (task `table`, an empty prompt: the image alone) is asked the original table instruction, as a
     stage-2 model was taught, which makes `pretrain` and `finetune` table scores comparable.
     """
-    from dataset_builder.rows import INSTRUCTIONS
 
     if "task" not in dataset.column_names:
         raise ValueError("The dataset has no column ['task']; expected a `chartwiz data build` split.")
@@ -179,6 +183,52 @@ def blank_charts(load_image: Callable) -> Callable:
     return load_blank
 
 
+def chart_identities(dataset) -> list[str]:
+    """Which chart each row of a built split shows: its image file, or a digest of the image bytes it embeds."""
+    from datasets import Image as ImageFeature
+
+    identities = []
+    for stored in dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))["image"]:
+        stored = stored or {}
+        if stored.get("bytes"):
+            identities.append(ContentDigests.of_bytes(stored["bytes"]))
+        else:
+            identities.append(os.path.abspath(stored["path"]) if stored.get("path") else "")
+    return identities
+
+
+def shuffled_charts(load_image: Callable, dataset, seed: int = 0) -> Callable:
+    """
+    `load_image` with every row shown the chart of another row of `dataset`: the `--shuffle-images` ablation. The
+    split's charts are put in a seeded random cycle and each chart's rows get the next chart's image, so no row sees
+    its own chart and the rows of one chart (its questions, its turns) all see the same other one. Rows without an
+    image keep theirs (they are reported as bad records). Raises `ValueError` for a split of fewer than two charts.
+    """
+    identities = chart_identities(dataset)
+    charts = list(dict.fromkeys(identity for identity in identities if identity))
+    if len(charts) < 2:
+        raise ValueError(f"--shuffle-images needs at least two charts in the split, got {len(charts)}.")
+    random.Random(seed).shuffle(charts)
+    first_row = {}
+    for row, identity in enumerate(identities):
+        first_row.setdefault(identity, row)
+    following = {chart: first_row[charts[(place + 1) % len(charts)]] for place, chart in enumerate(charts)}
+
+    def shown(question: Question) -> Question:
+        identity = identities[question.image]
+        return replace(question, image=following[identity]) if identity else question
+
+    def load_shuffled(question: Question):
+        image, _ = load_image(shown(question))
+        # No chart type from the other chart: answers are grouped by the row's own, what was asked about.
+        return image, None
+
+    # The answer depends on the chart shown, the other row's.
+    base_digest = getattr(load_image, "image_digest", None)
+    load_shuffled.image_digest = None if base_digest is None else lambda question: base_digest(shown(question))
+    return load_shuffled
+
+
 def predict_dataset(
     model,
     processor,
@@ -190,6 +240,7 @@ def predict_dataset(
     settings: Optional[dict] = None,
     progress: bool = True,
     info: Optional[dict] = None,
+    shuffled_images: bool = False,
     fingerprints: Optional[dict] = None,
     restart: bool = False,
 ) -> InferenceSummary:
@@ -209,16 +260,24 @@ def predict_dataset(
         max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
         blank_images (`bool`, *optional*, defaults to `False`): show the model a white image of each chart's size
             instead of the chart (`blank_charts`).
+        shuffled_images (`bool`, *optional*, defaults to `False`): show the model another row's chart instead of the
+            row's own (`shuffled_charts`).
         settings (`dict`, *optional*): what else the answers depend on (model, dataset...), stored and compared.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
         info (`dict`, *optional*): informative fields for the settings file (not compared).
         fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)` (see `run_inference`).
         restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
     """
+    if blank_images and shuffled_images:
+        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     questions, tasks = split_questions(dataset)
-    load_image = blank_charts(DatasetImages(dataset)) if blank_images else DatasetImages(dataset)
+    load_image = DatasetImages(dataset)
+    if blank_images:
+        load_image = blank_charts(load_image)
+    elif shuffled_images:
+        load_image = shuffled_charts(load_image, dataset)
     answers_path = os.path.join(out_dir, ANSWERS_FILE)
-    settings = {**(settings or {}), "blank_images": blank_images}
+    settings = {**(settings or {}), "blank_images": blank_images, "shuffled_images": shuffled_images}
     summary = run_inference(
         model,
         processor,
@@ -241,9 +300,7 @@ def predict_dataset(
     ]
     # Rewritten whole from the answers, in the split's order: the answers file is what a rerun resumes from.
     path = os.path.join(out_dir, PREDICTIONS_FILE)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as file:
-        file.writelines(line + "\n" for line in lines)
-    os.replace(f"{path}.tmp", path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
     return summary
 
 
@@ -258,14 +315,18 @@ def evaluate_model(
     config: str = "finetune",
     split: str = "test",
     max_samples: Optional[int] = None,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     max_new_tokens: int = 512,
     adapter: Optional[str] = None,
     device: Optional[str] = None,
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
     blank_images: bool = False,
     progress: bool = True,
+    shuffled_images: bool = False,
     restart: bool = False,
+    engine: str = "transformers",
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
@@ -280,7 +341,7 @@ def evaluate_model(
         config (`str`, *optional*, defaults to `"finetune"`): `pretrain`, `finetune`, `gpt` or `all`.
         split (`str`, *optional*, defaults to `"test"`): the split to answer.
         max_samples (`int`, *optional*): only the first `max_samples` rows of the split.
-        batch_size (`int`, *optional*, defaults to 8): questions generated together.
+        batch_size (`int`, *optional*): questions generated together (8), or with vLLM requests in flight (256).
         max_new_tokens (`int`, *optional*, defaults to 512): the longest answer.
         adapter (`str`, *optional*): a PEFT (LoRA) adapter folder applied on top of the model.
         device (`str`, *optional*): where to run the model (default: every GPU in bf16, else the CPU).
@@ -289,16 +350,23 @@ def evaluate_model(
             image of its size, which shows how much of a score comes from reading the chart rather than from the
             question and the language prior. Recorded in the run's settings, `metrics.json` and the report.
         progress (`bool`, *optional*, defaults to `True`): show a progress bar.
+        shuffled_images (`bool`, *optional*, defaults to `False`): the second image ablation: every row is shown the
+            chart of another row of the split (`shuffled_charts`), which tells reading this chart from the help of
+            any chart at all (a chart-like input, its type, the vocabulary of its labels).
         restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
+        engine (`str`, *optional*, defaults to `"transformers"`): `"vllm"` generates with vLLM
+            (`load_inference_engine`), with `tensor_parallel_size` and `data_parallel_size`.
     """
     if config not in CONFIGS:
         raise ValueError(f"Unknown config {config!r}; choose from {', '.join(CONFIGS)}.")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+    if blank_images and shuffled_images:
+        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
     run = {
         "model": model_name_or_path,
@@ -308,33 +376,46 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
+    ablation = {"blank_images": blank_images, "shuffled_images": shuffled_images}
     if not restart:
-        _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, "blank_images": blank_images})
+        _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, **ablation})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-    model, processor = load_model_for_inference(model_name_or_path, adapter, device)
+    model, processor = load_inference_engine(
+        model_name_or_path,
+        engine,
+        adapter,
+        device,
+        batch_size=batch_size,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+    )
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
-    info = {"batch_size": batch_size, "device": str(model.device)}
+    if engine != "transformers":  # absent for the transformers engine, as in the runs made before the choice
+        settings["engine"] = engine
+    info = {"batch_size": batch_size, "device": str(getattr(model, "device", engine))}
     if restart:
         predictions = os.path.join(out_dir, PREDICTIONS_FILE)
         if os.path.exists(predictions):
             os.remove(predictions)
-    summary = predict_dataset(
-        model,
-        processor,
-        dataset,
-        out_dir,
-        batch_size,
-        max_new_tokens,
-        blank_images,
-        settings,
-        progress,
-        info,
-        fingerprints=model_fingerprints(model_name_or_path, adapter),
-        restart=restart,
-    )
+    with model if isinstance(model, InferenceEngine) else contextlib.nullcontext():
+        summary = predict_dataset(
+            model,
+            processor,
+            dataset,
+            out_dir,
+            8 if batch_size is None else batch_size,
+            max_new_tokens,
+            blank_images,
+            settings,
+            progress,
+            info,
+            shuffled_images=shuffled_images,
+            fingerprints=model_fingerprints(model_name_or_path, adapter),
+            restart=restart,
+        )
     if summary.answered or summary.already_done:
         logger.info(
             "Answered %d questions in %.1f s (%.2f questions/s); %d were answered before%s",
@@ -391,6 +472,7 @@ def score_run(
         "config": run.get("config"),
         "split": run.get("split"),
         "blank_images": run.get("blank_images"),
+        "shuffled_images": run.get("shuffled_images"),
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
@@ -473,6 +555,8 @@ def render_report(metrics: dict) -> str:
         lines.append(f"- Dataset: `{metrics['dataset']}` ({source})")
     if metrics.get("blank_images"):
         lines.append("- Images: **blank**, every chart replaced by a white image of its size (an image ablation)")
+    if metrics.get("shuffled_images"):
+        lines.append("- Images: **shuffled**, every row shown the chart of another row (an image ablation)")
     rows = f" of {metrics['rows']}" if metrics.get("rows") is not None else ""
     lines.append(f"- Scored: {metrics['n']}{rows} rows, {len(metrics['skipped'])} skipped (listed below)")
     lines.append(f"- Predictions: `{PREDICTIONS_FILE}` (re-score with `chartwiz evaluate --predictions`)")
@@ -585,6 +669,8 @@ def draw_chart(metrics: dict, path: str) -> None:
             source += f" on {metrics['config']} / {metrics['split']}"
         if metrics.get("blank_images"):
             source += " (blank images)"
+        if metrics.get("shuffled_images"):
+            source += " (shuffled images)"
         figure.suptitle(f"ChartWiz evaluation: {source}")
         figure.savefig(path, dpi=100)
 
@@ -593,6 +679,7 @@ __all__ = [
     "CONFIGS",
     "Prediction",
     "blank_charts",
+    "chart_identities",
     "draw_chart",
     "evaluate_model",
     "load_split",
@@ -601,5 +688,6 @@ __all__ = [
     "render_report",
     "score_predictions",
     "score_run",
+    "shuffled_charts",
     "split_questions",
 ]

@@ -224,6 +224,15 @@ def fit_new_tokens(inputs: BatchFeature, config, max_new_tokens: int, clamp: boo
     return min(max_new_tokens, room)
 
 
+def suppressed_tokens(generation_config, image_token_id: int) -> list[int]:
+    """
+    The tokens an answer never holds: the generation config's `suppress_tokens` and the image placeholder, which
+    checkpoints made before it was written there do not list.
+    """
+    suppressed = list(getattr(generation_config, "suppress_tokens", None) or [])
+    return suppressed if image_token_id in suppressed else [*suppressed, image_token_id]
+
+
 @torch.inference_mode()
 def generate_answers(
     model, processor, inputs: BatchFeature, max_new_tokens: int = 256, streamer=None, **generate_kwargs
@@ -235,6 +244,7 @@ def generate_answers(
     fit_new_tokens(inputs, model.config, max_new_tokens)
     inputs = inputs.to(model.device)
     generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("suppress_tokens", suppressed_tokens(model.generation_config, processor.image_token_id))
     output_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **generate_kwargs)
     new_tokens = output_ids[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -371,4 +381,5 @@ __all__ = [
     "load_processor",
     "prepare_inputs",
     "prompt_length",
+    "suppressed_tokens",
 ]

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, Pix2StructVisionModel, PreTrainedModel, masking_utils
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 
@@ -40,6 +40,10 @@ def builds_sdpa_masks_with_vmap() -> bool:
 
 
 _READY_MASK = builds_sdpa_masks_with_vmap()
+
+# The attention implementation vLLM's Transformers backend sets on the text config: every request of a step packed
+# into one row, positions and the key/value cache handled by vLLM.
+PACKED_ATTENTION = "vllm"
 
 
 def _attends_fully(text_config) -> bool:
@@ -174,8 +178,9 @@ class ChartWizPreTrainedModel(PreTrainedModel):
 class ChartWizModel(ChartWizPreTrainedModel):
     """The ChartWiz model without a language modeling head."""
 
-    # Loaded from a full checkpoint (`AutoModel`), the head's weights are there and not wanted.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    # No `_keys_to_ignore_on_load_unexpected` for the head's weights, which `AutoModel` on a full checkpoint does not
+    # use: vLLM's Transformers backend builds this class and drops every checkpoint weight matching those patterns,
+    # its own language modeling head's included, which would then answer from uninitialized memory.
 
     def __init__(self, config: ChartWizConfig):
         super().__init__(config)
@@ -200,8 +205,12 @@ class ChartWizModel(ChartWizPreTrainedModel):
         return self.language_model
 
     def get_image_features(
-        self, pixel_values: torch.FloatTensor, pixel_attention_mask: Optional[torch.Tensor] = None
-    ) -> torch.FloatTensor:
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_attention_mask: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[torch.FloatTensor, BaseModelOutputWithPooling]:
         """
         Encodes Pix2Struct flattened patches and projects them to the language model's width.
 
@@ -210,9 +219,14 @@ class ChartWizModel(ChartWizPreTrainedModel):
                 Flattened patches with their row and column ids, as `ChartWizImageProcessor` returns them.
             pixel_attention_mask (`torch.Tensor` of shape `(num_images, max_patches)`, *optional*):
                 1 for real patches, 0 for padding patches.
+            return_dict (`bool`, *optional*):
+                Return a `BaseModelOutputWithPooling` (the encoder's `last_hidden_state`, and the projected features
+                as `pooler_output`, one entry per image: what vLLM's Transformers backend reads) instead of the
+                projected features alone.
 
         Returns:
-            `torch.FloatTensor` of shape `(num_images, max_patches, text_hidden_size)`.
+            `torch.FloatTensor` of shape `(num_images, max_patches, text_hidden_size)`, or with `return_dict=True` a
+            `BaseModelOutputWithPooling` holding it as `pooler_output`.
         """
         if pixel_values.dim() != 3:
             raise ValueError(
@@ -227,7 +241,15 @@ class ChartWizModel(ChartWizPreTrainedModel):
             flattened_patches=pixel_values.to(vision_dtype), attention_mask=pixel_attention_mask
         )
         # [num_images, max_patches, text_hidden]
-        return self.multi_modal_projector(vision_outputs.last_hidden_state)
+        image_features = self.multi_modal_projector(vision_outputs.last_hidden_state)
+        if not return_dict:
+            return image_features
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=image_features,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
 
     def get_placeholder_mask(self, input_ids: Optional[torch.LongTensor], inputs_embeds: torch.FloatTensor):
         """Boolean mask of the `<image>` positions, from `input_ids` or, without them, from the embeddings."""
@@ -270,11 +292,16 @@ class ChartWizModel(ChartWizPreTrainedModel):
             raise ValueError("config.image_token_id is not set; compose the model with a tokenizer that has <image>.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        self._check_context_length(inputs_embeds, past_key_values)
+        # vLLM's attention packs every scheduled request into one row of `inputs_embeds` and splices the image
+        # features in itself (`get_image_features`), so the checks below, written for one padded sequence per row,
+        # would refuse its batches and kill its engine.
+        packed = self.config.text_config._attn_implementation == PACKED_ATTENTION
+        if not packed:
+            self._check_context_length(inputs_embeds, past_key_values)
 
         image_features = None
-        image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
         if pixel_values is not None:
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
             image_features = self.get_image_features(pixel_values, pixel_attention_mask)
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             n_image_tokens = int(image_mask.sum())
@@ -288,11 +315,13 @@ class ChartWizModel(ChartWizPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(
                 image_mask.unsqueeze(-1).expand_as(inputs_embeds), image_features
             )
-        elif (past_key_values is None or past_key_values.get_seq_length() == 0) and bool(image_mask.any()):
-            raise ValueError(
-                f"The input has {int(image_mask.sum())} <image> tokens but no pixel_values were given; "
-                "pass the image through the processor."
-            )
+        elif not packed and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+            if bool(image_mask.any()):
+                raise ValueError(
+                    f"The input has {int(image_mask.sum())} <image> tokens but no pixel_values were given; "
+                    "pass the image through the processor."
+                )
 
         attention_mask = expanded_attention_mask(
             attention_mask, self.config.text_config, past_key_values, inputs_embeds.shape[1]
@@ -372,8 +401,14 @@ class ChartWizForConditionalGeneration(ChartWizPreTrainedModel, GenerationMixin)
     def get_decoder(self):
         return self.model.get_decoder()
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, pixel_attention_mask: Optional[torch.Tensor] = None):
-        return self.model.get_image_features(pixel_values, pixel_attention_mask)
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_attention_mask: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ):
+        return self.model.get_image_features(pixel_values, pixel_attention_mask, return_dict=return_dict, **kwargs)
 
     @property
     def language_model(self):

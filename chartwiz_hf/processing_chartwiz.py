@@ -143,6 +143,9 @@ class ChartWizProcessor(ProcessorMixin):
                 The prompts. Each `<image>` must match one image.
             return_tensors, padding, padding_side, truncation, max_length, add_special_tokens:
                 Passed to the tokenizer.
+            return_text_replacement_offsets (`bool`, *optional*, defaults to `False`):
+                Also return `text_replacement_offsets`: per text, where each `<image>` was and what it became (see
+                `_expand_image_tokens`).
 
         Returns:
             [`BatchFeature`] with `input_ids`, `attention_mask`, and when images are given `pixel_values`
@@ -150,6 +153,8 @@ class ChartWizProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError("You have to specify at least one of `images` or `text`.")
+        # vLLM asks for the replacements with this flag; transformers 4.57's kwargs merging does not know it.
+        return_text_replacement_offsets = kwargs.pop("return_text_replacement_offsets", False)
         output_kwargs = self._merge_kwargs(
             ChartWizProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
         )
@@ -173,10 +178,44 @@ class ChartWizProcessor(ProcessorMixin):
         if images is not None and sum(placeholder_counts) > 0:
             image_inputs = dict(self.image_processor(images, **output_kwargs["images_kwargs"]))
             image_seq_length = len(image_inputs["pixel_values"][0])
-        prompt_strings = [sample.replace(self.image_token, self.image_token * image_seq_length) for sample in text]
+        prompt_strings, replacement_offsets = self._expand_image_tokens(text, image_seq_length)
         text_inputs = self.tokenizer(prompt_strings, **output_kwargs["text_kwargs"], return_tensors=None)
         self._check_special_mm_tokens(prompt_strings, text_inputs, modalities=["image"])
-        return BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
+        outputs = BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
+        if return_text_replacement_offsets:
+            # Added after the conversion to tensors, which a list of dicts would not survive on transformers 4.57.
+            outputs["text_replacement_offsets"] = replacement_offsets
+        return outputs
+
+    def _expand_image_tokens(self, text: list[str], image_seq_length: int) -> tuple[list[str], list[list[dict]]]:
+        """
+        The texts with each `<image>` expanded to `image_seq_length` image tokens, and per text the replacements
+        made, in the form of transformers 5's `ProcessorMixin.get_text_with_replacements` (`type`, `span` and
+        `new_span` in characters, `text`, `replacement`): vLLM's Transformers backend locates each image's tokens
+        from them. Written here because transformers 4.57 has no such helper, and the files must run on both.
+        """
+        replacement = self.image_token * image_seq_length
+        expanded, offsets = [], []
+        for sample in text:
+            pieces, entries, start, growth = [], [], 0, 0
+            while (position := sample.find(self.image_token, start)) != -1:
+                end = position + len(self.image_token)
+                new_start = position + growth
+                entries.append(
+                    {
+                        "type": "image",
+                        "span": (position, end),
+                        "new_span": (new_start, new_start + len(replacement)),
+                        "text": self.image_token,
+                        "replacement": replacement,
+                    }
+                )
+                pieces += [sample[start:position], replacement]
+                growth += len(replacement) - len(self.image_token)
+                start = end
+            expanded.append("".join(pieces) + sample[start:])
+            offsets.append(entries)
+        return expanded, offsets
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
         """

@@ -5,7 +5,13 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Pix2StructVisionConfig,
+    PreTrainedTokenizerFast,
+)
 
 from .chat_templates import load_chat_template
 from .configuration_chartwiz import ChartWizConfig
@@ -17,6 +23,8 @@ from .processing_chartwiz import ChartWizProcessor
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 IMAGE_TOKEN = "<image>"
+# The smallest head size vLLM's CPU attention takes (it takes 32, 64, 80, 96, ...), so tiny models serve there too.
+ATTENTION_HEAD_SIZE = 32
 
 # Enough Korean chart language for byte-level BPE merges; any other text still encodes through the byte fallback.
 _TOKENIZER_CORPUS = [
@@ -97,10 +105,15 @@ def tiny_configs(
 ):
     """
     The vision and text configs of the tiny model (the default sizes are the ones the tests use): a two-layer Llama
-    of width `hidden_size` and a two-layer Pix2Struct encoder of half that width.
+    of width `hidden_size` with attention heads of 32 (half as many key/value heads), and a two-layer Pix2Struct
+    encoder of half that width.
     """
-    if hidden_size < 8 or hidden_size % 8:
-        raise ValueError(f"hidden_size must be a multiple of 8, got {hidden_size}.")
+    if hidden_size < ATTENTION_HEAD_SIZE or hidden_size % ATTENTION_HEAD_SIZE:
+        raise ValueError(
+            f"hidden_size must be a multiple of {ATTENTION_HEAD_SIZE} (the width of an attention head), got "
+            f"{hidden_size}."
+        )
+    num_heads = hidden_size // ATTENTION_HEAD_SIZE
     vision_config = Pix2StructVisionConfig(
         hidden_size=hidden_size // 2,
         patch_embed_hidden_size=768,
@@ -118,8 +131,8 @@ def tiny_configs(
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": max(1, num_heads // 2),
         "max_position_embeddings": max_position_embeddings,
         "tie_word_embeddings": False,
     }
@@ -158,20 +171,67 @@ def make_tiny_chartwiz(
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         max_patches=max_patches,
     )
-    model = ChartWizForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
-    )
+    model = ChartWizForConditionalGeneration(config)
     processor = ChartWizProcessor(
         image_processor=ChartWizImageProcessor(max_patches=max_patches),
         tokenizer=tokenizer,
         chat_template=load_chat_template("synatra_mini"),
     )
+    return _finish(model, processor, tokenizer, output_dir), processor
+
+
+def _finish(model, processor, tokenizer, output_dir: str | None):
+    """
+    Greedy decoding by default, never the `<image>` placeholder (a text-only prompt stays answerable), and both halves
+    saved to `output_dir` when given.
+    """
+    model.eval()
+    image_token_id = getattr(model.config, "image_token_id", None)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        suppress_tokens=None if image_token_id is None else [image_token_id],
+    )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-    return model, processor
+    return model
 
 
-__all__ = ["build_tiny_tokenizer", "dataset_corpus", "make_tiny_chartwiz", "tiny_configs"]
+def make_tiny_language_model(
+    output_dir: str | None = None,
+    seed: int = 0,
+    hidden_size: int = 128,
+    vocab_size: int = 600,
+    corpus: Iterable[str] | None = None,
+    head_dim: int = 32,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """
+    Builds (and, with `output_dir`, saves) the language model half of the tiny ChartWiz alone: a random two-layer
+    Llama with attention heads of `head_dim` and its tokenizer (trained on `corpus` when given, as in
+    `make_tiny_chartwiz`), a `--text` for `chartwiz compose` beside a pretrained Pix2Struct encoder.
+    """
+    if hidden_size % head_dim or hidden_size // head_dim < 2:
+        raise ValueError(
+            f"hidden_size must be a multiple of head_dim={head_dim} of at least two heads, got {hidden_size}."
+        )
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    heads = hidden_size // head_dim
+    _, text_config = tiny_configs(
+        len(tokenizer),
+        hidden_size=hidden_size,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=head_dim,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    tokenizer.model_max_length = text_config.max_position_embeddings
+    return _finish(LlamaForCausalLM(text_config), tokenizer, tokenizer, output_dir), tokenizer
+
+
+__all__ = ["build_tiny_tokenizer", "dataset_corpus", "make_tiny_chartwiz", "make_tiny_language_model", "tiny_configs"]

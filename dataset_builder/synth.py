@@ -61,6 +61,7 @@ LEGEND_POOL = [
 ]
 SUBJECTS = ["인구", "매출액", "생산량", "이용자 수", "판매량", "방문객 수", "응답 비율", "투자액", "점유율", "고용률"]
 UNITS = ["%", "만 명", "억 원", "천 톤", "개", "건", "명", "천 대", ""]
+CHART_SIZE = (640, 480)  # width, height: small, with large text (see render_chart)
 
 
 @dataclass
@@ -97,7 +98,9 @@ def _numeric(value) -> float:
 def _hundred_percent_rows(rng: random.Random, legends: int, categories: int) -> list[list]:
     columns = []
     for _ in range(categories):
-        cuts = sorted(rng.sample(range(1, 100), legends - 1))
+        # Shares of at least 8%: a thinner segment has no room for its printed value.
+        cuts = sorted(rng.sample(range(1, 100 - 7 * legends), legends - 1))
+        cuts = [cut + 7 * number for number, cut in enumerate(cuts, start=1)]
         columns.append([b - a for a, b in zip([0, *cuts], [*cuts, 100])])
     return [[columns[column][row] for column in range(categories)] for row in range(legends)]
 
@@ -128,13 +131,17 @@ def make_chart(index: int, seed: int, test_fraction: float, n: Optional[int] = N
     pool_name = rng.choice(list(CATEGORY_POOLS))
     subject = rng.choice(SUBJECTS)
     unit = "%" if chart_type.endswith("_100") or chart_type == "pie" else rng.choice(UNITS)
-    floats = rng.random() < 0.3 and not chart_type.endswith("_100")
+    floats = rng.random() < 0.2 and not chart_type.endswith("_100")
     title = f"{pool_name}별 {subject}"
     horizontal = chart_type.startswith("horizontal")
     pool = CATEGORY_POOLS[pool_name]
     start = rng.randrange(0, max(1, len(pool) - 3))
-    categories = pool[start : start + rng.randint(3, min(7, len(pool) - start))]
-    n_legends = 0 if chart_type in ("vertical_bar", "horizontal_bar") and rng.random() < 0.6 else rng.randint(2, 3)
+    categories = pool[start : start + rng.randint(3, min(4, len(pool) - start))]
+    # At most two series: a third one's printed values have no room at the sizes a tiny encoder reads.
+    if chart_type in ("vertical_bar", "horizontal_bar"):
+        n_legends = 0 if rng.random() < 0.6 else 2
+    else:
+        n_legends = rng.randint(1, 2) if chart_type in ("line", "radial") else 2
     # Pie slices are named by the legend, with no axis labels.
     legends = list(categories) if chart_type == "pie" else rng.sample(LEGEND_POOL, n_legends)
 
@@ -182,7 +189,10 @@ def make_chart(index: int, seed: int, test_fraction: float, n: Optional[int] = N
             legends = legends or rng.sample(LEGEND_POOL, rows_needed)
             rows = _hundred_percent_rows(rng, rows_needed, len(categories))
         else:
-            rows = [[_number(rng, 5, 900, floats) for _ in categories] for _ in range(rows_needed)]
+            # Stacked segments print their value inside and radar points near the centre crowd together: neither
+            # may be too small for its printed value.
+            low = {"vertical_bar_stacked": 100, "horizontal_bar_stacked": 100, "radial": 200}.get(chart_type, 5)
+            rows = [[_number(rng, low, 900, floats) for _ in categories] for _ in range(rows_needed)]
         rows = [[_as_typed(rng, value) for value in row] for row in rows]
         axes = {"x_axis": [], "y_axis": list(categories)} if horizontal else {"x_axis": list(categories), "y_axis": []}
         data_label = rows if legends or rng.random() < 0.5 else rows[0]
@@ -191,7 +201,7 @@ def make_chart(index: int, seed: int, test_fraction: float, n: Optional[int] = N
     stem = f"S_{seed}_{index:07d}_{chart_type}"
     main, sub = METADATA[chart_type]
     annotation = {
-        "image": [{"filename": f"{stem}.jpg", "width": 800, "height": 600}],
+        "image": [{"filename": f"{stem}.jpg", "width": CHART_SIZE[0], "height": CHART_SIZE[1]}],
         "metadata": {"chart_main": main, "chart_sub": sub, "source": "synthetic"},
         "annotations": blocks,
     }
@@ -266,6 +276,16 @@ def _description(title: str, chart_type: str, facts: list[dict], blocks: list[di
     return " ".join(parts)
 
 
+_DESCRIBED_TYPE = re.compile(r"나타낸 (.+?) 차트입니다")
+_TYPE_OF_KOREAN_NAME = {name: chart_type for chart_type, name in KOREAN_TYPE_NAMES.items()}
+
+
+def described_chart_type(description: str) -> Optional[str]:
+    """The chart type a description in the synthetic wording names (`... 나타낸 꺾은선 차트입니다.`), or None."""
+    match = _DESCRIBED_TYPE.search(description)
+    return _TYPE_OF_KOREAN_NAME.get(match.group(1)) if match else None
+
+
 def _summary(title: str, facts: list[dict]) -> list[str]:
     largest = max(facts, key=lambda fact: fact["value"])
     smallest = min(facts, key=lambda fact: fact["value"])
@@ -330,8 +350,15 @@ def _setup_matplotlib():
     _FONT_READY = True
 
 
-def render_chart(chart: SynthChart, path: str, size: tuple[int, int] = (800, 600)):
-    """Draws the chart the annotation describes and saves it as a JPEG."""
+# Every chart is drawn small with large text and its values printed on it, so that the few hundred 16 x 16 patches a
+# tiny encoder sees (a 640 x 480 chart shrinks to about 280 x 210 pixels at 256 patches under the DePlot header) still
+# hold legible labels and numbers: text about 10 pixels high there. The value axis has no tick labels, so the printed
+# values are the only numbers on the chart.
+FONT_SIZES = {"title": 24, "ticks": 18, "values": 17, "legend": 16}
+
+
+def render_chart(chart: SynthChart, path: str, size: tuple[int, int] = CHART_SIZE):
+    """Draws the chart the annotation describes, every value printed on it, and saves it as a JPEG."""
     _setup_matplotlib()
     from matplotlib import pyplot
 
@@ -339,17 +366,19 @@ def render_chart(chart: SynthChart, path: str, size: tuple[int, int] = (800, 600
     kind = chart.chart_type
     figure = pyplot.figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
     try:
-        if kind == "radial":
-            _draw_radial(figure, blocks[0])
-        else:
-            axes = figure.add_subplot(1, 1, 1)
-            if kind == "pie":
-                _draw_pie(axes, blocks[0])
-            elif kind == "mix":
-                _draw_mix(axes, blocks)
+        with pyplot.rc_context({"xtick.labelsize": FONT_SIZES["ticks"], "ytick.labelsize": FONT_SIZES["ticks"]}):
+            if kind == "radial":
+                _draw_radial(figure, blocks[0])
             else:
-                _draw_bars_or_lines(axes, blocks[0], kind)
-        figure.suptitle(blocks[0]["title"], fontsize=15)
+                axes = figure.add_subplot(1, 1, 1)
+                if kind == "pie":
+                    _draw_pie(axes, blocks[0])
+                elif kind == "mix":
+                    _draw_mix(axes, blocks)
+                else:
+                    _draw_bars_or_lines(axes, blocks[0], kind)
+            figure.suptitle(blocks[0]["title"], fontsize=FONT_SIZES["title"])
+            figure.tight_layout(pad=0.4)
         figure.savefig(path, format="jpeg", pil_kwargs={"quality": 90})
     finally:
         pyplot.close(figure)
@@ -357,6 +386,40 @@ def render_chart(chart: SynthChart, path: str, size: tuple[int, int] = (800, 600
 
 def _unit_label(block: dict) -> str:
     return f"단위: {block['unit']}" if block["unit"] else ""
+
+
+def _legend(axes, handles=None, labels=None, **kwargs):
+    arguments = () if handles is None else (handles, labels)
+    # Above the plot, in one row: never over a bar or a printed value.
+    axes.legend(
+        *arguments,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncols=4,
+        fontsize=FONT_SIZES["legend"],
+        frameon=False,
+        borderaxespad=0.1,
+        **kwargs,
+    )
+
+
+def _print_value(axes, value, point: tuple, offset: float, **style):
+    """Writes `value` as the annotation shows it, centred `offset` points above `point` (below when negative)."""
+    axes.annotate(
+        _shown(value),
+        point,
+        textcoords="offset points",
+        xytext=(0, offset),
+        ha="center",
+        fontsize=FONT_SIZES["values"],
+        **style,
+    )
+
+
+def _hide_value_axis(axes, horizontal: bool):
+    axis = axes.xaxis if horizontal else axes.yaxis
+    axis.set_ticklabels([])
+    axis.set_tick_params(length=0)
 
 
 def _draw_bars_or_lines(axes, block: dict, kind: str):
@@ -367,55 +430,91 @@ def _draw_bars_or_lines(axes, block: dict, kind: str):
     positions = numpy.arange(len(labels))
     horizontal = kind.startswith("horizontal")
     stacked = kind.endswith("_stacked") or kind.endswith("_100")
+    largest = max(_numeric(value) for _, pairs in series for _, value in pairs)
     if kind == "line":
-        for name, pairs in series:
-            axes.plot(labels, [_numeric(value) for _, value in pairs], marker="o", label=name or None)
+        lines = [[_numeric(value) for _, value in pairs] for _, pairs in series]
+        for number, (name, pairs) in enumerate(series):
+            (line,) = axes.plot(positions, lines[number], marker="o", linewidth=2.5, label=name or None)
+            for x, (_, value) in enumerate(pairs):
+                # Of two lines, the upper point's value goes above it and the lower one's below.
+                below = len(series) > 1 and lines[number][x] < max(values[x] for values in lines)
+                style = {"va": "top" if below else "bottom", "color": line.get_color()}
+                _print_value(axes, value, (x, _numeric(value)), -9 if below else 7, **style)
+        axes.set_xticks(positions, labels)
+        axes.set_xlim(-0.5, len(labels) - 0.5)
+        smallest = min(min(values) for values in lines)
+        axes.set_ylim(min(0, smallest) - 0.15 * largest, largest * 1.25)
     else:
-        width = 0.7 if stacked or len(series) == 1 else 0.8 / len(series)
+        width = 0.75 if stacked or len(series) == 1 else 0.84 / len(series)
         base = numpy.zeros(len(labels))
         for number, (name, pairs) in enumerate(series):
             values = numpy.array([_numeric(value) for _, value in pairs])
-            offset = positions if stacked or len(series) == 1 else positions - 0.4 + width * (number + 0.5)
+            offset = positions if stacked or len(series) == 1 else positions - 0.42 + width * (number + 0.5)
             if horizontal:
-                axes.barh(offset, values, height=width, left=base if stacked else None, label=name or None)
+                bars = axes.barh(offset, values, height=width, left=base if stacked else None, label=name or None)
             else:
-                axes.bar(offset, values, width=width, bottom=base if stacked else None, label=name or None)
+                bars = axes.bar(offset, values, width=width, bottom=base if stacked else None, label=name or None)
+            texts = [_shown(value) for _, value in pairs]
+            # Stacked segments carry their value inside, white on the bar's color; single bars above or after.
+            where = {"label_type": "center", "color": "white"} if stacked else {"padding": 2}
+            axes.bar_label(bars, labels=texts, fontsize=FONT_SIZES["values"], **where)
             if stacked:
                 base = base + values
+        top = base.max() if stacked else largest
         if horizontal:
             axes.set_yticks(positions, labels)
             axes.invert_yaxis()
+            axes.set_xlim(0, top * (1.02 if stacked else 1.2))
         else:
             axes.set_xticks(positions, labels)
-    axes.set_xlabel(_unit_label(block)) if horizontal else axes.set_ylabel(_unit_label(block))
+            axes.set_ylim(0, top * (1.02 if stacked else 1.15))
+    _hide_value_axis(axes, horizontal)
+    if block["unit"]:
+        (axes.set_xlabel if horizontal else axes.set_ylabel)(_unit_label(block), fontsize=FONT_SIZES["legend"])
     if block["legend"]:
-        axes.legend(loc="best", fontsize=9)
-    axes.grid(axis="x" if horizontal else "y", alpha=0.3)
+        _legend(axes)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
 
 
 def _draw_pie(axes, block: dict):
     pairs = _series(block)[0][1]
-    axes.pie(
+    texts = [f"{_shown(value)}{block['unit']}" for _, value in pairs]
+    wedges, _ = axes.pie(
         [_numeric(value) for _, value in pairs],
-        labels=[label for label, _ in pairs],
-        autopct="%1.0f%%",
+        labels=texts,
+        labeldistance=0.62,
         startangle=90,
         counterclock=False,
+        textprops={"fontsize": FONT_SIZES["values"], "color": "white"},
     )
+    _legend(axes, wedges, [label for label, _ in pairs])
     axes.axis("equal")
 
 
 def _draw_mix(axes, blocks: list[dict]):
+    import numpy
+
     bar_name, bar_pairs = _series(blocks[0])[0]
     line_name, line_pairs = _series(blocks[1])[0]
     labels = [label for label, _ in bar_pairs]
-    axes.bar(labels, [_numeric(value) for _, value in bar_pairs], color="#4C72B0", label=bar_name)
-    axes.set_ylabel(_unit_label(blocks[0]))
+    positions = numpy.arange(len(labels))
+    bar_values = [_numeric(value) for _, value in bar_pairs]
+    line_values = [_numeric(value) for _, value in line_pairs]
+    bars = axes.bar(positions, bar_values, width=0.6, color="#4C72B0", label=bar_name)
+    axes.bar_label(bars, labels=[_shown(value) for _, value in bar_pairs], padding=2, fontsize=FONT_SIZES["values"])
+    axes.set_xticks(positions, labels)
+    # The bars stay in the lower half and the line runs above them, so their printed values never meet.
+    axes.set_ylim(0, max(bar_values) * 2.3)
     twin = axes.twinx()
-    twin.plot(labels, [_numeric(value) for _, value in line_pairs], color="#DD8452", marker="o", label=line_name)
-    twin.set_ylabel(_unit_label(blocks[1]))
-    handles = axes.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    axes.legend(handles, [bar_name, line_name], loc="upper left", fontsize=9)
+    (line,) = twin.plot(positions, line_values, color="#DD8452", marker="o", linewidth=2.5, label=line_name)
+    for x, (_, value) in zip(positions, line_pairs):
+        _print_value(twin, value, (x, _numeric(value)), 7, color="#A0522D")
+    twin.set_ylim(-1.6 * max(line_values), max(line_values) * 1.25)
+    for twin_axes in (axes, twin):
+        _hide_value_axis(twin_axes, horizontal=False)
+        twin_axes.spines["top"].set_visible(False)
+    _legend(axes, [bars, line], [bar_name, line_name])
 
 
 def _draw_radial(figure, block: dict):
@@ -425,13 +524,19 @@ def _draw_radial(figure, block: dict):
     labels = [label for label, _ in series[0][1]]
     angles = numpy.linspace(0, 2 * numpy.pi, len(labels), endpoint=False).tolist()
     axes = figure.add_subplot(1, 1, 1, polar=True)
+    largest = max(_numeric(value) for _, pairs in series for _, value in pairs)
     for name, pairs in series:
         values = [_numeric(value) for _, value in pairs]
-        axes.plot([*angles, angles[0]], [*values, values[0]], marker="o", label=name or None)
+        (line,) = axes.plot([*angles, angles[0]], [*values, values[0]], marker="o", linewidth=2, label=name or None)
         axes.fill([*angles, angles[0]], [*values, values[0]], alpha=0.15)
+        for angle, (_, value) in zip(angles, pairs):
+            _print_value(axes, value, (angle, _numeric(value)), 6, color=line.get_color())
     axes.set_xticks(angles, labels)
+    axes.set_ylim(0, largest * 1.15)
+    axes.set_yticklabels([])
     if block["legend"]:
-        axes.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=9)
+        # In the figure's corner: above the polar plot it would cover the top category's label.
+        figure.legend(loc="upper right", fontsize=FONT_SIZES["legend"], frameon=False)
 
 
 def _write_chart(job: tuple[str, int, int, float, int]) -> tuple[str, str]:
@@ -560,4 +665,4 @@ def generate(
                 qa_file.write(qa + "\n")
 
 
-__all__ = ["SynthChart", "chart_split", "generate", "make_chart", "render_chart"]
+__all__ = ["CHART_SIZE", "SynthChart", "chart_split", "described_chart_type", "generate", "make_chart", "render_chart"]

@@ -1,19 +1,25 @@
 """
 The whole life of a ChartWiz model on one CPU machine, offline: synthetic AI-Hub charts, their datasets, a tiny
-model whose tokenizer is trained on them, both training stages with the `recipes/chartwiz-tiny` recipes, evaluation
-on the held-out test split, and one question answered. Each step prints the command a user would type.
+language model whose tokenizer is trained on them, composed with the tiny pretrained DePlot encoder shipped in
+`examples/tiny-deplot`, both training stages of the real recipes with the `recipes/chartwiz-tiny` recipes (stage 1
+the projector, stage 2 the projector and the language model, the encoder frozen), evaluation on the held-out test
+split, and one question answered. Each step prints the command a user would type.
 
 ```bash
 make quickstart                                     # sets up .venv, then runs this script
 python examples/quickstart.py --out outputs         # the same, in an environment that has chartwiz installed
 ```
 
-The table at the end compares, on the test split, the untrained model, the trained model, and the trained model
-shown blank white charts (an image ablation: what it scores from the questions and its language prior alone).
+The table at the end compares, on the test split, the untrained model, the trained model, and the trained model in
+two image ablations: shown blank white charts (what it scores from the questions and its language prior alone) and
+shown the chart of another test row (what any chart gives, without this one). A second table breaks the scores
+down by chart type; both are written to `OUT/reports/quickstart.md`.
 
-An interrupted quickstart continues where it stopped when the same command is run again: finished steps are skipped,
-a training stage resumes from its last checkpoint and an evaluation from its last answered batch; a finished step whose
-output folder changed since runs again, and so do the steps after it. Other settings, or `--restart`, start over.
+Every step is seeded and runs on `--threads` torch threads, so the same command on the same machine prints the same
+table. An interrupted quickstart continues where it stopped when the same command is run again: finished steps are
+skipped, a training stage resumes from its last checkpoint and an evaluation from its last answered batch; a finished
+step whose output folder changed since runs again, and so do the steps after it. Other settings, or `--restart`,
+start over.
 """
 
 import argparse
@@ -26,16 +32,31 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(REPO, "recipes", "chartwiz-tiny")
-COMPARED = (("table", "rms_f1"), ("table", "rms_units_f1"), ("qa", "relaxed_accuracy"), ("description", "rouge_l"))
+TINY_DEPLOT = os.path.join(REPO, "examples", "tiny-deplot")
+COMPARED = (
+    ("table", "rms_f1"),
+    ("table", "rms_units_f1"),
+    ("qa", "relaxed_accuracy"),
+    ("description", "chart_type_named"),
+    ("description", "rouge_l"),
+)
+# The two image ablations beside the trained model, as `chartwiz evaluate` flags.
+ABLATIONS = {"blank charts": "--blank-images", "shuffled charts": "--shuffle-images"}
+BY_CHART_TYPE = (("table", "rms_f1"), ("qa", "relaxed_accuracy"), ("description", "chart_type_named"))
 QUESTION = "이 차트를 테이블 정보로 변경해줘."
 PROGRESS_FILE = "quickstart.json"
+STEPS = 11
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs", help="folder for everything the quickstart makes")
     parser.add_argument("--charts", type=int, default=2000, help="synthetic charts (a twentieth go to the test split)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the charts, the model and the training")
+    parser.add_argument("--vision", default=TINY_DEPLOT, help="the Pix2Struct / DePlot encoder to compose with")
+    parser.add_argument("--max-patches", type=int, default=256, help="patches (= image tokens) per chart")
     parser.add_argument("--num-proc", type=int, default=2, help="processes for rendering and building")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every step (results depend on it)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap both stages at this many steps (smoke runs)")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit in evaluation")
     parser.add_argument("--restart", action="store_true", help="start over instead of continuing an earlier run")
@@ -49,8 +70,11 @@ class Progress:
     step whose output (`outputs`: step -> folder) is no longer as it left it runs again, and so do the steps after it.
     """
 
-    def __init__(self, out: str, settings: dict, restart: bool = False, outputs: dict | None = None):
+    def __init__(
+        self, out: str, settings: dict, restart: bool = False, outputs: dict | None = None, env: dict | None = None
+    ):
         self.path, self.settings, self.started, self.done = os.path.join(out, PROGRESS_FILE), settings, [], []
+        self.env = env
         self.timings: list[tuple[str, float]] = []
         self.outputs, self.fingerprints = dict(outputs or {}), {}
         earlier = self._read()
@@ -108,7 +132,7 @@ class Progress:
             self._write()
         start = time.perf_counter()
         try:
-            subprocess.run(command, check=True, cwd=REPO)
+            subprocess.run(command, check=True, cwd=REPO, env=self.env)
         except subprocess.CalledProcessError as error:
             print(
                 f"quickstart: error: step {step} failed (exit status {error.returncode}), see its output above. "
@@ -130,7 +154,7 @@ def chartwiz(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "chartwiz_hf.cli", *arguments]
 
 
-def recipe(stage: str, model: str, dataset: str, output_dir: str, max_steps, overwrite: bool) -> list[str]:
+def recipe(stage: str, model: str, dataset: str, output_dir: str, seed: int, max_steps, overwrite: bool) -> list[str]:
     command = [
         sys.executable,
         os.path.join("recipes", "sft_chartwiz.py"),
@@ -142,15 +166,47 @@ def recipe(stage: str, model: str, dataset: str, output_dir: str, max_steps, ove
         dataset,
         "--output_dir",
         output_dir,
+        "--seed",
+        str(seed),
     ]
     # A continued quickstart resumes the stage from its last checkpoint; a new one starts it over.
     command += [] if not overwrite else ["--overwrite_output_dir"]
     return command + (["--max_steps", str(max_steps)] if max_steps else [])
 
 
+def chart_type_named(report_dir: str) -> dict:
+    """
+    For the description rows of a report's predictions: how many name the chart type their reference names, in
+    percent, over all and by chart type (`{"all": {"chart_type_named": p, "n": n}, "<type>": {...}}`).
+    """
+    from dataset_builder.synth import described_chart_type
+
+    counts: dict[str, list[int]] = {}
+    with open(os.path.join(report_dir, "predictions.jsonl"), encoding="utf-8") as file:
+        for line in file:
+            row = json.loads(line)
+            if row["task"] != "description":
+                continue
+            named = described_chart_type(row["prediction"]) == described_chart_type(row["reference"])
+            for group in ("all", row["chart_type"]):
+                counts.setdefault(group, [0, 0])
+                counts[group][0] += named
+                counts[group][1] += 1
+    return {group: {"chart_type_named": 100 * right / n, "n": n} for group, (right, n) in counts.items()}
+
+
 def read_metrics(report_dir: str) -> dict:
+    """The report's scores by task and by chart type, with how often descriptions name the right chart type."""
     with open(os.path.join(report_dir, "metrics.json"), encoding="utf-8") as file:
-        return json.load(file)["by_task"]
+        metrics = json.load(file)
+    by_task, by_chart_type = metrics["by_task"], metrics["by_chart_type"]
+    named = chart_type_named(report_dir)
+    if "description" in by_task:
+        by_task["description"]["chart_type_named"] = named["all"]["chart_type_named"]
+        for chart_type, scores in by_chart_type.items():
+            if "description" in scores:
+                scores["description"]["chart_type_named"] = named[chart_type]["chart_type_named"]
+    return {"by_task": by_task, "by_chart_type": by_chart_type}
 
 
 def comparison_table(reports: dict[str, dict]) -> str:
@@ -158,8 +214,27 @@ def comparison_table(reports: dict[str, dict]) -> str:
     header = "| model | " + " | ".join(f"{metric} ({task})" for task, metric in COMPARED) + " |"
     lines = [header, "| --- |" + " ---: |" * len(COMPARED)]
     for name, metrics in reports.items():
-        cells = [f"{metrics[task][metric]:.1f}" if task in metrics else "n/a" for task, metric in COMPARED]
+        by_task = metrics["by_task"]
+        cells = [f"{by_task[task][metric]:.1f}" if task in by_task else "n/a" for task, metric in COMPARED]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart_type_table(reports: dict[str, dict], models: tuple[str, ...]) -> str:
+    """A Markdown table, one row per chart type, of the main metric of each task for `models` side by side."""
+    shown = " / ".join(models)
+    lines = [
+        "| chart type | " + " | ".join(f"{metric} ({task}): {shown}" for task, metric in BY_CHART_TYPE) + " |",
+        "| --- |" + " ---: |" * len(BY_CHART_TYPE),
+    ]
+    for chart_type in reports[models[0]]["by_chart_type"]:
+        cells = []
+        for task, metric in BY_CHART_TYPE:
+            values = [
+                reports[model]["by_chart_type"].get(chart_type, {}).get(task, {}).get(metric) for model in models
+            ]
+            cells.append(" / ".join("n/a" if value is None else f"{value:.1f}" for value in values))
+        lines.append(f"| {chart_type} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -177,23 +252,46 @@ def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = os.path.abspath(args.out)
     synth, charts, reports = (os.path.join(out, name) for name in ("synth", "charts", "reports"))
+    language_model = os.path.join(out, "tiny-lm")
     base, stage1, stage2 = (os.path.join(out, f"chartwiz-tiny{suffix}") for suffix in ("", "-pretrain", "-finetune"))
     started = time.perf_counter()
     procs = str(args.num_proc)
-    settings = {"charts": args.charts, "max_steps": args.max_steps, "max_new_tokens": args.max_new_tokens}
-    evaluations = (os.path.join(reports, name) for name in ("untrained", "trained", "blank-charts"))
-    steps = [synth, charts, base, stage1, stage2, *evaluations]
-    outputs = {f"{number}/9": folder for number, folder in enumerate(steps, start=1)}
-    progress = Progress(out, settings, restart=args.restart, outputs=outputs)
+    settings = {
+        "charts": args.charts,
+        "seed": args.seed,
+        "vision": os.path.abspath(args.vision) if os.path.isdir(args.vision) else args.vision,
+        "max_patches": args.max_patches,
+        "threads": args.threads,
+        "max_steps": args.max_steps,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    # One thread count for every step: float sums, and so the trained weights, depend on how the work is split.
+    threads = str(args.threads)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    evaluations = [os.path.join(reports, name) for name in ("untrained", "trained", "blank-charts", "shuffled-charts")]
+    steps = [synth, charts, language_model, base, stage1, stage2, *evaluations]
+    outputs = {f"{number}/{STEPS}": folder for number, folder in enumerate(steps, start=1)}
+    progress = Progress(out, settings, restart=args.restart, outputs=outputs, env=env)
+    seed = str(args.seed)
 
     progress.run(
-        "1/9 Synthetic AI-Hub charts (images, annotations, GPT conversations)",
+        f"1/{STEPS} Synthetic AI-Hub charts (images, annotations, GPT conversations)",
         chartwiz(
-            "synth", synth, "--n", str(args.charts), "--test-fraction", "0.05", "--num-proc", procs, "--overwrite"
+            "synth",
+            synth,
+            "--n",
+            str(args.charts),
+            "--seed",
+            seed,
+            "--test-fraction",
+            "0.05",
+            "--num-proc",
+            procs,
+            "--overwrite",
         ),
     )
     progress.run(
-        "2/9 Datasets: pretrain, finetune, gpt and all, as Parquet with a card",
+        f"2/{STEPS} Datasets: pretrain, finetune, gpt and all, as Parquet with a card",
         chartwiz(
             "data",
             "build",
@@ -208,40 +306,63 @@ def main(argv=None) -> dict:
         ),
     )
     progress.run(
-        "3/9 A tiny ChartWiz whose tokenizer learns the datasets' language",
+        f"3/{STEPS} A tiny language model whose tokenizer learns the datasets' language",
         chartwiz(
             "init-tiny",
-            base,
+            language_model,
+            "--language-model-only",
             "--corpus",
             charts,
             "--vocab-size",
             "1000",
             "--hidden-size",
             "128",
-            "--max-patches",
-            "128",
+            "--seed",
+            seed,
             "--overwrite",
         ),
     )
     progress.run(
-        "4/9 Stage 1: chart -> table (the tiny recipe trains the encoder too: no pretrained DePlot offline)",
-        recipe("pretrain", base, charts, stage1, args.max_steps, overwrite=progress.is_new("4/9")),
+        f"4/{STEPS} ChartWiz from the tiny pretrained DePlot encoder, the language model and a new projector",
+        chartwiz(
+            "compose",
+            "--vision",
+            args.vision,
+            "--text",
+            language_model,
+            "--out",
+            base,
+            "--max-patches",
+            str(args.max_patches),
+            "--seed",
+            seed,
+            "--overwrite",
+        ),
     )
     progress.run(
-        "5/9 Stage 2: tables, descriptions, summaries and question answering",
-        recipe("finetune", stage1, charts, stage2, args.max_steps, overwrite=progress.is_new("5/9")),
+        f"5/{STEPS} Stage 1: chart -> table, the projector alone (encoder and language model frozen)",
+        recipe("pretrain", base, charts, stage1, args.seed, args.max_steps, overwrite=progress.is_new(f"5/{STEPS}")),
+    )
+    progress.run(
+        f"6/{STEPS} Stage 2: tables, descriptions, summaries and question answering (projector and language model)",
+        recipe("finetune", stage1, charts, stage2, args.seed, args.max_steps, overwrite=progress.is_new(f"6/{STEPS}")),
     )
     evaluated = {
         "untrained": (base, [], "the untrained model"),
         "trained": (stage2, [], "the trained model"),
-        "blank charts": (stage2, ["--blank-images"], "the trained model shown blank white charts"),
+        "blank charts": (stage2, [ABLATIONS["blank charts"]], "the trained model shown blank white charts"),
+        "shuffled charts": (
+            stage2,
+            [ABLATIONS["shuffled charts"]],
+            "the trained model shown the chart of another test row",
+        ),
     }
-    for number, (name, (model, extra, what)) in enumerate(evaluated.items(), start=6):
+    for number, (name, (model, extra, what)) in enumerate(evaluated.items(), start=7):
         report_dir = os.path.join(reports, name.replace(" ", "-"))
         # An evaluation resumes from the answers in its folder that still hold; a new one starts over there.
-        extra = [*extra, "--restart"] if progress.is_new(f"{number}/9") else extra
+        extra = [*extra, "--restart"] if progress.is_new(f"{number}/{STEPS}") else extra
         progress.run(
-            f"{number}/9 Evaluation of {what} on the test split",
+            f"{number}/{STEPS} Evaluation of {what} on the test split",
             chartwiz(
                 "evaluate",
                 "--model",
@@ -260,16 +381,28 @@ def main(argv=None) -> dict:
             ),
         )
     image, reference = first_test_table_row(charts)
-    progress.run("9/9 One question about one test chart", chartwiz("ask", "--model", stage2, image, QUESTION))
+    progress.run(
+        f"{STEPS}/{STEPS} One question about one test chart", chartwiz("ask", "--model", stage2, image, QUESTION)
+    )
     print(f"\nReference answer:\n{reference}")
 
     results = {name: read_metrics(os.path.join(reports, name.replace(" ", "-"))) for name in evaluated}
-    print("\n" + comparison_table(results))
-    print("\n| step | seconds |\n| --- | ---: |")
-    for title, seconds in progress.timings:
-        print(f"| {title.split(' ', 1)[0]} {title.split(' ', 1)[1][:60]} | {seconds:.0f} |")
+    summary = comparison_table(results)
+    by_type = chart_type_table(results, ("trained", *ABLATIONS))
+    steps = "\n".join(
+        ["| step | seconds |", "| --- | ---: |"]
+        + [
+            f"| {title.split(' ', 1)[0]} {title.split(' ', 1)[1][:60]} | {seconds:.0f} |"
+            for title, seconds in progress.timings
+        ]
+    )
+    print(f"\n{summary}\n\nBy chart type (percent):\n\n{by_type}\n\n{steps}")
     total = time.perf_counter() - started
-    print(f"\nTotal: {total / 60:.1f} minutes. Reports: {reports}")
+    with open(os.path.join(reports, "quickstart.md"), "w", encoding="utf-8") as file:
+        file.write(
+            f"# Quickstart\n\n{summary}\n\n## By chart type\n\n{by_type}\n\n## Steps of the last run\n\n{steps}\n"
+        )
+    print(f"\nTotal: {total / 60:.1f} minutes. Reports: {reports} (summary in {reports}/quickstart.md)")
     return {"metrics": results, "timings": progress.timings, "seconds": total}
 
 

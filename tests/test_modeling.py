@@ -479,3 +479,81 @@ def test_ready_made_mask_only_where_transformers_builds_masks_with_vmap(monkeypa
     config._attn_implementation = "sdpa"
     padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
     assert (modeling.expanded_attention_mask(padded, config, None, 3) is padded) is not vmaps
+
+
+@torch.no_grad()
+def test_get_image_features_returns_the_projected_features_as_pooler_output(tiny, charts):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model, processor = tiny
+    pixels = processor.image_processor(charts, return_tensors="pt")
+    features = model.get_image_features(pixels["pixel_values"], pixels["pixel_attention_mask"])
+    output = model.get_image_features(pixels["pixel_values"], pixels["pixel_attention_mask"], return_dict=True)
+    assert isinstance(output, BaseModelOutputWithPooling)
+    # One entry per image, what the model writes at that image's <image> tokens.
+    hidden_size = model.config.text_config.hidden_size
+    assert output.pooler_output.shape == (len(charts), processor.image_seq_length, hidden_size)
+    assert torch.equal(output.pooler_output, features)
+    encoder = model.model.vision_tower(
+        flattened_patches=pixels["pixel_values"], attention_mask=pixels["pixel_attention_mask"]
+    )
+    assert torch.equal(output.last_hidden_state, encoder.last_hidden_state)
+
+
+def packed_attention(module, query, key, value, attention_mask, **kwargs):
+    """
+    A stand-in for vLLM's attention (registered under its name): every sequence of the row is one request, attended
+    causally, whatever the mask and the context length say.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+
+
+@torch.no_grad()
+def test_checks_for_one_sequence_per_row_are_off_under_vllms_attention(tiny_dir, tiny):
+    from transformers import AttentionInterface
+
+    from chartwiz_hf.modeling_chartwiz import PACKED_ATTENTION
+
+    model, processor = tiny
+    context = model.config.text_config.max_position_embeddings
+    image_embedding = model.get_input_embeddings()(torch.tensor([[processor.image_token_id]]))
+    # One row as vLLM packs it: more tokens than the context, and an <image> the model generated, no pixels.
+    text_ids = 3 + torch.arange(context + 8)[None] % 40  # past the special tokens
+    packed_row = torch.cat([model.get_input_embeddings()(text_ids), image_embedding], 1)
+    with pytest.raises(ValueError, match="longer than"):
+        model(inputs_embeds=packed_row)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(inputs_embeds=image_embedding)
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    served = ChartWizForConditionalGeneration.from_pretrained(tiny_dir, attn_implementation=PACKED_ATTENTION).eval()
+    assert served.config.text_config._attn_implementation == PACKED_ATTENTION
+    logits = served(inputs_embeds=packed_row).logits
+    assert logits.shape[1] == context + 9 and torch.isfinite(logits).all()
+    # The same numbers as the model attending over the row itself, cut to the context.
+    expected = model(inputs_embeds=packed_row[:, :context]).logits
+    torch.testing.assert_close(logits[:, :context], expected)
+
+
+@torch.no_grad()
+def test_the_image_placeholder_is_never_generated(tiny_dir, tiny, charts):
+    from chartwiz_hf.inference import prepare_inputs
+
+    model, processor = tiny
+    assert model.generation_config.suppress_tokens == [processor.image_token_id]
+    # A head that scores <image> above everything: unsuppressed, the first new token is it.
+    model.lm_head.weight[processor.image_token_id] = 100 * model.lm_head.weight.abs().max()
+    inputs = prepare_inputs(processor, charts[:1], ["값?"])
+    unsuppressed = model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=[])
+    assert unsuppressed[0, inputs["input_ids"].shape[1]].item() == processor.image_token_id
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert processor.image_token_id not in generated[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_init_tiny_attention_heads_are_a_size_vllms_cpu_attention_takes(tiny):
+    model, _ = tiny
+    text_config = model.config.text_config
+    assert text_config.hidden_size // text_config.num_attention_heads == 32
+    assert text_config.num_key_value_heads < text_config.num_attention_heads  # grouped-query attention stays tested

@@ -302,3 +302,42 @@ def test_questions_that_cannot_be_asked_get_a_clear_message(tiny, question, mess
     _, processor = tiny
     with pytest.raises(ValueError, match=message):
         prepare_inputs(processor, [draw_chart()], [question])
+
+
+def test_text_replacement_offsets_locate_each_image_in_the_expanded_text(tiny, charts):
+    _, processor = tiny
+    texts = ["USER: <image>\n값? ASSISTANT:", "<image> 둘 <image> 비교"]
+    inputs = processor(
+        images=[[charts[0]], charts[1:3]],
+        text=texts,
+        return_text_replacement_offsets=True,
+        padding=True,
+        return_tensors="pt",
+    )
+    offsets = inputs["text_replacement_offsets"]
+    assert [len(entries) for entries in offsets] == [1, 2]
+    expanded = processor._expand_image_tokens(texts, processor.image_seq_length)[0]
+    for text, wide, entries in zip(texts, expanded, offsets):
+        for entry in entries:
+            assert entry["type"] == "image" and entry["text"] == processor.image_token
+            assert text[slice(*entry["span"])] == processor.image_token
+            assert wide[slice(*entry["new_span"])] == entry["replacement"]
+            ids = processor.tokenizer(entry["replacement"], add_special_tokens=False)["input_ids"]
+            assert ids == [processor.image_token_id] * processor.image_seq_length
+    # The expanded text is what the ids are: the replacements account for every image token.
+    image_tokens = (inputs["input_ids"] == processor.image_token_id).sum(-1).tolist()
+    assert image_tokens == [len(entries) * processor.image_seq_length for entries in offsets]
+    assert "text_replacement_offsets" not in processor(images=charts[0], text=texts[0])
+
+
+@pytest.mark.skipif(
+    not hasattr(transformers.ProcessorMixin, "get_text_with_replacements"),
+    reason="transformers 4.57 has no get_text_with_replacements; "
+    "test_text_replacement_offsets_locate_each_image_in_the_expanded_text runs on both majors",
+)
+def test_text_replacement_offsets_are_those_transformers_5_writes(tiny):
+    _, processor = tiny
+    texts = ["USER: <image>\n값?", "<image> 둘 <image>", "그림 없음"]
+    replacement = processor.image_token * processor.image_seq_length
+    expected = processor.get_text_with_replacements(list(texts), [replacement] * 3)
+    assert processor._expand_image_tokens(texts, processor.image_seq_length) == expected

@@ -6,7 +6,9 @@ import os
 import sys
 
 import pytest
+import torch
 from datasets import load_dataset
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from chartwiz_hf.cli import main as chartwiz
@@ -34,29 +36,35 @@ def quickstart(tmp_path_factory):
 
 def test_every_step_runs_and_each_model_is_scored_on_the_whole_test_split(quickstart, capsys):
     out, result = quickstart
-    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/9" for n in range(1, 10)]
+    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/11" for n in range(1, 12)]
     test_rows = load_dataset(os.path.join(out, "charts"), "all", split="test")
     expected = {}
     for task in test_rows["task"]:
         expected[task] = expected.get(task, 0) + 1
-    for name in ("untrained", "trained", "blank-charts"):
+    for name in ("untrained", "trained", "blank-charts", "shuffled-charts"):
         with open(os.path.join(out, "reports", name, "metrics.json"), encoding="utf-8") as file:
             by_task = json.load(file)["by_task"]
         assert {task: scores["n"] for task, scores in by_task.items()} == expected, name
         assert os.path.isfile(os.path.join(out, "reports", name, "report.md"))
-    assert set(result["metrics"]) == {"untrained", "trained", "blank charts"}
+    assert set(result["metrics"]) == {"untrained", "trained", "blank charts", "shuffled charts"}
 
 
-def test_the_table_compares_the_three_models_on_the_four_metrics(quickstart):
-    _, result = quickstart
+def test_the_table_compares_the_four_models_and_the_chart_types(quickstart):
+    out, result = quickstart
     table = load_quickstart().comparison_table(result["metrics"]).splitlines()
     assert table[0] == (
-        "| model | rms_f1 (table) | rms_units_f1 (table) | relaxed_accuracy (qa) | rouge_l (description) |"
+        "| model | rms_f1 (table) | rms_units_f1 (table) | relaxed_accuracy (qa) | chart_type_named (description) "
+        "| rouge_l (description) |"
     )
     rows = {line.split(" | ")[0].strip("| "): line for line in table[2:]}
-    assert set(rows) == {"untrained", "trained", "blank charts"}
-    trained = result["metrics"]["trained"]
+    assert set(rows) == {"untrained", "trained", "blank charts", "shuffled charts"}
+    trained = result["metrics"]["trained"]["by_task"]
     assert f"{trained['qa']['relaxed_accuracy']:.1f}" in rows["trained"]
+    summary = open(os.path.join(out, "reports", "quickstart.md"), encoding="utf-8").read()
+    assert "\n".join(table) in summary and "## By chart type" in summary
+    section = summary.split("## By chart type")[1].strip().split("\n\n")
+    by_type = next(block for block in section if block.startswith("| ")).splitlines()
+    assert len(by_type) == 2 + 10, "a header, a rule and one line per chart type"
 
 
 def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_class(quickstart):
@@ -65,12 +73,18 @@ def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_clas
         with open(os.path.join(out, f"chartwiz-tiny-{stage}", "train_results.json"), encoding="utf-8") as file:
             assert json.load(file)["train_loss"] > 0
     model = AutoModelForImageTextToText.from_pretrained(os.path.join(out, "chartwiz-tiny-finetune"))
-    assert model.config.text_config.hidden_size == 128 and model.config.vision_config.hidden_size == 64
+    text = model.config.text_config
+    assert text.hidden_size == 128 and text.head_dim == 32, "heads of 32, as vLLM's CPU attention takes"
+    # The encoder is the shipped tiny DePlot, frozen in both stages: its weights are the shipped ones.
+    shipped = load_file(os.path.join(REPO, "examples", "tiny-deplot", "model.safetensors"))
+    encoder = model.model.vision_tower.state_dict()
+    assert {f"encoder.{key}" for key in encoder} <= set(shipped)
+    assert all(torch.equal(tensor, shipped[f"encoder.{key}"].to(tensor.dtype)) for key, tensor in encoder.items())
 
 
 def test_the_tokenizer_learns_the_datasets_language(quickstart):
     out, _ = quickstart
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "chartwiz-tiny"))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "tiny-lm"))
     assert len(tokenizer) > 900  # 1000 asked; BPE stops early only when the corpus runs out of merges
     built_in = build_tiny_tokenizer(vocab_size=len(tokenizer))
     test_texts = list(dataset_corpus(os.path.join(out, "charts"), split="test"))
@@ -87,7 +101,7 @@ def test_init_tiny_refuses_a_folder_that_is_not_a_built_dataset(tmp_path, capsys
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--corpus", str(tmp_path)]) == 2
     assert "chartwiz init-tiny: error:" in capsys.readouterr().err
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--hidden-size", "60"]) == 2
-    assert "hidden_size must be a multiple of 8, got 60" in capsys.readouterr().err
+    assert "hidden_size must be a multiple of 32 (the width of an attention head), got 60" in capsys.readouterr().err
     assert chartwiz(["init-tiny", str(tmp_path / "model"), "--vocab-size", "100"]) == 2
     assert "vocab_size must be at least 259 (the 256 bytes and 3 special tokens), got 100" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
@@ -97,20 +111,20 @@ def test_progress_is_kept_per_settings_and_a_failed_step_stays_unfinished(tmp_pa
     quickstart = load_quickstart()
     settings = {"charts": 40, "max_steps": 2, "max_new_tokens": 8}
     progress = quickstart.Progress(str(tmp_path), settings)
-    progress.run("1/9 Works", [sys.executable, "-c", "print('ok')"])
+    progress.run("1/11 Works", [sys.executable, "-c", "print('ok')"])
     with pytest.raises(SystemExit) as failure:
-        progress.run("2/9 Fails", [sys.executable, "-c", "raise SystemExit(3)"])
+        progress.run("2/11 Fails", [sys.executable, "-c", "raise SystemExit(3)"])
     assert failure.value.code == 3
-    assert "quickstart: error: step 2/9 failed (exit status 3)" in capsys.readouterr().err
+    assert "quickstart: error: step 2/11 failed (exit status 3)" in capsys.readouterr().err
 
     again = quickstart.Progress(str(tmp_path), settings)
-    assert again.done == ["1/9"] and not again.is_new("2/9") and again.is_new("3/9")
-    again.run("1/9 Works", [sys.executable, "-c", "raise SystemExit(5)"])  # finished before: not run again
+    assert again.done == ["1/11"] and not again.is_new("2/11") and again.is_new("3/11")
+    again.run("1/11 Works", [sys.executable, "-c", "raise SystemExit(5)"])  # finished before: not run again
     assert again.timings == []
     other_settings = quickstart.Progress(str(tmp_path), {**settings, "charts": 41})
-    assert other_settings.done == [] and other_settings.is_new("1/9") and other_settings.is_new("2/9")
+    assert other_settings.done == [] and other_settings.is_new("1/11") and other_settings.is_new("2/11")
     restarted = quickstart.Progress(str(tmp_path), settings, restart=True)
-    assert restarted.done == [] and restarted.is_new("2/9")
+    assert restarted.done == [] and restarted.is_new("2/11")
 
 
 def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quickstart):
@@ -118,9 +132,9 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
     progress_file = os.path.join(out, "quickstart.json")
     with open(progress_file, encoding="utf-8") as file:
         state = json.load(file)
-    assert state["done"] == [f"{n}/9" for n in range(1, 10)]
-    # As if killed during the evaluation of blank charts: it started, it did not finish.
-    state["done"] = state["done"][:7]
+    assert state["done"] == [f"{n}/11" for n in range(1, 12)]
+    # As if killed during the evaluation of shuffled charts: it started, it did not finish.
+    state["done"] = state["done"][:9]
     with open(progress_file, "w", encoding="utf-8") as file:
         json.dump(state, file)
     trained = os.path.join(out, "chartwiz-tiny-finetune", "model.safetensors")
@@ -128,10 +142,24 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
 
     arguments = ["--out", out, "--charts", str(CHARTS), "--num-proc", "1", "--max-steps", "2"]
     second = load_quickstart().main([*arguments, "--max-new-tokens", "8"])
-    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["8/9", "9/9"]
+    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["10/11", "11/11"]
     assert os.stat(trained).st_mtime_ns == stamp, "the trained model was not trained again"
     # The resumed evaluation answered nothing twice: the same rows, the same scores.
     assert second["metrics"] == first["metrics"]
+
+
+def test_the_same_command_in_another_folder_prints_the_same_table(quickstart, tmp_path):
+    out, first = quickstart
+    arguments = ["--out", str(tmp_path / "again"), "--charts", str(CHARTS), "--num-proc", "1", "--max-steps", "2"]
+    second = load_quickstart().main([*arguments, "--max-new-tokens", "8"])
+    # Seeded charts, splits, initialization, data order and one torch thread count: the same weights, the same answers.
+    for name in ("chartwiz-tiny", "chartwiz-tiny-finetune"):
+        weights = load_file(os.path.join(out, name, "model.safetensors"))
+        again = load_file(str(tmp_path / "again" / name / "model.safetensors"))
+        assert weights.keys() == again.keys() and all(torch.equal(weights[key], again[key]) for key in weights), name
+    assert second["metrics"] == first["metrics"]
+    table = load_quickstart().comparison_table
+    assert table(second["metrics"]) == table(first["metrics"])
 
 
 def test_a_finished_step_whose_output_changed_runs_again_with_the_steps_after_it(tmp_path, capsys):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dataset_builder.aihub import CHART_TYPE_FOLDERS, table_text
-from dataset_builder.synth import generate, make_chart
+from dataset_builder.synth import CHART_SIZE, described_chart_type, generate, make_chart
 
 
 def tree_digest(root: str) -> str:
@@ -43,7 +43,8 @@ def test_every_chart_type_in_both_splits_with_the_contract_schema(tmp_path):
             image = Image.open(
                 os.path.join(root, split, "img_data", f"img_{folder}", annotation["image"][0]["filename"])
             )
-            assert image.format == "JPEG" and image.size == (800, 600)
+            assert image.format == "JPEG" and image.size == CHART_SIZE
+            assert [annotation["image"][0][key] for key in ("width", "height")] == list(CHART_SIZE)
 
 
 def test_schema_variety_and_tables_agree_with_the_contract():
@@ -70,6 +71,23 @@ def test_schema_variety_and_tables_agree_with_the_contract():
     assert any(isinstance(v, int) for v in values)
     for chart in charts:
         assert table_text(chart.annotation) == chart.expected_table, chart.stem
+
+
+def test_charts_stay_small_enough_to_print_every_value_legibly():
+    charts = [make_chart(index, seed=5, test_fraction=0.1) for index in range(300)]
+    for chart in charts:
+        blocks = chart.annotation["annotations"]
+        rows = [row if isinstance(row, list) else [row] for b in blocks for row in b["data_label"]]
+        categories = blocks[0]["axis_label"]["x_axis"] or blocks[0]["axis_label"]["y_axis"] or blocks[0]["legend"]
+        assert 3 <= len(categories) <= 4, chart.stem
+        assert len(blocks[0]["legend"]) <= (4 if chart.chart_type == "pie" else 2), chart.stem
+        if chart.chart_type.endswith("_100") or chart.chart_type == "pie":
+            # Every segment is wide enough to hold its printed share.
+            assert min(float(value) for row in rows for value in row) >= 8, chart.stem
+        # The description names the type in the words `described_chart_type` reads back.
+        assert described_chart_type(chart.annotation["description"]) == chart.chart_type
+    assert described_chart_type("이 차트는 '지역별 인구'을(를) 나타낸 막대 차트입니다.") is None
+    assert described_chart_type("표를 만들 수 없습니다") is None
 
 
 def test_qa_answers_are_computed_from_the_data():

@@ -16,6 +16,7 @@ def run(args):
         max_patches=args.max_patches,
         chat_template=args.template,
         trust_remote_code=args.trust_remote_code,
+        seed=args.seed,
     )
     print(f"Saved ChartWiz (model + processor) to {args.out}")
 
@@ -30,6 +31,7 @@ def register(subcommands) -> None:
     parser.add_argument("--projector-type", default="mlp2x_gelu", help="linear, identity or mlp{N}x_gelu")
     parser.add_argument("--max-patches", type=int, default=512, help="patches (= image tokens) per image")
     parser.add_argument("--template", default="synatra_mini", choices=CHAT_TEMPLATES, help="chat template")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new projector's initialization")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the LM's own code from the Hub")
     parser.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     parser.set_defaults(func=run, prog=parser.prog)

@@ -40,16 +40,28 @@ def run(args):
 
     if importlib.util.find_spec("streamlit") is None:
         raise ValueError("The demo needs Streamlit: pip install 'chartwiz[demo]'")
-    from ..demo.model import load_demo_model
+    if args.server:
+        if args.adapter:
+            raise ValueError("--adapter goes with --model; a server answers with the model it was started with")
+        if importlib.util.find_spec("openai") is None:
+            raise ValueError("The demo's --server mode needs the openai client: pip install 'chartwiz[demo]'")
+        # The server may start after the page: a server that is not up is a message on the page, per question.
+        os.environ.update(
+            CHARTWIZ_SERVER=args.server,
+            CHARTWIZ_SERVED_MODEL=args.served_model or "",
+            CHARTWIZ_SERVER_TIMEOUT=str(args.server_timeout),
+        )
+    else:
+        from ..demo.model import load_demo_model
 
-    model = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
-    adapter = os.path.abspath(args.adapter) if args.adapter else None
-    # Loaded here, before any server exists: a model that cannot load is the command's error, not the page's. The
-    # page, served by this same process, finds it loaded.
-    load_demo_model(model, adapter)
-    os.environ.update(
-        CHARTWIZ_MODEL=model, CHARTWIZ_ADAPTER=adapter or "", CHARTWIZ_MAX_NEW_TOKENS=str(args.max_new_tokens)
-    )
+        model = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+        adapter = os.path.abspath(args.adapter) if args.adapter else None
+        # Loaded here, before any server exists: a model that cannot load is the command's error, not the page's.
+        # The page, served by this same process, finds it loaded.
+        load_demo_model(model, adapter)
+        os.environ.update(CHARTWIZ_MODEL=model, CHARTWIZ_ADAPTER=adapter or "")
+        os.environ.pop("CHARTWIZ_SERVER", None)
+    os.environ["CHARTWIZ_MAX_NEW_TOKENS"] = str(args.max_new_tokens)
     print(f"ChartWiz demo on http://{args.address}:{args.port} (Ctrl+C stops it)", flush=True)
     from streamlit.web import cli as streamlit_cli
 
@@ -60,7 +72,17 @@ def run(args):
 
 def register(subcommands) -> None:
     parser = subcommands.add_parser("demo", help="serve the web demo: chat about a chart or a PDF report")
-    parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo, loaded in this process")
+    source.add_argument(
+        "--server",
+        metavar="URL",
+        help="an OpenAI-compatible ChartWiz server to ask instead (vLLM's, e.g. http://127.0.0.1:8000/v1)",
+    )
+    parser.add_argument("--served-model", default=None, help="--server: the model name (default: the server's)")
+    parser.add_argument(
+        "--server-timeout", type=float, default=120.0, help="--server: seconds to wait for it (default 120)"
+    )
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--port", type=int, default=8501)
     parser.add_argument(

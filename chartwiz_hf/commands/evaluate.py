@@ -1,5 +1,8 @@
 """`chartwiz evaluate`: answer a built dataset's split and score it, or score a predictions file."""
 
+from .infer import add_engine_arguments
+
+
 # Spelt out here (tests check they match evaluation.CONFIGS and metrics.DEFAULT_BLEU_TOKENIZE) so that building the
 # parser does not import the metric libraries for every other sub-command.
 CONFIGS = ("pretrain", "finetune", "gpt", "all")
@@ -14,6 +17,7 @@ def run(args):
             ("--dataset", args.dataset),
             ("--adapter", args.adapter),
             ("--blank-images", args.blank_images),
+            ("--shuffle-images", args.shuffle_images),
             ("--restart", args.restart),
         )
         given = [flag for flag, value in flags if value]
@@ -38,7 +42,11 @@ def run(args):
             device=args.device,
             bleu_tokenize=args.bleu_tokenize,
             blank_images=args.blank_images,
+            shuffled_images=args.shuffle_images,
             restart=args.restart,
+            engine=args.engine,
+            tensor_parallel_size=args.tensor_parallel_size,
+            data_parallel_size=args.data_parallel_size,
         )
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
@@ -61,14 +69,26 @@ def register(subcommands) -> None:
     parser.add_argument("--config", default="finetune", choices=CONFIGS)
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N rows of the split")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions generated together")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="questions generated together (default 8); --engine vllm: requests in flight (default 256)",
+    )
+    add_engine_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
-    parser.add_argument(
+    ablation = parser.add_mutually_exclusive_group()
+    ablation.add_argument(
         "--blank-images",
         action="store_true",
         help="image ablation: show the model a white image of each chart's size instead of the chart",
+    )
+    ablation.add_argument(
+        "--shuffle-images",
+        action="store_true",
+        help="image ablation: show each row the chart of another row of the split (a seeded cycle of the charts)",
     )
     parser.add_argument(
         "--restart", action="store_true", help="start over in --out instead of resuming the run it holds"

@@ -13,6 +13,40 @@ def _model_name(path: str) -> str:
     return os.path.abspath(path) if os.path.isdir(path) else path
 
 
+def engine_setting(engine: str) -> dict:
+    """
+    The engine as a setting the answers depend on: another engine's answers are not mixed in. The transformers
+    engine is the absence of the setting, as in the files written before there was a choice, which still resume.
+    """
+    return {} if engine == "transformers" else {"engine": engine}
+
+
+def engine_info(args, model) -> dict:
+    """Where the answers were generated, for the settings file (not compared: a resumed run may use other GPUs)."""
+    if args.engine == "transformers":
+        return {"device": str(model.device)}
+    import vllm
+
+    parallel = {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size}
+    return {"engine": args.engine, "vllm": vllm.__version__, **parallel}
+
+
+def add_engine_arguments(parser) -> None:
+    """`--engine` and the vLLM engine's parallelism, for `chartwiz infer` and `chartwiz evaluate`."""
+    parser.add_argument(
+        "--engine",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="generate with transformers (default) or with vLLM (pip install vllm; continuous batching, parallelism)",
+    )
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="--engine vllm: GPUs each model replica is split over"
+    )
+    parser.add_argument(
+        "--data-parallel-size", type=int, default=1, help="--engine vllm: model replicas sharing the questions"
+    )
+
+
 def read_input(args):
     """(questions, image loader, input settings) of `--questions`/`--image-folder` or `--dataset`."""
     from ..batch_inference import DatasetImages, ImageFolder, read_dataset_questions, read_question_file
@@ -92,39 +126,53 @@ def run(args):
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
 
-    from ..batch_inference import load_model_for_inference, output_paths, run_inference, select_chunk
+    from ..batch_inference import load_inference_engine, output_paths, run_inference, select_chunk
     from ..fingerprints import model_fingerprints
 
     questions, loader, input_settings = read_input(args)
     questions = select_chunk(questions, args.num_chunks, args.chunk_idx)
-    model, processor = load_model_for_inference(args.model, args.adapter, args.device, args.dtype)
+    model, processor = load_inference_engine(
+        args.model,
+        args.engine,
+        args.adapter,
+        args.device,
+        args.dtype,
+        args.batch_size,
+        args.tensor_parallel_size,
+        args.data_parallel_size,
+    )
     settings = {
         "model": _model_name(args.model),
         "adapter": _model_name(args.adapter) if args.adapter else None,
         "dtype": str(model.dtype).replace("torch.", ""),
+        **engine_setting(args.engine),
         **input_settings,
         "num_chunks": args.num_chunks,
         "chunk_idx": args.chunk_idx,
     }
     import transformers
 
-    info = {"transformers": transformers.__version__, "batch_size": args.batch_size, "device": str(model.device)}
-    summary = run_inference(
-        model,
-        processor,
-        questions,
-        loader,
-        args.answers,
-        settings,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        context=args.context,
-        background={"auto": None, "on": True, "off": False}[args.background],
-        progress=not args.no_progress,
-        info=info,
-        fingerprints=model_fingerprints(args.model, args.adapter),
-        restart=args.restart,
-    )
+    info = {"transformers": transformers.__version__, "batch_size": args.batch_size, **engine_info(args, model)}
+    try:
+        summary = run_inference(
+            model,
+            processor,
+            questions,
+            loader,
+            args.answers,
+            settings,
+            batch_size=8 if args.batch_size is None else args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            context=args.context,
+            background={"auto": None, "on": True, "off": False}[args.background],
+            progress=not args.no_progress,
+            info=info,
+            fingerprints=model_fingerprints(args.model, args.adapter),
+            restart=args.restart,
+        )
+    finally:
+        if hasattr(model, "close"):
+            model.close()
     errors_path, _ = output_paths(args.answers)
     kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.error_kinds.items()))
     print(
@@ -153,7 +201,13 @@ def register(subcommands) -> None:
     parser.add_argument("--config", default="gpt", help="dataset config (default: gpt)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--answers", help="output JSON Lines file (errors and settings files go beside it)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="questions per batch (default 8); --engine vllm: requests in flight, batched by vLLM (default 256)",
+    )
+    add_engine_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument(
         "--context",

@@ -4,10 +4,19 @@ from . import check_output_dir
 
 
 def run(args):
-    from ..tiny import dataset_corpus, make_tiny_chartwiz
+    from ..tiny import dataset_corpus, make_tiny_chartwiz, make_tiny_language_model
 
     check_output_dir(args.out, args.overwrite)
     corpus = list(dataset_corpus(args.corpus)) if args.corpus else None
+    if args.language_model_only:
+        model, _ = make_tiny_language_model(
+            args.out, seed=args.seed, hidden_size=args.hidden_size, vocab_size=args.vocab_size, corpus=corpus
+        )
+        print(
+            f"Saved a tiny random language model ({model.num_parameters():,} parameters) and its tokenizer to "
+            f"{args.out}; join it with an encoder: chartwiz compose --vision DIR --text {args.out} --out MODEL"
+        )
+        return
     model, _ = make_tiny_chartwiz(
         args.out,
         seed=args.seed,
@@ -24,10 +33,17 @@ def register(subcommands) -> None:
     parser.add_argument("out", help="output directory (new or empty, unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-patches", type=int, default=64, help="patches (= image tokens) per chart")
-    parser.add_argument("--hidden-size", type=int, default=64, help="width of the language model (encoder: half)")
+    parser.add_argument(
+        "--hidden-size", type=int, default=64, help="width of the language model, a multiple of 32 (encoder: half)"
+    )
     parser.add_argument(
         "--corpus", default=None, help="a `chartwiz data build` folder whose train texts the tokenizer learns"
     )
     parser.add_argument("--vocab-size", type=int, default=600, help="tokenizer size")
+    parser.add_argument(
+        "--language-model-only",
+        action="store_true",
+        help="save only the language model (heads of 32) and its tokenizer, a --text for `chartwiz compose`",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into OUT even if it is not empty")
     parser.set_defaults(func=run, prog=parser.prog)

@@ -3,12 +3,15 @@ The ChartWiz web demo: upload a chart or a PDF report, pick a page and crop the 
 
 Start it with `chartwiz demo --model DIR`, which loads the model, then serves this file with Streamlit in the same
 process, the model named in the environment (`CHARTWIZ_MODEL`, `CHARTWIZ_ADAPTER`, `CHARTWIZ_MAX_NEW_TOKENS`) and the
-server options the demo needs; `streamlit run` on this file works too.
+server options the demo needs; `streamlit run` on this file works too. With `chartwiz demo --server URL`
+(`CHARTWIZ_SERVER`, `CHARTWIZ_SERVED_MODEL`, `CHARTWIZ_SERVER_TIMEOUT`) the answers come from an OpenAI-compatible
+ChartWiz server such as vLLM's, which many pages share, and no model is loaded here.
 
 Everything a user types and everything the model says is shown with `st.text` (no Markdown, no HTML) or in a data
 grid, so a question such as `<script>...</script>` or `[x](javascript:...)` is displayed, never interpreted.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -25,11 +28,12 @@ from chartwiz_hf.demo.charts import (
     open_chart_image,
 )
 from chartwiz_hf.demo.model import load_demo_model
+from chartwiz_hf.demo.server import ServerChat, ServerError
 from chartwiz_hf.demo.streaming import stream_answer
 from chartwiz_hf.demo.tables import parse_table
 from chartwiz_hf.inference import check_question
+from chartwiz_hf.names import INSTRUCTIONS
 from chartwiz_hf.pdf import pdf_page_count, render_pdf_page, render_pdf_thumbnails
-from dataset_builder.rows import INSTRUCTIONS
 
 
 logger = logging.getLogger("chartwiz_hf.demo")
@@ -46,6 +50,33 @@ QUICK_ASKS = {
 def get_model(path: str, adapter: str | None):
     """The model, its processor and a lock: loaded once per server process and shared by every browser tab."""
     return load_demo_model(path, adapter)
+
+
+@st.cache_resource(show_spinner=False)
+def get_server_chat(url: str, model: str | None, timeout: float):
+    """The client of the ChartWiz server at `url`, shared by every browser tab."""
+    return ServerChat(url, model=model, timeout=timeout)
+
+
+def answerer():
+    """What answers a question here: the ChartWiz server named in the environment, or the model loaded in-process."""
+    server = os.environ.get("CHARTWIZ_SERVER")
+    if server:
+        timeout = float(os.environ.get("CHARTWIZ_SERVER_TIMEOUT") or 120)
+        return get_server_chat(server, os.environ.get("CHARTWIZ_SERVED_MODEL") or None, timeout).stream_answer
+    model_path = os.environ.get("CHARTWIZ_MODEL")
+    if not model_path:
+        st.error(
+            "모델이 지정되지 않았습니다: `chartwiz demo --model DIR` 또는 `--server URL`로 실행하세요 (또는 "
+            "CHARTWIZ_MODEL)."
+        )
+        st.stop()
+    try:
+        model, processor, lock = get_model(model_path, os.environ.get("CHARTWIZ_ADAPTER") or None)
+    except (OSError, ValueError) as error:
+        st.error(f"모델을 불러오지 못했습니다: {error}")
+        st.stop()
+    return functools.partial(stream_answer, model, processor, lock)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -108,16 +139,8 @@ def main():
     st.title("ChartWiz")
     st.text("차트에 대해 한국어로 물어보세요: 값, 비교, 설명, 요약, 표 변환.")
 
-    model_path = os.environ.get("CHARTWIZ_MODEL")
-    if not model_path:
-        st.error("모델이 지정되지 않았습니다: `chartwiz demo --model DIR`로 실행하세요 (또는 CHARTWIZ_MODEL).")
-        st.stop()
     max_new_tokens = int(os.environ.get("CHARTWIZ_MAX_NEW_TOKENS") or 512)
-    try:
-        model, processor, lock = get_model(model_path, os.environ.get("CHARTWIZ_ADAPTER") or None)
-    except (OSError, ValueError) as error:
-        st.error(f"모델을 불러오지 못했습니다: {error}")
-        st.stop()
+    answer_with = answerer()
 
     try:
         chart, chart_key = choose_chart()
@@ -150,12 +173,13 @@ def main():
                     show_table(message["content"], key=f"csv-{index}")
         asked = typed or asked
         if asked and chart is not None:
-            ask(model, processor, lock, chart, asked, messages, max_new_tokens)
+            ask(answer_with, chart, asked, messages, max_new_tokens)
     if chart is not None:
         clear_slot.button("대화 지우기", disabled=not messages, on_click=lambda: state.update(messages=[]))
 
 
-def ask(model, processor, lock, chart, question: str, messages: list, max_new_tokens: int) -> None:
+def ask(answer_with, chart, question: str, messages: list, max_new_tokens: int) -> None:
+    """Shows `question` and the answer `answer_with(chart, question, history, max_new_tokens, placeholder)` streams."""
     history = [(messages[i]["content"], messages[i + 1]["content"]) for i in range(0, len(messages) - 1, 2)]
     with st.chat_message("user"):
         st.text(question)
@@ -163,8 +187,8 @@ def ask(model, processor, lock, chart, question: str, messages: list, max_new_to
         placeholder = st.empty()
         try:
             question = check_question(question)
-            answer = stream_answer(model, processor, lock, chart, question, history, max_new_tokens, placeholder)
-        except ValueError as error:
+            answer = answer_with(chart, question, history, max_new_tokens, placeholder)
+        except (ServerError, ValueError) as error:
             placeholder.empty()
             st.error(str(error))
             return

@@ -1,0 +1,1 @@
+"""ChartWiz on vLLM: the offline engine behind `chartwiz infer --engine vllm` and the logits processor plugin."""

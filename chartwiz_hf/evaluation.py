@@ -15,15 +15,10 @@ from typing import Optional
 from PIL import Image
 
 from .batch_inference import (
-    DatasetImages,
     InferenceEngine,
     InferenceSummary,
-    Question,
-    Unreadable,
-    iter_json_records,
     load_inference_engine,
     output_paths,
-    read_dataset_questions,
     read_jsonl,
     run_inference,
 )
@@ -31,6 +26,7 @@ from .files import write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 from .names import INSTRUCTIONS
+from .questions import DatasetImages, Question, Unreadable, iter_json_records, read_dataset_questions
 
 
 logger = logging.getLogger(__name__)

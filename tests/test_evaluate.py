@@ -9,11 +9,12 @@ from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
 from chartwiz_hf import batch_inference, evaluation
-from chartwiz_hf.batch_inference import DatasetImages, load_model_for_inference
+from chartwiz_hf.batch_inference import load_model_for_inference
 from chartwiz_hf.cli import main
 from chartwiz_hf.commands import evaluate as evaluate_command
 from chartwiz_hf.evaluation import evaluate_model, predict_dataset, score_run, shuffled_charts, split_questions
 from chartwiz_hf.metrics import DEFAULT_BLEU_TOKENIZE
+from chartwiz_hf.questions import DatasetImages
 from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
 from dataset_builder.synth import generate

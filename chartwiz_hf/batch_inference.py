@@ -16,200 +16,25 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .engines import InferenceEngine
-from .fingerprints import changed_files, describe_changes, digest, model_fingerprints
+from .files import write_json_atomic
+from .fingerprints import digest, model_fingerprints
 from .inference import context_length, generate_answers, load_chartwiz, prepare_inputs, prompt_length
 from .questions import Question
+from .run_store import (
+    JsonlAppender,
+    check_settings,
+    describe_run_change,
+    keep_results,
+    output_paths,
+    question_fingerprint,
+    read_jsonl,
+    row_key,
+)
 
 
 logger = logging.getLogger(__name__)
 
 CONTEXTS = ("reference", "model")
-
-
-def _key_of_row(row: dict) -> tuple:
-    if row.get("id") is None or row.get("repeats") is not None:
-        return (None, row.get("turn"), row.get("source"))
-    return (row["id"], row.get("turn"))
-
-
-# Output files
-
-
-def output_paths(answers_path: str) -> tuple[str, str]:
-    """The errors file and the settings file that go with an answers file: `X.errors.jsonl`, `X.meta.json`."""
-    stem = answers_path[: -len(".jsonl")] if answers_path.endswith(".jsonl") else answers_path
-    return f"{stem}.errors.jsonl", f"{stem}.meta.json"
-
-
-def read_jsonl(path: str, repair: bool = False) -> list[dict]:
-    """
-    The rows of a JSON Lines file written by `JsonlAppender`. A last line without its newline is what a killed
-    writer leaves: with `repair` it is cut off the file (and a warning logged), otherwise ignored. Any other line that
-    does not parse is an error naming it.
-    """
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as file:
-        data = file.read()
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        if repair:
-            with open(path, "r+b") as file:
-                file.truncate(complete)
-            logger.warning("%s: dropped an unfinished last line (a run was stopped while writing it)", path)
-        data = data[:complete]
-    rows = []
-    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error}); was the file edited by hand?") from error
-    return rows
-
-
-class JsonlAppender:
-    """
-    Appends rows to a JSON Lines file, one batch per `write`: flushed and fsynced, so a killed run loses at most the
-    batch being written, and a torn last line is found by `read_jsonl`.
-    """
-
-    def __init__(self, path: str, fsync: bool = True):
-        self.path, self.fsync = path, fsync
-        self.file = open(path, "a", encoding="utf-8")
-
-    def write(self, rows: Sequence[dict]) -> None:
-        if not rows:
-            return
-        self.file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        self.file.flush()
-        if self.fsync:
-            os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-
-def _write_json_atomically(path: str, data: dict) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file, ensure_ascii=False, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
-
-
-def check_settings(answers_path: str, settings: dict, info: Optional[dict] = None) -> Optional[dict]:
-    """
-    Writes the settings file of a new answers file, or checks that an existing one was made with the same settings
-    and returns what it holds: answers of another model or generation setting must not be mixed into it silently.
-    """
-    _, meta_path = output_paths(answers_path)
-    settings = json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
-    if os.path.exists(meta_path):
-        with open(meta_path, encoding="utf-8") as file:
-            meta = json.load(file)
-        stored = meta.get("settings", {})
-        changed = [name for name in sorted(set(stored) | set(settings)) if stored.get(name) != settings.get(name)]
-        if changed:
-            differences = "; ".join(
-                f"{name}: {stored.get(name)!r} then, {settings.get(name)!r} now" for name in changed
-            )
-            raise ValueError(
-                f"{answers_path} holds answers made with other settings ({differences}). Rerun with the same settings "
-                "to resume, or --restart to start over, or write to another --answers file."
-            )
-        return meta
-    if os.path.exists(answers_path) and os.path.getsize(answers_path) > 0:
-        raise ValueError(
-            f"{answers_path} exists but has no settings file {meta_path}, so its answers cannot be checked against "
-            "this run; move it away, pass --restart to replace it, or write to another --answers file."
-        )
-    _write_json_atomically(meta_path, {"settings": settings, "info": info or {}})
-    return None
-
-
-# What a result depends on
-
-
-def question_fingerprint(question: Question, load_image: Optional[Callable] = None) -> str:
-    """
-    A digest of what the answer to `question` depends on besides the model and the generation settings: its text,
-    the earlier turns and the reference, the image's name and the sha256 of its bytes (where `load_image` has an
-    `image_digest`, as `ImageFolder` and `DatasetImages` do), or the reason it cannot be asked.
-    """
-    image_sha256 = None
-    image_digest = getattr(load_image, "image_digest", None)
-    if image_digest is not None and question.error is None and question.image is not None:
-        try:
-            image_sha256 = image_digest(question)
-        except (OSError, ValueError) as error:  # the answer is an error now, and something else once it is fixed
-            image_sha256 = f"unreadable: {error}"
-    return digest(
-        {
-            "id": question.id,
-            "turn": question.turn,
-            "question": question.question,
-            "history": question.history,
-            "reference": question.reference,
-            "chart_type": question.chart_type,
-            "image": question.image if isinstance(question.image, str) else None,
-            "image_sha256": image_sha256,
-            "error": question.error,
-        }
-    )
-
-
-def _describe_run_change(before: Optional[dict], after: dict) -> str:
-    """Why results made under the fingerprints `before` do not hold under `after`, in words."""
-    if not before:
-        return "they were made by an earlier run whose model files were not recorded"
-    parts = []
-    for part in ("model", "adapter"):
-        old, new = before.get(part), after.get(part)
-        if old != new:
-            files = describe_changes(old or {}, new or {}) if isinstance(old, dict) and isinstance(new, dict) else ""
-            parts.append(f"the {part}'s files changed" + (f" ({files})" if files else ""))
-    old, new = before.get("generation") or {}, after.get("generation") or {}
-    if old != new:
-        parts.append(f"the generation settings changed ({', '.join(changed_files(old, new))})")
-    return "; ".join(parts) or "they were made by another run"
-
-
-def _keep_results(path: str, run_key: str, question_keys: dict, run_change: str) -> tuple[list[dict], dict]:
-    """
-    The rows of an answers or errors file whose fingerprints still hold for this run, and `{reason: count}` for the
-    others, which are taken out of the file (rewritten whole, atomically) so that their questions are asked again.
-    """
-    kept, dropped = [], {}
-    for row in read_jsonl(path, repair=True):
-        key, stored = _key_of_row(row), row.get("fingerprint")
-        if key not in question_keys:
-            reason = "no longer in the input"
-        elif not isinstance(stored, dict):
-            reason = "written without a fingerprint"
-        elif stored.get("run") != run_key:
-            reason = run_change
-        elif stored.get("question") != question_keys[key]:
-            reason = "the question or its image changed"
-        else:
-            kept.append(row)
-            continue
-        dropped[reason] = dropped.get(reason, 0) + 1
-    if dropped:
-        temporary = f"{path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    return kept, dropped
 
 
 # The run
@@ -569,22 +394,22 @@ def run_inference(
     run_key = digest(depends_on)
     question_keys = {question.key: question_fingerprint(question, load_image) for question in questions}
     stored = (earlier or {}).get("fingerprints")
-    run_change = _describe_run_change(stored, depends_on) if digest(stored) != run_key else "made by another run"
+    run_change = describe_run_change(stored, depends_on) if digest(stored) != run_key else "made by another run"
     summary = InferenceSummary()
     answer_rows, errors_rows = [], []
     for path, rows in ((answers_path, answer_rows), (errors_path, errors_rows)):
-        kept, dropped = _keep_results(path, run_key, question_keys, run_change)
+        kept, dropped = keep_results(path, run_key, question_keys, run_change)
         rows.extend(kept)
         for reason, count in dropped.items():
             if reason == "no longer in the input":
                 summary.removed += count
             else:
                 summary.redone[reason] = summary.redone.get(reason, 0) + count
-    _write_json_atomically(meta_path, {"settings": run_settings, "info": info or {}, "fingerprints": depends_on})
+    write_json_atomic(meta_path, {"settings": run_settings, "info": info or {}, "fingerprints": depends_on})
     fingerprint_of = {key: {"run": run_key, "question": value} for key, value in question_keys.items()}
 
-    answers = {_key_of_row(row): row.get("answer") for row in answer_rows}
-    failed = {_key_of_row(row) for row in errors_rows}
+    answers = {row_key(row): row.get("answer") for row in answer_rows}
+    failed = {row_key(row) for row in errors_rows}
     pending, seen = [], set()
     for question in questions:
         if question.key in answers or question.key in failed:
@@ -753,7 +578,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
         errors_path, _ = output_paths(path)
         for target, rows in ((answers, read_jsonl(path)), (errors, read_jsonl(errors_path))):
             for row in rows:
-                key = _key_of_row(row)
+                key = row_key(row)
                 if key in answers or key in errors:
                     raise ValueError(f"id {key[0]!r} turn {key[1]} is in both {origin[key]} and {path}")
                 target[key], origin[key] = row, path
@@ -770,7 +595,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
             file.writelines(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in keys)
         os.replace(temporary, target)
     # The merged file is a run of the whole input: rerunning that (one chunk) with it as --answers fills the gaps.
-    _write_json_atomically(
+    write_json_atomic(
         output_meta,
         {
             "settings": {**common, "num_chunks": 1, "chunk_idx": 0},

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from chartwiz_hf.batch_inference import read_jsonl, run_inference
+from chartwiz_hf.batch_inference import run_inference
 from chartwiz_hf.cli import main
 from chartwiz_hf.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
 from chartwiz_hf.questions import ImageFolder, read_question_file, select_chunk
+from chartwiz_hf.run_store import read_jsonl
 
 from .conftest import ctrl_c_when, draw_chart
 

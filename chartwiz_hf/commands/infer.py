@@ -67,7 +67,8 @@ def read_input(args):
 
 
 def merge(args):
-    from ..batch_inference import merge_shards, output_paths
+    from ..batch_inference import merge_shards
+    from ..run_store import output_paths
 
     shards = []
     for path in args.merge:
@@ -126,9 +127,10 @@ def run(args):
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
 
-    from ..batch_inference import load_inference_engine, output_paths, run_inference
+    from ..batch_inference import load_inference_engine, run_inference
     from ..fingerprints import model_fingerprints
     from ..questions import select_chunk
+    from ..run_store import output_paths
 
     questions, loader, input_settings = read_input(args)
     questions = select_chunk(questions, args.num_chunks, args.chunk_idx)

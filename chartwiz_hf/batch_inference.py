@@ -1,24 +1,21 @@
 """Answering a question file or a dataset split with ChartWiz: length-sorted batches, resumable, sharded."""
 
-import copy
 import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .engines import InferenceEngine
+from .engines import InferenceEngine, TransformersEngine, load_model_for_inference
 from .files import write_json_atomic
 from .fingerprints import digest, model_fingerprints
-from .inference import context_length, generate_answers, load_chartwiz, prepare_inputs, prompt_length
+from .inference import context_length, prompt_length
 from .questions import Question
 from .run_store import (
     JsonlAppender,
@@ -27,7 +24,6 @@ from .run_store import (
     keep_results,
     output_paths,
     question_fingerprint,
-    read_jsonl,
     row_key,
 )
 
@@ -35,9 +31,6 @@ from .run_store import (
 logger = logging.getLogger(__name__)
 
 CONTEXTS = ("reference", "model")
-
-
-# The run
 
 
 @dataclass
@@ -84,32 +77,8 @@ class _Job:
     prompt_tokens: int = 0
 
 
-@dataclass
-class _Prepared:
-    jobs: list  # the jobs whose inputs are in `inputs`, in order
-    chart_types: list
-    inputs: Any
-    errors: list  # [(question, kind, reason)]
-
-
-def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=None):
-    """
-    `load_chartwiz` with serving defaults: bf16 (fp16 where bf16 is not supported) spread over the GPUs with
-    `device_map="auto"` where there is a GPU and no `device` is given; the checkpoint's own dtype on CPU.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if dtype is None and cuda:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif dtype in (None, "auto"):
-        dtype = "auto"
-    else:
-        dtype = getattr(torch, dtype)
-    kwargs = {"device_map": "auto"} if cuda and device is None else {}
-    return load_chartwiz(model_path, device=device, dtype=dtype, adapter=adapter, **kwargs)
-
-
+# The choice between the engines lives here, beside the scheduler that drives them: `engines.py` cannot name the vLLM
+# engine, which imports its interface from there.
 ENGINES = ("transformers", "vllm")
 
 
@@ -158,152 +127,6 @@ def load_inference_engine(
         max_in_flight=256 if batch_size is None else batch_size,
     )
     return vllm_engine, vllm_engine.processor
-
-
-def _prepare(processor, load_image: Callable, jobs: list) -> _Prepared:
-    """Loads and processes a batch's images and prompts (CPU work); a job that fails is set aside with its reason."""
-    good, images, chart_types, errors = [], [], [], []
-    for job in jobs:
-        try:
-            image, chart_type = load_image(job.question)
-        except (OSError, ValueError) as error:
-            errors.append((job.question, "image", str(error)))
-            continue
-        good.append(job)
-        images.append(image)
-        chart_types.append(chart_type)
-    if not good:
-        return _Prepared([], [], None, errors)
-
-    def inputs_of(selected, selected_images):
-        questions = [job.question.question for job in selected]
-        return prepare_inputs(processor, selected_images, questions, [job.history for job in selected])
-
-    try:
-        return _Prepared(good, chart_types, inputs_of(good, images), errors)
-    except ValueError:
-        # Find the culprit(s) one by one so that the rest of the batch is still answered.
-        kept, kept_images, kept_types = [], [], []
-        for job, image, chart_type in zip(good, images, chart_types):
-            try:
-                inputs_of([job], [image])
-            except ValueError as error:
-                errors.append((job.question, "inputs", str(error)))
-                continue
-            kept.append(job)
-            kept_images.append(image)
-            kept_types.append(chart_type)
-        inputs = inputs_of(kept, kept_images) if kept else None
-        return _Prepared(kept, kept_types, inputs, errors)
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-def use_background_worker(model) -> bool:
-    """
-    Whether preparing images in a background thread pays: yes where the model runs on an accelerator, whose host CPU
-    is idle meanwhile; on the CPU only where there are cores that torch does not use, since the worker otherwise
-    takes them from the model (measured in docs/benchmarks.md).
-    """
-    import torch
-
-    return model.device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
-
-
-def _prepared_batches(processor, load_image, batches, background: bool, prefetch: int, timer: list, cpu: bool):
-    """
-    The prepared batches in order. With `background`, a thread prepares up to `prefetch` batches ahead of the model
-    (PIL, numpy and the tokenizer release the GIL for most of that work). `timer[0]` accumulates the time the caller
-    waited for a batch. `cpu` says the model runs on the CPU.
-    """
-    if not background:
-        for jobs in batches:
-            start = time.perf_counter()
-            prepared = _prepare(processor, load_image, jobs)
-            timer[0] += time.perf_counter() - start
-            yield prepared
-        return
-
-    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-    stop = threading.Event()
-    # A fast tokenizer is one Rust object: padding a batch here while the model's thread decodes the last one fails
-    # with "Already borrowed", so the worker gets its own copy.
-    processor = copy.deepcopy(processor)
-    if cpu and hasattr(processor.image_processor, "num_workers"):
-        # The cores belong to the model: more image threads beside it only make both wait for each other.
-        processor.image_processor.num_workers = 1
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for jobs in batches:
-                if not put(_prepare(processor, load_image, jobs)):
-                    return
-        except BaseException as error:  # noqa: B036 - handed to the consuming thread, which raises it
-            put(_Failure(error))
-            return
-        put(None)
-
-    worker = threading.Thread(target=work, name="chartwiz-prepare", daemon=True)
-    worker.start()
-    try:
-        while True:
-            start = time.perf_counter()
-            item = ready.get()
-            timer[0] += time.perf_counter() - start
-            if item is None:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-class TransformersEngine(InferenceEngine):
-    """
-    `generate` on a loaded model, `batch_size` questions at a time in left-padded batches, their images and inputs
-    prepared ahead of the model in a background thread where that pays (`use_background_worker`).
-    """
-
-    def __init__(self, model, processor, batch_size: int = 8, background: Optional[bool] = None, prefetch: int = 2):
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        self.model, self.processor = model, processor
-        self.config, self.name_or_path = model.config, getattr(model, "name_or_path", None)
-        self.batch_size, self.prefetch = batch_size, prefetch
-        self.background = use_background_worker(model) if background is None else background
-
-    def answer(self, jobs: Sequence, load_image: Callable, max_new_tokens: int, **generate_kwargs):
-        batches = [jobs[start : start + self.batch_size] for start in range(0, len(jobs), self.batch_size)]
-        timer = [0.0]
-        on_cpu = self.model.device.type == "cpu"
-        prepared_batches = _prepared_batches(
-            self.processor, load_image, batches, self.background, self.prefetch, timer, on_cpu
-        )
-        try:
-            for prepared in prepared_batches:
-                if not prepared.jobs:
-                    yield prepared.errors, []
-                    continue
-                texts = generate_answers(
-                    self.model, self.processor, prepared.inputs, max_new_tokens, **generate_kwargs
-                )
-                yield prepared.errors, list(zip(prepared.jobs, prepared.chart_types, texts))
-        finally:
-            self.wait_seconds += timer[0]
 
 
 def run_inference(
@@ -519,108 +342,4 @@ def run_inference(
     return summary
 
 
-# Merging shards
-
-
-@dataclass
-class MergeSummary:
-    answers: int
-    errors: int
-    missing: list  # keys of input questions in no shard's answers or errors
-    shards: list
-
-
-def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Optional[Sequence[Question]] = None):
-    """
-    Joins the answers (and errors) files of shards `0..N-1` of one run into `output_path`: the shards must come
-    from the same settings, each chunk once, no (id, turn) twice. With `questions` (the run's whole input), the
-    answers are written in the input's order and the questions that no shard answered or rejected are reported.
-    """
-    shard_paths = list(dict.fromkeys(shard_paths))
-    if os.path.abspath(output_path) in {os.path.abspath(path) for path in shard_paths}:
-        raise ValueError(f"{output_path} is one of the shards; merge into another file")
-    metas, fingerprints = [], None
-    for path in shard_paths:
-        _, meta_path = output_paths(path)
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"{path}: no settings file {meta_path}; is it an answers file of chartwiz infer?")
-        with open(meta_path, encoding="utf-8") as file:
-            meta = json.load(file)
-        metas.append(meta["settings"])
-        fingerprints = fingerprints or meta.get("fingerprints")
-    common = {name: value for name, value in metas[0].items() if name != "chunk_idx"}
-    for path, meta in zip(shard_paths, metas):
-        differing = [
-            name for name in sorted(set(common) | set(meta) - {"chunk_idx"}) if meta.get(name) != common.get(name)
-        ]
-        if differing:
-            differences = "; ".join(
-                f"{name}: {common.get(name)!r} there, {meta.get(name)!r} here" for name in differing
-            )
-            raise ValueError(
-                f"{path} was made with other settings than {shard_paths[0]} ({differences}); only shards of one run "
-                "merge"
-            )
-    num_chunks = common.get("num_chunks", 1)
-    by_chunk = {}
-    for path, meta in zip(shard_paths, metas):
-        chunk = meta.get("chunk_idx", 0)
-        if chunk in by_chunk:
-            raise ValueError(f"{path} and {by_chunk[chunk]} are both chunk {chunk}")
-        by_chunk[chunk] = path
-    absent = sorted(set(range(num_chunks)) - set(by_chunk))
-    if absent:
-        logger.warning("chunks %s of %d are not among the files to merge", absent, num_chunks)
-
-    answers, errors, origin = {}, {}, {}
-    for chunk in sorted(by_chunk):
-        path = by_chunk[chunk]
-        errors_path, _ = output_paths(path)
-        for target, rows in ((answers, read_jsonl(path)), (errors, read_jsonl(errors_path))):
-            for row in rows:
-                key = row_key(row)
-                if key in answers or key in errors:
-                    raise ValueError(f"id {key[0]!r} turn {key[1]} is in both {origin[key]} and {path}")
-                target[key], origin[key] = row, path
-
-    order = {question.key: position for position, question in enumerate(questions or ())}
-    missing = [
-        question.key for question in questions or () if question.key not in answers and question.key not in errors
-    ]
-    output_errors, output_meta = output_paths(output_path)
-    for target, rows in ((output_path, answers), (output_errors, errors)):
-        keys = sorted(rows, key=lambda key: order.get(key, len(order))) if order else list(rows)
-        temporary = f"{target}.tmp"
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(rows[key], ensure_ascii=False) + "\n" for key in keys)
-        os.replace(temporary, target)
-    # The merged file is a run of the whole input: rerunning that (one chunk) with it as --answers fills the gaps.
-    write_json_atomic(
-        output_meta,
-        {
-            "settings": {**common, "num_chunks": 1, "chunk_idx": 0},
-            "info": {"merged_from": [by_chunk[c] for c in sorted(by_chunk)]},
-            "fingerprints": fingerprints,
-        },
-    )
-    return MergeSummary(len(answers), len(errors), missing, [by_chunk[chunk] for chunk in sorted(by_chunk)])
-
-
-__all__ = [
-    "CONTEXTS",
-    "ENGINES",
-    "InferenceEngine",
-    "InferenceSummary",
-    "JsonlAppender",
-    "MergeSummary",
-    "check_settings",
-    "load_inference_engine",
-    "load_model_for_inference",
-    "merge_shards",
-    "output_paths",
-    "question_fingerprint",
-    "read_jsonl",
-    "run_inference",
-    "TransformersEngine",
-    "use_background_worker",
-]
+__all__ = ["CONTEXTS", "ENGINES", "InferenceSummary", "load_inference_engine", "run_inference"]

@@ -14,7 +14,8 @@ from typing import Optional
 
 from PIL import Image
 
-from .batch_inference import InferenceEngine, InferenceSummary, load_inference_engine, run_inference
+from .batch_inference import InferenceSummary, load_inference_engine, run_inference
+from .engines import InferenceEngine
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task

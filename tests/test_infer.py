@@ -144,9 +144,9 @@ def test_model_context_uses_the_models_own_earlier_answers(tiny_dir, tmp_path):
 
 _SLOW_RUN = """
 import sys, time
-import chartwiz_hf.batch_inference as batch_inference
+import chartwiz_hf.engines as engines
 
-generate = batch_inference.generate_answers
+generate = engines.generate_answers
 
 
 def slow_generate(*args, **kwargs):
@@ -154,7 +154,7 @@ def slow_generate(*args, **kwargs):
     return generate(*args, **kwargs)
 
 
-batch_inference.generate_answers = slow_generate
+engines.generate_answers = slow_generate
 from chartwiz_hf.cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -67,8 +67,8 @@ def read_input(args):
 
 
 def merge(args):
-    from ..batch_inference import merge_shards
     from ..run_store import output_paths
+    from ..shards import merge_shards
 
     shards = []
     for path in args.merge:

@@ -27,8 +27,9 @@ import torch
 from charts import QUESTIONS, chart_images
 from models import make_model
 
-from chartwiz_hf.batch_inference import ImageFolder, read_question_file, run_inference
+from chartwiz_hf.batch_inference import run_inference
 from chartwiz_hf.inference import answer_questions, load_chart_image
+from chartwiz_hf.questions import ImageFolder, read_question_file
 
 
 def write_question_file(folder: str, questions: int, charts: int) -> str:

@@ -14,23 +14,14 @@ from typing import Optional
 
 from PIL import Image
 
-from .batch_inference import (
-    DatasetImages,
-    InferenceEngine,
-    InferenceSummary,
-    Question,
-    Unreadable,
-    iter_json_records,
-    load_inference_engine,
-    output_paths,
-    read_dataset_questions,
-    read_jsonl,
-    run_inference,
-)
-from .files import write_text_atomic
+from .batch_inference import InferenceSummary, load_inference_engine, run_inference
+from .engines import InferenceEngine
+from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 from .names import INSTRUCTIONS
+from .questions import DatasetImages, Question, Unreadable, iter_json_records, read_dataset_questions
+from .run_store import changed_settings, output_paths, read_json, read_jsonl
 
 
 logger = logging.getLogger(__name__)
@@ -454,11 +445,10 @@ def score_run(
             content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in iter_json_records(source))
         if os.path.exists(target) and _read_text(target) != content:
             raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
-        with open(target, "w", encoding="utf-8") as copy:
-            copy.write(content)
+        write_text_atomic(target, content)
     # The run that wrote the predictions, if `predict_dataset` did: its settings and the rows it could not ask.
     errors_path, meta_path = output_paths(os.path.join(os.path.dirname(os.path.abspath(source)), ANSWERS_FILE))
-    run = (_read_json(meta_path) or {}).get("settings", {})
+    run = (read_json(meta_path) or {}).get("settings", {})
     skipped = [{**entry, "file": PREDICTIONS_FILE} for entry in bad_lines] + read_jsonl(errors_path)
 
     start = time.perf_counter()
@@ -479,9 +469,8 @@ def score_run(
         "bleu_signature": signature if {"description", "summary"} & set(scores["by_task"]) else None,
         **scores,
     }
-    _write_json(os.path.join(out_dir, METRICS_FILE), metrics)
-    with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as file:
-        file.write(render_report(metrics))
+    write_json_atomic(os.path.join(out_dir, METRICS_FILE), metrics)
+    write_text_atomic(os.path.join(out_dir, REPORT_FILE), render_report(metrics))
     draw_chart(metrics, os.path.join(out_dir, CHART_FILE))
     return metrics
 
@@ -492,10 +481,13 @@ def _check_run(out_dir: str, run: dict) -> None:
     `run_inference` compares the settings known once the model has loaded (dtype, chat template...).
     """
     _, meta_path = output_paths(os.path.join(out_dir, ANSWERS_FILE))
-    earlier = _read_json(meta_path)
+    earlier = read_json(meta_path)
     if earlier is not None:
         stored = earlier.get("settings", {})
-        changed = ", ".join(f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in run if stored.get(key) != run[key])
+        # Only what is known before the model loads; `check_settings` compares the rest.
+        changed = ", ".join(
+            f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in changed_settings(stored, run, names=run)
+        )
         if changed:
             raise ValueError(
                 f"{out_dir} holds the predictions of another run ({changed}): choose another --out, or --restart to "
@@ -508,21 +500,9 @@ def _check_run(out_dir: str, run: dict) -> None:
         )
 
 
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(data, file, ensure_ascii=False, indent=2)
-
-
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8-sig") as file:
         return file.read()
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
 
 
 def load_split(dataset_path: str, config: str, split: str):

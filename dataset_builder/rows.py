@@ -179,12 +179,17 @@ def without_image_placeholder(text: str) -> str:
 
 def conversation_turns(messages) -> list[tuple[str, str | None]]:
     """
-    The one reading of LLaVA `conversations`, for training rows and for `chartwiz infer`: a list of
+    The one reading of LLaVA `conversations`, for training rows and for `chartwiz infer`'s question files: a list of
     `{"from": "human" | "gpt", "value": text}` messages where every `human` message is a question and the `gpt`
     message right after it, if there is one, its answer. Returns (question, answer or None) per question, the
     question without its `<image>` marker (`without_image_placeholder`) and an empty answer read as None. Raises
     `BadRecord` for a record that is not such a list: no messages, a message of another shape or speaker, or a `gpt`
     message that does not answer a question.
+
+    A question without an answer (None: the conversation ends with it, or another question follows it) is read, not
+    refused, and each use decides what it is: a training row needs its answer, so `qa_turns` makes that turn a
+    `BadRecord` (the other turns of the conversation stay rows); a question file asks it, and a later turn that has
+    it as context takes the model's own answer (`chartwiz_hf.questions.read_question_file`).
     """
     if not isinstance(messages, list) or not messages:
         raise BadRecord("'conversations' must be a non-empty list of {'from', 'value'} messages")

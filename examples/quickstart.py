@@ -73,12 +73,14 @@ class Progress:
     def __init__(
         self, out: str, settings: dict, restart: bool = False, outputs: dict | None = None, env: dict | None = None
     ):
+        from chartwiz_hf.run_store import changed_settings
+
         self.path, self.settings, self.started, self.done = os.path.join(out, PROGRESS_FILE), settings, [], []
         self.env = env
         self.timings: list[tuple[str, float]] = []
         self.outputs, self.fingerprints = dict(outputs or {}), {}
         earlier = self._read()
-        if not restart and earlier is not None and earlier.get("settings") == settings:
+        if not restart and earlier is not None and not changed_settings(earlier.get("settings") or {}, settings):
             self.started, self.done = list(earlier.get("started", [])), list(earlier.get("done", []))
             self.fingerprints = dict(earlier.get("fingerprints", {}))
             for step in list(self.done):
@@ -104,18 +106,18 @@ class Progress:
         return step not in self.started
 
     def _read(self):
+        from chartwiz_hf.run_store import read_json
+
         try:
-            with open(self.path, encoding="utf-8") as file:
-                return json.load(file)
-        except (OSError, ValueError):
+            return read_json(self.path)
+        except (OSError, ValueError):  # a file that is not a progress file: start over, as on other settings
             return None
 
     def _write(self) -> None:
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as file:
-            progress = {"settings": self.settings, "started": self.started, "done": self.done}
-            json.dump({**progress, "fingerprints": self.fingerprints}, file, indent=2)
-        os.replace(temporary, self.path)
+        from chartwiz_hf.files import write_json_atomic
+
+        progress = {"settings": self.settings, "started": self.started, "done": self.done}
+        write_json_atomic(self.path, {**progress, "fingerprints": self.fingerprints})
 
     def run(self, title: str, command: list[str]) -> None:
         """Runs one step as a user would type it, printing the command first and its wall time after."""

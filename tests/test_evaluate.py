@@ -8,12 +8,13 @@ import pytest
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
-from chartwiz_hf import batch_inference, evaluation
-from chartwiz_hf.batch_inference import DatasetImages, load_model_for_inference
+from chartwiz_hf import engines, evaluation
 from chartwiz_hf.cli import main
 from chartwiz_hf.commands import evaluate as evaluate_command
+from chartwiz_hf.engines import load_model_for_inference
 from chartwiz_hf.evaluation import evaluate_model, predict_dataset, score_run, shuffled_charts, split_questions
 from chartwiz_hf.metrics import DEFAULT_BLEU_TOKENIZE
+from chartwiz_hf.questions import DatasetImages
 from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
 from dataset_builder.synth import generate
@@ -63,8 +64,8 @@ def fake_generation(monkeypatch):
         batches.append(list(inputs))
         return list(inputs)
 
-    monkeypatch.setattr(batch_inference, "prepare_inputs", prepare_inputs)
-    monkeypatch.setattr(batch_inference, "generate_answers", generate_answers)
+    monkeypatch.setattr(engines, "prepare_inputs", prepare_inputs)
+    monkeypatch.setattr(engines, "generate_answers", generate_answers)
     return batches
 
 

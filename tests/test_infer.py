@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from chartwiz_hf.batch_inference import ImageFolder, read_jsonl, read_question_file, run_inference, select_chunk
+from chartwiz_hf.batch_inference import run_inference
 from chartwiz_hf.cli import main
 from chartwiz_hf.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
+from chartwiz_hf.questions import ImageFolder, read_question_file, select_chunk
+from chartwiz_hf.run_store import read_jsonl
 
 from .conftest import ctrl_c_when, draw_chart
 
@@ -142,9 +144,9 @@ def test_model_context_uses_the_models_own_earlier_answers(tiny_dir, tmp_path):
 
 _SLOW_RUN = """
 import sys, time
-import chartwiz_hf.batch_inference as batch_inference
+import chartwiz_hf.engines as engines
 
-generate = batch_inference.generate_answers
+generate = engines.generate_answers
 
 
 def slow_generate(*args, **kwargs):
@@ -152,7 +154,7 @@ def slow_generate(*args, **kwargs):
     return generate(*args, **kwargs)
 
 
-batch_inference.generate_answers = slow_generate
+engines.generate_answers = slow_generate
 from chartwiz_hf.cli import main
 
 sys.exit(main(sys.argv[1:]))

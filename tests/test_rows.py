@@ -1,7 +1,11 @@
 """The one reader of LLaVA `conversations`, and what training rows and `chartwiz infer` each make of its turns."""
 
+import json
+
 import pytest
 
+from chartwiz_hf import questions
+from chartwiz_hf.questions import read_question_file
 from dataset_builder.aihub import BadRecord
 from dataset_builder.rows import conversation_turns, qa_turns
 
@@ -56,3 +60,27 @@ def test_training_turns_need_an_answer_and_a_question_without_an_inner_marker():
     assert isinstance(turns[2], BadRecord) and "no answer" in str(turns[2])
     with pytest.raises(BadRecord, match="missing field 'conversations'"):
         qa_turns({"id": "x"})
+
+
+def test_a_question_file_and_training_read_one_conversation_by_the_same_rule(tmp_path):
+    # Two questions in a row, then an answered one, then a last question without an answer.
+    conversation = messages(("human", "<image>\n하나?"), ("human", "둘?"), ("gpt", "2"), ("human", "셋?"))
+    path = tmp_path / "questions.jsonl"
+    path.write_text(json.dumps({"id": "c", "image": "c.png", "conversations": conversation}) + "\n", encoding="utf-8")
+
+    asked = read_question_file(str(path))
+    # The question file asks every question, the unanswered ones too, each with the earlier turns as its context.
+    assert [(q.turn, q.question, q.reference, q.error) for q in asked] == [
+        (1, "하나?", None, None),
+        (2, "둘?", "2", None),
+        (3, "셋?", None, None),
+    ]
+    assert asked[2].history == ((1, "하나?", None), (2, "둘?", "2"))
+    assert [(q.question, q.reference) for q in asked] == conversation_turns(conversation)
+    assert questions.conversation_turns is conversation_turns, "the question file reader is the data layer's"
+
+    # Training needs each answer: the unanswered turns are bad records, the answered one stays a row.
+    trained = qa_turns({"conversations": conversation})
+    assert isinstance(trained[0], BadRecord) and "turn 1 has a question but no answer" in str(trained[0])
+    assert trained[1] == ("둘?", "2")
+    assert isinstance(trained[2], BadRecord) and "turn 3 has a question but no answer" in str(trained[2])

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from chartwiz_hf.batch_inference import read_jsonl
 from chartwiz_hf.inference import answer_questions, load_chartwiz
+from chartwiz_hf.run_store import read_jsonl
 from tests.test_infer import MAX_NEW_TOKENS, answers_by_key, reference_answers, write_question_set
 
 from .conftest import SERVER_START_SECONDS, VLLM_ENV, draw_chart

@@ -49,7 +49,7 @@ def add_engine_arguments(parser) -> None:
 
 def read_input(args):
     """(questions, image loader, input settings) of `--questions`/`--image-folder` or `--dataset`."""
-    from ..batch_inference import DatasetImages, ImageFolder, read_dataset_questions, read_question_file
+    from ..questions import DatasetImages, ImageFolder, read_dataset_questions, read_question_file
 
     if args.questions:
         if not args.image_folder:
@@ -67,7 +67,8 @@ def read_input(args):
 
 
 def merge(args):
-    from ..batch_inference import merge_shards, output_paths
+    from ..run_store import output_paths
+    from ..shards import merge_shards
 
     shards = []
     for path in args.merge:
@@ -126,8 +127,10 @@ def run(args):
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
 
-    from ..batch_inference import load_inference_engine, output_paths, run_inference, select_chunk
+    from ..batch_inference import load_inference_engine, run_inference
     from ..fingerprints import model_fingerprints
+    from ..questions import select_chunk
+    from ..run_store import output_paths
 
     questions, loader, input_settings = read_input(args)
     questions = select_chunk(questions, args.num_chunks, args.chunk_idx)

@@ -3,7 +3,7 @@
 import threading
 from typing import Optional
 
-from ..batch_inference import load_model_for_inference
+from ..engines import load_model_for_inference
 
 
 _LOADED: dict = {}

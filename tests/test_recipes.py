@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from chartwiz_hf import cli
+from chartwiz_hf import cli, training
 from chartwiz_hf.inference import answer_questions, load_chartwiz
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
@@ -293,10 +293,10 @@ def test_collated_labels_are_the_completions_only(tiny_dir, chart_data, tmp_path
 def test_length_grouping_is_seeded_and_keeps_padding_low():
     rng = np.random.default_rng(0)
     lengths = rng.integers(100, 400, size=400).tolist()
-    sampler = sft.SeededLengthGroupedSampler(8, lengths, seed=3)
+    sampler = training.SeededLengthGroupedSampler(8, lengths, seed=3)
     first = list(sampler)
     assert sorted(first) == list(range(400)), "every row once per epoch"
-    assert list(sft.SeededLengthGroupedSampler(8, lengths, seed=3)) == first, "same seed, same order"
+    assert list(training.SeededLengthGroupedSampler(8, lengths, seed=3)) == first, "same seed, same order"
     sampler.set_epoch(1)
     assert list(sampler) != first, "a new order each epoch"
     torch.manual_seed(123)  # the global random state plays no part
@@ -473,9 +473,9 @@ def test_a_checkpoint_half_written_by_a_kill_is_skipped_for_the_one_before(
     (last / "trainer_state.json").unlink()
     weights_file = last / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
-    assert sft.checkpoint_problem(str(last)) == "it has no trainer_state.json"
+    assert training.checkpoint_problem(str(last)) == "it has no trainer_state.json"
     (last / "trainer_state.json").write_text((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
-    assert "model.safetensors does not load" in sft.checkpoint_problem(str(last))
+    assert "model.safetensors does not load" in training.checkpoint_problem(str(last))
 
     record = RecordStart()
     with caplog.at_level("WARNING"):
@@ -819,7 +819,7 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not a run")
-    with pytest.raises(sft.RecipeError, match=f"has no {sft.RUN_FILE}, so it is not a run of this script"):
+    with pytest.raises(sft.RecipeError, match=f"has no {training.RUN_FILE}, so it is not a run of this script"):
         sft.build_trainer(*fast(PRETRAIN, tiny_dir, chart_data, foreign))
     # --overwrite_output_dir starts over: no resume, old checkpoints removed, the new run recorded
     copy = tmp_path / "copy"
@@ -829,7 +829,7 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
         *fast(PRETRAIN, tiny_dir, chart_data, copy, dataset_config="gpt", overwrite_output_dir=True)
     )
     assert resume_from is None and not (copy / "checkpoint-99").exists()
-    assert json.loads((copy / sft.RUN_FILE).read_text())["dataset_config"] == "gpt"
+    assert json.loads((copy / training.RUN_FILE).read_text())["dataset_config"] == "gpt"
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_dir, chart_data, tmp_path):

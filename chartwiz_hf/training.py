@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 from datasets import get_dataset_config_names, load_dataset
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -653,39 +653,62 @@ class ChartWizSFTTrainer(SFTTrainer):
         optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
         return optimizer
 
-    def create_model_card(self, model_name: Optional[str] = None, dataset_name: Optional[str] = None, **kwargs):
-        """Writes `README.md` in `output_dir`: the stage, data, hyper-parameters and losses (main process only)."""
+    def create_model_card(
+        self,
+        model_name: Optional[str] = None,
+        dataset_name: Optional[str] = None,
+        tags: Optional[list[str]] = None,
+        **kwargs,
+    ):
+        """
+        Writes `README.md` in `output_dir` (main process only): TRL's card (metadata, framework versions, tracking
+        links, citations) with ChartWiz's own parts in it, see `add_chartwiz_sections`.
+        """
         if not self.is_world_process_zero():
             return
         name = model_name or os.path.basename(os.path.normpath(self.args.output_dir))
-        chartwiz_model_card(self, name).save(os.path.join(self.args.output_dir, "README.md"))
+        dataset = _hub_id(dataset_name or self.card_details.get("dataset_name"))
+        chartwiz_tags = ["chartwiz", "chart-question-answering", f"tune-{self.card_details.get('tune')}"]
+        super().create_model_card(model_name=name, dataset_name=dataset, tags=[*chartwiz_tags, *(tags or [])])
+        path = os.path.join(self.args.output_dir, "README.md")
+        add_chartwiz_sections(ModelCard.load(path), self, name).save(path)
 
 
 def _hub_id(name: Optional[str]) -> Optional[str]:
     return name if name and not os.path.exists(name) and name.count("/") == 1 else None
 
 
-def chartwiz_model_card(trainer: ChartWizSFTTrainer, model_name: str) -> ModelCard:
-    """The model card of a training run, from the trainer's arguments, state and `card_details`."""
+# TRL's card template (trl/templates/lm_model_card.md) has these sections; ours go around them.
+_TRL_QUICK_START = re.compile(r"^## Quick start\n.*?(?=^## )", flags=re.DOTALL | re.MULTILINE)
+_TRL_VERSIONS = "### Framework versions"
+# The template links the base model to the Hub even when it was a local folder, which TRL then reports as None.
+_TRL_NO_BASE_MODEL = "[None](https://huggingface.co/None)"
+
+
+def add_chartwiz_sections(card: ModelCard, trainer: ChartWizSFTTrainer, model_name: str) -> ModelCard:
+    """
+    What TRL's model card lacks for a ChartWiz run, added to it: the card's language and pipeline tag, the base parts
+    (stage, what was trained, where it started), the dataset and its config, the settings and losses of the run, and
+    a quick start that loads the model with its image (TRL's is a text-generation pipeline, which cannot take one).
+    """
     details, args = trainer.card_details, trainer.args
+    base_model = details.get("base_model")
+    card.data.language = ["ko"]
+    card.data.pipeline_tag = "image-text-to-text"
+    if details.get("lora"):
+        card.data.library_name = "peft"
+    if _hub_id(base_model):
+        card.data.base_model = _hub_id(base_model)
+
     losses = {"train_loss": None, "eval_loss": None}
     for entry in trainer.state.log_history:
         losses.update({key: entry[key] for key in losses if key in entry})
-    base_model, dataset_name = _hub_id(details.get("base_model")), _hub_id(details.get("dataset_name"))
-    data = ModelCardData(
-        language=["ko"],
-        library_name="peft" if details.get("lora") else "transformers",
-        pipeline_tag="image-text-to-text",
-        base_model=base_model,
-        datasets=[dataset_name] if dataset_name else None,
-        tags=["chartwiz", "chart-question-answering", "trl", "sft", f"tune-{details.get('tune')}"],
-    )
     world_size = args.world_size
     scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
     rows = [
         ("stage", details.get("stage")),
         ("trained", details.get("tune")),
-        ("started from", details.get("base_model")),
+        ("started from", base_model),
         ("dataset", f"{details.get('dataset_name')} ({details.get('dataset_config')})"),
         ("train rows", details.get("train_rows")),
         ("eval rows", details.get("eval_rows")),
@@ -712,8 +735,8 @@ def chartwiz_model_card(trainer: ChartWizSFTTrainer, model_name: str) -> ModelCa
     if details.get("lora"):
         usage = (
             "```bash\n"
-            f'chartwiz ask --model {details.get("base_model")} --adapter {model_name} chart.png "가장 큰 값은?"\n'
-            f"chartwiz merge --base {details.get('base_model')} --adapter {model_name} --out {model_name}-merged\n"
+            f'chartwiz ask --model {base_model} --adapter {model_name} chart.png "가장 큰 값은?"\n'
+            f"chartwiz merge --base {base_model} --adapter {model_name} --out {model_name}-merged\n"
             "```"
         )
     else:
@@ -724,32 +747,26 @@ def chartwiz_model_card(trainer: ChartWizSFTTrainer, model_name: str) -> ModelCa
             f'processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)\n'
             "```"
         )
-    content = f"""---
-{data.to_yaml()}
----
-
-# {model_name}
-
-ChartWiz (a Pix2Struct/DePlot encoder, an MLP projector and a Korean causal language model) after
-{details.get("stage")}, trained with TRL's `SFTTrainer` by `recipes/sft_chartwiz.py` (loss on the answers only).
-
-## Training
-
-| setting | value |
-| --- | --- |
-{table}
-
-## Results
-
-| metric | value |
-| --- | --- |
-{results or "| (none logged) | |"}
-
-## Use
-
-{usage}
-"""
-    return ModelCard(content)
+    about = (
+        "ChartWiz (a Pix2Struct/DePlot encoder, an MLP projector and a Korean causal language model) after "
+        f"{details.get('stage')}, trained with TRL's `SFTTrainer` by `recipes/sft_chartwiz.py` (loss on the answers "
+        "only)."
+    )
+    quick_start = f"{about}\n\n## Quick start\n\n{usage}\n\n"
+    training = (
+        f"### Settings\n\n| setting | value |\n| --- | --- |\n{table}\n\n"
+        f"### Results\n\n| metric | value |\n| --- | --- |\n{results or '| (none logged) | |'}\n\n"
+    )
+    text = card.text.replace(_TRL_NO_BASE_MODEL, f"`{base_model}`")
+    text, replaced = _TRL_QUICK_START.subn(lambda _: quick_start, text, count=1)
+    if not replaced:
+        text = f"{text.rstrip()}\n\n{quick_start}"
+    if _TRL_VERSIONS in text:
+        text = text.replace(_TRL_VERSIONS, f"{training}{_TRL_VERSIONS}", 1)
+    else:
+        text = f"{text.rstrip()}\n\n## Training\n\n{training}"
+    card.text = text
+    return card
 
 
 def card_details(script_args, model_args, peft_config, train_dataset, eval_dataset) -> dict:
@@ -795,6 +812,7 @@ __all__ = [
     "SeededLengthGroupedSampler",
     "SequenceLengths",
     "add_sequence_lengths",
+    "add_chartwiz_sections",
     "card_details",
     "check_arguments",
     "check_lengths",

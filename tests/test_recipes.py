@@ -344,6 +344,31 @@ def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_di
     assert "| learning rate | 0.02 |" in card
 
 
+def test_the_model_card_is_trls_with_chartwiz_parts(stage1, tiny_dir, chart_data):
+    import trl
+    from huggingface_hub import ModelCard
+
+    output_dir, _ = stage1
+    card = ModelCard.load(os.path.join(output_dir, "README.md"))
+    # TRL's own card: its metadata and tags, its sections, the versions it was trained with
+    assert {"generated_from_trainer", "trl", "sft"} <= set(card.data.tags)
+    assert card.data.model_name == os.path.basename(output_dir)
+    assert f"# Model Card for {os.path.basename(output_dir)}" in card.text
+    assert "This model was trained with SFT." in card.text and "Cite TRL as:" in card.text
+    assert f"- TRL: {trl.__version__}" in card.text
+    # ChartWiz's: language and task, the base parts, the data, the settings and losses, a quick start with an image
+    # model (TRL's is a text-generation pipeline) and no link to a Hub repo named after a local folder
+    assert card.data.language == ["ko"] and card.data.pipeline_tag == "image-text-to-text"
+    assert {"chartwiz", "tune-projector"} <= set(card.data.tags)
+    assert card.data.base_model is None and not card.data.datasets, "local folders are no Hub ids"
+    assert f"fine-tuned version of `{tiny_dir}`" in card.text and "huggingface.co/None" not in card.text
+    assert f"| dataset | {chart_data} (pretrain) |" in card.text and "| trained | projector |" in card.text
+    assert "AutoModelForImageTextToText.from_pretrained" in card.text and "pipeline(" not in card.text
+    sections = [line for line in card.text.splitlines() if line.startswith("#")]
+    assert sections.index("### Settings") < sections.index("### Results") < sections.index("### Framework versions")
+    assert sections.count("## Quick start") == 1
+
+
 @pytest.mark.slow
 def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, tmp_path):
     output_dir, _ = stage1

@@ -180,7 +180,8 @@ def dataset_fingerprint(name: Optional[str], config: Optional[str]):
 def run_definition(script_args, model_args) -> dict:
     """
     What makes two invocations the same run, so that resuming one from the other's checkpoints makes sense: the
-    settings, and the fingerprints of the model folder and the dataset they name.
+    settings, and the fingerprints of the model folder and the dataset they name. (The Trainer resumes from whatever
+    `output_dir` holds; neither it nor TRL records what a run was.)
     """
     model = model_args.model_name_or_path
     definition = {
@@ -241,7 +242,11 @@ def checkpoint_problem(checkpoint: str) -> Optional[str]:
 
 
 def newest_complete_checkpoint(output_dir: str) -> Optional[str]:
-    """The newest checkpoint of `output_dir` that `checkpoint_problem` finds complete; the newer ones are named."""
+    """
+    The newest checkpoint of `output_dir` that `checkpoint_problem` finds complete; the newer ones are named.
+    (transformers' `get_last_checkpoint` takes the highest step whatever state it is in, so a kill while saving
+    would make every rerun fail on it.)
+    """
     steps = sorted(
         (int(match.group(1)), name)
         for name in os.listdir(output_dir)

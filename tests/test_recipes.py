@@ -794,7 +794,7 @@ def test_a_missing_or_empty_split_is_refused(tiny_dir, chart_data, tmp_path, mon
     # A Hub dataset whose train split holds no rows (a `chartwiz data build` folder leaves empty splits out)
     pretrain = load_dataset(chart_data, "pretrain")
     empty = DatasetDict({"train": pretrain["train"].select([]), "test": pretrain["test"]})
-    monkeypatch.setattr(sft, "load_dataset", lambda name, config: empty)
+    monkeypatch.setattr(training, "load_dataset", lambda name, config: empty)
     with pytest.raises(sft.RecipeError, match="Split 'train' of dataset org/charts \\(pretrain\\) is empty"):
         sft.build_trainer(*fast(PRETRAIN, tiny_dir, "org/charts", tmp_path / "out"))
 

@@ -21,6 +21,7 @@ import torch
 from models import make_model
 from transformers import AutoProcessor, TrainerCallback
 
+from chartwiz_hf import training
 from chartwiz_hf.tiny import make_tiny_chartwiz
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
@@ -65,11 +66,11 @@ def measure_padding(data_dir: str, model_dir: str, batch_size: int, epochs: int 
     processor = AutoProcessor.from_pretrained(model_dir)
     train = load_dataset(data_dir, "finetune", split="train")
     # The lengths the collator produces (tests/test_recipes.py checks them against collated batches)
-    train, _ = sft.add_sequence_lengths(train, processor)
+    train, _ = training.add_sequence_lengths(train, processor)
     lengths = np.asarray(train["length"])
     generator = torch.Generator().manual_seed(0)
     random_order = [torch.randperm(len(lengths), generator=generator).tolist() for _ in range(epochs)]
-    sampler = sft.SeededLengthGroupedSampler(batch_size, lengths.tolist(), seed=42)
+    sampler = training.SeededLengthGroupedSampler(batch_size, lengths.tolist(), seed=42)
     grouped_order = []
     for epoch in range(epochs):
         sampler.set_epoch(epoch)

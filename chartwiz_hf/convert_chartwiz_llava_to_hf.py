@@ -14,6 +14,7 @@ converted model computes the same logits as the original for the same prompt and
 """
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -27,11 +28,10 @@ from typing import Optional, Union
 
 import torch
 from accelerate import init_empty_weights
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, load_state_dict_from_file
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, Pix2StructVisionConfig, PretrainedConfig
 from transformers.utils import cached_file
 
@@ -151,21 +151,35 @@ def _resolve(name_or_path: str, filename: str) -> Optional[str]:
     )
 
 
+def _state_dict_loader_options(path: str) -> dict:
+    # huggingface_hub 1.x and later refuse pickles unless told `safe=False`; the original's checkpoints are `.bin`
+    # files, read below with `weights_only=True`. `safe` stays on for safetensors files, so a pickle named
+    # `.safetensors` is never unpickled. Older releases (0.36, the transformers 4.57 lane) have no `safe` and decide
+    # by the file's suffix alone.
+    if "safe" in inspect.signature(load_state_dict_from_file).parameters:
+        return {"safe": path.endswith(".safetensors")}
+    return {}
+
+
 def load_weights_file(path: str) -> dict[str, torch.Tensor]:
     """
-    The tensors of one weights file: safetensors, or a PyTorch pickle read with `torch.load(weights_only=True)`,
-    which refuses any object but tensors and plain containers instead of running it.
+    The tensors of one weights file, read by huggingface_hub's `load_state_dict_from_file`: safetensors, or a PyTorch
+    pickle read with `torch.load(weights_only=True)`, which refuses any object but tensors and plain containers
+    instead of running it. Its errors are rewrapped into one line naming the file.
 
     Raises:
         `ValueError` naming the file when it holds anything but a flat mapping of names to tensors.
     """
+    options = _state_dict_loader_options(path)
     if path.endswith(".safetensors"):
         try:
-            return load_file(path, device="cpu")
-        except (SafetensorError, OSError) as error:
-            raise ValueError(f"{path}: not a readable safetensors file ({_one_line(error)})") from error
+            return load_state_dict_from_file(path, map_location="cpu", weights_only=True, **options)
+        except (SafetensorError, OSError, ValueError) as error:
+            # huggingface_hub wraps safetensors' error in advice about pickles; the cause says what is wrong.
+            cause = error.__cause__ if isinstance(error.__cause__, SafetensorError) else error
+            raise ValueError(f"{path}: not a readable safetensors file ({_one_line(cause)})") from error
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = load_state_dict_from_file(path, map_location="cpu", weights_only=True, **options)
     except pickle.UnpicklingError as error:
         # torch explains how to load it unsafely around the one line saying what it found; keep that line.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -191,6 +205,9 @@ def load_checkpoint_weights(name_or_path: str) -> Optional[dict[str, torch.Tenso
     All weights of a checkpoint folder or Hub repo (safetensors first, then `.bin`; sharded or not), or None when it
     has no weights files.
     """
+    # The index is read here rather than by huggingface_hub's `load_torch_model` or transformers'
+    # `load_sharded_checkpoint`: those load shards into a model of the same keys, and the original's keys are
+    # renamed (and checked shard by shard) before any ChartWiz model exists.
     for filename in WEIGHTS_NAMES:
         path = _resolve(name_or_path, filename)
         if path is None:

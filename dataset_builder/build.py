@@ -12,11 +12,10 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Optional
+from typing import Optional, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.table import embed_table_storage
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
@@ -25,13 +24,12 @@ from chartwiz_hf.names import BUILT_CONFIGS
 
 from .aihub import check_tree, unknown_folders
 from .builder import CONFIG_TASKS, ChartWizAIHub
-from .card import ShardPaths, render_card, write_card
+from .card import ShardPaths, render_card
 from .rows import repeated_conversations
 
 
 logger = logging.getLogger(__name__)
 LOCAL_ROWS_PER_SHARD = 250_000
-HUB_BYTES_PER_SHARD = 500 << 20
 REPORT_NAME = "build_report.json"
 FAILED_REPORT_NAME = "build_report.failed.json"
 LOCK_NAME = ".build.lock"
@@ -78,29 +76,25 @@ def _content_hash(path: str) -> str:
 
 
 def write_parquet_shards(
-    tables: Iterable[pa.Table], directory: str, split: str, embed_images: bool, name_by_content: bool = False
+    tables: Iterable[pa.Table], directory: str, split: str, name_by_content: bool = False
 ) -> list[str]:
     """
     Writes a split's tables as `<split>-0000i-of-0000n.parquet` (with `name_by_content`,
     `<split>-0000i-of-0000n-<sha256 prefix>.parquet`: shards of another content never take an existing shard's name).
-    With `embed_images` the image bytes go into the shards (as the Hub wants) and shards are cut by size; without,
-    rows point at the image files, stored once. Shards are renamed into place only when complete.
+    Rows point at the image files, stored once (`push_dataset` embeds them for the Hub). Shards are renamed into place
+    only when complete.
     """
     os.makedirs(directory, exist_ok=True)
-    pending, writer, rows, size = [], None, 0, 0
+    pending, writer, rows = [], None, 0
     progress = tqdm(desc=f"Writing {os.path.basename(directory)}/{split} shards", unit=" rows")
     for table in tables:
-        if embed_images:
-            table = embed_table_storage(table)
-        full = size >= HUB_BYTES_PER_SHARD if embed_images else rows >= LOCAL_ROWS_PER_SHARD
-        if writer is None or full:
+        if writer is None or rows >= LOCAL_ROWS_PER_SHARD:
             if writer is not None:
                 writer.close()
             pending.append(os.path.join(directory, f"{split}-{len(pending):05d}.parquet.partial"))
-            writer, rows, size = pq.ParquetWriter(pending[-1], table.schema), 0, 0
+            writer, rows = pq.ParquetWriter(pending[-1], table.schema), 0
         writer.write_table(table)
         rows += table.num_rows
-        size += table.nbytes
         progress.update(table.num_rows)
     progress.close()
     if writer is not None:
@@ -164,7 +158,6 @@ def _stage_shards(configs, splits, data_dir, gpt_files, work_dir, staging_dir, n
                 arrow_tables(arrow_files),
                 os.path.join(staging_dir, config),
                 split,
-                embed_images=False,
                 name_by_content=True,
             )
             shards[config][split] = [os.path.relpath(path, staging_dir) for path in staged]
@@ -317,6 +310,7 @@ def build_dataset(
     num_proc: Optional[int] = None,
     push_to_hub: Optional[str] = None,
     private: bool = False,
+    max_shard_size: Optional[Union[int, str]] = None,
 ) -> dict:
     """
     Materializes the requested configs of an AI-Hub tree as Parquet shards under `output_dir/<config>/`, with a
@@ -334,8 +328,10 @@ def build_dataset(
         gpt_sources (`Iterable[str]`, defaults to `()`): GPT conversation files or folders, for `gpt` and `all`.
         configs (`Iterable[str]`, defaults to `("pretrain", "finetune", "gpt")`): the configs to build.
         num_proc (`int`, *optional*): processes per config (at least 1).
-        push_to_hub (`str`, *optional*): also upload the build, images embedded, to this Hub dataset repo.
+        push_to_hub (`str`, *optional*): also upload the build, images embedded, to this Hub dataset repo
+            (`push_dataset`).
         private (`bool`, defaults to `False`): create that repo as private.
+        max_shard_size (`int` or `str`, *optional*): the largest shard pushed (`"500MB"`, `datasets`' default).
     """
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ValueError(f"num_proc must be at least 1, got {num_proc!r}.")
@@ -394,7 +390,7 @@ def build_dataset(
         if os.path.exists(os.path.join(output_dir, FAILED_REPORT_NAME)):
             os.remove(os.path.join(output_dir, FAILED_REPORT_NAME))
         if push_to_hub:
-            push_dataset(output_dir, push_to_hub, private=private)
+            push_dataset(output_dir, push_to_hub, private=private, max_shard_size=max_shard_size)
     return report
 
 
@@ -450,36 +446,59 @@ def _report(collected: dict, shards: dict, output_dir: str, data_dir: str, gpt_f
     }
 
 
-def export_for_hub(output_dir: str, staging_dir: str) -> None:
-    """Copies a local build into `staging_dir` with the images embedded in the Parquet shards."""
+def _hub_report(report: dict) -> dict:
+    """The build report as the Hub copy has it: each split's shards are the ones `push_to_hub` names."""
+    hub = json.loads(json.dumps(report))
+    for config, by_split in hub["counts"].items():
+        for split, counts in by_split.items():
+            counts["files"] = [f"{config}/{split}-*.parquet"] if counts["files"] else []
+    return hub
+
+
+def push_dataset(
+    output_dir: str,
+    repo_id: str,
+    private: bool = False,
+    token: Optional[str] = None,
+    max_shard_size: Optional[Union[int, str]] = None,
+) -> str:
+    """
+    Uploads a local build to a Hub dataset repo with `DatasetDict.push_to_hub`, one call per built config (the images
+    embedded, shards of at most `max_shard_size`, `configs:` written into the card); returns the last commit's URL.
+
+    Our card and report go first, in a commit of their own: `push_to_hub` keeps the text and metadata of the card it
+    finds and adds its config's `data_files` and `dataset_info` to it. The `all` config is not pushed: the card's
+    entry for it names finetune's and gpt's shards, as the local card does, instead of uploading those rows twice.
+    """
+    from datasets import load_dataset
+    from huggingface_hub import CommitOperationAdd, HfApi
+
     with open(os.path.join(output_dir, REPORT_NAME), encoding="utf-8") as file:
         report = json.load(file)
-    for config, by_split in report["counts"].items():
-        for split, counts in by_split.items():
-            local_files = [os.path.join(output_dir, path) for path in counts["files"]]
-            files = write_parquet_shards(
-                parquet_tables(local_files), os.path.join(staging_dir, config), split, embed_images=True
-            )
-            counts["files"] = [os.path.relpath(path, staging_dir) for path in files]
-    with open(os.path.join(staging_dir, REPORT_NAME), "w", encoding="utf-8") as file:
-        json.dump(report, file, ensure_ascii=False, indent=2)
-    write_card(staging_dir, report, images_embedded=True)
-
-
-def push_dataset(output_dir: str, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
-    """Uploads a local build to a Hub dataset repo, images embedded; returns the commit URL."""
-    from huggingface_hub import HfApi
-
+    built = [config for config in BUILT_CONFIGS if config in report["counts"]]
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory(prefix="chartwiz-hub-") as staging_dir:
-        export_for_hub(output_dir, staging_dir)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=staging_dir,
-            commit_message="Upload ChartWiz AI-Hub chart dataset",
-            delete_patterns=["*.parquet"],
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    hub_report = _hub_report(report)
+    card = render_card(report, images_embedded=True, shard_paths=ShardPaths(output_dir), hub_report=hub_report)
+    api.create_commit(
+        repo_id,
+        repo_type="dataset",
+        operations=[
+            CommitOperationAdd("README.md", card.encode("utf-8")),
+            CommitOperationAdd(REPORT_NAME, json.dumps(hub_report, ensure_ascii=False, indent=2).encode("utf-8")),
+        ],
+        commit_message="Upload the ChartWiz AI-Hub chart dataset card and build report",
+    )
+    commit = None
+    for config in built:
+        commit = load_dataset(output_dir, config).push_to_hub(
+            repo_id,
+            config_name=config,
+            set_default=config == "finetune",
+            private=private,
+            token=token,
+            max_shard_size=max_shard_size,
+            commit_message=f"Upload the {config} config of the ChartWiz AI-Hub chart dataset",
         )
     return str(commit)
 
@@ -489,7 +508,6 @@ __all__ = [
     "build_dataset",
     "exclusive_build",
     "expand_gpt_sources",
-    "export_for_hub",
     "parquet_tables",
     "push_dataset",
     "write_parquet_shards",

@@ -11,8 +11,6 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCardData
 
-from chartwiz_hf.files import write_text_atomic
-
 from .aihub import CHART_TYPES
 from .builder import _DESCRIPTION, _LICENSE, CONFIG_TASKS, FEATURES
 
@@ -85,14 +83,31 @@ def read_build_fingerprint(directory: str, config: str) -> str | None:
     return None
 
 
-def _front_matter(report: dict, shard_paths: ShardPaths) -> str:
-    # The same metadata `push_to_hub` writes; `datasets` also keys its cache of a local folder on it.
-    card_data = DatasetCardData(
+def _card_data() -> DatasetCardData:
+    return DatasetCardData(
         language=["ko"],
         license="other",
         task_categories=["image-text-to-text", "visual-question-answering"],
         pretty_name="ChartWiz AI-Hub charts",
     )
+
+
+def _hub_front_matter(hub_report: dict) -> str:
+    """
+    The metadata of the card `push_dataset` uploads before the data: `push_to_hub` adds each config it pushes, with
+    its `dataset_info`. `all` is never pushed: its entry names finetune's and gpt's shards, as the local card does.
+    """
+    card_data = _card_data()
+    entries = _data_files(hub_report, "all")
+    if entries:
+        data_files = [{"split": e["split"], "path": e["paths"]} for e in entries]
+        MetadataConfigs({"all": {"data_files": data_files}}).to_dataset_card_data(card_data)
+    return f"---\n{card_data.to_yaml()}\n---"
+
+
+def _front_matter(report: dict, shard_paths: ShardPaths) -> str:
+    # The same metadata `push_to_hub` writes; `datasets` also keys its cache of a local folder on it.
+    card_data = _card_data()
     configs, infos = {}, {}
     for config in CONFIG_TASKS:
         entries = _data_files(report, config)
@@ -154,8 +169,11 @@ def _count_tables(report: dict, shard_paths: ShardPaths) -> list[str]:
     return lines
 
 
-def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) -> str:
-    """The text of the dataset card (`README.md`) of a build whose shards `shard_paths` locates."""
+def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths, hub_report: dict | None = None) -> str:
+    """
+    The text of the dataset card (`README.md`) of a build whose shards `shard_paths` locates; with `hub_report` (the
+    report as the Hub copy has it), the card `push_dataset` uploads before `push_to_hub` adds the configs to it.
+    """
     storage = (
         "The images are embedded in the Parquet shards (the `image` column holds the JPEG bytes)."
         if images_embedded
@@ -165,8 +183,14 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
     )
     skipped = sum(entry.get("records", 1) for entry in report["skipped"])
     warnings = [f"- {warning['message']}" for warning in report.get("warnings", [])]
+    fingerprints = (
+        "Each config's `description` holds a sha256 of its shards and of the AI-Hub tree's location, so that "
+        "`datasets` caches every build apart."
+        if hub_report is None
+        else ""
+    )
     body = [
-        _front_matter(report, shard_paths),
+        _front_matter(report, shard_paths) if hub_report is None else _hub_front_matter(hub_report),
         "",
         "# ChartWiz AI-Hub charts",
         "",
@@ -203,8 +227,7 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
         "",
         f"Built by `chartwiz data build` from the AI-Hub chart image-text tree; GPT conversations from "
         f"{len(report['gpt_files'])} file(s). {skipped} record(s) were skipped; `build_report.json` lists each with "
-        "its reason. Each config's `description` holds a sha256 of its shards and of the AI-Hub tree's location, so "
-        "that `datasets` caches every build apart.",
+        f"its reason. {fingerprints}".rstrip(),
         "",
         *(["Warnings:", "", *warnings, ""] if warnings else []),
         "## License",
@@ -215,17 +238,9 @@ def render_card(report: dict, images_embedded: bool, shard_paths: ShardPaths) ->
     return "\n".join(body)
 
 
-def write_card(directory: str, report: dict, images_embedded: bool) -> str:
-    """Writes `README.md` for a build in `directory` and returns its path."""
-    path = os.path.join(directory, "README.md")
-    write_text_atomic(path, render_card(report, images_embedded, ShardPaths(directory)))
-    return path
-
-
 __all__ = [
     "ShardPaths",
     "build_fingerprint",
     "read_build_fingerprint",
     "render_card",
-    "write_card",
 ]

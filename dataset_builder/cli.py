@@ -29,6 +29,7 @@ def _build(args):
         num_proc=args.num_proc,
         push_to_hub=args.push_to_hub,
         private=args.private,
+        max_shard_size=args.max_shard_size,
     )
     summary = {
         config: {split: {k: v for k, v in counts.items() if k != "files"} for split, counts in by_split.items()}
@@ -73,6 +74,11 @@ def add_data_commands(commands) -> None:
     build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    build.add_argument(
+        "--max-shard-size",
+        default=None,
+        help="largest Parquet shard pushed to the Hub, e.g. 500MB (datasets' default)",
+    )
     build.set_defaults(
         func=_build,
         prog=build.prog,

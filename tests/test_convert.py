@@ -534,3 +534,33 @@ def test_a_checkpoint_path_that_does_not_exist_is_named(tmp_path, capsys):
         capsys.readouterr().err
         == f"chartwiz convert: error: {tmp_path / 'nowhere'}: no such folder, and not a Hub repo id\n"
     )
+
+
+def test_weights_files_load_through_the_hub_loader_and_bad_ones_are_named(tmp_path):
+    load_weights_file = convert_chartwiz_llava_to_hf.load_weights_file
+    tensors = {"a.weight": torch.arange(6.0).reshape(2, 3), "b.bias": torch.ones(2)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    torch.save(tensors, tmp_path / "pytorch_model.bin")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        loaded = load_weights_file(str(tmp_path / name))
+        assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors), name
+
+    torn = tmp_path / "torn.safetensors"
+    torn.write_bytes((tmp_path / "model.safetensors").read_bytes()[:-8])
+    with pytest.raises(ValueError, match=r"torn.safetensors: not a readable safetensors file \(") as caught:
+        load_weights_file(str(torn))
+    assert "\n" not in str(caught.value)
+    # A pickle under a safetensors name is read as safetensors, never unpickled.
+    disguised = tmp_path / "disguised.safetensors"
+    torch.save({"w": Pwned(str(tmp_path / "pwned"))}, disguised)
+    with pytest.raises(ValueError, match="disguised.safetensors: not a readable safetensors file"):
+        load_weights_file(str(disguised))
+    assert not os.path.exists(tmp_path / "pwned")
+
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes((tmp_path / "pytorch_model.bin").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut.bin: not a readable PyTorch weights file"):
+        load_weights_file(str(cut))
+    torch.save([torch.ones(1)], tmp_path / "list.bin")
+    with pytest.raises(ValueError, match="list.bin: expected a mapping of parameter names to tensors, found list"):
+        load_weights_file(str(tmp_path / "list.bin"))

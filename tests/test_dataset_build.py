@@ -1,7 +1,9 @@
+import glob
 import io
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from datasets import Image, load_dataset
@@ -246,33 +248,118 @@ def test_num_proc_gives_the_same_rows(tmp_path):
     assert rows[0] == rows[1]
 
 
-def test_push_uploads_files_that_load_with_images_embedded(messy_tree, tmp_path, monkeypatch):
+def fake_hub(monkeypatch, tmp_path, repo_id: str):
+    """
+    A Hub dataset repo in a local folder, behind huggingface_hub's own boundary: `HfApi`'s calls that `push_to_hub`
+    and `push_dataset` make, and the `HfFileSystem` through which `datasets` reads the repo's card and files. Returns
+    the folder and the log of the calls.
+    """
+    import datasets.dataset_dict
     import huggingface_hub
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+    from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete
+
+    sha = "0" * 40
+    root = tmp_path / "hub"
+    # `datasets` reads the repo at `datasets/<repo_id>@<sha>` of the file system it is given.
+    repo = root / "datasets" / f"{repo_id}@{sha}"
+    repo.mkdir(parents=True)
+    calls = {"create_repo": [], "preuploaded": {}, "commits": []}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append((repo_id, kwargs))
+
+    def repo_info(self, repo_id, **kwargs):
+        return SimpleNamespace(id=repo_id, sha=sha)
+
+    def preupload_lfs_files(self, repo_id, additions, **kwargs):
+        # The file an addition names is deleted once uploaded: keep its bytes, as the Hub does.
+        for addition in additions:
+            with addition.as_file() as file:
+                calls["preuploaded"][addition.path_in_repo] = file.read()
+
+    def create_commit(self, repo_id, operations, commit_message, **kwargs):
+        written, deleted = [], []
+        for operation in operations:
+            target = repo / operation.path_in_repo
+            if isinstance(operation, CommitOperationAdd):
+                content = calls["preuploaded"].pop(operation.path_in_repo, None)
+                if content is None:
+                    with operation.as_file() as file:
+                        content = file.read()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+                written.append(operation.path_in_repo)
+            elif isinstance(operation, CommitOperationDelete):
+                target.unlink()
+                deleted.append(operation.path_in_repo)
+        calls["commits"].append({"message": commit_message, "written": written, "deleted": deleted})
+        url = f"https://huggingface.co/datasets/{repo_id}/commit/{len(calls['commits'])}"
+        return CommitInfo(commit_url=url, commit_message=commit_message, commit_description="", oid=sha)
+
+    for name, method in [
+        ("create_repo", create_repo),
+        ("repo_info", repo_info),
+        ("preupload_lfs_files", preupload_lfs_files),
+        ("create_commit", create_commit),
+    ]:
+        monkeypatch.setattr(huggingface_hub.HfApi, name, method)
+    monkeypatch.setattr(
+        datasets.dataset_dict, "HfFileSystem", lambda **kwargs: DirFileSystem(path=str(root), fs=LocalFileSystem())
+    )
+    return repo, calls
+
+
+def test_push_uploads_every_config_with_images_embedded_and_our_card(messy_tree, tmp_path, monkeypatch):
+    from huggingface_hub import DatasetCard
 
     root, gpt_file, _ = messy_tree
     out = str(tmp_path / "out")
-    uploaded = tmp_path / "hub"
-    calls = {}
+    uploaded, calls = fake_hub(monkeypatch, tmp_path, "org/charts")
+    # Shards of about two charts: several for finetune's 5 rows (3 charts' worth), one for the 1- and 2-row splits
+    (chart,) = glob.glob(os.path.join(root, "**", "good1.jpg"), recursive=True)
+    shard_size = int(2.5 * os.path.getsize(chart))
+    report = build_dataset(
+        root, out, gpt_sources=[gpt_file], push_to_hub="org/charts", private=True, max_shard_size=shard_size
+    )
+    assert calls["create_repo"] == [("org/charts", {"repo_type": "dataset", "private": True, "exist_ok": True})]
+    # Our card and report first, then one push_to_hub commit per config (`all` reuses finetune's and gpt's shards)
+    messages = [commit["message"] for commit in calls["commits"]]
+    assert messages[0].startswith("Upload the ChartWiz AI-Hub chart dataset card")
+    assert calls["commits"][0]["written"] == ["README.md", "build_report.json"]
+    assert [m.split()[2] for m in messages[1:]] == ["pretrain", "finetune", "gpt"]
+    assert not calls["preuploaded"], "every preuploaded shard was committed"
 
-    def create_repo(self, repo_id, **kwargs):
-        calls["create_repo"] = (repo_id, kwargs)
+    shards = sorted(str(path.relative_to(uploaded)) for path in uploaded.rglob("*.parquet"))
+    assert {path.split("/")[0] for path in shards} == {"pretrain", "finetune", "gpt"}
+    finetune_train = [path for path in shards if path.startswith("finetune/train-")]
+    assert len(finetune_train) > 1 and finetune_train[0].endswith(f"-of-{len(finetune_train):05d}.parquet"), shards
 
-    def upload_folder(self, repo_id, folder_path, **kwargs):
-        calls["upload_folder"] = (repo_id, kwargs)
-        shutil.copytree(folder_path, uploaded)
-        return "https://huggingface.co/datasets/org/charts/commit/abc"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    build_dataset(root, out, gpt_sources=[gpt_file], push_to_hub="org/charts", private=True)
-    assert calls["create_repo"] == ("org/charts", {"repo_type": "dataset", "private": True, "exist_ok": True})
-    assert calls["upload_folder"][1]["repo_type"] == "dataset"
+    card = DatasetCard.load(uploaded / "README.md")
+    configs = {entry["config_name"]: entry for entry in card.data.to_dict()["configs"]}
+    assert set(configs) == {"pretrain", "finetune", "gpt", "all"} and configs["finetune"].get("default") is True
+    assert configs["pretrain"]["data_files"] == [
+        {"split": "train", "path": "pretrain/train-*"},
+        {"split": "test", "path": "pretrain/test-*"},
+    ]
+    assert {"finetune/train-*.parquet", "gpt/train-*.parquet"} <= {
+        path for entry in configs["all"]["data_files"] for path in entry["path"]
+    }
+    assert {info["config_name"] for info in card.data.to_dict()["dataset_info"]} >= {"pretrain", "finetune", "gpt"}
+    assert card.data.language == ["ko"] and card.data.pretty_name == "ChartWiz AI-Hub charts"
+    assert "## Columns" in card.text and "## Counts" in card.text and "The images are embedded" in card.text
+    hub_report = json.loads((uploaded / "build_report.json").read_text(encoding="utf-8"))
+    assert hub_report["counts"]["finetune"]["train"]["written"] == report["counts"]["finetune"]["train"]["written"]
+    assert hub_report["counts"]["finetune"]["train"]["files"] == ["finetune/train-*.parquet"]
+    assert len(hub_report["skipped"]) == len(report["skipped"])
 
     shutil.rmtree(root)  # the uploaded shards must not need the raw tree
     finetune = load_dataset(str(uploaded), "finetune")
-    assert finetune["train"][0]["image"].size == (160, 120)
-    assert "embedded" in (uploaded / "README.md").read_text(encoding="utf-8")
-    assert json.loads((uploaded / "build_report.json").read_text())["counts"]["finetune"]["train"]["written"] == 5
+    assert finetune["train"].num_rows == 5 and finetune["train"][0]["image"].size == (160, 120)
+    every = load_dataset(str(uploaded), "all")
+    gpt = load_dataset(str(uploaded), "gpt")
+    assert every["train"].num_rows == finetune["train"].num_rows + gpt["train"].num_rows
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from chartwiz_hf import cli
+from chartwiz_hf import cli, training
 from chartwiz_hf.inference import answer_questions, load_chartwiz
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
@@ -293,10 +293,10 @@ def test_collated_labels_are_the_completions_only(tiny_dir, chart_data, tmp_path
 def test_length_grouping_is_seeded_and_keeps_padding_low():
     rng = np.random.default_rng(0)
     lengths = rng.integers(100, 400, size=400).tolist()
-    sampler = sft.SeededLengthGroupedSampler(8, lengths, seed=3)
+    sampler = training.SeededLengthGroupedSampler(8, lengths, seed=3)
     first = list(sampler)
     assert sorted(first) == list(range(400)), "every row once per epoch"
-    assert list(sft.SeededLengthGroupedSampler(8, lengths, seed=3)) == first, "same seed, same order"
+    assert list(training.SeededLengthGroupedSampler(8, lengths, seed=3)) == first, "same seed, same order"
     sampler.set_epoch(1)
     assert list(sampler) != first, "a new order each epoch"
     torch.manual_seed(123)  # the global random state plays no part
@@ -342,6 +342,31 @@ def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_di
     card = Path(output_dir, "README.md").read_text(encoding="utf-8")
     assert "stage 1, projector pretraining" in card and f"{eval_loss:.4f}" in card and "(pretrain)" in card
     assert "| learning rate | 0.02 |" in card
+
+
+def test_the_model_card_is_trls_with_chartwiz_parts(stage1, tiny_dir, chart_data):
+    import trl
+    from huggingface_hub import ModelCard
+
+    output_dir, _ = stage1
+    card = ModelCard.load(os.path.join(output_dir, "README.md"))
+    # TRL's own card: its metadata and tags, its sections, the versions it was trained with
+    assert {"generated_from_trainer", "trl", "sft"} <= set(card.data.tags)
+    assert card.data.model_name == os.path.basename(output_dir)
+    assert f"# Model Card for {os.path.basename(output_dir)}" in card.text
+    assert "This model was trained with SFT." in card.text and "Cite TRL as:" in card.text
+    assert f"- TRL: {trl.__version__}" in card.text
+    # ChartWiz's: language and task, the base parts, the data, the settings and losses, a quick start with an image
+    # model (TRL's is a text-generation pipeline) and no link to a Hub repo named after a local folder
+    assert card.data.language == ["ko"] and card.data.pipeline_tag == "image-text-to-text"
+    assert {"chartwiz", "tune-projector"} <= set(card.data.tags)
+    assert card.data.base_model is None and not card.data.datasets, "local folders are no Hub ids"
+    assert f"fine-tuned version of `{tiny_dir}`" in card.text and "huggingface.co/None" not in card.text
+    assert f"| dataset | {chart_data} (pretrain) |" in card.text and "| trained | projector |" in card.text
+    assert "AutoModelForImageTextToText.from_pretrained" in card.text and "pipeline(" not in card.text
+    sections = [line for line in card.text.splitlines() if line.startswith("#")]
+    assert sections.index("### Settings") < sections.index("### Results") < sections.index("### Framework versions")
+    assert sections.count("## Quick start") == 1
 
 
 @pytest.mark.slow
@@ -473,9 +498,9 @@ def test_a_checkpoint_half_written_by_a_kill_is_skipped_for_the_one_before(
     (last / "trainer_state.json").unlink()
     weights_file = last / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
-    assert sft.checkpoint_problem(str(last)) == "it has no trainer_state.json"
+    assert training.checkpoint_problem(str(last)) == "it has no trainer_state.json"
     (last / "trainer_state.json").write_text((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
-    assert "model.safetensors does not load" in sft.checkpoint_problem(str(last))
+    assert "model.safetensors does not load" in training.checkpoint_problem(str(last))
 
     record = RecordStart()
     with caplog.at_level("WARNING"):
@@ -769,7 +794,7 @@ def test_a_missing_or_empty_split_is_refused(tiny_dir, chart_data, tmp_path, mon
     # A Hub dataset whose train split holds no rows (a `chartwiz data build` folder leaves empty splits out)
     pretrain = load_dataset(chart_data, "pretrain")
     empty = DatasetDict({"train": pretrain["train"].select([]), "test": pretrain["test"]})
-    monkeypatch.setattr(sft, "load_dataset", lambda name, config: empty)
+    monkeypatch.setattr(training, "load_dataset", lambda name, config: empty)
     with pytest.raises(sft.RecipeError, match="Split 'train' of dataset org/charts \\(pretrain\\) is empty"):
         sft.build_trainer(*fast(PRETRAIN, tiny_dir, "org/charts", tmp_path / "out"))
 
@@ -819,7 +844,7 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not a run")
-    with pytest.raises(sft.RecipeError, match=f"has no {sft.RUN_FILE}, so it is not a run of this script"):
+    with pytest.raises(sft.RecipeError, match=f"has no {training.RUN_FILE}, so it is not a run of this script"):
         sft.build_trainer(*fast(PRETRAIN, tiny_dir, chart_data, foreign))
     # --overwrite_output_dir starts over: no resume, old checkpoints removed, the new run recorded
     copy = tmp_path / "copy"
@@ -829,7 +854,7 @@ def test_an_output_dir_holding_another_run_is_refused(stage1, chart_data, tiny_d
         *fast(PRETRAIN, tiny_dir, chart_data, copy, dataset_config="gpt", overwrite_output_dir=True)
     )
     assert resume_from is None and not (copy / "checkpoint-99").exists()
-    assert json.loads((copy / sft.RUN_FILE).read_text())["dataset_config"] == "gpt"
+    assert json.loads((copy / training.RUN_FILE).read_text())["dataset_config"] == "gpt"
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_dir, chart_data, tmp_path):

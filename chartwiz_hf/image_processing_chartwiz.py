@@ -324,13 +324,15 @@ class ChartWizImageProcessor(BaseImageProcessor):
             align_corners=False,
             antialias=True,
         )
-        # [channels, rows, patch_h, columns, patch_w] -> [rows * columns, patch_h * patch_w * channels]
-        patches = resized[0].numpy().reshape(channels, rows, patch_height, columns, patch_width)
-        patches = patches.transpose(1, 3, 2, 4, 0).reshape(rows * columns, -1)
-        result = np.zeros((max_patches, 2 + patches.shape[1]), dtype=np.float32)
+        depth = patch_height * patch_width * channels
+        result = np.zeros((max_patches, 2 + depth), dtype=np.float32)
         result[: rows * columns, 0] = np.repeat(np.arange(1, rows + 1, dtype=np.float32), columns)
         result[: rows * columns, 1] = np.tile(np.arange(1, columns + 1, dtype=np.float32), rows)
-        result[: rows * columns, 2:] = patches
+        # [channels, rows, patch_h, columns, patch_w] copied once into its place in the result, seen as
+        # [rows, columns, patch_h, patch_w, channels]: a view, since only the axes of a strided 2D slice are split
+        target = result[: rows * columns, 2:].reshape(rows, columns, patch_height, patch_width, channels)
+        source = resized[0].numpy().reshape(channels, rows, patch_height, columns, patch_width)
+        target[...] = source.transpose(1, 3, 2, 4, 0)
         return result
 
     def _process_one(self, image, header_text, do_convert_rgb, do_normalize, max_patches, patch_size, font_path):

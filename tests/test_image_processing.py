@@ -32,34 +32,74 @@ def varied_images():
     return images
 
 
-# transformers 5's Pix2StructImageProcessorPil takes no font_path (with a header it would download Arial), so the
-# header path is compared with 4.57's processor in the 4.57 lane, and with 5's header drawing below.
+# transformers 5's Pix2StructImageProcessorPil drops a font_path passed to its call (with a header it would download
+# Arial); its render_header takes one.
 _NO_FONT_PATH = hasattr(transformers, "Pix2StructImageProcessorPil")
 
 
-@pytest.mark.parametrize(
-    "is_vqa",
-    [
-        pytest.param(
-            True,
-            marks=pytest.mark.skipif(
-                _NO_FONT_PATH,
-                reason="transformers 5's Pix2Struct processor takes no font; test_header_canvas_equals_pix2structs",
-            ),
-        ),
-        False,
-    ],
-)
+def pix2struct_with_font(**kwargs):
+    """transformers' Pix2Struct image processor drawing its header with the bundled font, and the call's kwargs."""
+    if not _NO_FONT_PATH:
+        return pix2struct_image_processor(**kwargs), {"font_path": bundled_font_path()}
+
+    class WithFont(transformers.Pix2StructImageProcessorPil):
+        def render_header(self, image, header, font_bytes=None, font_path=None):
+            return super().render_header(image, header, font_path=bundled_font_path())
+
+    return WithFont(**kwargs), {}
+
+
+@pytest.mark.parametrize("is_vqa", [True, False])
 @pytest.mark.parametrize("max_patches", [64, 512])
 def test_same_values_as_pix2struct_for_the_same_font(is_vqa, max_patches):
     images = varied_images()
-    reference = pix2struct_image_processor(is_vqa=is_vqa, max_patches=max_patches)
+    reference, font_kwargs = pix2struct_with_font(is_vqa=is_vqa, max_patches=max_patches)
     ours = ChartWizImageProcessor(is_vqa=is_vqa, max_patches=max_patches)
-    kwargs = {"header_text": DEPLOT_HEADER_TEXT, "font_path": bundled_font_path()} if is_vqa else {}
+    kwargs = {"header_text": DEPLOT_HEADER_TEXT, **font_kwargs} if is_vqa else {}
     expected = reference(images, return_tensors="np", **kwargs)
     actual = ours(images, return_tensors="np")
     np.testing.assert_array_equal(actual["pixel_values"], expected["flattened_patches"])
     np.testing.assert_array_equal(actual["pixel_attention_mask"], expected["attention_mask"])
+
+
+def unusual_images():
+    chart = draw_chart(400, 300)
+    return {
+        "odd-size": draw_chart(333, 211, seed=3),
+        "tiny": Image.new("RGB", (3, 2), "red"),
+        "wide": draw_chart(2000, 50),
+        "tall": draw_chart(200, 1200),
+        "wider-than-the-header": draw_chart(1301, 707, seed=5),
+        "rgba": chart.convert("RGBA"),
+        "grayscale": chart.convert("L"),
+        "palette": chart.convert("P"),
+        "cmyk": chart.convert("CMYK"),
+        "array": np.asarray(draw_chart(257, 129, seed=7)),
+    }
+
+
+@pytest.mark.parametrize(
+    "is_vqa, max_patches, patch_size",
+    [
+        (True, 512, {"height": 16, "width": 16}),
+        (False, 1, {"height": 16, "width": 16}),
+        (True, 7, {"height": 8, "width": 12}),
+        pytest.param(False, 2048, {"height": 16, "width": 16}, marks=pytest.mark.slow),
+    ],
+    ids=["header-512", "1-patch", "7-non-square-patches", "2048"],
+)
+def test_one_image_per_call_same_values_as_pix2struct(is_vqa, max_patches, patch_size):
+    # One image per call, as `chartwiz ask` and a server call it, over the shapes and modes the patch layout and the
+    # row and column ids must get right.
+    reference, font_kwargs = pix2struct_with_font(is_vqa=is_vqa, max_patches=max_patches, patch_size=patch_size)
+    ours = ChartWizImageProcessor(is_vqa=is_vqa, max_patches=max_patches, patch_size=patch_size)
+    kwargs = {"header_text": DEPLOT_HEADER_TEXT, **font_kwargs} if is_vqa else {}
+    for name, image in unusual_images().items():
+        expected = reference(image, return_tensors="np", **kwargs)
+        actual = ours(image, return_tensors="np")
+        assert actual["pixel_values"].shape == (1, max_patches, 2 + 3 * patch_size["height"] * patch_size["width"])
+        np.testing.assert_array_equal(actual["pixel_values"], expected["flattened_patches"], err_msg=name)
+        np.testing.assert_array_equal(actual["pixel_attention_mask"], expected["attention_mask"], err_msg=name)
 
 
 @pytest.mark.skipif(

@@ -21,7 +21,9 @@ from .engines import InferenceEngine
 from .fingerprints import ContentDigests, changed_files, describe_changes, digest, model_fingerprints
 from .inference import (
     IMAGE_TOKEN,
+    ContextLengthError,
     context_length,
+    fit_in_context,
     generate_answers,
     load_chart_image,
     load_chartwiz,
@@ -999,7 +1001,9 @@ def run_inference(
                 except ValueError as error:  # an earlier turn that cannot be asked (empty, not valid text)
                     unfit.append((job.question, "inputs", str(error)))
                     continue
-                if context_limit is not None and job.prompt_tokens + max_new_tokens > context_limit:
+                try:
+                    fit_in_context(job.prompt_tokens, max_new_tokens, context_limit)
+                except ContextLengthError:
                     reason = (
                         f"prompt longer than the context: {job.prompt_tokens} tokens (the image takes "
                         f"{processor.image_seq_length}) + --max-new-tokens {max_new_tokens} > {context_limit}, the "

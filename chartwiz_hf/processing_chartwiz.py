@@ -223,10 +223,8 @@ class ChartWizProcessor(ProcessorMixin):
             )
         conversations = _as_conversations(text)
         if conversations is not None:
-            rendered = [
-                self._render(conversation, add_generation_prompt, split_special_tokens_in_messages)
-                for conversation in conversations
-            ]
+            pattern = self._special_token_pattern() if split_special_tokens_in_messages else None
+            rendered = [self._render(conversation, add_generation_prompt, pattern) for conversation in conversations]
             text, restorations = [prompt for prompt, _ in rendered], [restore for _, restore in rendered]
         elif split_special_tokens_in_messages:
             raise ValueError(
@@ -252,7 +250,9 @@ class ChartWizProcessor(ProcessorMixin):
             image_seq_length = len(image_inputs["pixel_values"][0])
         prompt_strings, replacement_offsets = self._expand_image_tokens(text, image_seq_length)
         if any(restorations):
-            text_inputs = self._tokenize_protected(text, restorations, image_seq_length, output_kwargs["text_kwargs"])
+            text_inputs = self._tokenize_protected(
+                text, restorations, pattern, image_seq_length, output_kwargs["text_kwargs"]
+            )
             replacement_offsets = [
                 _restored_offsets(entries, prompt, expanded, restore)
                 for entries, prompt, expanded, restore in zip(replacement_offsets, text, prompt_strings, restorations)
@@ -274,14 +274,16 @@ class ChartWizProcessor(ProcessorMixin):
             return None
         return re.compile("(" + "|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)) + ")")
 
-    def _render(self, conversation: list[dict], add_generation_prompt: bool, protect: bool) -> tuple[str, dict]:
+    def _render(
+        self, conversation: list[dict], add_generation_prompt: bool, pattern: Optional[re.Pattern]
+    ) -> tuple[str, dict]:
         """
-        The prompt of `conversation` from the chat template and, with `protect`, what restores the messages'
-        special-token strings: while the template renders, a private-use character stands in for each of them, so
-        that the special tokens left in the prompt are the template's own (`_tokenize_protected` puts them back as
-        plain text). Without such strings the prompt is rendered as it is and nothing needs restoring.
+        The prompt of `conversation` from the chat template and, given the `pattern` of the special tokens, what
+        restores the messages' special-token strings: while the template renders, a private-use character stands in
+        for each of them, so that the special tokens left in the prompt are the template's own
+        (`_tokenize_protected` puts them back as plain text). Without such strings the prompt is rendered as it is
+        and nothing needs restoring.
         """
-        pattern = self._special_token_pattern() if protect else None
         texts = [text for message in conversation for text in _message_texts(message)]
         found = sorted({match for text in texts for match in pattern.findall(text)}) if pattern else []
         if not found:
@@ -308,7 +310,12 @@ class ChartWizProcessor(ProcessorMixin):
         return prompt, {character: token for token, character in stand_ins.items()}
 
     def _tokenize_protected(
-        self, prompts: list[str], restorations: list[dict], image_seq_length: int, text_kwargs: dict
+        self,
+        prompts: list[str],
+        restorations: list[dict],
+        pattern: re.Pattern,
+        image_seq_length: int,
+        text_kwargs: dict,
     ) -> dict:
         """
         The ids of prompts rendered by `_render`, padded as `text_kwargs` ask. A prompt with stand-ins is cut at the
@@ -320,7 +327,6 @@ class ChartWizProcessor(ProcessorMixin):
         if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
             raise ValueError("truncation is not supported with split_special_tokens_in_messages: pass no max_length.")
         add_special_tokens = text_kwargs.get("add_special_tokens", True)
-        pattern = self._special_token_pattern()
         input_ids = []
         for prompt, restore in zip(prompts, restorations):
             if not restore:

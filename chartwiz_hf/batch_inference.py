@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .engines import InferenceEngine, TransformersEngine, load_model_for_inference
 from .files import write_json_atomic
 from .fingerprints import digest, model_fingerprints
-from .inference import context_length, prompt_length
+from .inference import ContextLengthError, context_length, fit_in_context, prompt_length
 from .questions import Question
 from .run_store import (
     JsonlAppender,
@@ -308,7 +308,9 @@ def run_inference(
                 except ValueError as error:  # an earlier turn that cannot be asked (empty, not valid text)
                     unfit.append((job.question, "inputs", str(error)))
                     continue
-                if context_limit is not None and job.prompt_tokens + max_new_tokens > context_limit:
+                try:
+                    fit_in_context(job.prompt_tokens, max_new_tokens, context_limit)
+                except ContextLengthError:
                     reason = (
                         f"prompt longer than the context: {job.prompt_tokens} tokens (the image takes "
                         f"{processor.image_seq_length}) + --max-new-tokens {max_new_tokens} > {context_limit}, the "

@@ -2,20 +2,20 @@
 
 import logging
 import os
-import re
 from collections.abc import Sequence
-from itertools import zip_longest
 from typing import Optional
 
 import torch
 from PIL import Image
-from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from transformers.feature_extraction_utils import BatchFeature
 
 from .images import load_chart_image
 
 
 IMAGE_TOKEN = "<image>"
+# How every entry point asks the processor for a question's prompt: the chat template's, ending with the assistant's
+# turn, and the users' special-token strings as plain text.
+USER_TEXT_KWARGS = {"add_generation_prompt": True, "split_special_tokens_in_messages": True}
 
 
 def _check_text(text: str, what: str) -> None:
@@ -67,72 +67,18 @@ def build_prompt(processor, question: str, history: Sequence[tuple[str, str]] = 
     return processor.apply_chat_template(chat_messages(question, history), add_generation_prompt=True)
 
 
-def _special_token_pattern(tokenizer) -> Optional[re.Pattern]:
-    """A regex matching any special token of `tokenizer` (longest first), in a group so that `split` keeps them."""
-    tokens = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
-    if not tokens:
-        return None
-    return re.compile("(" + "|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)) + ")")
-
-
-def _encode_pieces(tokenizer, texts: list[str], specials: list[str]) -> list[int]:
-    """
-    The ids of `texts[0] + specials[0] + texts[1] + ...`: each of `specials` one special token, the texts as plain
-    text (special-token strings in them split), and the tokenizer's own additions (a BOS) around the whole. Special
-    tokens cut the text where they stand, so every text tokenizes as it does inside the whole string.
-    """
-    plain = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
-    if tokenizer.is_fast:
-        from tokenizers import Encoding
-
-        control = tokenizer(specials, add_special_tokens=False).encodings if specials else []
-        pieces = [piece for pair in zip_longest(plain.encodings, control) for piece in pair if piece is not None]
-        # The backend's post-processor adds exactly what `tokenizer(text)` adds (BOS, EOS...), whatever its kind.
-        merged = tokenizer.backend_tokenizer.post_process(Encoding.merge(pieces, growing_offsets=True))
-        return merged.ids
-    control = [tokenizer.convert_tokens_to_ids(special) for special in specials]
-    ids = []
-    for text_ids, special_id in zip_longest(plain["input_ids"], control):
-        ids.extend(text_ids or [])
-        if special_id is not None:
-            ids.append(special_id)
-    return tokenizer.build_inputs_with_special_tokens(ids)
-
-
 def encode_prompt(processor, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
     """
-    The token ids of `build_prompt(processor, question, history)`, with one `<image>` id where the chart goes.
-
-    The special tokens the chat template writes (the image placeholder, the end-of-text token after earlier answers)
-    are control tokens; special-token strings inside the questions and answers (`<|endoftext|>`, `<pad>`...) are
-    plain text, so a question cannot end a turn, insert padding or add an image. Whenever the questions and answers
-    hold no such string, the ids are the tokenizer's own for the prompt, exactly what training saw.
+    The token ids of `build_prompt(processor, question, history)`, with one `<image>` id where the chart goes (what
+    vLLM takes): the processor's, with special-token strings in the questions and answers kept plain text (its
+    `split_special_tokens_in_messages`).
 
     Role words are another matter: "ASSISTANT:" written in a question is plain text, and so are the roles of the
     templates ChartWiz ships (`synatra_mini`, `vicuna_v1`), so the model reads both the same way; no tokenization can
     tell them apart, and filtering such words out of questions would change what users asked.
     """
-    messages = chat_messages(question, history)
-    tokenizer = processor.tokenizer
-    pattern = _special_token_pattern(tokenizer)
-    texts = [item["text"] for message in messages for item in message["content"] if item["type"] == "text"]
-    found = sorted({match for text in texts for match in pattern.findall(text)}) if pattern else []
-    if not found:
-        return tokenizer(processor.apply_chat_template(messages, add_generation_prompt=True))["input_ids"]
-
-    # Private-use characters stand in for the users' special-token strings while the template renders, so the special
-    # tokens left in the prompt are the template's own; the stand-ins turn back into the strings as plain text.
-    used = set("".join(texts))
-    free = (chr(code) for code in range(0xF0000, 0xFFFFE) if chr(code) not in used)
-    stand_ins = {token: next(free) for token in found}
-    for message in messages:
-        for item in message["content"]:
-            if item["type"] == "text":
-                item["text"] = pattern.sub(lambda match: stand_ins[match.group()], item["text"])
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    restore = str.maketrans({stand_in: token for token, stand_in in stand_ins.items()})
-    pieces = pattern.split(prompt)
-    return _encode_pieces(tokenizer, [text.translate(restore) for text in pieces[0::2]], pieces[1::2])
+    conversation = chat_messages(question, history)
+    return processor(text=[conversation], **USER_TEXT_KWARGS)["input_ids"][0]
 
 
 def prompt_length(processor, question: str, history: Sequence[tuple[str, str]] = ()) -> int:
@@ -151,32 +97,24 @@ def prepare_inputs(
     histories: Optional[Sequence[Sequence[tuple[str, str]]]] = None,
 ) -> BatchFeature:
     """
-    The model inputs of `questions[i]` about `images[i]` (after `histories[i]`) as one left-padded batch, each prompt
-    tokenized by `encode_prompt` (special-token strings in users' text stay plain text). CPU work only, so it can run
-    ahead of the model in another thread.
+    The model inputs of `questions[i]` about `images[i]` (after `histories[i]`) as one left-padded batch: the
+    processor's, with special-token strings in users' text kept plain text. CPU work only, so it can run ahead of
+    the model in another thread.
     """
     if len(images) != len(questions):
         raise ValueError(f"Got {len(images)} images for {len(questions)} questions.")
     histories = histories if histories is not None else [()] * len(questions)
     if len(histories) != len(questions):
         raise ValueError(f"Got {len(histories)} histories for {len(questions)} questions.")
-    prompts = [encode_prompt(processor, question, history) for question, history in zip(questions, histories)]
-    image_inputs = processor.image_processor(list(images), return_tensors="pt")
-    image_seq_length = image_inputs["pixel_values"].shape[1]
-    input_ids = []
-    for index, ids in enumerate(prompts):
-        if ids.count(processor.image_token_id) != 1:
-            raise ValueError(
-                f"The chat template wrote {ids.count(processor.image_token_id)} {processor.image_token} tokens in "
-                f"prompt {index}; a question about one chart needs exactly one."
-            )
-        # The one <image> becomes one token per patch, as the processor expands it.
-        position = ids.index(processor.image_token_id)
-        input_ids.append(ids[:position] + [processor.image_token_id] * image_seq_length + ids[position + 1 :])
-    text_inputs = pad_without_fast_tokenizer_warning(
-        processor.tokenizer, {"input_ids": input_ids}, padding=True, padding_side="left", return_tensors="pt"
+    conversations = [chat_messages(question, history) for question, history in zip(questions, histories)]
+    return processor(
+        images=[[image] for image in images],
+        text=conversations,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+        **USER_TEXT_KWARGS,
     )
-    return BatchFeature(data={**text_inputs, **image_inputs})
 
 
 def context_length(config) -> Optional[int]:
@@ -184,44 +122,74 @@ def context_length(config) -> Optional[int]:
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
-def fit_new_tokens(inputs: BatchFeature, config, max_new_tokens: int, clamp: bool = False) -> int:
+class ContextLengthError(ValueError):
     """
-    Checks, before anything is generated, that `max_new_tokens` fit in the language model's context after the
-    (padded) prompts of `inputs`, and returns the number of new tokens to generate.
+    A prompt and the new tokens asked for that do not fit in the language model's context (see `fit_in_context`);
+    the numbers are attributes, for callers that report them their own way.
+    """
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int, image_tokens: Optional[int] = None):
+        self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
+        self.image_tokens = image_tokens
+        room = context - prompt_tokens
+        if room < 1:
+            chart = f" ({image_tokens} of them the chart's)" if image_tokens else ""
+            message = (
+                f"The prompt is {prompt_tokens} tokens{chart}, which leaves no room in the language model's context "
+                f"of {context} tokens: shorten the question or the history."
+            )
+        else:
+            message = (
+                f"The prompt is {prompt_tokens} tokens, so {max_new_tokens} new tokens would run past the language "
+                f"model's context of {context} tokens: ask for at most {room} new tokens, or shorten the question."
+            )
+        super().__init__(message)
+
+
+def fit_in_context(
+    prompt_tokens: int,
+    max_new_tokens: int,
+    context: Optional[int],
+    image_tokens: Optional[int] = None,
+    clamp: bool = False,
+) -> int:
+    """
+    The context check of every entry point (`ask`, `infer`, `evaluate`, the demo), before anything is generated:
+    the number of new tokens to generate after a prompt of `prompt_tokens` tokens.
 
     Args:
-        inputs (`BatchFeature`):
-            The batch from `prepare_inputs`; its `input_ids` length is what the cache holds before the first new token.
-        config (`ChartWizConfig`):
-            The model's config; `text_config.max_position_embeddings` is the context (no check without it).
+        prompt_tokens (`int`):
+            The prompt's length (padding included for a batch), what the cache holds before the first new token.
         max_new_tokens (`int`):
             The number of new tokens asked for.
+        context (`int`, *optional*):
+            The language model's context (`context_length(config)`); no check without it.
+        image_tokens (`int`, *optional*):
+            How many of the prompt's tokens are the chart's, for the message.
         clamp (`bool`, *optional*, defaults to `False`):
             Return the number that fits instead of raising when `max_new_tokens` does not.
 
     Raises:
-        `ValueError`, with the numbers, if the prompts leave no room at all, or (unless `clamp`) if `max_new_tokens` do
-        not fit.
+        `ContextLengthError` (a `ValueError`), with the numbers, if the prompt leaves no room at all, or (unless
+        `clamp`) if `max_new_tokens` do not fit.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    context = context_length(config)
     if context is None:
         return max_new_tokens
-    prompt_length = inputs["input_ids"].shape[1]
-    room = context - prompt_length
-    if room < 1:
-        chart = f" ({inputs['pixel_values'].shape[1]} of them the chart's)" if "pixel_values" in inputs else ""
-        raise ValueError(
-            f"The prompt is {prompt_length} tokens{chart}, which leaves no room in the language model's context of "
-            f"{context} tokens: shorten the question or the history."
-        )
-    if max_new_tokens > room and not clamp:
-        raise ValueError(
-            f"The prompt is {prompt_length} tokens, so {max_new_tokens} new tokens would run past the language "
-            f"model's context of {context} tokens: ask for at most {room} new tokens, or shorten the question."
-        )
+    room = context - prompt_tokens
+    if room < 1 or (max_new_tokens > room and not clamp):
+        raise ContextLengthError(prompt_tokens, max_new_tokens, context, image_tokens)
     return min(max_new_tokens, room)
+
+
+def fit_new_tokens(inputs: BatchFeature, config, max_new_tokens: int, clamp: bool = False) -> int:
+    """
+    `fit_in_context` for a batch from `prepare_inputs` and the model's `config`: the number of new tokens to
+    generate after its (padded) prompts. Raises as `fit_in_context` does.
+    """
+    image_tokens = inputs["pixel_values"].shape[1] if "pixel_values" in inputs else None
+    return fit_in_context(inputs["input_ids"].shape[1], max_new_tokens, context_length(config), image_tokens, clamp)
 
 
 def suppressed_tokens(generation_config, image_token_id: int) -> list[int]:
@@ -372,8 +340,10 @@ __all__ = [
     "check_checkpoint",
     "check_device",
     "check_question",
+    "ContextLengthError",
     "context_length",
     "encode_prompt",
+    "fit_in_context",
     "fit_new_tokens",
     "generate_answers",
     "load_chart_image",

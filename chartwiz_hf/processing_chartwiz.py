@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+from itertools import zip_longest
 from typing import Optional, Union
 
 from transformers.feature_extraction_utils import BatchFeature
@@ -34,6 +36,46 @@ def readable_by_both_majors(tokenizer_settings: dict, tokenizer) -> bool:
             tokenizer_settings.setdefault("additional_special_tokens", extra)
         changed = True
     return changed
+
+
+def _as_conversations(text) -> Optional[list[list[dict]]]:
+    """`text` as a list of conversations where it is one (a list of messages) or a list of them, else `None`."""
+    if not isinstance(text, (list, tuple)) or not text:
+        return None
+    if all(isinstance(message, dict) for message in text):
+        return [list(text)]
+    if all(isinstance(sample, (list, tuple)) and all(isinstance(m, dict) for m in sample) for sample in text):
+        return [list(sample) for sample in text]
+    return None
+
+
+def _message_texts(message: dict) -> list[str]:
+    """The text a message holds: its content string, or the `text` of its text items."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [content]
+    return [item["text"] for item in content or [] if isinstance(item, dict) and item.get("type") == "text"]
+
+
+def _restored_offsets(entries: list[dict], prompt: str, expanded: str, restore: dict) -> list[dict]:
+    """
+    `entries` of `_expand_image_tokens` moved from the text with stand-ins (`prompt`, `expanded`) to the text with
+    the strings they stand for: each stand-in before a position widens the text by its string's length less one.
+    """
+    if not restore:
+        return entries
+
+    def moved(text: str, position: int) -> int:
+        return position + sum(len(restore[character]) - 1 for character in text[:position] if character in restore)
+
+    return [
+        {
+            **entry,
+            "span": tuple(moved(prompt, position) for position in entry["span"]),
+            "new_span": tuple(moved(expanded, position) for position in entry["new_span"]),
+        }
+        for entry in entries
+    ]
 
 
 class ChartWizImagesKwargs(ImagesKwargs, total=False):
@@ -128,7 +170,7 @@ class ChartWizProcessor(ProcessorMixin):
     def __call__(
         self,
         images: Optional[ImageInput] = None,
-        text: Union[TextInput, list[TextInput]] = None,
+        text: Union[TextInput, list[TextInput], list[dict], list[list[dict]]] = None,
         audio=None,
         videos=None,
         **kwargs: Unpack[ChartWizProcessorKwargs],
@@ -139,8 +181,19 @@ class ChartWizProcessor(ProcessorMixin):
         Args:
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list or a list of lists of them):
                 The images, in the order of the `<image>` placeholders; a list per sample is accepted.
-            text (`str` or `list[str]`):
-                The prompts. Each `<image>` must match one image.
+            text (`str`, `list[str]`, a conversation or a list of conversations):
+                The prompts, each `<image>` matching one image; or conversations (lists of `{"role", "content"}`
+                messages, each `{"type": "image"}` item matching one image), rendered with the chat template. Given
+                conversations and no images, each image of the prompt stays one `<image>` token, as vLLM takes it
+                and as prompt lengths are counted.
+            add_generation_prompt (`bool`, *optional*, defaults to `False`):
+                With conversations: end the prompt with the assistant's turn, as the chat template writes it.
+            split_special_tokens_in_messages (`bool`, *optional*, defaults to `False`):
+                With conversations: special-token strings in the messages' text (`<|endoftext|>`, `<image>`...
+                typed by a user) are tokenized as plain text, while the special tokens the chat template writes (the
+                image placeholder, the end of an answer) stay special, so a question cannot end a turn, pad or add
+                an image. Where no message holds such a string, the ids are the tokenizer's own for the prompt, what
+                training saw. Off by default: training prompts are rendered as they are.
             return_tensors, padding, padding_side, truncation, max_length, add_special_tokens:
                 Passed to the tokenizer.
             return_text_replacement_offsets (`bool`, *optional*, defaults to `False`):
@@ -153,8 +206,11 @@ class ChartWizProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError("You have to specify at least one of `images` or `text`.")
-        # vLLM asks for the replacements with this flag; transformers 4.57's kwargs merging does not know it.
+        # vLLM asks for the replacements with this flag, and the two conversation options are ChartWiz's own;
+        # transformers 4.57's kwargs merging knows none of them.
         return_text_replacement_offsets = kwargs.pop("return_text_replacement_offsets", False)
+        add_generation_prompt = kwargs.pop("add_generation_prompt", False)
+        split_special_tokens_in_messages = kwargs.pop("split_special_tokens_in_messages", False)
         output_kwargs = self._merge_kwargs(
             ChartWizProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
         )
@@ -165,27 +221,161 @@ class ChartWizProcessor(ProcessorMixin):
             return BatchFeature(
                 data=dict(self.image_processor(images, **output_kwargs["images_kwargs"])), tensor_type=return_tensors
             )
-        if isinstance(text, str):
-            text = [text]
-        elif not (isinstance(text, (list, tuple)) and all(isinstance(sample, str) for sample in text)):
-            raise TypeError("text must be a string or a list of strings.")
+        conversations = _as_conversations(text)
+        if conversations is not None:
+            pattern = self._special_token_pattern() if split_special_tokens_in_messages else None
+            rendered = [self._render(conversation, add_generation_prompt, pattern) for conversation in conversations]
+            text, restorations = [prompt for prompt, _ in rendered], [restore for _, restore in rendered]
+        elif split_special_tokens_in_messages:
+            raise ValueError(
+                "split_special_tokens_in_messages needs the text as messages (a conversation or a list of them), so "
+                "that the processor tells the messages' text from what the chat template writes."
+            )
+        elif isinstance(text, str):
+            text, restorations = [text], [{}]
+        elif isinstance(text, (list, tuple)) and all(isinstance(sample, str) for sample in text):
+            restorations = [{}] * len(text)
+        else:
+            raise TypeError("text must be a string, a list of strings, or a conversation or a list of them.")
 
         placeholder_counts = [sample.count(self.image_token) for sample in text]
-        self._check_image_count(images, placeholder_counts)
+        unexpanded = conversations is not None and images is None
+        if not unexpanded:
+            self._check_image_count(images, placeholder_counts)
 
         image_inputs = {}
-        image_seq_length = self.image_seq_length
+        image_seq_length = 1 if unexpanded else self.image_seq_length
         if images is not None and sum(placeholder_counts) > 0:
             image_inputs = dict(self.image_processor(images, **output_kwargs["images_kwargs"]))
             image_seq_length = len(image_inputs["pixel_values"][0])
         prompt_strings, replacement_offsets = self._expand_image_tokens(text, image_seq_length)
-        text_inputs = self.tokenizer(prompt_strings, **output_kwargs["text_kwargs"], return_tensors=None)
+        if any(restorations):
+            text_inputs = self._tokenize_protected(
+                text, restorations, pattern, image_seq_length, output_kwargs["text_kwargs"]
+            )
+            replacement_offsets = [
+                _restored_offsets(entries, prompt, expanded, restore)
+                for entries, prompt, expanded, restore in zip(replacement_offsets, text, prompt_strings, restorations)
+            ]
+        else:
+            text_inputs = self.tokenizer(prompt_strings, **output_kwargs["text_kwargs"], return_tensors=None)
+        # Stand-ins still in place for the messages' special-token strings: the placeholders are the template's.
         self._check_special_mm_tokens(prompt_strings, text_inputs, modalities=["image"])
         outputs = BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
         if return_text_replacement_offsets:
             # Added after the conversion to tensors, which a list of dicts would not survive on transformers 4.57.
             outputs["text_replacement_offsets"] = replacement_offsets
         return outputs
+
+    def _special_token_pattern(self) -> Optional[re.Pattern]:
+        """A regex matching any special token of the tokenizer (longest first), in a group so that `split` keeps it."""
+        tokens = {token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special}
+        if not tokens:
+            return None
+        return re.compile("(" + "|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)) + ")")
+
+    def _render(
+        self, conversation: list[dict], add_generation_prompt: bool, pattern: Optional[re.Pattern]
+    ) -> tuple[str, dict]:
+        """
+        The prompt of `conversation` from the chat template and, given the `pattern` of the special tokens, what
+        restores the messages' special-token strings: while the template renders, a private-use character stands in
+        for each of them, so that the special tokens left in the prompt are the template's own
+        (`_tokenize_protected` puts them back as plain text). Without such strings the prompt is rendered as it is
+        and nothing needs restoring.
+        """
+        texts = [text for message in conversation for text in _message_texts(message)]
+        found = sorted({match for text in texts for match in pattern.findall(text)}) if pattern else []
+        if not found:
+            return self.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt), {}
+        used = set("".join(texts)) | set(self.chat_template or "")
+        free = (chr(code) for code in range(0xF0000, 0xFFFFE) if chr(code) not in used)
+        stand_ins = {token: next(free) for token in found}
+
+        def stand_in(text: str) -> str:
+            return pattern.sub(lambda match: stand_ins[match.group()], text)
+
+        protected = []
+        for message in conversation:
+            content = message.get("content")
+            if isinstance(content, str):
+                content = stand_in(content)
+            elif isinstance(content, (list, tuple)):
+                content = [
+                    {**item, "text": stand_in(item["text"])} if item.get("type") == "text" else item
+                    for item in content
+                ]
+            protected.append({**message, "content": content})
+        prompt = self.apply_chat_template(protected, add_generation_prompt=add_generation_prompt)
+        return prompt, {character: token for token, character in stand_ins.items()}
+
+    def _tokenize_protected(
+        self,
+        prompts: list[str],
+        restorations: list[dict],
+        pattern: re.Pattern,
+        image_seq_length: int,
+        text_kwargs: dict,
+    ) -> dict:
+        """
+        The ids of prompts rendered by `_render`, padded as `text_kwargs` ask. A prompt with stand-ins is cut at the
+        special tokens the template wrote; each piece between them is tokenized alone with the tokenizer's
+        `split_special_tokens`, after the stand-ins become the strings again, and the tokenizer's own additions (a
+        BOS...) go around the whole. The tokenizer cuts a text at its special tokens before anything else, so each
+        piece tokenizes as it does inside the whole prompt: only the messages' special-token strings change.
+        """
+        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+            raise ValueError("truncation is not supported with split_special_tokens_in_messages: pass no max_length.")
+        add_special_tokens = text_kwargs.get("add_special_tokens", True)
+        input_ids = []
+        for prompt, restore in zip(prompts, restorations):
+            if not restore:
+                ids = self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+            else:
+                pieces = pattern.split(prompt)
+                table = str.maketrans(restore)
+                texts = [text.translate(table) for text in pieces[0::2]]
+                ids = self._encode_pieces(texts, pieces[1::2], add_special_tokens)
+            expanded = []
+            for token in ids:
+                expanded += [token] * (image_seq_length if token == self.image_token_id else 1)
+            input_ids.append(expanded)
+        padding = {
+            name: text_kwargs[name]
+            for name in ("max_length", "pad_to_multiple_of", "padding_side")
+            if name in text_kwargs
+        }
+        return self.tokenizer.pad(
+            {"input_ids": input_ids},
+            padding=text_kwargs.get("padding", False),
+            return_attention_mask=text_kwargs.get("return_attention_mask"),
+            **padding,
+        ).data
+
+    def _encode_pieces(self, texts: list[str], specials: list[str], add_special_tokens: bool = True) -> list[int]:
+        """
+        The ids of `texts[0] + specials[0] + texts[1] + ...`: each of `specials` one special token, the texts as plain
+        text (special-token strings in them split), and with `add_special_tokens` the tokenizer's own additions.
+        """
+        tokenizer = self.tokenizer
+        if tokenizer.is_fast:
+            plain = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+            control = tokenizer(specials, add_special_tokens=False).encodings if specials else []
+            pieces = [piece for pair in zip_longest(plain.encodings, control) for piece in pair if piece is not None]
+            # `tokenizers.Encoding.merge`, reached through the encodings at hand (remote code imports only
+            # transformers); the backend's post-processor then adds exactly what `tokenizer(text)` adds, whatever
+            # its kind (a BOS, an EOS...).
+            merged = type(pieces[0]).merge(pieces, growing_offsets=True)
+            return tokenizer.backend_tokenizer.post_process(merged, add_special_tokens=add_special_tokens).ids
+        # transformers 4.57's slow tokenizers drop `split_special_tokens` from a batch call: one text at a time.
+        plain = [tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] for text in texts]
+        control = tokenizer.convert_tokens_to_ids(specials)
+        ids = []
+        for text_ids, special_id in zip_longest(plain, control):
+            ids.extend(text_ids or [])
+            if special_id is not None:
+                ids.append(special_id)
+        return tokenizer.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
 
     def _expand_image_tokens(self, text: list[str], image_seq_length: int) -> tuple[list[str], list[list[dict]]]:
         """

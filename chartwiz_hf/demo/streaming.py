@@ -5,7 +5,14 @@ import threading
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from ..inference import context_length, generate_answers, prepare_inputs, prompt_length
+from ..inference import (
+    ContextLengthError,
+    context_length,
+    fit_in_context,
+    generate_answers,
+    prepare_inputs,
+    prompt_length,
+)
 
 
 def fit_history(processor, limit, question: str, history: list, max_new_tokens: int) -> list:
@@ -14,8 +21,11 @@ def fit_history(processor, limit, question: str, history: list, max_new_tokens: 
         return history
     for start in range(len(history) + 1):
         kept = history[start:]
-        if prompt_length(processor, question, kept) + max_new_tokens <= limit:
-            return kept
+        try:
+            fit_in_context(prompt_length(processor, question, kept), max_new_tokens, limit)
+        except ContextLengthError:
+            continue
+        return kept
     raise ValueError(
         f"The question is too long for the model's context of {limit} tokens (with {max_new_tokens} for the answer)."
     )

@@ -50,8 +50,9 @@ class VLLMEngine(InferenceEngine):
     done, so that a killed run loses only the requests in flight. `LLM`, vLLM's offline class, refuses
     `data_parallel_size > 1` in one process and returns nothing before the last prompt is done.
 
-    Prompts are token ids (`encode_prompt`), so that special-token strings typed in a question stay plain text, as
-    with the transformers engine; vLLM expands the one `<image>` and runs the image processor.
+    Prompts are token ids, the processor's as the transformers engine gets them (`encode_prompt`), so that
+    special-token strings typed in a question stay plain text; vLLM expands the one `<image>` and runs the image
+    processor.
 
     Args:
         model (`str`): a ChartWiz checkpoint directory (or Hub repo).
@@ -124,6 +125,15 @@ class VLLMEngine(InferenceEngine):
         # The ids are decoded as the transformers engine decodes them (`batch_decode`), so vLLM need not.
         return SamplingParams(**settings, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
 
+    def prompt(self, job, image) -> dict:
+        """
+        The request vLLM gets for `job` (a question, after its history) about `image`: the processor's token ids
+        with one `<image>`, which vLLM expands to one token per patch as the processor does, and the image, which
+        vLLM gives to the processor's image processor.
+        """
+        ids = encode_prompt(self.processor, job.question.question, job.history)
+        return {"prompt_token_ids": ids, "multi_modal_data": {"image": image}}
+
     def answer(
         self, jobs: Sequence, load_image: Callable, max_new_tokens: int, **generate_kwargs
     ) -> Iterator[tuple[list, list]]:
@@ -148,7 +158,7 @@ class VLLMEngine(InferenceEngine):
                     errors.append((job.question, "image", str(error)))
                     continue
                 try:
-                    ids = encode_prompt(self.processor, job.question.question, job.history)
+                    prompt = self.prompt(job, image)
                 except ValueError as error:
                     errors.append((job.question, "inputs", str(error)))
                     continue
@@ -156,7 +166,6 @@ class VLLMEngine(InferenceEngine):
                     if not in_flight:
                         self.wait_seconds += time.perf_counter() - started
                 self._requests += 1
-                prompt = {"prompt_token_ids": ids, "multi_modal_data": {"image": image}}
                 future = asyncio.run_coroutine_threadsafe(
                     self._generate(prompt, sampling_params, f"chartwiz-{os.getpid()}-{self._requests}"), self._loop
                 )

@@ -108,7 +108,7 @@ def prepare_inputs(
         raise ValueError(f"Got {len(histories)} histories for {len(questions)} questions.")
     conversations = [chat_messages(question, history) for question, history in zip(questions, histories)]
     return processor(
-        images=[[image] for image in images],
+        images=list(images),
         text=conversations,
         padding=True,
         padding_side="left",

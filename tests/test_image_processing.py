@@ -83,7 +83,7 @@ def unusual_images():
     [
         (True, 512, {"height": 16, "width": 16}),
         (False, 1, {"height": 16, "width": 16}),
-        (True, 7, {"height": 8, "width": 12}),
+        pytest.param(True, 7, {"height": 8, "width": 12}, marks=pytest.mark.slow),
         pytest.param(False, 2048, {"height": 16, "width": 16}, marks=pytest.mark.slow),
     ],
     ids=["header-512", "1-patch", "7-non-square-patches", "2048"],

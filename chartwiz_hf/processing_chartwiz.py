@@ -6,6 +6,7 @@ import re
 from itertools import zip_longest
 from typing import Optional, Union
 
+from transformers import processing_utils
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
@@ -111,7 +112,10 @@ class ChartWizProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
+    # transformers 5 loads each part through the Auto class of its modality and warns that naming the class here is
+    # deprecated; 4.x needs the name.
+    if not hasattr(processing_utils, "MODALITY_TO_AUTOPROCESSOR_MAPPING"):
+        image_processor_class = "AutoImageProcessor"
     tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):

@@ -450,3 +450,19 @@ def test_text_replacement_offsets_are_those_transformers_5_writes(tiny):
     replacement = processor.image_token * processor.image_seq_length
     expected = processor.get_text_with_replacements(list(texts), [replacement] * 3)
     assert processor._expand_image_tokens(texts, processor.image_seq_length) == expected
+
+
+@pytest.mark.slow
+def test_a_saved_processor_loads_with_no_deprecation_warning(tiny_dir):
+    # A fresh process: transformers warns once per process, so an earlier test could hide the warning here.
+    import subprocess
+    import sys
+
+    script = (
+        "from transformers import AutoProcessor; import chartwiz_hf; "
+        f"processor = AutoProcessor.from_pretrained({tiny_dir!r}); print(type(processor.image_processor).__name__)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split() == ["ChartWizImageProcessor"]
+    assert "deprecated" not in loaded.stderr, loaded.stderr

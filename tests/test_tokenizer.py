@@ -75,9 +75,9 @@ def training_prompt_ids(processor, image, question: str) -> list[int]:
         "prompt": [{"role": "user", "content": question}],
         "completion": [{"role": "assistant", "content": "30%"}],
     }
-    from .test_recipes import sft
+    from chartwiz_hf.training import ChartWizVisionCollator
 
-    batch = sft.ChartWizVisionCollator(processor, completion_only_loss=True)([row])
+    batch = ChartWizVisionCollator(processor, completion_only_loss=True)([row])
     prompt = (batch["attention_mask"][0] == 1) & (batch["labels"][0] == -100)
     return batch["input_ids"][0][prompt].tolist()
 

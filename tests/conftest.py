@@ -19,24 +19,6 @@ os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The slow tests of the files that other work is changing at the moment (`@pytest.mark.slow` elsewhere): a whole file,
-# or one test. Once that work lands, these marks move onto the tests themselves.
-_SLOW_TESTS_MARKED_HERE = (
-    "tests/test_quickstart.py",
-    "tests/test_modeling.py::test_generation_running_past_the_context_is_a_clear_error",
-    "tests/test_modeling.py::test_loads_with_trust_remote_code_where_the_package_cannot_be_imported",
-    "tests/test_modeling.py::test_gradient_checkpointing_gives_the_same_loss_and_gradients",
-    "tests/test_modeling.py::test_batched_answers_equal_answers_one_by_one_with_either_cache",
-    "tests/test_modeling.py::test_greedy_generation_with_cache_equals_without",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        test = item.nodeid.split("[")[0]
-        if any(test == name or test.startswith(name + "::") for name in _SLOW_TESTS_MARKED_HERE):
-            item.add_marker(pytest.mark.slow)
-
 
 def draw_chart(width: int = 320, height: int = 240, bars=(3, 7, 5), seed: int = 0) -> Image.Image:
     """A small bar chart drawn with PIL: white background, axes, bars of random colors."""

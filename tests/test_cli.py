@@ -54,6 +54,7 @@ def pretrained_parts(tmp_path_factory):
     return root, pix2struct, language_model
 
 
+@pytest.mark.slow
 def test_compose_joins_pretrained_parts(pretrained_parts, tmp_path, capsys):
     root, pix2struct, language_model = pretrained_parts
     out = tmp_path / "chartwiz"

@@ -249,6 +249,7 @@ def assert_matches_original(model, processor, original: Original, generate: bool
         assert answer == original.greedy(ids, patches, mask, max_new_tokens=6, eos_token_id=eos)
 
 
+@pytest.mark.slow
 def test_full_bin_checkpoint_matches_the_original(parts, tmp_path, caplog, capsys):
     # The checkpoint's own tower wins over the one mm_vision_tower names (the original fine-tuned DePlot elsewhere).
     original = build_original(parts, tuned_tower=True)

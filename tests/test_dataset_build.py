@@ -311,6 +311,7 @@ def fake_hub(monkeypatch, tmp_path, repo_id: str):
     return repo, calls
 
 
+@pytest.mark.slow
 def test_push_uploads_every_config_with_images_embedded_and_our_card(messy_tree, tmp_path, monkeypatch):
     from huggingface_hub import DatasetCard
 
@@ -415,6 +416,7 @@ def test_non_utf8_jsonl_lines_are_bad_records(messy_tree, tmp_path):
     assert "not UTF-8" in reasons[f"{mixed}:2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000)], ids=["bomb-error", "bomb-warning"])
 def test_decompression_bomb_is_a_bad_record(tmp_path, size):
     from PIL import Image as PILImage
@@ -682,6 +684,7 @@ def test_a_gpt_image_name_in_two_chart_type_folders_is_a_bad_record(tmp_path):
     assert "'twice.jpg' is in both img_pie_standard and img_vertical bar_standard" in skipped["reason"]
 
 
+@pytest.mark.slow
 def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, caplog):
     from chartwiz_hf.cli import main
 

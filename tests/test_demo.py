@@ -157,6 +157,7 @@ def test_bad_uploads_are_messages_not_tracebacks(app):
     assert app.chat_input[0].disabled
 
 
+@pytest.mark.slow
 def test_a_pdf_page_is_picked_cropped_and_asked_about(app, model_and_processor, tmp_path):
     model, processor = model_and_processor
     pdf = two_page_pdf(tmp_path / "report.pdf").read_bytes()
@@ -402,6 +403,7 @@ CONTEXT_REFUSAL = {
 }
 
 
+@pytest.mark.slow
 def test_a_server_that_is_down_slow_or_refusing_is_a_message_in_words():
     from chartwiz_hf.demo.server import ServerChat, ServerError
 
@@ -424,6 +426,7 @@ def test_a_server_that_is_down_slow_or_refusing_is_a_message_in_words():
             )
 
 
+@pytest.mark.slow
 def test_the_page_in_server_mode_shows_a_server_error_and_keeps_going(monkeypatch):
     monkeypatch.delenv("CHARTWIZ_MODEL", raising=False)
     monkeypatch.setenv("CHARTWIZ_SERVER_TIMEOUT", "5")

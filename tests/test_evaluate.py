@@ -112,6 +112,7 @@ def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, 
     assert f"qa           n={tasks['qa']}" in printed and "relaxed_accuracy" in printed
 
 
+@pytest.mark.slow
 def test_each_answer_belongs_to_its_row(tiny_dir, charts_dir, tmp_path, fake_generation):
     # Batched longest-first: the answers must still land on the rows, multi-turn history included.
     out = str(tmp_path / "report")
@@ -134,6 +135,7 @@ def test_pretraining_rows_are_asked_the_table_instruction(tiny_dir, charts_dir, 
     assert metrics["by_task"]["table"]["n"] == len(split) == 10 and metrics["skipped"] == []
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_without_asking_twice(tiny_dir, charts_dir, tmp_path, fake_generation):
     out = str(tmp_path / "report")
     answers = os.path.join(out, "answers.jsonl")
@@ -275,6 +277,7 @@ def test_blank_images_answer_as_white_charts_would(tiny_dir, charts_dir, tmp_pat
         evaluate_model(tiny_dir, charts_dir, str(tmp_path / "blank"), **settings)
 
 
+@pytest.mark.slow
 def test_shuffled_images_show_each_row_another_charts_pixels(tiny_dir, charts_dir, tmp_path, fake_generation):
     out = str(tmp_path / "shuffled")
     metrics = evaluate_model(tiny_dir, charts_dir, out, config="all", shuffled_images=True, progress=False)
@@ -312,6 +315,7 @@ def test_shuffled_images_show_each_row_another_charts_pixels(tiny_dir, charts_di
         shuffled_charts(DatasetImages(one_chart), one_chart)
 
 
+@pytest.mark.slow
 def test_scoring_a_predictions_file(tmp_path, capsys):
     table = "TITLE | 지역별 인구\n서울 | 950만 명\n부산 | 340만 명"
     good = [

@@ -255,6 +255,7 @@ def yield_at_every_bytecode_of(module):
     return trace
 
 
+@pytest.mark.slow
 def test_header_cache_is_safe_for_concurrent_threads():
     processor = ChartWizImageProcessor()
     font = processor.resolve_font_path()

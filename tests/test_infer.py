@@ -348,6 +348,7 @@ def test_a_dataset_split_is_answered_with_its_prompts_as_context(tiny_dir, tmp_p
     assert by_id[first["id"]]["chart_type"] == first["chart_type"]
 
 
+@pytest.mark.slow
 def test_background_preparation_times_the_models_wait(tiny, tmp_path, question_set, expected):
     model, processor = tiny
     questions_file, images, _ = question_set

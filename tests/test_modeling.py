@@ -94,6 +94,7 @@ def test_loss_ignores_labels_at_image_positions(tiny, charts):
     torch.testing.assert_close(loss_masked, F.cross_entropy(logits, target, ignore_index=-100))
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_greedy_generation_with_cache_equals_without(tiny, charts):
     model, processor = tiny
@@ -188,6 +189,7 @@ def test_saved_auto_map_names_every_auto_class(tiny_dir):
     assert auto_map["AutoConfig"] == "configuration_chartwiz.ChartWizConfig"
 
 
+@pytest.mark.slow
 def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny, tiny_dir, tmp_path, charts):
     model, processor = tiny
     image_path = tmp_path / "chart.png"
@@ -220,6 +222,7 @@ def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(tiny,
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_tiny_checkpoint_answers_the_same_under_the_other_transformers_major(tiny_dir, tmp_path):
     assert_same_answers_under_the_other_major(tiny_dir, tmp_path)
 
@@ -233,6 +236,7 @@ def test_image_text_to_text_pipeline(tiny_dir, charts):
     assert isinstance(output[0]["generated_text"], str)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir, charts):
     processor = ChartWizProcessor.from_pretrained(tiny_dir)
     inputs = prompt_inputs(processor, charts[:1], ["값?"])
@@ -330,6 +334,7 @@ def test_text_only_input_runs_without_images(tiny):
     assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_batched_answers_equal_answers_one_by_one_with_either_cache(tiny, charts):
     from chartwiz_hf.inference import answer_questions
@@ -402,6 +407,7 @@ def test_ready_made_mask_only_where_it_equals_transformers_mask(monkeypatch):
     assert mask[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_generation_running_past_the_context_is_a_clear_error(tiny_dir, charts):
     model = ChartWizForConditionalGeneration.from_pretrained(tiny_dir).eval()

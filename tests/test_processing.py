@@ -113,6 +113,7 @@ def chart_dataset(n: int = 4) -> Dataset:
     return Dataset.from_list(rows, features=features)
 
 
+@pytest.mark.slow
 def test_sft_trainer_step_with_prompt_completion_data(tiny_dir, tmp_path):
     from trl import SFTConfig, SFTTrainer
 

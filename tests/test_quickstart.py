@@ -15,6 +15,10 @@ from chartwiz_hf.cli import main as chartwiz
 from chartwiz_hf.tiny import build_tiny_tokenizer, dataset_corpus
 
 
+# The quickstart runs whole steps as a user types them: every test here takes seconds to minutes.
+pytestmark = pytest.mark.slow
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHARTS = 40
 

@@ -261,6 +261,7 @@ def test_every_accelerate_config_parses_with_accelerate_and_fsdp_wraps_both_laye
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_collated_labels_are_the_completions_only(tiny_dir, chart_data, tmp_path):
     trainer, _ = sft.build_trainer(*fast(FINETUNE, tiny_dir, chart_data, tmp_path / "out"))
     processor = trainer.processing_class
@@ -315,6 +316,7 @@ def test_length_grouping_is_seeded_and_keeps_padding_low():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_dir):
     output_dir, trainer = stage1
     changed = changed_keys(weights(tiny_dir), weights(output_dir))
@@ -344,6 +346,7 @@ def test_stage1_trains_the_projector_only_and_the_loss_goes_down(stage1, tiny_di
     assert "| learning rate | 0.02 |" in card
 
 
+@pytest.mark.slow
 def test_the_model_card_is_trls_with_chartwiz_parts(stage1, tiny_dir, chart_data):
     import trl
     from huggingface_hub import ModelCard
@@ -398,6 +401,7 @@ def test_stage1_checkpoint_answers_through_auto_classes_and_remote_code(stage1, 
     assert_same_answers_under_the_other_major(output_dir, tmp_path / "other-major")
 
 
+@pytest.mark.slow
 def test_stage2_trains_projector_and_language_model_not_the_vision_encoder(stage1, stage2):
     before, after = weights(stage1[0]), weights(stage2[0])
     changed = changed_keys(before, after)
@@ -512,6 +516,7 @@ def test_a_checkpoint_half_written_by_a_kill_is_skipped_for_the_one_before(
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_model_changed_since_the_run_started_is_refused(stage1, chart_data, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(stage1[0], model)
@@ -712,6 +717,7 @@ def test_merge_refuses_a_folder_without_an_adapter(tiny_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_push_uploads_a_checkpoint_that_loads_with_the_auto_classes(tiny_dir, chart_data, tmp_path, monkeypatch):
     import huggingface_hub.hf_api
     import transformers.trainer

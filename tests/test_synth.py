@@ -114,6 +114,7 @@ def charts_in(root: str) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.slow
 def test_a_used_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
     from chartwiz_hf.cli import main
 
@@ -139,6 +140,7 @@ def test_overwrite_never_clears_a_folder_synth_did_not_write(tmp_path):
     assert (other / "train" / "keep.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 5, 10])
 def test_small_sets_fill_both_splits(tmp_path, n):
     root = str(tmp_path / "synth")
@@ -162,6 +164,7 @@ def test_test_fractions_that_leave_a_split_empty_are_refused(tmp_path, test_frac
     assert not (tmp_path / "synth").exists()
 
 
+@pytest.mark.slow
 def test_overwrite_removes_what_synth_wrote_and_nothing_a_user_added(tmp_path):
     from dataset_builder.aihub import image_dir, text_dir
 

@@ -70,6 +70,7 @@ def test_a_pix2struct_checkpoint_of_deplots_kind_under_five_megabytes(deplot):
     assert "examples/pretrain_tiny_deplot.py" in readme
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_it_reads_held_out_charts_into_their_tables(deplot, image_processor, tmp_path):
     images, references = held_out_charts(tmp_path, 20)
@@ -106,6 +107,7 @@ def distance(first: torch.Tensor, second: torch.Tensor, mask: torch.Tensor) -> f
     return float((difference / scale).mean())
 
 
+@pytest.mark.slow
 def test_the_encoder_tells_charts_apart_and_not_two_drawings_of_one(image_processor, tmp_path):
     encoder = load_pix2struct_encoder(TINY_DEPLOT, dtype=torch.float32).eval()
     # Ten charts, one of each type, and the next ten (the same types, other data), each also drawn a size smaller:

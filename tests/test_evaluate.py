@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
-from chartwiz_hf import engines, evaluation
+from chartwiz_hf import engines
 from chartwiz_hf.cli import main
 from chartwiz_hf.commands import evaluate as evaluate_command
 from chartwiz_hf.engines import load_model_for_inference
@@ -419,7 +419,6 @@ def test_split_questions_ask_the_last_user_turn_after_the_earlier_ones(tmp_path)
 
 
 def test_command_constants_match_the_modules():
-    assert evaluate_command.CONFIGS == evaluation.CONFIGS
     assert evaluate_command.DEFAULT_BLEU_TOKENIZE == DEFAULT_BLEU_TOKENIZE
 
 
@@ -491,7 +490,7 @@ def test_predictions_as_a_json_array_score_alike_and_an_empty_file_is_refused(tm
 
 
 def test_a_report_with_no_row_scored_is_well_formed():
-    from chartwiz_hf.evaluation import render_report
+    from chartwiz_hf.evaluation_report import render_report
 
     skipped = [{"id": "a", "source": "dataset[0]", "reason": "no such image file"}]
     report = render_report({"by_task": {}, "by_chart_type": {}, "n": 0, "rows": 1, "skipped": skipped})

@@ -26,6 +26,7 @@ def run(args):
     from ..inference import (
         check_device,
         check_question,
+        context_length,
         fit_new_tokens,
         generate_answers,
         load_chartwiz,
@@ -44,7 +45,7 @@ def run(args):
     if max_new_tokens < args.max_new_tokens:
         print(
             f"note: the prompt takes {inputs['input_ids'].shape[1]} of the model's "
-            f"{model.config.text_config.max_position_embeddings} context tokens, so at most {max_new_tokens} new "
+            f"{context_length(model.config)} context tokens, so at most {max_new_tokens} new "
             f"tokens are generated instead of {args.max_new_tokens}.",
             file=sys.stderr,
         )

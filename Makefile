@@ -49,8 +49,11 @@ quickstart: setup
 	$(BIN)/python examples/quickstart.py --out outputs
 
 # Each lane runs the whole suite; CHARTWIZ_OTHER_PYTHON is the other lane's interpreter, which the cross-version
-# tests use to load, under one major, the checkpoints the suite saved under the other.
-test: lint test-5 test-4.57
+# tests use to load, under one major, the checkpoints the suite saved under the other. The two environments are
+# set up, and the two lanes run, side by side: most tests wait on one process at a time (a subprocess, a tiny
+# model's Python overhead), so two lanes keep two cores busy; --output-sync prints each lane's output whole.
+test:
+	$(MAKE) --jobs=2 --output-sync=target lint test-5 test-4.57
 
 test-5: setup setup-4.57
 	CHARTWIZ_OTHER_PYTHON=$(abspath $(BIN_457))/python $(BIN)/python -m pytest -q

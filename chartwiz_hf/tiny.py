@@ -207,18 +207,21 @@ def make_tiny_language_model(
     vocab_size: int = 600,
     corpus: Iterable[str] | None = None,
     head_dim: int = 32,
+    num_hidden_layers: int = 2,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """
-    Builds (and, with `output_dir`, saves) the language model half of the tiny ChartWiz alone: a random two-layer
-    Llama with attention heads of `head_dim` and its tokenizer (trained on `corpus` when given, as in
-    `make_tiny_chartwiz`), a `--text` for `chartwiz compose` beside a pretrained Pix2Struct encoder.
+    Builds (and, with `output_dir`, saves) the language model half of the tiny ChartWiz alone: a random Llama of
+    `num_hidden_layers` layers with attention heads of `head_dim` and its tokenizer (`tokenizer`, or one trained on
+    `corpus` when given, as in `make_tiny_chartwiz`), a `--text` for `chartwiz compose` beside a pretrained Pix2Struct
+    encoder.
     """
     if hidden_size % head_dim or hidden_size // head_dim < 2:
         raise ValueError(
             f"hidden_size must be a multiple of head_dim={head_dim} of at least two heads, got {hidden_size}."
         )
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    tokenizer = tokenizer or build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
     heads = hidden_size // head_dim
     _, text_config = tiny_configs(
         len(tokenizer),
@@ -226,6 +229,7 @@ def make_tiny_language_model(
         num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2),
         head_dim=head_dim,
+        num_hidden_layers=num_hidden_layers,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,

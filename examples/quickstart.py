@@ -1,9 +1,9 @@
 """
-The whole life of a ChartWiz model on one CPU machine, offline: synthetic AI-Hub charts, their datasets, a tiny
-language model whose tokenizer is trained on them, composed with the tiny pretrained DePlot encoder shipped in
-`examples/tiny-deplot`, both training stages of the real recipes with the `recipes/chartwiz-tiny` recipes (stage 1
-the projector, stage 2 the projector and the language model, the encoder frozen), evaluation on the held-out test
-split, and one question answered. Each step prints the command a user would type.
+The whole life of a ChartWiz model on one CPU machine, offline: synthetic AI-Hub charts, their datasets, the tiny
+pretrained DePlot encoder shipped in `examples/tiny-deplot` composed with the tiny pretrained language model shipped
+in `examples/tiny-lm`, both training stages of the real recipes with the `recipes/chartwiz-tiny` recipes (stage 1
+the projector alone, stage 2 the projector and the language model, the encoder frozen in both), evaluation on the
+held-out test split, and one question answered. Each step prints the command a user would type.
 
 ```bash
 make quickstart                                     # sets up .venv, then runs this script
@@ -33,6 +33,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(REPO, "recipes", "chartwiz-tiny")
 TINY_DEPLOT = os.path.join(REPO, "examples", "tiny-deplot")
+TINY_LM = os.path.join(REPO, "examples", "tiny-lm")
 COMPARED = (
     ("table", "rms_f1"),
     ("table", "rms_units_f1"),
@@ -45,7 +46,7 @@ ABLATIONS = {"blank charts": "--blank-images", "shuffled charts": "--shuffle-ima
 BY_CHART_TYPE = (("table", "rms_f1"), ("qa", "relaxed_accuracy"), ("description", "chart_type_named"))
 QUESTION = "이 차트를 테이블 정보로 변경해줘."
 PROGRESS_FILE = "quickstart.json"
-STEPS = 11
+STEPS = 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--charts", type=int, default=2000, help="synthetic charts (a twentieth go to the test split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the charts, the model and the training")
     parser.add_argument("--vision", default=TINY_DEPLOT, help="the Pix2Struct / DePlot encoder to compose with")
+    parser.add_argument("--text", default=TINY_LM, help="the causal language model (and tokenizer) to compose with")
     parser.add_argument("--max-patches", type=int, default=256, help="patches (= image tokens) per chart")
     parser.add_argument("--num-proc", type=int, default=2, help="processes for rendering and building")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every step (results depend on it)")
@@ -254,7 +256,6 @@ def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = os.path.abspath(args.out)
     synth, charts, reports = (os.path.join(out, name) for name in ("synth", "charts", "reports"))
-    language_model = os.path.join(out, "tiny-lm")
     base, stage1, stage2 = (os.path.join(out, f"chartwiz-tiny{suffix}") for suffix in ("", "-pretrain", "-finetune"))
     started = time.perf_counter()
     procs = str(args.num_proc)
@@ -262,6 +263,7 @@ def main(argv=None) -> dict:
         "charts": args.charts,
         "seed": args.seed,
         "vision": os.path.abspath(args.vision) if os.path.isdir(args.vision) else args.vision,
+        "text": os.path.abspath(args.text) if os.path.isdir(args.text) else args.text,
         "max_patches": args.max_patches,
         "threads": args.threads,
         "max_steps": args.max_steps,
@@ -271,7 +273,7 @@ def main(argv=None) -> dict:
     threads = str(args.threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     evaluations = [os.path.join(reports, name) for name in ("untrained", "trained", "blank-charts", "shuffled-charts")]
-    steps = [synth, charts, language_model, base, stage1, stage2, *evaluations]
+    steps = [synth, charts, base, stage1, stage2, *evaluations]
     outputs = {f"{number}/{STEPS}": folder for number, folder in enumerate(steps, start=1)}
     progress = Progress(out, settings, restart=args.restart, outputs=outputs, env=env)
     seed = str(args.seed)
@@ -308,30 +310,13 @@ def main(argv=None) -> dict:
         ),
     )
     progress.run(
-        f"3/{STEPS} A tiny language model whose tokenizer learns the datasets' language",
-        chartwiz(
-            "init-tiny",
-            language_model,
-            "--language-model-only",
-            "--corpus",
-            charts,
-            "--vocab-size",
-            "1000",
-            "--hidden-size",
-            "128",
-            "--seed",
-            seed,
-            "--overwrite",
-        ),
-    )
-    progress.run(
-        f"4/{STEPS} ChartWiz from the tiny pretrained DePlot encoder, the language model and a new projector",
+        f"3/{STEPS} ChartWiz from the tiny pretrained DePlot encoder and language model, and a new projector",
         chartwiz(
             "compose",
             "--vision",
             args.vision,
             "--text",
-            language_model,
+            args.text,
             "--out",
             base,
             "--max-patches",
@@ -342,12 +327,12 @@ def main(argv=None) -> dict:
         ),
     )
     progress.run(
-        f"5/{STEPS} Stage 1: chart -> table, the projector alone (encoder and language model frozen)",
-        recipe("pretrain", base, charts, stage1, args.seed, args.max_steps, overwrite=progress.is_new(f"5/{STEPS}")),
+        f"4/{STEPS} Stage 1: chart -> table, the projector alone (encoder and language model frozen)",
+        recipe("pretrain", base, charts, stage1, args.seed, args.max_steps, overwrite=progress.is_new(f"4/{STEPS}")),
     )
     progress.run(
-        f"6/{STEPS} Stage 2: tables, descriptions, summaries and question answering (projector and language model)",
-        recipe("finetune", stage1, charts, stage2, args.seed, args.max_steps, overwrite=progress.is_new(f"6/{STEPS}")),
+        f"5/{STEPS} Stage 2: tables, descriptions, summaries and question answering (projector and language model)",
+        recipe("finetune", stage1, charts, stage2, args.seed, args.max_steps, overwrite=progress.is_new(f"5/{STEPS}")),
     )
     evaluated = {
         "untrained": (base, [], "the untrained model"),
@@ -359,7 +344,7 @@ def main(argv=None) -> dict:
             "the trained model shown the chart of another test row",
         ),
     }
-    for number, (name, (model, extra, what)) in enumerate(evaluated.items(), start=7):
+    for number, (name, (model, extra, what)) in enumerate(evaluated.items(), start=6):
         report_dir = os.path.join(reports, name.replace(" ", "-"))
         # An evaluation resumes from the answers in its folder that still hold; a new one starts over there.
         extra = [*extra, "--restart"] if progress.is_new(f"{number}/{STEPS}") else extra

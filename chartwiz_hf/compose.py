@@ -205,6 +205,10 @@ def compose_chartwiz(
     del encoder, language_model, base_model
     model.generation_config = GenerationConfig.from_model_config(text_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # A language model saved by a training run often keeps its `use_cache=False` (gradient checkpointing); the
+    # composed model generates with the key/value cache, without which every new token reruns the whole prompt.
+    model.config.text_config.use_cache = True
+    model.generation_config.use_cache = True
     # The image placeholder is input only: an answer holding it would read as another chart.
     model.generation_config.suppress_tokens = [model.config.image_token_id]
     model.eval()

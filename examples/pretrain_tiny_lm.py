@@ -169,6 +169,8 @@ def main(argv=None):
 
     held_out = trainer.evaluate()["eval_loss"]
     print(json.dumps({"held_out_loss": held_out, "documents": len(test_set)}), flush=True)
+    # Training turns the cache off in the config; the saved model generates with it.
+    trainer.model.config.use_cache = True
     trainer.model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     card = model_card(args, model.num_parameters(), len(tokenizer), len(train_set), len(test_set), held_out, timings)

@@ -362,6 +362,8 @@ def main(argv=None) -> dict:
                 "test",
                 "--max-new-tokens",
                 str(args.max_new_tokens),
+                "--batch-size",
+                "16",
                 "--out",
                 report_dir,
                 *extra,

@@ -163,6 +163,27 @@ def test_init_tiny_language_model_only_is_a_text_for_compose(pretrained_parts, t
     assert "hidden_size must be a multiple of head_dim=32" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_compose_generates_with_the_cache_a_trained_language_model_left_off(pretrained_parts, tmp_path):
+    root, _, language_model = pretrained_parts
+    # As a training run with gradient checkpointing saves it.
+    trained = tmp_path / "trained-lm"
+    language_model.config.use_cache = False
+    try:
+        language_model.save_pretrained(trained)
+    finally:
+        language_model.config.use_cache = True
+    AutoTokenizer.from_pretrained(root / "lm").save_pretrained(trained)
+    assert json.loads((trained / "config.json").read_text(encoding="utf-8"))["use_cache"] is False
+    out = tmp_path / "chartwiz"
+    assert main(compose_argv(root / "deplot", trained, out)) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert model.config.text_config.use_cache and model.generation_config.use_cache
+    prompt = torch.tensor([[5, 6, 7]])
+    cached = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    assert cached.past_key_values is not None, "generation kept a key/value cache"
+
+
 def test_ask_rejects_bad_input_with_a_message(tiny_dir, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -28,6 +28,7 @@ from datasets import Dataset, load_dataset
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from chartwiz_hf.processing_chartwiz import readable_by_both_majors
 from chartwiz_hf.tiny import build_tiny_tokenizer, make_tiny_language_model
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
@@ -173,10 +174,21 @@ def main(argv=None):
     trainer.model.config.use_cache = True
     trainer.model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    make_tokenizer_readable_by_both_majors(args.out, tokenizer)
     card = model_card(args, model.num_parameters(), len(tokenizer), len(train_set), len(test_set), held_out, timings)
     with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as file:
         file.write(card)
     return held_out
+
+
+def make_tokenizer_readable_by_both_majors(folder: str, tokenizer) -> None:
+    """The saved `tokenizer_config.json` in the form transformers 4.57 reads too (5 writes class names 4.57 lacks)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as file:
+        settings = json.load(file)
+    if readable_by_both_majors(settings, tokenizer):
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(settings, file, ensure_ascii=False, indent=2)
 
 
 def model_card(

@@ -221,7 +221,8 @@ def make_tiny_language_model(
             f"hidden_size must be a multiple of head_dim={head_dim} of at least two heads, got {hidden_size}."
         )
     torch.manual_seed(seed)
-    tokenizer = tokenizer or build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
+    if tokenizer is None:
+        tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, corpus=corpus)
     heads = hidden_size // head_dim
     _, text_config = tiny_configs(
         len(tokenizer),

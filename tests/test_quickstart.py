@@ -9,9 +9,10 @@ import pytest
 import torch
 from datasets import load_dataset
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from chartwiz_hf.cli import main as chartwiz
+from chartwiz_hf.tiny import build_tiny_tokenizer, dataset_corpus
 
 
 # The quickstart runs whole steps as a user types them: every test here takes seconds to minutes.
@@ -98,6 +99,23 @@ def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_clas
 
     assert same_language_model(stages["pretrain"])
     assert not same_language_model(stages["finetune"])
+
+
+def test_init_tiny_with_a_corpus_learns_the_datasets_language(quickstart, tmp_path):
+    out, _ = quickstart
+    charts, language_model = os.path.join(out, "charts"), str(tmp_path / "tiny-lm")
+    command = ["init-tiny", language_model, "--language-model-only", "--corpus", charts, "--vocab-size", "1000"]
+    assert chartwiz(command) == 0
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    assert len(tokenizer) > 900  # 1000 asked; BPE stops early only when the corpus runs out of merges
+    built_in = build_tiny_tokenizer(vocab_size=len(tokenizer))
+    test_texts = list(dataset_corpus(charts, split="test"))
+    assert test_texts, "the test split has texts"
+    # Held-out texts: the corpus tokenizer learnt the words of the data, not just the built-in sentences.
+    ours = sum(len(tokenizer(text).input_ids) for text in test_texts)
+    theirs = sum(len(built_in(text).input_ids) for text in test_texts)
+    assert ours < 0.8 * theirs
+    assert all(tokenizer.decode(tokenizer(text).input_ids) == text for text in test_texts[:50])
 
 
 def test_init_tiny_refuses_a_folder_that_is_not_a_built_dataset(tmp_path, capsys):

@@ -8,6 +8,7 @@ sizes, and rows scored per second by the metrics of each task.
 """
 
 import argparse
+import atexit
 import json
 import os
 import random
@@ -57,7 +58,10 @@ def main():
     parser.add_argument("--score-rows", type=int, default=4000, help="rows per task for the scoring figure")
     parser.add_argument("--work-dir", default=None, help="keeps the synthetic dataset between runs")
     args = parser.parse_args()
-    work_dir = args.work_dir or tempfile.mkdtemp(prefix="bench-evaluate-")
+    work_dir = args.work_dir
+    if work_dir is None:
+        work_dir = tempfile.mkdtemp(prefix="bench-evaluate-")
+        atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
     os.makedirs(work_dir, exist_ok=True)
     dataset = load_split(build_charts(work_dir, args.charts), "all", "test")
 

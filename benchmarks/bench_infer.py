@@ -18,8 +18,10 @@ instead the two engines of `chartwiz infer` on the same questions: `--engine tra
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -123,6 +125,7 @@ def main():
     model, processor = make_model(args.model, max_patches=args.max_patches)
     model = model.to(args.device, getattr(torch, args.dtype))
     work = tempfile.mkdtemp(prefix="chartwiz-bench-infer-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     questions = read_question_file(write_question_file(work, args.questions, args.charts))
     assert len(questions) == args.questions
     # Every answer as long as every other, so both ways do the same work whatever the random model says.

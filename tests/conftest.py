@@ -1,5 +1,7 @@
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,7 @@ from PIL import Image, ImageDraw
 # Set before `datasets` is imported: its cache of local files is keyed by their mtimes alone, so a run must not
 # see another run's cached copies; nothing may come from the Hub either.
 _HF_HOME = tempfile.mkdtemp(prefix="chartwiz-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -346,6 +346,8 @@ def build_dataset(
     gpt_files = expand_gpt_sources(gpt_sources)
     if "gpt" in configs and not gpt_files:
         raise ValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
+    if push_to_hub and max_shard_size is not None:
+        shard_size_in_bytes(max_shard_size)  # a size that cannot be read stops the build before its work, not after
     os.makedirs(output_dir, exist_ok=True)
 
     with exclusive_build(output_dir):
@@ -476,6 +478,9 @@ def push_dataset(
     with open(os.path.join(output_dir, REPORT_NAME), encoding="utf-8") as file:
         report = json.load(file)
     built = [config for config in BUILT_CONFIGS if config in report["counts"]]
+    datasets_by_config = {config: load_dataset(output_dir, config) for config in built}
+    if max_shard_size is not None:
+        _check_shards_hold_a_row(datasets_by_config, shard_size_in_bytes(max_shard_size), max_shard_size)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     hub_report = _hub_report(report)
@@ -491,7 +496,7 @@ def push_dataset(
     )
     commit = None
     for config in built:
-        commit = load_dataset(output_dir, config).push_to_hub(
+        commit = datasets_by_config[config].push_to_hub(
             repo_id,
             config_name=config,
             set_default=config == "finetune",
@@ -503,6 +508,47 @@ def push_dataset(
     return str(commit)
 
 
+def shard_size_in_bytes(max_shard_size: Union[int, str]) -> int:
+    """`max_shard_size` (`500MB`, `1GiB` or a number of bytes) in bytes, as `push_to_hub` reads it."""
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    if isinstance(max_shard_size, str) and max_shard_size.strip().isdigit():
+        max_shard_size = int(max_shard_size)
+    try:
+        size = convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        raise ValueError(
+            f"max_shard_size {max_shard_size!r} is not a size: give bytes, or a number with a unit (500MB, 1GiB)."
+        ) from None
+    if size < 1:
+        raise ValueError(f"max_shard_size must be at least 1 byte, got {max_shard_size!r}.")
+    return size
+
+
+def _check_shards_hold_a_row(datasets_by_config: dict, size: int, given: Union[int, str]) -> None:
+    """
+    Stops a push whose shards could not hold one row, before anything is uploaded. `push_to_hub` cuts a split into
+    whole rows, one more shard per `max_shard_size` of data, and fails deep inside with an IndexError once that is
+    more shards than rows; the image files a row points at are most of its size (they are embedded when pushed).
+    """
+    from datasets import Image
+
+    for config, dataset_dict in datasets_by_config.items():
+        for split, dataset in dataset_dict.items():
+            if len(dataset) == 0:
+                continue
+            text_bytes = dataset.data.nbytes / len(dataset)
+            images = dataset.cast_column("image", Image(decode=False))["image"]
+            image_bytes = max(os.path.getsize(image["path"]) for image in images)
+            largest_row = int(image_bytes + text_bytes)
+            if largest_row > size:
+                raise ValueError(
+                    f"max_shard_size {given!r} ({size} bytes) is smaller than a row of {config}/{split} "
+                    f"(up to {largest_row} bytes with its image, which the push embeds): give at least "
+                    f"{largest_row} bytes, or leave it out for datasets' 500MB."
+                )
+
+
 __all__ = [
     "arrow_tables",
     "build_dataset",
@@ -510,5 +556,6 @@ __all__ = [
     "expand_gpt_sources",
     "parquet_tables",
     "push_dataset",
+    "shard_size_in_bytes",
     "write_parquet_shards",
 ]

@@ -363,6 +363,34 @@ def test_push_uploads_every_config_with_images_embedded_and_our_card(messy_tree,
     assert every["train"].num_rows == finetune["train"].num_rows + gpt["train"].num_rows
 
 
+@pytest.mark.slow
+def test_a_shard_size_below_one_row_stops_the_push_before_anything_is_uploaded(messy_tree, tmp_path, monkeypatch):
+    root, gpt_file, _ = messy_tree
+    out = str(tmp_path / "out")
+    _, calls = fake_hub(monkeypatch, tmp_path, "org/charts")
+    (chart,) = glob.glob(os.path.join(root, "**", "good1.jpg"), recursive=True)
+    too_small = os.path.getsize(chart) // 2
+    with pytest.raises(ValueError, match=rf"max_shard_size {too_small} .* smaller than a row of pretrain/train"):
+        build_dataset(root, out, gpt_sources=[gpt_file], push_to_hub="org/charts", max_shard_size=too_small)
+    assert calls == {"create_repo": [], "preuploaded": {}, "commits": []}
+    # The build itself is whole and kept: only the push was refused.
+    assert load_dataset(out, "finetune")["train"].num_rows == 5
+
+
+def test_a_shard_size_that_is_not_a_size_stops_the_build_before_its_work(tmp_path):
+    write_chart(str(tmp_path / "tree"), "train", "line_standard", "a")
+    for size in ("lots", "12 parsecs", 0):
+        with pytest.raises(ValueError, match="max_shard_size"):
+            build_dataset(
+                str(tmp_path / "tree"),
+                str(tmp_path / "out"),
+                configs=["pretrain"],
+                push_to_hub="o/c",
+                max_shard_size=size,
+            )
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_arguments_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         build_dataset(str(tmp_path / "missing"), str(tmp_path / "out"))

@@ -28,6 +28,12 @@ from .processing_chartwiz import ChartWizProcessor
 IMAGE_TOKEN = "<image>"
 
 
+class _EncoderOfFullPix2Struct(Pix2StructVisionModel):
+    # The decoder's weights of a full Pix2Struct checkpoint are left on disk on purpose: without this, transformers
+    # lists each of them as unexpected. Missing weights, the ones that matter, are still checked.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+
 def load_pix2struct_encoder(vision_name_or_path: str, **kwargs) -> Pix2StructVisionModel:
     """
     The encoder of a Pix2Struct checkpoint: a full Pix2Struct / DePlot model (`google/deplot`, `nuua/ko-deplot`), of
@@ -40,14 +46,16 @@ def load_pix2struct_encoder(vision_name_or_path: str, **kwargs) -> Pix2StructVis
     if model_type == "pix2struct":
         # A full model keeps its encoder under `encoder.`: read those weights and leave the decoder's on disk.
         loading = {"config": Pix2StructConfig.from_dict(config_dict).vision_config, "key_mapping": {r"^encoder\.": ""}}
+        encoder_class = _EncoderOfFullPix2Struct
     elif model_type == "pix2struct_vision_model":
         loading = {}
+        encoder_class = Pix2StructVisionModel
     else:
         raise ValueError(
             f"{vision_name_or_path} holds {describe_model_type(config_dict)}; the vision encoder must come from a "
             "Pix2Struct / DePlot checkpoint (model_type 'pix2struct', e.g. google/deplot)."
         )
-    encoder, loading_info = Pix2StructVisionModel.from_pretrained(
+    encoder, loading_info = encoder_class.from_pretrained(
         vision_name_or_path, output_loading_info=True, **loading, **kwargs
     )
     missing = sorted(loading_info["missing_keys"])

@@ -244,6 +244,37 @@ def test_compose_refuses_a_pix2struct_checkpoint_without_the_encoder_weights(pre
     assert "has no weights for" in capsys.readouterr().err
 
 
+def test_compose_leaves_the_decoder_out_quietly_and_still_reports_a_stray_weight(pretrained_parts, tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from chartwiz_hf.compose import load_pix2struct_encoder
+
+    root, pix2struct, _ = pretrained_parts
+    stray = tmp_path / "stray"
+    shutil.copytree(root / "deplot", stray)
+    weights = load_file(stray / "model.safetensors")
+    save_file({**weights, "encoder.stray_head.weight": torch.zeros(2)}, stray / "model.safetensors")
+    # transformers' loggers do not propagate to the root logger, where caplog listens; 4.57 tells unexpected weights
+    # of a checkpoint of another architecture at INFO, 5.x at WARNING.
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="transformers")
+    try:
+        encoder = load_pix2struct_encoder(str(root / "deplot"))
+        quiet = caplog.text
+        caplog.clear()
+        load_pix2struct_encoder(str(stray))
+        stray_log = caplog.text
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    assert "decoder." not in quiet
+    assert "stray_head.weight" in stray_log and "decoder." not in stray_log
+    for name, tensor in pix2struct.encoder.state_dict().items():
+        torch.testing.assert_close(encoder.state_dict()[name], tensor, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_compose_builds_around_the_parts_own_tensors_in_their_dtype(pretrained_parts, tmp_path, monkeypatch, tied):
     import chartwiz_hf.compose as compose

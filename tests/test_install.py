@@ -54,7 +54,8 @@ def core_env(tmp_path_factory):
     output = install.stdout + install.stderr
     for warning in ("BuildBackendWarning", "SetuptoolsDeprecationWarning", "SetuptoolsWarning"):
         assert warning not in output, f"setuptools warns at install: {output[output.index(warning) - 200 :][:1500]}"
-    return env_dir / "bin"
+    yield env_dir / "bin"
+    shutil.rmtree(env_dir)  # 1.5 GB that the rest of the run has no use for
 
 
 def _run(bin_dir, *argv, cwd):

@@ -347,7 +347,7 @@ def build_dataset(
     if "gpt" in configs and not gpt_files:
         raise ValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
     if push_to_hub and max_shard_size is not None:
-        shard_size_in_bytes(max_shard_size)  # a size that cannot be read stops the build before its work, not after
+        _shard_size_in_bytes(max_shard_size)  # a size that cannot be read stops the build before its work, not after
     os.makedirs(output_dir, exist_ok=True)
 
     with exclusive_build(output_dir):
@@ -480,7 +480,7 @@ def push_dataset(
     built = [config for config in BUILT_CONFIGS if config in report["counts"]]
     datasets_by_config = {config: load_dataset(output_dir, config) for config in built}
     if max_shard_size is not None:
-        _check_shards_hold_a_row(datasets_by_config, shard_size_in_bytes(max_shard_size), max_shard_size)
+        _check_shards_hold_a_row(datasets_by_config, _shard_size_in_bytes(max_shard_size), max_shard_size)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     hub_report = _hub_report(report)
@@ -508,7 +508,7 @@ def push_dataset(
     return str(commit)
 
 
-def shard_size_in_bytes(max_shard_size: Union[int, str]) -> int:
+def _shard_size_in_bytes(max_shard_size: Union[int, str]) -> int:
     """`max_shard_size` (`500MB`, `1GiB` or a number of bytes) in bytes, as `push_to_hub` reads it."""
     from datasets.utils.py_utils import convert_file_size_to_int
 
@@ -531,15 +531,14 @@ def _check_shards_hold_a_row(datasets_by_config: dict, size: int, given: Union[i
     whole rows, one more shard per `max_shard_size` of data, and fails deep inside with an IndexError once that is
     more shards than rows; the image files a row points at are most of its size (they are embedded when pushed).
     """
-    from datasets import Image
-
     for config, dataset_dict in datasets_by_config.items():
         for split, dataset in dataset_dict.items():
             if len(dataset) == 0:
                 continue
             text_bytes = dataset.data.nbytes / len(dataset)
-            images = dataset.cast_column("image", Image(decode=False))["image"]
-            image_bytes = max(os.path.getsize(image["path"]) for image in images)
+            # A local build's rows point at their chart's file (several rows at one file), never hold its bytes.
+            paths = {image["path"] for image in dataset.data.column("image").to_pylist()}
+            image_bytes = max(os.path.getsize(path) for path in paths)
             largest_row = int(image_bytes + text_bytes)
             if largest_row > size:
                 raise ValueError(
@@ -556,6 +555,5 @@ __all__ = [
     "expand_gpt_sources",
     "parquet_tables",
     "push_dataset",
-    "shard_size_in_bytes",
     "write_parquet_shards",
 ]

@@ -21,10 +21,12 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 from datasets import Dataset, load_dataset
+
+# The script's own folder is on sys.path: the tiny DePlot's script beside it keeps the time of each phase the same way.
+from pretrain_tiny_deplot import Timings
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -57,19 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Timings(dict):
-    """Wall seconds of each phase, kept in the work folder across the runs that did its work."""
-
-    def __init__(self, path: str):
-        super().__init__(json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {})
-        self.path = path
-
-    def add(self, phase: str, seconds: float) -> None:
-        self[phase] = self.get(phase, 0.0) + seconds
-        with open(self.path, "w", encoding="utf-8") as file:
-            json.dump(self, file, indent=2)
-
-
 def draw_and_build(work: str, charts: int, seed: int, num_proc: int, timings: Timings) -> str:
     """The `chartwiz data build` folder of `charts` synthetic charts drawn with `seed` (kept when already there)."""
     synth_dir, data_dir = os.path.join(work, "synth"), os.path.join(work, "charts")
@@ -77,16 +66,15 @@ def draw_and_build(work: str, charts: int, seed: int, num_proc: int, timings: Ti
     wanted = {"charts": charts, "seed": seed}
     done = json.load(open(done_path, encoding="utf-8")) if os.path.isfile(done_path) else None
     if done != wanted:
-        start = time.perf_counter()
-        generate(synth_dir, charts, seed=seed, test_fraction=0.02, num_proc=num_proc, overwrite=True)
-        build_dataset(
-            synth_dir,
-            data_dir,
-            gpt_sources=[os.path.join(synth_dir, "gpt_qa.jsonl")],
-            configs=TEXT_CONFIGS,
-            num_proc=num_proc,
-        )
-        timings.add("charts and datasets", time.perf_counter() - start)
+        with timings.measure("charts and datasets"):
+            generate(synth_dir, charts, seed=seed, test_fraction=0.02, num_proc=num_proc, overwrite=True)
+            build_dataset(
+                synth_dir,
+                data_dir,
+                gpt_sources=[os.path.join(synth_dir, "gpt_qa.jsonl")],
+                configs=TEXT_CONFIGS,
+                num_proc=num_proc,
+            )
         with open(done_path, "w", encoding="utf-8") as file:
             json.dump(wanted, file)
     return data_dir
@@ -164,9 +152,8 @@ def main(argv=None):
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
     last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
-    timings.add("training", time.perf_counter() - start)
+    with timings.measure("training"):
+        trainer.train(resume_from_checkpoint=last)
 
     held_out = trainer.evaluate()["eval_loss"]
     print(json.dumps({"held_out_loss": held_out, "documents": len(test_set)}), flush=True)
@@ -175,7 +162,9 @@ def main(argv=None):
     trainer.model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     make_tokenizer_readable_by_both_majors(args.out, tokenizer)
-    card = model_card(args, model.num_parameters(), len(tokenizer), len(train_set), len(test_set), held_out, timings)
+    card = model_card(
+        args, model.num_parameters(), len(tokenizer), len(train_set), len(test_set), held_out, timings.seconds
+    )
     with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as file:
         file.write(card)
     return held_out

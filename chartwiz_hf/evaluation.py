@@ -16,12 +16,13 @@ from PIL import Image
 
 from .batch_inference import InferenceSummary, load_inference_engine, run_inference
 from .engines import InferenceEngine
+from .errors import ChartWizFileNotFoundError, ChartWizValueError
 from .evaluation_report import CHART_FILE, PREDICTIONS_FILE, REPORT_FILE, draw_chart, render_report
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
 from .names import DATASET_CONFIGS, INSTRUCTIONS
-from .questions import DatasetImages, Question, Unreadable, iter_json_records, read_dataset_questions
+from .questions import DatasetImages, Question, Unreadable, iter_json_records, load_split, read_dataset_questions
 from .run_store import changed_settings, output_paths, read_json, read_jsonl
 
 
@@ -60,7 +61,7 @@ def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
     id); blank lines are ignored.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such predictions file")
+        raise ChartWizFileNotFoundError(f"{path}: no such predictions file")
     predictions, skipped, seen = [], [], set()
     for source, record in iter_json_records(path):
         try:
@@ -78,20 +79,20 @@ def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
 
 def _prediction_from_record(record) -> Prediction:
     if isinstance(record, Unreadable):
-        raise ValueError(record.reason)
+        raise ChartWizValueError(record.reason)
     if not isinstance(record, dict):
-        raise ValueError("a record should be a JSON object")
+        raise ChartWizValueError("a record should be a JSON object")
     record = dict(record)
     record.setdefault("chart_type", "")
     if record["chart_type"] is None:
         record["chart_type"] = ""
     for name in PREDICTION_FIELDS:
         if name not in record:
-            raise ValueError(f"missing field {name!r}")
+            raise ChartWizValueError(f"missing field {name!r}")
         if not isinstance(record[name], str):
-            raise ValueError(f"field {name!r} should be a string, got {type(record[name]).__name__}")
+            raise ChartWizValueError(f"field {name!r} should be a string, got {type(record[name]).__name__}")
     if record["task"] not in TASK_METRICS:
-        raise ValueError(f"unknown task {record['task']!r} (expected one of {', '.join(TASKS)})")
+        raise ChartWizValueError(f"unknown task {record['task']!r} (expected one of {', '.join(TASKS)})")
     return Prediction(**{name: record[name] for name in PREDICTION_FIELDS})
 
 
@@ -137,7 +138,7 @@ def split_questions(dataset) -> tuple[list[Question], list]:
     """
 
     if "task" not in dataset.column_names:
-        raise ValueError("The dataset has no column ['task']; expected a `chartwiz data build` split.")
+        raise ChartWizValueError("The dataset has no column ['task']; expected a `chartwiz data build` split.")
     tasks = list(dataset["task"])
     questions = []
     for question in read_dataset_questions(dataset):
@@ -188,7 +189,7 @@ def shuffled_charts(load_image: Callable, dataset, seed: int = 0) -> Callable:
     identities = chart_identities(dataset)
     charts = list(dict.fromkeys(identity for identity in identities if identity))
     if len(charts) < 2:
-        raise ValueError(f"--shuffle-images needs at least two charts in the split, got {len(charts)}.")
+        raise ChartWizValueError(f"--shuffle-images needs at least two charts in the split, got {len(charts)}.")
     random.Random(seed).shuffle(charts)
     first_row = {}
     for row, identity in enumerate(identities):
@@ -250,7 +251,7 @@ def predict_dataset(
         restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
     """
     if blank_images and shuffled_images:
-        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     questions, tasks = split_questions(dataset)
     load_image = DatasetImages(dataset)
     if blank_images:
@@ -339,15 +340,15 @@ def evaluate_model(
             (`load_inference_engine`), with `tensor_parallel_size` and `data_parallel_size`.
     """
     if config not in DATASET_CONFIGS:
-        raise ValueError(f"Unknown config {config!r}; choose from {', '.join(DATASET_CONFIGS)}.")
+        raise ChartWizValueError(f"Unknown config {config!r}; choose from {', '.join(DATASET_CONFIGS)}.")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise ChartWizValueError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
+        raise ChartWizValueError(f"--max-samples must be at least 1, got {max_samples}.")
     if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+        raise ChartWizValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
     if blank_images and shuffled_images:
-        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
     run = {
         "model": model_name_or_path,
@@ -425,7 +426,7 @@ def score_run(
     predictions, bad_lines = read_predictions(source)
     if predictions_path is not None and not predictions:
         example = f": {bad_lines[0]['source']}: {bad_lines[0]['reason']}" if bad_lines else ""
-        raise ValueError(
+        raise ChartWizValueError(
             f"{source} holds no prediction to score ({len(bad_lines)} records could not be read{example})."
         )
     os.makedirs(out_dir, exist_ok=True)
@@ -434,7 +435,7 @@ def score_run(
         if content.lstrip()[:1] == "[" and not source.endswith(".jsonl"):  # a JSON array, kept as JSON Lines
             content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in iter_json_records(source))
         if os.path.exists(target) and _read_text(target) != content:
-            raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
+            raise ChartWizValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
         write_text_atomic(target, content)
     # The run that wrote the predictions, if `predict_dataset` did: its settings and the rows it could not ask.
     errors_path, meta_path = output_paths(os.path.join(os.path.dirname(os.path.abspath(source)), ANSWERS_FILE))
@@ -479,12 +480,12 @@ def _check_run(out_dir: str, run: dict) -> None:
             f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in changed_settings(stored, run, names=run)
         )
         if changed:
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{out_dir} holds the predictions of another run ({changed}): choose another --out, or --restart to "
                 "start over in it."
             )
     elif os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
-        raise ValueError(
+        raise ChartWizValueError(
             f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out, or --restart to "
             "replace it."
         )
@@ -493,17 +494,6 @@ def _check_run(out_dir: str, run: dict) -> None:
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8-sig") as file:
         return file.read()
-
-
-def load_split(dataset_path: str, config: str, split: str):
-    """One split of one config of a dataset built by `chartwiz data build` (a local folder or a Hub repo)."""
-    from datasets import load_dataset
-
-    # Each build's card carries a fingerprint of its shards, so the cache never serves an older build.
-    try:
-        return load_dataset(dataset_path, config, split=split)
-    except ValueError as error:
-        raise ValueError(f"{dataset_path}: cannot load config {config!r}, split {split!r} ({error})") from error
 
 
 __all__ = [

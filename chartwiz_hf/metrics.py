@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import ChartWizValueError
 from .extras import require
 
 
@@ -474,11 +475,13 @@ def bleu_signature(tokenize: str = DEFAULT_BLEU_TOKENIZE) -> str:
 def _bleu_metric(tokenize: str):
     BLEU = require("sacrebleu.metrics", "BLEU").BLEU
     if tokenize not in BLEU.TOKENIZERS:
-        raise ValueError(f"Unknown BLEU tokenizer {tokenize!r}; sacrebleu has {', '.join(BLEU.TOKENIZERS)}.")
+        raise ChartWizValueError(f"Unknown BLEU tokenizer {tokenize!r}; sacrebleu has {', '.join(BLEU.TOKENIZERS)}.")
     try:
         return BLEU(tokenize=tokenize)
     except RuntimeError as error:  # sacrebleu's word for a tokenizer whose extra packages are missing
-        raise ValueError(f"The BLEU tokenizer {tokenize!r} is not installed: {' '.join(str(error).split())}") from None
+        raise ChartWizValueError(
+            f"The BLEU tokenizer {tokenize!r} is not installed: {' '.join(str(error).split())}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Optional
 
+from .errors import ChartWizValueError
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import changed_files, describe_changes, digest
 
@@ -57,7 +58,9 @@ def read_jsonl(path: str, repair: bool = False) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error}); was the file edited by hand?") from error
+            raise ChartWizValueError(
+                f"{path}:{number}: not a JSON line ({error}); was the file edited by hand?"
+            ) from error
     return rows
 
 
@@ -94,7 +97,10 @@ def read_json(path: str) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as file:
-        return json.load(file)
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as error:
+            raise ChartWizValueError(f"{path}: not a JSON file ({error}); was it edited by hand?") from None
 
 
 def changed_settings(stored: dict, settings: dict, names: Optional[Sequence[str]] = None) -> list[str]:
@@ -123,13 +129,13 @@ def check_settings(answers_path: str, settings: dict, info: Optional[dict] = Non
             differences = "; ".join(
                 f"{name}: {stored.get(name)!r} then, {settings.get(name)!r} now" for name in changed
             )
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{answers_path} holds answers made with other settings ({differences}). Rerun with the same settings "
                 "to resume, or --restart to start over, or write to another --answers file."
             )
         return meta
     if os.path.exists(answers_path) and os.path.getsize(answers_path) > 0:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{answers_path} exists but has no settings file {meta_path}, so its answers cannot be checked against "
             "this run; move it away, pass --restart to replace it, or write to another --answers file."
         )

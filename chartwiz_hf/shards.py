@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from .errors import ChartWizFileNotFoundError, ChartWizValueError
 from .files import write_json_atomic
 from .questions import Question
 from .run_store import changed_settings, output_paths, read_json, read_jsonl, row_key, write_jsonl_atomic
@@ -32,13 +33,15 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
     """
     shard_paths = list(dict.fromkeys(shard_paths))
     if os.path.abspath(output_path) in {os.path.abspath(path) for path in shard_paths}:
-        raise ValueError(f"{output_path} is one of the shards; merge into another file")
+        raise ChartWizValueError(f"{output_path} is one of the shards; merge into another file")
     metas, fingerprints = [], None
     for path in shard_paths:
         _, meta_path = output_paths(path)
         meta = read_json(meta_path)
         if meta is None:
-            raise FileNotFoundError(f"{path}: no settings file {meta_path}; is it an answers file of chartwiz infer?")
+            raise ChartWizFileNotFoundError(
+                f"{path}: no settings file {meta_path}; is it an answers file of chartwiz infer?"
+            )
         metas.append(meta["settings"])
         fingerprints = fingerprints or meta.get("fingerprints")
     common = {name: value for name, value in metas[0].items() if name != "chunk_idx"}
@@ -48,7 +51,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
             differences = "; ".join(
                 f"{name}: {common.get(name)!r} there, {meta.get(name)!r} here" for name in differing
             )
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{path} was made with other settings than {shard_paths[0]} ({differences}); only shards of one run "
                 "merge"
             )
@@ -57,7 +60,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
     for path, meta in zip(shard_paths, metas):
         chunk = meta.get("chunk_idx", 0)
         if chunk in by_chunk:
-            raise ValueError(f"{path} and {by_chunk[chunk]} are both chunk {chunk}")
+            raise ChartWizValueError(f"{path} and {by_chunk[chunk]} are both chunk {chunk}")
         by_chunk[chunk] = path
     absent = sorted(set(range(num_chunks)) - set(by_chunk))
     if absent:
@@ -71,7 +74,7 @@ def merge_shards(shard_paths: Sequence[str], output_path: str, questions: Option
             for row in rows:
                 key = row_key(row)
                 if key in answers or key in errors:
-                    raise ValueError(f"id {key[0]!r} turn {key[1]} is in both {origin[key]} and {path}")
+                    raise ChartWizValueError(f"id {key[0]!r} turn {key[1]} is in both {origin[key]} and {path}")
                 target[key], origin[key] = row, path
 
     order = {question.key: position for position, question in enumerate(questions or ())}

@@ -24,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from dataset_builder.card import read_build_fingerprint
 
 from .checkpoints import from_pretrained_complete
+from .errors import ChartWizValueError
 from .extras import MissingExtraError, missing_extra_message
 from .files import write_json_atomic
 from .fingerprints import TRAINING_RUN_FILE, checkpoint_fingerprint, describe_changes, digest, tree_fingerprint
@@ -59,7 +60,7 @@ FINGERPRINT_KEYS = ("model_fingerprint", "dataset_fingerprint")
 _CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
-class RecipeError(ValueError):
+class RecipeError(ChartWizValueError):
     """Bad input found before training starts; `__main__` prints it as one line."""
 
 

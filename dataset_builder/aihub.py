@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from chartwiz_hf.errors import ChartWizFileNotFoundError, ChartWizValueError
 from chartwiz_hf.names import CHART_TYPE_FOLDERS, CHART_TYPES
 
 
@@ -14,7 +15,7 @@ SPLITS = ("train", "test")
 HORIZONTAL_CHART_MAIN = "가로 막대형"
 
 
-class BadRecord(ValueError):
+class BadRecord(ChartWizValueError):
     """A record that breaks the contract; the message says what is wrong."""
 
 
@@ -75,10 +76,10 @@ def find_in_image_folders(img_data: str, filename: str) -> tuple[str, str] | Non
 def check_tree(root: str) -> list[str]:
     """The splits present under `root`; raises `FileNotFoundError` saying what an AI-Hub tree should look like."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such directory (expected an AI-Hub tree with train/ and test/)")
+        raise ChartWizFileNotFoundError(f"{root}: no such directory (expected an AI-Hub tree with train/ and test/)")
     splits = [split for split in SPLITS if os.path.isdir(os.path.join(root, split, "text_data"))]
     if not splits:
-        raise FileNotFoundError(
+        raise ChartWizFileNotFoundError(
             f"{root}: neither train/text_data nor test/text_data exists; point --data-dir at the folder that holds "
             "the AI-Hub train/ and test/ trees."
         )

@@ -477,3 +477,46 @@ def test_every_command_refuses_weights_that_do_not_fit_the_model(tiny_dir, tmp_p
         assert error.startswith(f"chartwiz {name}: error: {broken}: the weights do not fit the model: ")
         assert words in error and all(key in error for key in hit[:3])
     assert not (tmp_path / "answers.jsonl").exists()
+
+
+def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path, capsys, monkeypatch):
+    argv = ["ask", "--model", str(tmp_path / "nowhere"), str(tmp_path / "chart.png"), "값?"]
+    monkeypatch.delenv("CHARTWIZ_DEBUG", raising=False)
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error == f"chartwiz ask: error: {tmp_path / 'chart.png'}: no such image file\n"
+    for debug_argv, environment in ((argv + ["--debug"], None), (["--debug", *argv], None), (argv, "1")):
+        if environment:
+            monkeypatch.setenv("CHARTWIZ_DEBUG", environment)
+        assert main(debug_argv) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("Traceback (most recent call last):") and "ChartWizFileNotFoundError" in error
+        assert error.endswith(f"chartwiz ask: error: {tmp_path / 'chart.png'}: no such image file\n")
+
+
+def test_an_error_that_is_not_the_users_keeps_its_traceback(tiny_dir, tmp_path, capsys, monkeypatch):
+    import chartwiz_hf.inference as inference
+
+    image = tmp_path / "chart.png"
+    draw_chart().save(image)
+
+    def defect(*args, **kwargs):
+        raise ValueError("a defect inside a library")
+
+    # A ValueError or an OSError raised by code, not about what the user gave, is not one line with exit status 2.
+    monkeypatch.setattr(inference, "prepare_inputs", defect)
+    with pytest.raises(ValueError, match="a defect inside a library"):
+        main(["ask", "--model", tiny_dir, str(image), "값?"])
+    monkeypatch.setattr(inference, "prepare_inputs", lambda *a, **k: (_ for _ in ()).throw(OSError("no such thing")))
+    with pytest.raises(OSError, match="no such thing"):
+        main(["ask", "--model", tiny_dir, str(image), "값?"])
+    # The system's refusal of a path the user named says which path, in one line.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "a", "image": "chart.png", "text": "값은?"}\n', encoding="utf-8")
+    argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(tmp_path)]
+    capsys.readouterr()
+    assert main([*argv, "--answers", str(blocker / "answers.jsonl")]) == 2
+    error = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert error.startswith("chartwiz infer: error: ") and str(blocker) in error and "Traceback" not in error

@@ -2,6 +2,8 @@
 
 import sys
 
+from ..errors import ChartWizValueError
+
 
 def load_chart(path: str, page=None):
     """The chart of `path`: the image, or page `page` (1-based) of a PDF; a one-page PDF needs no page number."""
@@ -10,12 +12,12 @@ def load_chart(path: str, page=None):
 
     if not is_pdf(path):
         if page is not None:
-            raise ValueError(f"{path} is not a PDF; --page is for PDF files")
+            raise ChartWizValueError(f"{path} is not a PDF; --page is for PDF files")
         return load_chart_image(path)
     if page is None:
         pages = pdf_page_count(path)
         if pages > 1:
-            raise ValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
+            raise ChartWizValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
         page = 1
     return render_pdf_page(path, page)
 
@@ -35,7 +37,7 @@ def run(args):
 
     question = check_question(args.question)
     if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+        raise ChartWizValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     device = check_device(args.device)
     image = load_chart(args.image, args.page)
     model, processor = load_chartwiz(args.model, device=device, adapter=args.adapter)

@@ -2,6 +2,8 @@
 
 import os
 
+from ..errors import ChartWizValueError
+
 
 def app_path() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "app.py")
@@ -39,12 +41,14 @@ def run(args):
     import importlib.util
 
     if importlib.util.find_spec("streamlit") is None:
-        raise ValueError("The demo needs Streamlit: pip install 'chartwiz[demo]'")
+        raise ChartWizValueError("The demo needs Streamlit: pip install 'chartwiz[demo]'")
     if args.server:
         if args.adapter:
-            raise ValueError("--adapter goes with --model; a server answers with the model it was started with")
+            raise ChartWizValueError(
+                "--adapter goes with --model; a server answers with the model it was started with"
+            )
         if importlib.util.find_spec("openai") is None:
-            raise ValueError("The demo's --server mode needs the openai client: pip install 'chartwiz[demo]'")
+            raise ChartWizValueError("The demo's --server mode needs the openai client: pip install 'chartwiz[demo]'")
         # The server may start after the page: a server that is not up is a message on the page, per question.
         os.environ.update(
             CHARTWIZ_SERVER=args.server,

@@ -1,5 +1,6 @@
 """`chartwiz evaluate`: answer a built dataset's split and score it, or score a predictions file."""
 
+from ..errors import ChartWizValueError
 from ..names import DATASET_CONFIGS as CONFIGS
 from .infer import add_engine_arguments
 
@@ -22,11 +23,11 @@ def run(args):
         )
         given = [flag for flag, value in flags if value]
         if given:
-            raise ValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
+            raise ChartWizValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
         metrics = score_run(args.out, predictions_path=args.predictions, bleu_tokenize=args.bleu_tokenize)
     else:
         if args.dataset is None:
-            raise ValueError(
+            raise ChartWizValueError(
                 f"--model needs --dataset DIR, a dataset built by `chartwiz data build` ({'/'.join(CONFIGS)})."
             )
         metrics = evaluate_model(

@@ -4,6 +4,8 @@ import json
 import logging
 import os
 
+from ..errors import ChartWizValueError
+
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +51,16 @@ def add_engine_arguments(parser) -> None:
 
 def read_input(args):
     """(questions, image loader, input settings) of `--questions`/`--image-folder` or `--dataset`."""
-    from ..questions import DatasetImages, ImageFolder, read_dataset_questions, read_question_file
+    from ..questions import DatasetImages, ImageFolder, load_split, read_dataset_questions, read_question_file
 
     if args.questions:
         if not args.image_folder:
-            raise ValueError("--questions needs --image-folder, the folder its 'image' paths are relative to")
+            raise ChartWizValueError("--questions needs --image-folder, the folder its 'image' paths are relative to")
         questions = read_question_file(args.questions)
         loader = ImageFolder(args.image_folder)
         settings = {"questions": os.path.abspath(args.questions), "image_folder": os.path.abspath(args.image_folder)}
         return questions, loader, settings
-    from datasets import load_dataset
-
-    dataset = load_dataset(args.dataset, args.config, split=args.split)
+    dataset = load_split(args.dataset, args.config, args.split)
     name = os.path.abspath(args.dataset) if os.path.isdir(args.dataset) else args.dataset
     settings = {"dataset": name, "config": args.config, "split": args.split}
     return read_dataset_questions(dataset), DatasetImages(dataset), settings
@@ -78,7 +78,7 @@ def merge(args):
         else:
             shards.append(path)
     if not shards:
-        raise ValueError("--merge got only errors files; give the shards' answers files")
+        raise ChartWizValueError("--merge got only errors files; give the shards' answers files")
     questions = None
     _, meta_path = output_paths(shards[0])
     if os.path.exists(meta_path):
@@ -104,7 +104,7 @@ def merge(args):
     if summary.missing:
         shown = ", ".join(f"{key[0]!r} turn {key[1]}" for key in summary.missing[:20])
         more = f" and {len(summary.missing) - 20} more" if len(summary.missing) > 20 else ""
-        raise ValueError(
+        raise ChartWizValueError(
             f"{len(summary.missing)} questions of the input are in no shard: {shown}{more}. Run the missing shards "
             f"(or rerun the whole input with --answers {args.answers}, which resumes from the merged file)."
         )
@@ -113,17 +113,17 @@ def merge(args):
 def run(args):
     if args.merge:
         if not args.answers:
-            raise ValueError("--merge needs --answers OUT.jsonl, the merged file to write")
+            raise ChartWizValueError("--merge needs --answers OUT.jsonl, the merged file to write")
         return merge(args)
     if not args.model or not args.answers or not (args.questions or args.dataset):
-        raise ValueError(
+        raise ChartWizValueError(
             "give --model, --answers and the input: --questions FILE --image-folder DIR, or --dataset DIR "
             "(or --merge SHARD... --answers OUT.jsonl to join shards)"
         )
     if args.questions and args.dataset:
-        raise ValueError("give either --questions or --dataset, not both")
+        raise ChartWizValueError("give either --questions or --dataset, not both")
     if args.dataset and args.context == "model":
-        raise ValueError(
+        raise ChartWizValueError(
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
 

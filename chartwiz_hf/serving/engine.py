@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from ..engines import InferenceEngine
+from ..errors import ChartWizValueError
 from ..inference import encode_prompt, load_processor
 
 
@@ -74,7 +75,7 @@ class VLLMEngine(InferenceEngine):
         from vllm import AsyncEngineArgs
 
         if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+            raise ChartWizValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.name_or_path = model
         self.max_in_flight = max_in_flight
         self.processor = load_processor(model)
@@ -114,7 +115,7 @@ class VLLMEngine(InferenceEngine):
 
         unknown = sorted(set(generate_kwargs) - set(_SAMPLING_NAMES) - {"do_sample"})
         if unknown or generate_kwargs.get("do_sample"):
-            raise ValueError(
+            raise ChartWizValueError(
                 f"The vLLM engine generates greedily and takes {', '.join(sorted(_SAMPLING_NAMES))}; got "
                 f"{', '.join(unknown) or 'do_sample=True'}."
             )

@@ -39,6 +39,7 @@ from .chat_templates import CHAT_TEMPLATES
 from .compose import add_image_token, build_processor
 from .configuration_chartwiz import ChartWizConfig, projector_depth
 from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
+from .files import OVERWRITE_HELP, replacing_folder
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT
 from .modeling_chartwiz import ChartWizForConditionalGeneration
 
@@ -757,27 +758,30 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="dtype of the weights"
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the converted folder to REPO")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
 
 
 def convert_from_args(args) -> None:
-    convert_llava_to_chartwiz(
-        args.llava,
-        output_dir=args.out,
-        vision=args.vision,
-        mm_projector=args.mm_projector,
-        text=args.text,
-        lora=args.lora,
-        non_lora=args.non_lora,
-        keep_adapter=args.keep_adapter,
-        chat_template=args.template,
-        max_patches=args.max_patches,
-        dtype=args.dtype,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-    )
+    inputs = (args.llava, args.vision, args.mm_projector, args.text, args.lora, args.non_lora)
+    with replacing_folder(args.out, args.overwrite, inputs=[source for source in inputs if source]):
+        convert_llava_to_chartwiz(
+            args.llava,
+            output_dir=args.out,
+            vision=args.vision,
+            mm_projector=args.mm_projector,
+            text=args.text,
+            lora=args.lora,
+            non_lora=args.non_lora,
+            keep_adapter=args.keep_adapter,
+            chat_template=args.template,
+            max_patches=args.max_patches,
+            dtype=args.dtype,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+        )
     print(f"Saved ChartWiz (model + processor) converted from {args.llava} to {args.out}")
 
 

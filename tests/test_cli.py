@@ -321,10 +321,64 @@ def test_init_tiny_and_compose_refuse_a_non_empty_output_unless_told(pretrained_
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     assert main(compose_argv(root / "deplot", root / "lm", out)) == 2
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
-    assert os.listdir(out) == ["notes.txt"]
-    assert main(["init-tiny", str(out), "--overwrite"]) == 0
-    assert (out / "model.safetensors").is_file() and (out / "notes.txt").read_text() == "my notes"
+    # --overwrite replaces a checkpoint, never a folder of other files.
+    assert main(["init-tiny", str(out), "--overwrite"]) == 2
+    assert "holds files that are not a saved model, adapter or training run (notes.txt)" in capsys.readouterr().err
+    assert main(compose_argv(root / "deplot", root / "lm", out, "--overwrite")) == 2
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
     assert main(["init-tiny", str(tmp_path / "new")]) == 0
+
+
+def adapter_folder(tiny_dir, path):
+    """A LoRA adapter of the tiny model saved at `path`, with a stray file of the run beside it."""
+    from peft import LoraConfig, get_peft_model
+
+    from chartwiz_hf.inference import load_chartwiz
+
+    model, _ = load_chartwiz(tiny_dir)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(path)
+    (path / "trainer_state.json").write_text("{}")
+    return sorted(os.listdir(path))
+
+
+def test_overwrite_leaves_exactly_the_new_checkpoints_files(pretrained_parts, tiny_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    root, _, _ = pretrained_parts
+    fresh = {"init-tiny": tmp_path / "fresh-tiny", "compose": tmp_path / "fresh-composed"}
+    assert main(["init-tiny", str(fresh["init-tiny"]), "--max-patches", "16"]) == 0
+    assert main(compose_argv(root / "deplot", root / "lm", fresh["compose"])) == 0
+    for command, argv in {
+        "init-tiny": lambda out: ["init-tiny", str(out), "--max-patches", "16", "--overwrite"],
+        "compose": lambda out: compose_argv(root / "deplot", root / "lm", out, "--overwrite"),
+    }.items():
+        out = tmp_path / f"{command}-over-an-adapter"
+        assert "adapter_config.json" in adapter_folder(tiny_dir, out)
+        assert main(argv(out)) == 0, capsys.readouterr().err
+        # An adapter_config.json left beside the new weights would load the adapter on top of them.
+        assert sorted(os.listdir(out)) == sorted(os.listdir(fresh[command])), command
+        weights, expected = load_file(out / "model.safetensors"), load_file(fresh[command] / "model.safetensors")
+        assert all(torch.equal(weights[name], expected[name]) for name in expected)
+        assert not [name for name in os.listdir(tmp_path) if ".replaced-" in name], "the old folder is gone"
+
+
+def test_a_failed_overwrite_puts_the_earlier_checkpoint_back(pretrained_parts, tiny_dir, tmp_path, capsys):
+    root, _, _ = pretrained_parts
+    out = tmp_path / "adapter"
+    before = adapter_folder(tiny_dir, out)
+    # The encoder must come from a Pix2Struct checkpoint: the command fails after the folder was set aside.
+    assert main(compose_argv(root / "lm", root / "lm", out, "--overwrite")) == 2
+    assert "'llama' model" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["adapter"]
+    # A folder the command reads is not one it may replace.
+    assert main(compose_argv(root / "deplot", out.parent / "adapter", out, "--overwrite")) == 2
+    assert f"{out} is (or holds) {out}, which this command reads" in capsys.readouterr().err
+    assert main(compose_argv(root / "deplot", root / "lm", root, "--overwrite")) == 2
+    assert "which this command reads" in capsys.readouterr().err
+    # A new folder of a command that fails is not left behind.
+    assert main(compose_argv(root / "lm", root / "lm", tmp_path / "new")) == 2
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.fixture(scope="module")

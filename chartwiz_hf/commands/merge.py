@@ -1,13 +1,13 @@
 """`chartwiz merge`: fold a LoRA adapter into its ChartWiz base and save a full checkpoint."""
 
-from . import check_output_dir
+from ..files import OVERWRITE_HELP, replacing_folder
 
 
 def run(args):
     from ..merge import merge_adapter
 
-    check_output_dir(args.out, args.overwrite)
-    merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, check_base_model=not args.no_base_check)
+    with replacing_folder(args.out, args.overwrite, inputs=(args.base, args.adapter)):
+        merge_adapter(args.base, args.adapter, args.out, dtype=args.dtype, check_base_model=not args.no_base_check)
     print(f"Saved {args.base} + {args.adapter}, merged, to {args.out}")
 
 
@@ -22,7 +22,7 @@ def register(subcommands) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="dtype to merge and save in",
     )
-    parser.add_argument("--overwrite", action="store_true", help="write into OUT even if it is not empty")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--no-base-check",
         action="store_true",

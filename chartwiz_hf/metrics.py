@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ChartWizValueError
 from .extras import require
+from .names import normalize_text
 
 
 TEXT_THRESHOLD = 0.5  # ANLS: a normalized edit distance at or above this scores 0 (pix2struct's anls_metric)
@@ -491,7 +492,8 @@ def score_task(
     task: str, references: Sequence[str], predictions: Sequence[str], bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE
 ) -> dict[str, float]:
     """
-    The task's metrics (`TASK_METRICS`) of a group of examples, in percent, with `n`.
+    The task's metrics (`TASK_METRICS`) of a group of examples, in percent, with `n`. Both texts are compared in the
+    one Unicode form (NFC, `normalize_text`) that training rows and the model's prompts are in.
 
     Args:
         task (`str`): `table`, `description`, `summary` or `qa`.
@@ -501,6 +503,11 @@ def score_task(
     """
     if task not in TASK_METRICS:
         raise ValueError(f"Unknown task {task!r}; choose from {', '.join(TASKS)}.")
+    # A reference written in decomposed jamo (NFD) and a prediction in syllables (NFC) are the same text.
+    references, predictions = (
+        [normalize_text(text) for text in references],
+        [normalize_text(text) for text in predictions],
+    )
     if task == "table":
         scores = rms(references, predictions)
     elif task == "qa":

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import unicodedata
 from itertools import zip_longest
 from typing import Optional, Union
 
@@ -12,6 +13,11 @@ from transformers.image_utils import ImageInput
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import TextInput
 from transformers.utils import IMAGE_PROCESSOR_NAME
+
+
+# Korean written in decomposed jamo (NFD: macOS file names, some editors) is other, and more, tokens than the composed
+# syllables (NFC) the model was trained on: every prompt is read in NFC, whoever built it.
+TEXT_NORMAL_FORM = "NFC"
 
 
 def readable_by_both_majors(tokenizer_settings: dict, tokenizer) -> bool:
@@ -189,7 +195,8 @@ class ChartWizProcessor(ProcessorMixin):
                 The prompts, each `<image>` matching one image; or conversations (lists of `{"role", "content"}`
                 messages, each `{"type": "image"}` item matching one image), rendered with the chat template. Given
                 conversations and no images, each image of the prompt stays one `<image>` token, as vLLM takes it
-                and as prompt lengths are counted.
+                and as prompt lengths are counted. Prompts are tokenized in Unicode NFC (Korean in composed
+                syllables, as the model was trained), whatever form they came in.
             add_generation_prompt (`bool`, *optional*, defaults to `False`):
                 With conversations: end the prompt with the assistant's turn, as the chat template writes it.
             split_special_tokens_in_messages (`bool`, *optional*, defaults to `False`):
@@ -241,6 +248,7 @@ class ChartWizProcessor(ProcessorMixin):
             restorations = [{}] * len(text)
         else:
             raise TypeError("text must be a string, a list of strings, or a conversation or a list of them.")
+        text = [unicodedata.normalize(TEXT_NORMAL_FORM, sample) for sample in text]
 
         placeholder_counts = [sample.count(self.image_token) for sample in text]
         unexpanded = conversations is not None and images is None

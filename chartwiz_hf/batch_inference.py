@@ -19,6 +19,7 @@ from .fingerprints import digest, model_fingerprints
 from .inference import ContextLengthError, context_length, fit_in_context, prompt_length
 from .questions import Question
 from .run_store import (
+    NOT_IN_INPUT,
     JsonlAppender,
     check_settings,
     describe_run_change,
@@ -229,7 +230,7 @@ def run_inference(
         kept, dropped = keep_results(path, run_key, question_keys, run_change)
         rows.extend(kept)
         for reason, count in dropped.items():
-            if reason == "no longer in the input":
+            if reason == NOT_IN_INPUT:
                 summary.removed += count
             else:
                 summary.redone[reason] = summary.redone.get(reason, 0) + count

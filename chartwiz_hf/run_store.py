@@ -192,32 +192,48 @@ def describe_run_change(before: Optional[dict], after: dict) -> str:
     return "; ".join(parts) or "they were made by another run"
 
 
+# Why an earlier result is left out when its question is no longer asked (an edited or deleted record).
+NOT_IN_INPUT = "no longer in the input"
+
+
+def stale_reason(row: dict, run_key: str, question_keys: dict, run_change: str) -> Optional[str]:
+    """
+    Why a row of an answers or errors file no longer holds for the run whose fingerprints digest to `run_key` and
+    whose input's questions have the fingerprints `question_keys` (`{key: question_fingerprint}`), or `None` where it
+    still does. `run_change` is the reason given for a row another run (model, adapter, generation) made.
+    """
+    key, stored = row_key(row), row.get("fingerprint")
+    if key not in question_keys:
+        return NOT_IN_INPUT
+    if not isinstance(stored, dict):
+        return "written without a fingerprint"
+    if stored.get("run") != run_key:
+        return run_change
+    if stored.get("question") != question_keys[key]:
+        return "the question or its image changed"
+    return None
+
+
 def keep_results(path: str, run_key: str, question_keys: dict, run_change: str) -> tuple[list[dict], dict]:
     """
-    The rows of an answers or errors file whose fingerprints still hold for this run, and `{reason: count}` for the
-    others, which are taken out of the file (rewritten whole, atomically) so that their questions are asked again.
+    The rows of an answers or errors file whose fingerprints still hold for this run (`stale_reason`), and `{reason:
+    count}` for the others, which are taken out of the file (rewritten whole, atomically) so that their questions are
+    asked again.
     """
     kept, dropped = [], {}
     for row in read_jsonl(path, repair=True):
-        key, stored = row_key(row), row.get("fingerprint")
-        if key not in question_keys:
-            reason = "no longer in the input"
-        elif not isinstance(stored, dict):
-            reason = "written without a fingerprint"
-        elif stored.get("run") != run_key:
-            reason = run_change
-        elif stored.get("question") != question_keys[key]:
-            reason = "the question or its image changed"
-        else:
+        reason = stale_reason(row, run_key, question_keys, run_change)
+        if reason is None:
             kept.append(row)
-            continue
-        dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            dropped[reason] = dropped.get(reason, 0) + 1
     if dropped:
         write_jsonl_atomic(path, kept)
     return kept, dropped
 
 
 __all__ = [
+    "NOT_IN_INPUT",
     "JsonlAppender",
     "changed_settings",
     "check_settings",
@@ -228,5 +244,6 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "row_key",
+    "stale_reason",
     "write_jsonl_atomic",
 ]

@@ -504,6 +504,56 @@ def test_shards_of_other_settings_do_not_merge_and_the_setting_is_named(tiny_dir
     assert "made with other settings" in error and "max_new_tokens: 6 there, 3 here" in error
 
 
+@pytest.mark.slow
+def test_a_merge_checks_every_shard_against_the_input_as_it_is_now(tiny_dir, tmp_path, capsys):
+    questions, images, conversations = write_question_set(tmp_path, records=6)
+    shards = [tmp_path / f"answers.{k}.jsonl" for k in range(2)]
+    for chunk, shard in enumerate(shards):
+        assert infer(tiny_dir, questions, images, shard, "--num-chunks", "2", "--chunk-idx", str(chunk)) == 0
+    before = {**answers_by_key(shards[0])[0], **answers_by_key(shards[1])[0]}
+
+    # After the shards ran: one record's question edited, another's chart redrawn, a third record deleted.
+    conversations[1]["conversations"][0]["value"] = "<image>\n전체 합계는 얼마인가요?"
+    draw_chart(300, 200, bars=(9, 1, 4), seed=42).save(images / conversations[4]["image"])
+    deleted = conversations.pop(3)
+    questions.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations) + "\n", "utf-8")
+    changed = sorted(key for key in before if key[0] in ("c1", "c4"))
+    gone = sorted(key for key in before if key[0] == deleted["question_id"])
+    assert changed and gone
+
+    merged = tmp_path / "merged.jsonl"
+    capsys.readouterr()
+    assert main(["infer", "--merge", *map(str, shards), "--answers", str(merged)]) == 2
+    captured = capsys.readouterr()
+    kept = {key: answer for key, answer in before.items() if key not in changed and key not in gone}
+    assert answers_by_key(merged)[0] == kept, "nothing of a changed or deleted record is merged"
+    assert f"{len(kept)} answers, 0 bad records" in captured.out
+    assert f"{len(gone)} (no longer in the input)" in captured.out
+    assert f"{len(changed)} (the question or its image changed)" in captured.out
+    assert f"{len(changed)} questions of the input are in no shard, or changed since" in captured.err
+    assert all(repr(key[0]) in captured.err for key in changed)
+    # Rerunning the whole input into the merged file asks those questions only.
+    assert infer(tiny_dir, questions, images, merged) == 0
+    assert f"{len(changed)} answered, 0 bad records" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shards_answered_by_two_models_do_not_merge(tmp_path, capsys):
+    questions, images, _ = write_question_set(tmp_path, records=2)
+    model_dir = str(tmp_path / "model")
+    shards = [tmp_path / f"answers.{k}.jsonl" for k in range(2)]
+    for chunk, seed in enumerate(("0", "5")):
+        # The same path and settings, other weights between the two shards.
+        assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", seed, "--overwrite"]) == 0
+        assert infer(model_dir, questions, images, shards[chunk], "--num-chunks", "2", "--chunk-idx", str(chunk)) == 0
+    capsys.readouterr()
+    assert main(["infer", "--merge", *map(str, shards), "--answers", str(tmp_path / "merged.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert f"{shards[1]} was answered by another model or generation than {shards[0]}" in error
+    assert "the model's files changed (model.safetensors)" in error
+    assert not (tmp_path / "merged.jsonl").exists()
+
+
 def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tiny_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -79,34 +79,40 @@ def merge(args):
             shards.append(path)
     if not shards:
         raise ChartWizValueError("--merge got only errors files; give the shards' answers files")
-    questions = None
+    questions = loader = None
     _, meta_path = output_paths(shards[0])
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as file:
             stored = json.load(file)["settings"]
         source = stored.get("questions") or stored.get("dataset")
         if source and (os.path.exists(source) or "dataset" in stored):
-            # The run's input, to order the merged answers as it and to find the questions no shard answered.
+            # The run's input as it is now: to order the merged answers as it, to leave out the answers of questions
+            # edited or deleted since, and to find the questions no shard answered.
             args.questions, args.image_folder = stored.get("questions"), stored.get("image_folder")
             args.dataset, args.config, args.split = stored.get("dataset"), stored.get("config"), stored.get("split")
             try:
-                questions = read_input(args)[0]
+                questions, loader, _ = read_input(args)
             except (OSError, ValueError) as error:
                 logger.warning(
-                    "cannot read the run's input again (%s): the merge cannot say which ids are missing", error
+                    "cannot read the run's input again (%s): the shards cannot be checked against it, and the merge "
+                    "cannot say which ids are missing",
+                    error,
                 )
-    summary = merge_shards(shards, args.answers, questions)
+    summary = merge_shards(shards, args.answers, questions, loader)
     errors_path, _ = output_paths(args.answers)
+    left_out = ", ".join(f"{count} ({reason})" for reason, count in sorted(summary.left_out.items()))
+    left_out = f"; the shards' results left out: {left_out}" if left_out else ""
     print(
         f"Merged {len(summary.shards)} shards into {args.answers}: {summary.answers} answers, {summary.errors} bad "
-        f"records ({errors_path})."
+        f"records ({errors_path}){left_out}."
     )
     if summary.missing:
         shown = ", ".join(f"{key[0]!r} turn {key[1]}" for key in summary.missing[:20])
         more = f" and {len(summary.missing) - 20} more" if len(summary.missing) > 20 else ""
         raise ChartWizValueError(
-            f"{len(summary.missing)} questions of the input are in no shard: {shown}{more}. Run the missing shards "
-            f"(or rerun the whole input with --answers {args.answers}, which resumes from the merged file)."
+            f"{len(summary.missing)} questions of the input are in no shard, or changed since a shard answered "
+            f"them: {shown}{more}. Run the missing shards (or rerun the whole input with --answers {args.answers}, "
+            "which resumes from the merged file and asks only these)."
         )
 
 

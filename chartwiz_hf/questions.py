@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from dataset_builder.aihub import BadRecord, find_in_image_folders
+from dataset_builder.aihub import BadRecord, find_in_image_folders, image_in_folder
 from dataset_builder.rows import conversation_turns, without_image_placeholder
 
 from .errors import ChartWizFileNotFoundError, ChartWizValueError
@@ -263,8 +263,9 @@ def load_split(dataset_path: str, config: str, split: str):
 
 class ImageFolder:
     """
-    Loads a question's image from a folder: `image` relative to it; a bare file name that is not there is also
-    looked up in the ten chart-type folders of an AI-Hub `img_data/` tree (as the GPT question files name them).
+    Loads a question's image from a folder: `image` relative to it, and inside it (a path that leads out is a bad
+    record, as in `chartwiz data build`); a bare file name that is not there is also looked up in the ten chart-type
+    folders of an AI-Hub `img_data/` tree (as the GPT question files name them).
 
     Args:
         root (`str`): the image folder.
@@ -277,8 +278,11 @@ class ImageFolder:
         self.digests = ContentDigests()
 
     def resolve(self, question: Question) -> tuple[str, Optional[str]]:
-        """(path, chart type or None) of the question's image; a bare name in two chart-type folders is an error."""
-        path = os.path.join(self.root, question.image)
+        """
+        (path, chart type or None) of the question's image, by the data builder's rule (`image_in_folder`): a path
+        outside the folder (absolute, or `..` out of it) is refused, and so is a bare name in two chart-type folders.
+        """
+        path = image_in_folder(self.root, question.image)
         if not os.path.isfile(path) and os.path.basename(question.image) == question.image:
             try:
                 found = find_in_image_folders(self.root, question.image)

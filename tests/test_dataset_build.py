@@ -712,6 +712,22 @@ def test_a_gpt_image_name_in_two_chart_type_folders_is_a_bad_record(tmp_path):
     assert "'twice.jpg' is in both img_pie_standard and img_vertical bar_standard" in skipped["reason"]
 
 
+def test_an_image_named_in_decomposed_jamo_on_disk_is_found_by_its_composed_name(tmp_path):
+    from unicodedata import normalize
+
+    root = str(tmp_path / "aihub")
+    annotation = write_chart(root, "train", "pie_standard", "c1", image=None)
+    annotation["image"][0]["filename"] = normalize("NFC", "원형차트.jpg")
+    write_chart(root, "train", "pie_standard", "c1", annotation=annotation, image=None)
+    draw_chart(160, 120).save(os.path.join(image_dir(root, "train", "pie_standard"), normalize("NFD", "원형차트.jpg")))
+    qa = tmp_path / "qa.jsonl"
+    conversation = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "1개"}]
+    qa.write_text(json.dumps({"id": "q", "image": "원형차트.jpg", "conversations": conversation}) + "\n", "utf-8")
+    report = build_dataset(root, str(tmp_path / "out"), gpt_sources=[str(qa)], num_proc=1)
+    assert report["skipped"] == []
+    assert report["counts"]["pretrain"]["train"]["written"] == report["counts"]["gpt"]["train"]["written"] == 1
+
+
 def test_korean_in_decomposed_jamo_becomes_composed_syllables_in_every_config(tmp_path):
     from unicodedata import normalize
 

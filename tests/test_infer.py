@@ -554,6 +554,37 @@ def test_shards_answered_by_two_models_do_not_merge(tmp_path, capsys):
     assert not (tmp_path / "merged.jsonl").exists()
 
 
+def test_images_outside_the_image_folder_are_bad_records_as_in_data_build(tiny_dir, tmp_path, capsys):
+    from unicodedata import normalize
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    draw_chart().save(images / "chart.png")
+    draw_chart().save(tmp_path / "outside.png")
+    # A chart whose Korean file name was written on macOS (NFD), named composed (NFC) in the question file.
+    draw_chart(seed=3).save(images / normalize("NFD", "막대차트.png"))
+    records = {
+        "parent": "../outside.png",
+        "absolute": str(tmp_path / "outside.png"),
+        "system": "/etc/passwd",
+        "inside": "sub/../chart.png",
+        "decomposed-name": normalize("NFC", "막대차트.png"),
+    }
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"id": key, "image": image, "text": "값은?"}) + "\n" for key, image in records.items()),
+        encoding="utf-8",
+    )
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    assert sorted(answers_by_key(out)[0]) == [("decomposed-name", 1), ("inside", 1)]
+    reasons = {row["id"]: row["reason"] for row in read_jsonl(str(tmp_path / "answers.errors.jsonl"))}
+    assert reasons["parent"] == f"image '../outside.png' leads out of {images}: images are read from inside it only"
+    assert reasons["absolute"].startswith(f"image '{tmp_path / 'outside.png'}' is an absolute path: images are read")
+    assert reasons["system"].startswith("image '/etc/passwd' is an absolute path")
+    assert "3 bad records (3 image)" in capsys.readouterr().out
+
+
 def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tiny_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

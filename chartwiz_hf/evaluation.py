@@ -16,12 +16,12 @@ from PIL import Image
 
 from .batch_inference import InferenceSummary, load_inference_engine, run_inference
 from .engines import InferenceEngine
-from .errors import ChartWizFileNotFoundError, ChartWizValueError
+from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizValueError
 from .evaluation_report import CHART_FILE, PREDICTIONS_FILE, REPORT_FILE, draw_chart, render_report
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
-from .names import DATASET_CONFIGS, INSTRUCTIONS
+from .names import DATASET_CONFIGS, DEFAULT_DATASET_CONFIG, INSTRUCTIONS
 from .questions import DatasetImages, Question, Unreadable, iter_json_records, load_split, read_dataset_questions
 from .run_store import changed_settings, output_paths, read_json, read_jsonl
 
@@ -410,15 +410,55 @@ def evaluate_model(
     return score_run(out_dir, bleu_tokenize=bleu_tokenize, rows=len(dataset))
 
 
+def split_ids(dataset_path: str, config: str, split: str, max_samples: Optional[int] = None) -> list[str]:
+    """The ids of a built split's rows (its first `max_samples`), as a predictions file names them."""
+    dataset = load_split(dataset_path, config, split)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return [str(row_id) for row_id in dataset["id"]]
+
+
+def check_ids(predictions: Sequence[Prediction], skipped: Sequence[dict], ids: Sequence[str], where: str):
+    """
+    The predictions whose id is a row of the split (`ids`), and skipped entries for the others (not scored) and for
+    the rows of the split that neither have a prediction nor are already listed as skipped (`skipped`).
+    """
+    known, listed = set(ids), {str(entry["id"]) for entry in skipped if entry.get("id") is not None}
+    kept, unknown = [], []
+    for prediction in predictions:
+        if prediction.id in known:
+            kept.append(prediction)
+        else:
+            reason = f"id {prediction.id!r} is not a row of {where}: not scored"
+            unknown.append(
+                {"file": PREDICTIONS_FILE, "source": f"id {prediction.id}", "id": prediction.id, "reason": reason}
+            )
+    predicted = {prediction.id for prediction in predictions}
+    missing = [
+        {"id": row_id, "reason": f"a row of {where} with no prediction"}
+        for row_id in ids
+        if row_id not in predicted and row_id not in listed
+    ]
+    return kept, unknown, missing
+
+
 def score_run(
     out_dir: str,
     predictions_path: Optional[str] = None,
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
     rows: Optional[int] = None,
+    dataset: Optional[str] = None,
+    config: Optional[str] = None,
+    split: Optional[str] = None,
 ) -> dict:
     """
     Scores a predictions file (default: `out_dir/predictions.jsonl`, which an outside file is copied to) and writes
     `metrics.json`, `report.md` and `report.png` into `out_dir`. Returns the metrics.
+
+    A predictions file from outside is checked against its split: the one given (`dataset`, `config`, `split`), else
+    the one its run recorded (`chartwiz evaluate` writes `answers.meta.json` beside it). Predictions of ids the split
+    does not have are not scored, and rows of the split without a prediction are listed; both are in `skipped`, and
+    their ids in `unknown_ids` and `missing_ids`. `checked_against` says which split, `None` where none was known.
     """
     signature = bleu_signature(bleu_tokenize)
     target = os.path.join(out_dir, PREDICTIONS_FILE)
@@ -441,6 +481,21 @@ def score_run(
     errors_path, meta_path = output_paths(os.path.join(os.path.dirname(os.path.abspath(source)), ANSWERS_FILE))
     run = (read_json(meta_path) or {}).get("settings", {})
     skipped = [{**entry, "file": PREDICTIONS_FILE} for entry in bad_lines] + read_jsonl(errors_path)
+    checked_against, unknown, missing = None, [], []
+    if dataset is not None:
+        run = {"dataset": dataset, "config": config or DEFAULT_DATASET_CONFIG, "split": split or "test"}
+    if predictions_path is not None and run.get("dataset"):
+        where = f"{run['dataset']} ({run.get('config')}/{run.get('split')})"
+        try:
+            ids = split_ids(run["dataset"], run.get("config"), run.get("split"), run.get("max_samples"))
+        except ChartWizError as error:
+            if dataset is not None:
+                raise
+            logger.warning("cannot check the predictions' ids against the split their run answered: %s", error)
+        else:
+            predictions, unknown, missing = check_ids(predictions, skipped, ids, where)
+            skipped += unknown + missing
+            checked_against, rows = where, len(ids)
 
     start = time.perf_counter()
     scores = score_predictions(predictions, bleu_tokenize=bleu_tokenize)
@@ -457,6 +512,9 @@ def score_run(
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
+        "checked_against": checked_against,
+        "unknown_ids": [entry["id"] for entry in unknown],
+        "missing_ids": [entry["id"] for entry in missing],
         "bleu_signature": signature if {"description", "summary"} & set(scores["by_task"]) else None,
         **scores,
     }
@@ -500,6 +558,7 @@ __all__ = [
     "Prediction",
     "blank_charts",
     "chart_identities",
+    "check_ids",
     "evaluate_model",
     "load_split",
     "predict_dataset",
@@ -507,5 +566,6 @@ __all__ = [
     "score_predictions",
     "score_run",
     "shuffled_charts",
+    "split_ids",
     "split_questions",
 ]

@@ -585,6 +585,35 @@ def test_images_outside_the_image_folder_are_bad_records_as_in_data_build(tiny_d
     assert "3 bad records (3 image)" in capsys.readouterr().out
 
 
+def test_a_run_where_every_question_is_a_bad_record_fails(tiny_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "a", "image": "nowhere.png", "text": "값은?"}\n{"id": "b", "text": "값은?"}\n')
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 2
+    captured = capsys.readouterr()
+    assert "0 answered, 2 bad records (1 image, 1 record)" in captured.out
+    errors = tmp_path / "answers.errors.jsonl"
+    assert captured.err.strip().splitlines()[-1] == (
+        f"chartwiz infer: error: none of the 2 questions could be asked: each is a bad record, listed with its "
+        f"reason in {errors}"
+    )
+    assert len(read_jsonl(str(errors))) == 2
+    questions.write_text("")
+    assert infer(tiny_dir, questions, images, tmp_path / "empty.jsonl") == 2
+    assert f"{questions} holds no question to answer" in capsys.readouterr().err
+
+
+def test_num_chunks_without_chunk_idx_is_refused(tiny_dir, question_set, tmp_path, capsys):
+    questions, images, _ = question_set
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out, "--num-chunks", "2") == 2
+    error = capsys.readouterr().err
+    assert "--num-chunks 2 needs --chunk-idx K (0 to 1), the shard this run answers" in error
+    assert not out.exists()
+
+
 def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tiny_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -15,7 +15,6 @@ def run(args):
 
     if args.predictions is not None:
         flags = (
-            ("--dataset", args.dataset),
             ("--adapter", args.adapter),
             ("--blank-images", args.blank_images),
             ("--shuffle-images", args.shuffle_images),
@@ -24,7 +23,8 @@ def run(args):
         given = [flag for flag, value in flags if value]
         if given:
             raise ChartWizValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
-        metrics = score_run(args.out, predictions_path=args.predictions, bleu_tokenize=args.bleu_tokenize)
+        split = {"dataset": args.dataset, "config": args.config, "split": args.split} if args.dataset else {}
+        metrics = score_run(args.out, predictions_path=args.predictions, bleu_tokenize=args.bleu_tokenize, **split)
     else:
         if args.dataset is None:
             raise ChartWizValueError(
@@ -52,9 +52,27 @@ def run(args):
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
         print(f"{task:<12} n={scores['n']:<6} {figures}")
+    for ids, what in (
+        (metrics.get("unknown_ids"), f"predictions of ids that {metrics.get('checked_against')} does not have"),
+        (metrics.get("missing_ids"), f"rows of {metrics.get('checked_against')} without a prediction"),
+    ):
+        if ids:
+            more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+            print(f"{len(ids)} {what}: {', '.join(map(str, ids[:10]))}{more}")
+    if args.predictions is not None and not metrics.get("checked_against"):
+        print(
+            "note: no split to check the predictions' ids against (their run's settings file is not beside them): "
+            "give --dataset DIR --config --split to have the ids the split lacks, and its rows without a "
+            "prediction, reported"
+        )
     if metrics["skipped"]:
         print(f"{len(metrics['skipped'])} rows skipped, listed with their reasons in the report")
     print(f"Wrote metrics.json, report.md, report.png and predictions.jsonl to {args.out}")
+    if not metrics["n"]:
+        raise ChartWizValueError(
+            f"no row was scored: all {len(metrics['skipped'])} were skipped, listed with their reasons in "
+            f"{args.out}/report.md"
+        )
 
 
 def register(subcommands) -> None:
@@ -66,7 +84,11 @@ def register(subcommands) -> None:
     source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo to generate with")
     source.add_argument("--predictions", help="JSON Lines file to score (id, task, chart_type, prediction, reference)")
     parser.add_argument("--out", required=True, help="report folder; running again into it resumes generation")
-    parser.add_argument("--dataset", help="dataset built by `chartwiz data build` (folder or Hub repo)")
+    parser.add_argument(
+        "--dataset",
+        help="dataset built by `chartwiz data build` (folder or Hub repo); with --predictions, the split to check "
+        "the predictions' ids against (default: the one their run answered)",
+    )
     parser.add_argument("--config", default="finetune", choices=CONFIGS)
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N rows of the split")

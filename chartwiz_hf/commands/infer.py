@@ -132,14 +132,28 @@ def run(args):
         raise ChartWizValueError(
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
+    if args.chunk_idx is None:
+        if args.num_chunks > 1:
+            raise ChartWizValueError(
+                f"--num-chunks {args.num_chunks} needs --chunk-idx K (0 to {args.num_chunks - 1}), the shard this run "
+                "answers: run one command per shard, then join their answers with --merge"
+            )
+        args.chunk_idx = 0
 
     from ..batch_inference import load_inference_engine, run_inference
     from ..fingerprints import model_fingerprints
     from ..questions import select_chunk
-    from ..run_store import output_paths
+    from ..run_store import output_paths, read_jsonl
 
     questions, loader, input_settings = read_input(args)
+    if not questions:
+        raise ChartWizValueError(f"{args.questions or args.dataset} holds no question to answer")
+    records = len({question.record for question in questions})
     questions = select_chunk(questions, args.num_chunks, args.chunk_idx)
+    if not questions:
+        logger.warning(
+            "chunk %d of %d holds no record: the input has %d records", args.chunk_idx, args.num_chunks, records
+        )
     model, processor = load_inference_engine(
         args.model,
         args.engine,
@@ -190,6 +204,12 @@ def run(args):
         f"before{summary.resume_note()}. Answers: {args.answers}"
         + (f", bad records: {errors_path}" if summary.errors else "")
     )
+    if questions and not summary.answered and not read_jsonl(args.answers):
+        # Every question a bad record is a run that did nothing: a script must not take it for a finished one.
+        raise ChartWizValueError(
+            f"none of the {len(questions)} questions could be asked: each is a bad record, listed with its reason in "
+            f"{errors_path}"
+        )
 
 
 def register(subcommands) -> None:
@@ -225,7 +245,12 @@ def register(subcommands) -> None:
         help="earlier turns as context: the input's reference answers where given (default), or the model's own",
     )
     parser.add_argument("--num-chunks", type=int, default=1, help="split the input into this many shards")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="the shard this run answers (0-based)")
+    parser.add_argument(
+        "--chunk-idx",
+        type=int,
+        default=None,
+        help="the shard this run answers, 0-based (default: 0, and required with --num-chunks above 1)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: every GPU, else the CPU)")
     parser.add_argument(
         "--dtype",

@@ -574,3 +574,39 @@ def test_an_error_that_is_not_the_users_keeps_its_traceback(tiny_dir, tmp_path, 
     assert main([*argv, "--answers", str(blocker / "answers.jsonl")]) == 2
     error = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert error.startswith("chartwiz infer: error: ") and str(blocker) in error and "Traceback" not in error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command", [["infer", "--model", "m", "--answers", "a.jsonl"], ["data", "build", "--data-dir", "d", "--out", "o"]]
+)
+def test_ctrl_c_while_the_command_starts_is_one_line(command, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # The installed `chartwiz` command, as a terminal's foreground job: Ctrl-C reaches its whole process group.
+    executable = os.path.join(os.path.dirname(sys.executable), "chartwiz")
+    process = subprocess.Popen(
+        [executable, *command],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    maps = f"/proc/{process.pid}/maps"
+    deadline = time.monotonic() + 120
+    # Once torch's library is loaded the imports are under way, and transformers and datasets are still to come.
+    while time.monotonic() < deadline and process.poll() is None:
+        with open(maps, encoding="utf-8", errors="replace") as file:
+            if "libtorch" in file.read():
+                break
+        time.sleep(0.005)
+    assert process.poll() is None, process.stderr.read()
+    os.killpg(process.pid, signal.SIGINT)
+    _, errors = process.communicate(timeout=120)
+    name = "chartwiz " + " ".join(command[: 2 if command[0] == "data" else 1])
+    assert process.returncode == 130, errors
+    assert errors.strip().splitlines() == [f"{name}: interrupted while starting; nothing was done"], errors

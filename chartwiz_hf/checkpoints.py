@@ -92,20 +92,25 @@ class _BelowErrors(logging.Filter):
 def from_pretrained_complete(model_class, name_or_path: str | os.PathLike, **kwargs):
     """
     `model_class.from_pretrained(name_or_path, **kwargs)` that refuses a checkpoint whose weights do not fit the
-    model (`check_loading_info`) instead of initializing the missing ones at random or failing with a traceback.
+    model (`check_loading_info`) instead of initializing the missing ones at random or failing with a traceback. A
+    local folder is loaded by its absolute path, which the model keeps as its `name_or_path`.
     """
     # transformers 5 logs its own table of the same findings as a warning; the one-line error below replaces it. A
     # filter, not a level: transformers 5.24 runs extra checks (and warns) when this logger's own level is raised.
     report = logging.getLogger("transformers.modeling_utils")
     quiet = _BelowErrors()
     report.addFilter(quiet)
+    name = os.fspath(name_or_path)
+    # A local folder by its absolute path: the model's `name_or_path`, which PEFT records as an adapter's base, then
+    # names the same folder from any working directory (`chartwiz merge` checks the base by it).
+    location = os.path.abspath(name) if os.path.isdir(name) else name
     try:
         model, loading_info = model_class.from_pretrained(
-            name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            location, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
     finally:
         report.removeFilter(quiet)
-    check_loading_info(os.fspath(name_or_path), loading_info)
+    check_loading_info(name, loading_info)
     return model
 
 

@@ -718,7 +718,8 @@ def convert_llava_to_chartwiz(
         processor.save_pretrained(output_dir)
         logger.info("Saved ChartWiz (model + processor) to %s", output_dir)
     if keep_adapter:
-        model = apply_lora(model, lora, base_model_name_or_path=push_to_hub or output_dir)
+        base = push_to_hub or (os.path.abspath(output_dir) if output_dir is not None else None)
+        model = apply_lora(model, lora, base_model_name_or_path=base)
         if output_dir is not None:
             model.save_pretrained(os.path.join(output_dir, "adapter"))
             logger.info("Saved the LoRA adapter, unmerged, to %s", os.path.join(output_dir, "adapter"))

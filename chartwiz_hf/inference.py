@@ -16,8 +16,10 @@ from .images import load_chart_image
 
 IMAGE_TOKEN = "<image>"
 # How every entry point asks the processor for a question's prompt: the chat template's, ending with the assistant's
-# turn, and the users' special-token strings as plain text.
-USER_TEXT_KWARGS = {"add_generation_prompt": True, "split_special_tokens_in_messages": True}
+# turn, and the users' special-token strings as plain text. Not `verbose`: the tokenizer's warning that a prompt is
+# longer than the model's maximum would come before the context check every entry point makes (`fit_in_context`),
+# whose error says the same in ChartWiz's words and what to do.
+USER_TEXT_KWARGS = {"add_generation_prompt": True, "split_special_tokens_in_messages": True, "verbose": False}
 
 
 def _check_text(text: str, what: str) -> None:

@@ -50,6 +50,7 @@ def check_base(base: str, adapter: str, trained_on: Optional[str]) -> None:
     if not trained_on:
         logger.warning("%s does not say which base it was trained on; merging onto %s unchecked", adapter, base)
         return
+    # Paths compared by what they resolve to, so the right base given from another working directory is the base.
     if trained_on == base or _same_path(trained_on, base):
         return
     if os.path.isdir(trained_on) and os.path.isdir(base):
@@ -59,8 +60,14 @@ def check_base(base: str, adapter: str, trained_on: Optional[str]) -> None:
             f"{adapter} was trained on {trained_on} (its base_model_name_or_path), and {base} holds other files "
             f"({describe_changes(checkpoint_fingerprint(trained_on), checkpoint_fingerprint(base))}); {remedy}."
         )
+    unresolved = ""
+    if not os.path.isabs(trained_on) and not os.path.exists(trained_on):
+        unresolved = (
+            f" (if that is a path relative to the folder the adapter was trained in, it is not there from here, "
+            f"{os.getcwd()}: run merge from that folder)"
+        )
     raise ChartWizValueError(
-        f"{adapter} was trained on {trained_on} (its base_model_name_or_path), not {base}; {remedy}."
+        f"{adapter} was trained on {trained_on} (its base_model_name_or_path), not {base}{unresolved}; {remedy}."
     )
 
 

@@ -49,6 +49,11 @@ def _open(source: PdfSource, max_pages: int):
     try:
         document = pdfium.PdfDocument(bytes(source) if isinstance(source, bytearray) else source)
     except pdfium.PdfiumError as error:
+        if getattr(error, "err_code", None) == pdfium.raw.FPDF_ERR_SUCCESS:
+            # PDFium refuses a document with no page while reporting no error ("PDFium: Success").
+            raise ChartWizValueError(
+                f"{_name(source)} has no pages (PDFium finds no page in it): there is no chart to show"
+            ) from None
         raise ChartWizValueError(
             f"{_name(source)}: cannot open the PDF ({error}); is it damaged or password-protected?"
         ) from None

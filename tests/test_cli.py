@@ -610,3 +610,82 @@ def test_ctrl_c_while_the_command_starts_is_one_line(command, tmp_path):
     name = "chartwiz " + " ".join(command[: 2 if command[0] == "data" else 1])
     assert process.returncode == 130, errors
     assert errors.strip().splitlines() == [f"{name}: interrupted while starting; nothing was done"], errors
+
+
+def test_a_pdf_without_pages_says_so(tiny_dir, tmp_path, capsys):
+    import io
+
+    import pypdfium2
+
+    from chartwiz_hf.pdf import pdf_page_count
+
+    buffer = io.BytesIO()
+    pypdfium2.PdfDocument.new().save(buffer)
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(buffer.getvalue())
+    assert main(["ask", "--model", tiny_dir, str(empty), "값?"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error == f"chartwiz ask: error: {empty} has no pages (PDFium finds no page in it): there is no chart to show\n"
+    )
+    # The demo's uploads are bytes.
+    with pytest.raises(ValueError, match="^the PDF has no pages"):
+        pdf_page_count(buffer.getvalue())
+
+
+@pytest.mark.slow
+def test_a_question_longer_than_the_context_gets_chartwiz_s_error_and_no_tokenizer_warning(tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    draw_chart().save(tmp_path / "chart.png")
+    question = "가장 큰 값은? " * 700  # over 5,000 characters
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"id": "long", "image": "chart.png", "text": question}) + "\n", encoding="utf-8")
+    executable = os.path.join(os.path.dirname(sys.executable), "chartwiz")
+    runs = {
+        "ask": [executable, "ask", "--model", tiny_dir, str(tmp_path / "chart.png"), question],
+        "infer": [executable, "infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder"]
+        + [str(tmp_path), "--answers", str(tmp_path / "answers.jsonl"), "--no-progress"],
+    }
+    for name, argv in runs.items():
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert "indexing errors" not in result.stderr and "Token indices sequence length" not in result.stderr
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert last_line.startswith(f"chartwiz {name}: error: ")
+        if name == "ask":
+            assert "which leaves no room in the language model's context of 1024 tokens" in last_line
+    (error,) = [json.loads(line) for line in (tmp_path / "answers.errors.jsonl").read_text().splitlines()]
+    assert error["reason"].startswith("prompt longer than the context: ")
+
+
+def test_merge_finds_the_adapters_base_from_another_working_directory(tiny_dir, tmp_path, capsys, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from chartwiz_hf.inference import load_chartwiz
+
+    trained_in = tmp_path / "project"
+    shutil.copytree(tiny_dir, trained_in / "base")
+    monkeypatch.chdir(trained_in)
+    model, _ = load_chartwiz("base")  # a relative path, as a recipe or a script names its model
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained("adapter")
+    adapter_config = trained_in / "adapter" / "adapter_config.json"
+    assert json.loads(adapter_config.read_text())["base_model_name_or_path"] == str(trained_in / "base")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["merge", "--base", "../project/base", "--adapter", "../project/adapter"]
+    assert main([*argv, "--out", "merged"]) == 0, capsys.readouterr().err
+    # An adapter saved elsewhere with a relative base: from another folder the message says what the path is.
+    settings = json.loads(adapter_config.read_text())
+    adapter_config.write_text(json.dumps({**settings, "base_model_name_or_path": "base"}))
+    capsys.readouterr()
+    assert main([*argv, "--out", "merged-2"]) == 2
+    error = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "was trained on base (its base_model_name_or_path), not ../project/base" in error
+    assert f"relative to the folder the adapter was trained in, it is not there from here, {elsewhere}" in error
+    monkeypatch.chdir(trained_in)
+    assert main(["merge", "--base", "base", "--adapter", "adapter", "--out", "merged"]) == 0

@@ -17,16 +17,27 @@ COMMANDS = (compose, init_tiny, ask, infer, demo, evaluate, merge, convert)
 DEBUG_VARIABLE = "CHARTWIZ_DEBUG"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """
-    argparse's help with each option's default (`ArgumentDefaultsHelpFormatter`), unless the help already says what
-    the default is in words, and the description's lines (English, then Korean) kept as written.
+    argparse's help with each option's default (`ArgumentDefaultsHelpFormatter`; `none` for an option unset unless
+    given, `off` for a flag), unless the help already says what the default is in words, required options marked so,
+    and each line of the description (English, then Korean) wrapped on its own.
     """
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(super(HelpFormatter, self)._fill_text(line, width, indent) for line in text.splitlines())
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.required or "default" in text.lower():
+        said = "(default" in text or "default:" in text
+        if not action.option_strings or said or action.default is argparse.SUPPRESS:
             return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None or action.default == []:
+            return f"{text} (default: none)"
+        if action.nargs == 0 and action.default is False:  # a flag
+            return f"{text} (default: off)"
         return super()._get_help_string(action)
 
 

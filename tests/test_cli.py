@@ -689,3 +689,62 @@ def test_merge_finds_the_adapters_base_from_another_working_directory(tiny_dir, 
     assert f"relative to the folder the adapter was trained in, it is not there from here, {elsewhere}" in error
     monkeypatch.chdir(trained_in)
     assert main(["merge", "--base", "base", "--adapter", "adapter", "--out", "merged"]) == 0
+
+
+def command_paths(parser, path=()):
+    """Every command of the `chartwiz` parser as its words (`("data", "build")`), groups included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield (*path, name)
+                yield from command_paths(subparser, (*path, name))
+
+
+def help_entries(text: str) -> tuple[str, dict]:
+    """The description of a `--help` page, and `{option: its help}` for the entries under `options:`."""
+    description, entries, section, current = [], {}, None, None
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            if line.startswith("usage:"):
+                section = "usage"
+            elif section in ("usage", "description") and not line.endswith(":"):
+                section = "description"
+                description.append(line)
+            else:
+                section = line
+            continue
+        if section == "description":
+            description.append(line.strip())
+        elif section == "options:" and line.startswith("  -"):
+            invocation, _, rest = line.strip().partition("  ")
+            current = invocation
+            entries[current] = rest.strip()
+        elif section == "options:" and current is not None and line.strip():
+            entries[current] = (entries[current] + " " + line.strip()).strip()
+    return "\n".join(description), entries
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default(capsys):
+    from chartwiz_hf.cli import build_parser
+
+    commands = sorted(command_paths(build_parser()))
+    assert {("infer",), ("data", "build"), ("synth",), ("convert",)} <= set(commands)
+    missing = []
+    for words in [(), *commands]:
+        with pytest.raises(SystemExit) as exit_status:
+            main([*words, "--help"])
+        assert exit_status.value.code == 0
+        description, entries = help_entries(capsys.readouterr().out)
+        name = " ".join(["chartwiz", *words])
+        if not re.search("[\uac00-\ud7a3]", description):
+            missing.append(f"{name}: no Korean line in its description")
+        for option, text in entries.items():
+            if option.startswith("-h, --help"):
+                continue
+            if not text:
+                missing.append(f"{name} {option}: no help")
+            elif "(default" not in text and "default:" not in text and not text.endswith("(required)"):
+                missing.append(f"{name} {option}: no default shown ({text})")
+    assert missing == []

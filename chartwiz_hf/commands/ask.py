@@ -56,11 +56,20 @@ def run(args):
 
 
 def register(subcommands) -> None:
-    parser = subcommands.add_parser("ask", help="answer one question about a chart, streaming the answer")
+    parser = subcommands.add_parser(
+        "ask",
+        help="answer one question about a chart, streaming the answer",
+        description=(
+            "Answers one question about a chart image, or a page of a PDF report, streaming the answer.\n"
+            "차트 이미지나 PDF 보고서의 한 쪽에 대한 질문 하나에 답하고, 답을 생성되는 대로 보여 줍니다."
+        ),
+    )
     parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
     parser.add_argument("image", help="chart image file, or a PDF (with --page)")
     parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
-    parser.add_argument("--page", type=int, default=None, help="page of a PDF to ask about (1-based)")
+    parser.add_argument(
+        "--page", type=int, default=None, help="page of a PDF to ask about, 1-based (default: a one-page PDF's page)"
+    )
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="answer length limit (lowered with a note to fit the context)"

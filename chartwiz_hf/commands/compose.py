@@ -23,7 +23,14 @@ def run(args):
 
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "compose", help="join a Pix2Struct/DePlot encoder and a causal LM into a checkpoint"
+        "compose",
+        help="join a Pix2Struct/DePlot encoder and a causal LM into a checkpoint",
+        description=(
+            "Joins the encoder of a Pix2Struct / DePlot checkpoint and a causal language model with its tokenizer "
+            "into a ChartWiz checkpoint, with a new projector, ready for stage-1 training.\n"
+            "Pix2Struct/DePlot 인코더와 인과 언어 모델을 새 프로젝터로 이어 "
+            "1단계 학습을 시작할 ChartWiz 체크포인트를 만듭니다."
+        ),
     )
     parser.add_argument("--vision", required=True, help="Pix2Struct/DePlot checkpoint (e.g. google/deplot)")
     parser.add_argument("--text", required=True, help="causal LM with its tokenizer (e.g. maywell/Synatra-42dot-1.3B)")

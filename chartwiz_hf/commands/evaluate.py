@@ -79,6 +79,12 @@ def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "evaluate",
         help="answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png",
+        description=(
+            "Answers every row of a split of a `chartwiz data build` dataset and scores the answers by task and "
+            "chart type (or scores a predictions file): metrics.json, report.md and report.png in --out. Rerunning "
+            "resumes.\n"
+            "데이터셋 분할의 모든 질문에 답하고 작업별·차트 유형별로 점수를 매겨 보고서를 만듭니다."
+        ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo to generate with")
@@ -89,8 +95,13 @@ def register(subcommands) -> None:
         help="dataset built by `chartwiz data build` (folder or Hub repo); with --predictions, the split to check "
         "the predictions' ids against (default: the one their run answered)",
     )
-    parser.add_argument("--config", default="finetune", choices=CONFIGS)
-    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--config",
+        default="finetune",
+        choices=CONFIGS,
+        help="dataset config (default: finetune; `chartwiz infer` defaults to gpt)",
+    )
+    parser.add_argument("--split", default="test", help="dataset split")
     parser.add_argument("--max-samples", type=int, default=None, help="only the first N rows of the split")
     parser.add_argument(
         "--batch-size",
@@ -99,7 +110,7 @@ def register(subcommands) -> None:
         help="questions generated together (default 8); --engine vllm: requests in flight (default 256)",
     )
     add_engine_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit")
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
     ablation = parser.add_mutually_exclusive_group()

@@ -219,7 +219,9 @@ def register(subcommands) -> None:
         description=(
             "Answers every question of a question file (LLaVA format: id, image, conversations or text) or of a "
             "`chartwiz data build` split, in length-sorted left-padded batches. Rerunning the same command resumes; "
-            "--num-chunks/--chunk-idx split the input; --merge joins the shards' answers."
+            "--num-chunks/--chunk-idx split the input; --merge joins the shards' answers.\n"
+            "질문 파일이나 데이터셋 분할의 모든 질문에 배치로 답합니다. 같은 명령을 다시 실행하면 이어서 진행하고, "
+            "--merge로 샤드를 합칩니다."
         ),
     )
     parser.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo")
@@ -227,7 +229,9 @@ def register(subcommands) -> None:
     parser.add_argument("--questions", help="question file (JSON array or JSON Lines)")
     parser.add_argument("--image-folder", help="folder the question file's image paths are relative to")
     parser.add_argument("--dataset", help="a `chartwiz data build` folder (or Hub dataset) instead of --questions")
-    parser.add_argument("--config", default="gpt", help="dataset config (default: gpt)")
+    parser.add_argument(
+        "--config", default="gpt", help="dataset config (default: gpt; `chartwiz evaluate` defaults to finetune)"
+    )
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--answers", help="output JSON Lines file (errors and settings files go beside it)")
     parser.add_argument(
@@ -237,7 +241,7 @@ def register(subcommands) -> None:
         help="questions per batch (default 8); --engine vllm: requests in flight, batched by vLLM (default 256)",
     )
     add_engine_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")
     parser.add_argument(
         "--context",
         choices=("reference", "model"),

@@ -35,9 +35,19 @@ def _save(args, corpus) -> str:
 
 
 def register(subcommands) -> None:
-    parser = subcommands.add_parser("init-tiny", help="save a tiny random ChartWiz, made offline in seconds")
+    parser = subcommands.add_parser(
+        "init-tiny",
+        help="save a tiny random ChartWiz, made offline in seconds",
+        description=(
+            "Saves a tiny random ChartWiz (or its language model alone), made offline in seconds, for tests and for "
+            "trying the commands.\n"
+            "테스트와 명령 시험용으로 작은 무작위 ChartWiz를 몇 초 만에 오프라인으로 만듭니다."
+        ),
+    )
     parser.add_argument("out", help="output directory (new or empty, unless --overwrite)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights: the same seed, the same model"
+    )
     parser.add_argument("--max-patches", type=int, default=64, help="patches (= image tokens) per chart")
     parser.add_argument(
         "--hidden-size", type=int, default=64, help="width of the language model, a multiple of 32 (encoder: half)"

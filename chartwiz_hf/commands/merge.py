@@ -12,10 +12,20 @@ def run(args):
 
 
 def register(subcommands) -> None:
-    parser = subcommands.add_parser("merge", help="fold a LoRA adapter into its base and save a full checkpoint")
+    parser = subcommands.add_parser(
+        "merge",
+        help="fold a LoRA adapter into its base and save a full checkpoint",
+        description=(
+            "Folds a LoRA adapter (and the modules it saved in full, such as the projector) into the ChartWiz "
+            "checkpoint it was trained on, and saves a full checkpoint.\n"
+            "LoRA 어댑터를 학습에 쓴 기반 모델에 병합해 전체 체크포인트로 저장합니다."
+        ),
+    )
     parser.add_argument("--base", required=True, help="the ChartWiz checkpoint the adapter was trained on")
     parser.add_argument("--adapter", required=True, help="the adapter folder (recipes' LoRA output) or Hub repo")
-    parser.add_argument("--out", required=True, help="output directory of the merged checkpoint (new or empty)")
+    parser.add_argument(
+        "--out", required=True, help="output directory of the merged checkpoint (new or empty, unless --overwrite)"
+    )
     parser.add_argument(
         "--dtype",
         default="auto",

@@ -1,9 +1,10 @@
 """Reading a checkpoint, local or on the Hub: its config, and weights that must all fit, with one-line errors."""
 
+import contextlib
 import logging
 import os
 
-from .errors import ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
+from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
 
 
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
@@ -84,6 +85,22 @@ def check_loading_info(name: str, loading_info: dict) -> None:
         )
 
 
+@contextlib.contextmanager
+def reading_checkpoint(name_or_path: str | os.PathLike):
+    """
+    Turns the `OSError` with which transformers refuses a checkpoint's files (a folder without its weights or its
+    tokenizer, a Hub repo that cannot be read) into a one-line `ChartWizOSError` naming the checkpoint: what the user
+    gave, not a defect.
+    """
+    try:
+        yield
+    except ChartWizError:
+        raise
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ChartWizOSError(f"{os.fspath(name_or_path)}: {reason}") from error
+
+
 class _BelowErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR
@@ -105,9 +122,10 @@ def from_pretrained_complete(model_class, name_or_path: str | os.PathLike, **kwa
     # names the same folder from any working directory (`chartwiz merge` checks the base by it).
     location = os.path.abspath(name) if os.path.isdir(name) else name
     try:
-        model, loading_info = model_class.from_pretrained(
-            location, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        with reading_checkpoint(name):
+            model, loading_info = model_class.from_pretrained(
+                location, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
     finally:
         report.removeFilter(quiet)
     check_loading_info(name, loading_info)
@@ -120,4 +138,10 @@ def describe_model_type(config_dict: dict) -> str:
     return f"a {model_type!r} model" if model_type else "a config.json without a model_type"
 
 
-__all__ = ["check_loading_info", "describe_model_type", "from_pretrained_complete", "read_config_dict"]
+__all__ = [
+    "check_loading_info",
+    "describe_model_type",
+    "from_pretrained_complete",
+    "read_config_dict",
+    "reading_checkpoint",
+]

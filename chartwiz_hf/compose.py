@@ -18,7 +18,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .chat_templates import CHAT_TEMPLATES, load_chat_template
-from .checkpoints import describe_model_type, read_config_dict
+from .checkpoints import describe_model_type, read_config_dict, reading_checkpoint
 from .configuration_chartwiz import ChartWizConfig
 from .errors import ChartWizValueError
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT, ChartWizImageProcessor
@@ -56,9 +56,10 @@ def load_pix2struct_encoder(vision_name_or_path: str, **kwargs) -> Pix2StructVis
             f"{vision_name_or_path} holds {describe_model_type(config_dict)}; the vision encoder must come from a "
             "Pix2Struct / DePlot checkpoint (model_type 'pix2struct', e.g. google/deplot)."
         )
-    encoder, loading_info = encoder_class.from_pretrained(
-        vision_name_or_path, output_loading_info=True, **loading, **kwargs
-    )
+    with reading_checkpoint(vision_name_or_path):
+        encoder, loading_info = encoder_class.from_pretrained(
+            vision_name_or_path, output_loading_info=True, **loading, **kwargs
+        )
     missing = sorted(loading_info["missing_keys"])
     if missing:
         raise ChartWizValueError(
@@ -77,7 +78,8 @@ def load_causal_lm(text_name_or_path: str, trust_remote_code: bool = False, **kw
             f"{text_name_or_path} holds {describe_model_type(config_dict)}, not a causal language model that "
             "AutoModelForCausalLM loads (llama, mistral, qwen2, gemma...; --trust-remote-code for the LM's own code)."
         )
-    return AutoModelForCausalLM.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    with reading_checkpoint(text_name_or_path):
+        return AutoModelForCausalLM.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _vision_image_processor_kwargs(vision_name_or_path: str) -> dict:
@@ -172,7 +174,8 @@ def compose_chartwiz(
     """
     encoder = load_pix2struct_encoder(vision_name_or_path, dtype=dtype)
     language_model = load_causal_lm(text_name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
+    with reading_checkpoint(text_name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
 
     with seeded(seed):
         # New embedding rows, when the tokenizer grows, are drawn at random too.

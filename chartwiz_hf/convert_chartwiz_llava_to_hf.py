@@ -36,6 +36,7 @@ from transformers import AutoTokenizer, GenerationConfig, Pix2StructVisionConfig
 from transformers.utils import cached_file
 
 from .chat_templates import CHAT_TEMPLATES
+from .checkpoints import reading_checkpoint
 from .compose import add_image_token, build_processor
 from .configuration_chartwiz import ChartWizConfig, projector_depth
 from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
@@ -446,7 +447,8 @@ def _load_tokenizer(llava: str, text: Optional[str]):
             f"{llava} has no tokenizer; pass --text with the language model the original started from (its tokenizer)"
         )
     logger.info("Tokenizer from %s", source)
-    return AutoTokenizer.from_pretrained(source)
+    with reading_checkpoint(source):
+        return AutoTokenizer.from_pretrained(source)
 
 
 def _lora_config_for_chartwiz(adapter: str):

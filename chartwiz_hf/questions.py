@@ -255,9 +255,9 @@ def load_split(dataset_path: str, config: str, split: str):
     # Each build's card carries a fingerprint of its shards, so the cache never serves an older build.
     try:
         return load_dataset(dataset_path, config, split=split)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # no such folder or Hub dataset (offline too), config or split
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        kind = ChartWizFileNotFoundError if isinstance(error, FileNotFoundError) else ChartWizValueError
+        kind = ChartWizFileNotFoundError if isinstance(error, OSError) else ChartWizValueError
         raise kind(f"{dataset_path}: cannot load config {config!r}, split {split!r} ({reason})") from error
 
 

@@ -393,6 +393,8 @@ def ask_inputs(tiny_dir, tmp_path_factory):
         shutil.copytree(tiny_dir, root / name)
         weights = root / name / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
+    shutil.copytree(tiny_dir, root / "no-weights")
+    os.remove(root / "no-weights" / "model.safetensors")
     shutil.copytree(tiny_dir, root / "no-text-config")
     config = json.loads((root / "no-text-config" / "config.json").read_text())
     del config["text_config"]
@@ -416,6 +418,7 @@ ASK_ERRORS = {
     "no-text-config": ("{root}/no-text-config", "값?", [], "has no text_config"),
     "not-chartwiz": ("{root}/llama", "값?", [], "holds a 'llama' model, not a ChartWiz model"),
     "no-config": ("{root}/empty", "값?", [], "has no config.json"),
+    "no-weights": ("{root}/no-weights", "값?", [], "no-weights: Error no file named "),
     "missing-absolute": ("{root}/nowhere", "값?", [], "nowhere: no such directory"),
     "missing-relative": ("no-such/model-dir", "값?", [], "no-such/model-dir: no such directory"),
 }

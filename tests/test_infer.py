@@ -605,6 +605,18 @@ def test_a_run_where_every_question_is_a_bad_record_fails(tiny_dir, tmp_path, ca
     assert f"{questions} holds no question to answer" in capsys.readouterr().err
 
 
+def test_a_dataset_that_cannot_be_loaded_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["infer", "--model", tiny_dir, "--answers", "answers.jsonl", "--dataset"]
+    # Not a folder here: a Hub dataset, which cannot be reached offline.
+    assert main([*argv, "nowhere"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("chartwiz infer: error: nowhere: cannot load config 'gpt', split 'test' (")
+        and "\n" not in error
+    )
+
+
 def test_num_chunks_without_chunk_idx_is_refused(tiny_dir, question_set, tmp_path, capsys):
     questions, images, _ = question_set
     out = tmp_path / "answers.jsonl"

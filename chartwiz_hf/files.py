@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -9,6 +10,9 @@ from collections.abc import Sequence
 
 from .errors import ChartWizValueError
 from .fingerprints import TRAINING_RUN_FILE
+
+
+logger = logging.getLogger(__name__)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -98,7 +102,9 @@ def replacing_folder(path: str | os.PathLike, overwrite: bool = False, inputs: S
     earlier checkpoint there (an `adapter_config.json` beside merged weights would load the adapter a second time)
     must not outlive it. Checked first (`check_output_folder`). With `overwrite`, the earlier folder is set aside
     beside `path`, the command writes into a new `path`, and the earlier one is deleted once the command succeeded,
-    or put back if it failed or was interrupted; a command that fails leaves nothing of its own either.
+    or put back if it failed or was interrupted; a command that fails leaves nothing of its own either. (A kill, which
+    nothing can catch, may leave the earlier folder beside `path` as `.NAME.replaced-*`; the next replacement of
+    `path` that succeeds removes it.)
 
     Args:
         path (`str` or `os.PathLike`): the output folder; created if needed.
@@ -125,8 +131,14 @@ def replacing_folder(path: str | os.PathLike, overwrite: bool = False, inputs: S
         if aside is not None:
             os.rename(aside, real)
         raise
-    if aside is not None:
-        shutil.rmtree(aside)
+    # The earlier folder, and any that a killed replacement of this one left beside it.
+    prefix = f".{os.path.basename(real)}.replaced-"
+    for name in os.listdir(os.path.dirname(real)):
+        if name.startswith(prefix):
+            earlier = os.path.join(os.path.dirname(real), name)
+            shutil.rmtree(earlier, ignore_errors=True)
+            if os.path.exists(earlier):
+                logger.warning("%s holds the checkpoint %s replaced and could not be removed", earlier, path)
 
 
 def clear_checkpoint_folder(path: str | os.PathLike) -> list[str]:

@@ -355,6 +355,8 @@ def test_overwrite_leaves_exactly_the_new_checkpoints_files(pretrained_parts, ti
     }.items():
         out = tmp_path / f"{command}-over-an-adapter"
         assert "adapter_config.json" in adapter_folder(tiny_dir, out)
+        # What a replacement killed after setting the earlier folder aside leaves: gone with the next one.
+        (tmp_path / f".{out.name}.replaced-killed").mkdir()
         assert main(argv(out)) == 0, capsys.readouterr().err
         # An adapter_config.json left beside the new weights would load the adapter on top of them.
         assert sorted(os.listdir(out)) == sorted(os.listdir(fresh[command])), command

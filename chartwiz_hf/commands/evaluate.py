@@ -1,28 +1,43 @@
-"""`chartwiz evaluate`: answer a built dataset's split and score it, or score a predictions file."""
+"""
+`chartwiz evaluate`: answer a built dataset's split with ChartWiz or any other image-text-to-text model and score it,
+or score a predictions file.
+"""
 
 from ..names import DATASET_CONFIGS as CONFIGS
 from .infer import add_engine_arguments
 
 
-# Spelt out here (a test checks it matches metrics.DEFAULT_BLEU_TOKENIZE) so that building the parser does not import
-# the metric libraries for every other sub-command.
+# Spelt out here (tests check they match metrics.DEFAULT_BLEU_TOKENIZE, evaluation_instructions.PRESETS and
+# serving.chat_engine.MODEL_IMPLS) so that building the parser imports neither the metric libraries nor vLLM for every
+# other sub-command.
 DEFAULT_BLEU_TOKENIZE = "intl"
+INSTRUCTION_PRESETS = ("none", "formats")
+VLLM_MODEL_IMPLS = ("auto", "vllm", "transformers")
+# What only generation takes: refused beside --predictions.
+GENERATION_FLAGS = (
+    ("--dataset", "dataset"),
+    ("--adapter", "adapter"),
+    ("--blank-images", "blank_images"),
+    ("--shuffle-images", "shuffle_images"),
+    ("--restart", "restart"),
+    ("--instructions", "instructions"),
+    ("--trust-remote-code", "trust_remote_code"),
+    ("--dtype", "dtype"),
+    ("--vllm-model-impl", "vllm_model_impl"),
+)
+
+
+def _refuse_generation_flags(args, source: str) -> None:
+    given = [flag for flag, name in GENERATION_FLAGS if getattr(args, name)]
+    if given:
+        raise ValueError(f"{source}: {', '.join(given)} cannot go with it.")
 
 
 def run(args):
     from ..evaluation import evaluate_model, score_run
 
     if args.predictions is not None:
-        flags = (
-            ("--dataset", args.dataset),
-            ("--adapter", args.adapter),
-            ("--blank-images", args.blank_images),
-            ("--shuffle-images", args.shuffle_images),
-            ("--restart", args.restart),
-        )
-        given = [flag for flag, value in flags if value]
-        if given:
-            raise ValueError(f"--predictions scores an existing file: {', '.join(given)} cannot go with it.")
+        _refuse_generation_flags(args, "--predictions scores an existing file")
         metrics = score_run(args.out, predictions_path=args.predictions, bleu_tokenize=args.bleu_tokenize)
     else:
         if args.dataset is None:
@@ -47,6 +62,10 @@ def run(args):
             engine=args.engine,
             tensor_parallel_size=args.tensor_parallel_size,
             data_parallel_size=args.data_parallel_size,
+            dtype=args.dtype,
+            instructions=args.instructions,
+            trust_remote_code=args.trust_remote_code,
+            vllm_model_impl=args.vllm_model_impl,
         )
     for task, scores in metrics["by_task"].items():
         figures = "  ".join(f"{name} {value:.1f}" for name, value in scores.items() if name != "n")
@@ -59,10 +78,18 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "evaluate",
-        help="answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png",
+        help=(
+            "answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png"
+        ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo to generate with")
+    source.add_argument(
+        "--model",
+        help=(
+            "checkpoint directory or Hub repo to generate with: ChartWiz, or any model that loads with "
+            "AutoModelForImageTextToText and AutoProcessor (asked through its own chat template)"
+        ),
+    )
     source.add_argument("--predictions", help="JSON Lines file to score (id, task, chart_type, prediction, reference)")
     parser.add_argument("--out", required=True, help="report folder; running again into it resumes generation")
     parser.add_argument("--dataset", help="dataset built by `chartwiz data build` (folder or Hub repo)")
@@ -79,6 +106,37 @@ def register(subcommands) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
+    )
+    parser.add_argument(
+        "--instructions",
+        default=None,
+        metavar="PRESET_OR_FILE",
+        help=(
+            "words added to each question, for models never taught the answer formats: 'none' (default: the "
+            "question as ChartWiz is asked it), 'formats' (the question, then the form the references take, in "
+            'Korean), or a JSON file {"system": ..., "table": "{question} ...", "qa": ...}; recorded in '
+            f"the run's settings (presets: {', '.join(INSTRUCTION_PRESETS)})"
+        ),
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the code a checkpoint other than ChartWiz ships (its model or processor)",
+    )
+    parser.add_argument(
+        "--vllm-model-impl",
+        default=None,
+        choices=VLLM_MODEL_IMPLS,
+        help=(
+            "--engine vllm, a model other than ChartWiz: vLLM's own implementation of its architecture (auto, the "
+            "default, or vllm) or its transformers code run by vLLM (transformers)"
+        ),
+    )
     ablation = parser.add_mutually_exclusive_group()
     ablation.add_argument(
         "--blank-images",

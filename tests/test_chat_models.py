@@ -281,3 +281,11 @@ def test_a_checkpoint_that_is_no_image_text_to_text_model_is_a_one_line_error(ev
     assert error.startswith(f"chartwiz evaluate: error: {text_only}: ")
     assert error.endswith("is not a processor of images with a chat template, which the questions are written in")
     assert not (tmp_path / "r" / "answers.jsonl").exists()
+
+
+def test_command_constants_match_the_modules():
+    from chartwiz_hf.commands import evaluate as evaluate_command
+    from chartwiz_hf.serving.chat_engine import MODEL_IMPLS
+
+    assert evaluate_command.INSTRUCTION_PRESETS == tuple(PRESETS)
+    assert evaluate_command.VLLM_MODEL_IMPLS == MODEL_IMPLS

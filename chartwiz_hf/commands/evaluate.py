@@ -1,6 +1,6 @@
 """
 `chartwiz evaluate`: answer a built dataset's split with ChartWiz or any other image-text-to-text model and score it,
-or score a predictions file.
+score a predictions file, or compare report folders side by side.
 """
 
 from ..names import DATASET_CONFIGS as CONFIGS
@@ -13,7 +13,7 @@ from .infer import add_engine_arguments
 DEFAULT_BLEU_TOKENIZE = "intl"
 INSTRUCTION_PRESETS = ("none", "formats")
 VLLM_MODEL_IMPLS = ("auto", "vllm", "transformers")
-# What only generation takes: refused beside --predictions.
+# What only generation takes: refused beside --predictions and --compare.
 GENERATION_FLAGS = (
     ("--dataset", "dataset"),
     ("--adapter", "adapter"),
@@ -33,7 +33,19 @@ def _refuse_generation_flags(args, source: str) -> None:
         raise ValueError(f"{source}: {', '.join(given)} cannot go with it.")
 
 
+def compare(args) -> None:
+    from ..evaluation_comparison import COMPARISON_CHART, COMPARISON_FILE, by_task_table, compare_reports
+
+    _refuse_generation_flags(args, "--compare reads existing report folders")
+    runs = compare_reports(args.compare, args.out)
+    print("\n".join(by_task_table(runs)))
+    print(f"Wrote {COMPARISON_FILE} and {COMPARISON_CHART} to {args.out}")
+
+
 def run(args):
+    if args.compare is not None:
+        return compare(args)
+
     from ..evaluation import evaluate_model, score_run
 
     if args.predictions is not None:
@@ -79,7 +91,8 @@ def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "evaluate",
         help=(
-            "answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png"
+            "answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png; "
+            "or compare report folders: comparison.md, comparison.png"
         ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -91,7 +104,15 @@ def register(subcommands) -> None:
         ),
     )
     source.add_argument("--predictions", help="JSON Lines file to score (id, task, chart_type, prediction, reference)")
-    parser.add_argument("--out", required=True, help="report folder; running again into it resumes generation")
+    source.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="REPORT_DIR",
+        help="report folders of earlier runs to put side by side (by task, by chart type, with their ablations)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="report folder; running again into it resumes generation (--compare: its output)"
+    )
     parser.add_argument("--dataset", help="dataset built by `chartwiz data build` (folder or Hub repo)")
     parser.add_argument("--config", default="finetune", choices=CONFIGS)
     parser.add_argument("--split", default="test")

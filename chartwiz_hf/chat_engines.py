@@ -38,7 +38,9 @@ def load_chat_processor(model_name_or_path: str, trust_remote_code: bool = False
     try:
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     except ImportError as error:
-        raise ValueError(f"{name}: its processor cannot be loaded here: {_first_line(error)}") from None
+        # transformers' message is a paragraph wrapped over lines; its first sentence names what is missing.
+        reason = " ".join(str(error).split()).split(". ")[0]
+        raise ValueError(f"{name}: its processor cannot be loaded here: {reason}") from None
     except ValueError as error:
         hint = "" if trust_remote_code else " (if it ships its own code, add --trust-remote-code)"
         raise ValueError(f"{name}: cannot load its processor{hint}: {_first_line(error)}") from None

@@ -3,8 +3,10 @@
 (`tests/chat_models.py`) asked through their own chat templates and processors, end to end.
 """
 
+import importlib.util
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -289,3 +291,24 @@ def test_command_constants_match_the_modules():
 
     assert evaluate_command.INSTRUCTION_PRESETS == tuple(PRESETS)
     assert evaluate_command.VLLM_MODEL_IMPLS == MODEL_IMPLS
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")
+def test_a_processor_needing_torchvision_is_a_one_line_error(evaluation_charts, tmp_path, capsys):
+    # A checkpoint whose processor is LLaVA-OneVision's, as VARCO-VISION-2.0's: its video processor needs torchvision.
+    checkpoint = tmp_path / "onevision-processor"
+    make_tiny_chat_model("llava_next", str(checkpoint))
+    kind = {"processor_class": "LlavaOnevisionProcessor", "video_processor_type": "LlavaOnevisionVideoProcessor"}
+    for file in ("processor_config.json", "video_preprocessor_config.json"):
+        path = checkpoint / file
+        config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        path.write_text(json.dumps({**config, **kind}), encoding="utf-8")
+    argv = ["evaluate", "--model", str(checkpoint), "--dataset", evaluation_charts, "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    # transformers 5 names the video processor, 4.57 the Auto class that looked for it.
+    assert re.fullmatch(
+        f"chartwiz evaluate: error: {re.escape(str(checkpoint))}: its processor cannot be loaded here: "
+        r"\w+VideoProcessor requires the Torchvision library but it was not found in your environment",
+        error,
+    ), error

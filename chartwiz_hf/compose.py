@@ -18,8 +18,9 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .chat_templates import CHAT_TEMPLATES, load_chat_template
-from .checkpoints import describe_model_type, read_config_dict
+from .checkpoints import describe_model_type, read_config_dict, reading_checkpoint
 from .configuration_chartwiz import ChartWizConfig
+from .errors import ChartWizValueError
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT, ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
 from .processing_chartwiz import ChartWizProcessor
@@ -51,16 +52,17 @@ def load_pix2struct_encoder(vision_name_or_path: str, **kwargs) -> Pix2StructVis
         loading = {}
         encoder_class = Pix2StructVisionModel
     else:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{vision_name_or_path} holds {describe_model_type(config_dict)}; the vision encoder must come from a "
             "Pix2Struct / DePlot checkpoint (model_type 'pix2struct', e.g. google/deplot)."
         )
-    encoder, loading_info = encoder_class.from_pretrained(
-        vision_name_or_path, output_loading_info=True, **loading, **kwargs
-    )
+    with reading_checkpoint(vision_name_or_path):
+        encoder, loading_info = encoder_class.from_pretrained(
+            vision_name_or_path, output_loading_info=True, **loading, **kwargs
+        )
     missing = sorted(loading_info["missing_keys"])
     if missing:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{vision_name_or_path} has no weights for {len(missing)} of the encoder's {len(encoder.state_dict())} "
             f"tensors (e.g. {missing[0]}), so its encoder would be random."
         )
@@ -72,11 +74,12 @@ def load_causal_lm(text_name_or_path: str, trust_remote_code: bool = False, **kw
     config_dict = read_config_dict(text_name_or_path)
     remote = trust_remote_code and "AutoModelForCausalLM" in (config_dict.get("auto_map") or {})
     if config_dict.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{text_name_or_path} holds {describe_model_type(config_dict)}, not a causal language model that "
             "AutoModelForCausalLM loads (llama, mistral, qwen2, gemma...; --trust-remote-code for the LM's own code)."
         )
-    return AutoModelForCausalLM.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    with reading_checkpoint(text_name_or_path):
+        return AutoModelForCausalLM.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _vision_image_processor_kwargs(vision_name_or_path: str) -> dict:
@@ -171,7 +174,8 @@ def compose_chartwiz(
     """
     encoder = load_pix2struct_encoder(vision_name_or_path, dtype=dtype)
     language_model = load_causal_lm(text_name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
+    with reading_checkpoint(text_name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, trust_remote_code=trust_remote_code)
 
     with seeded(seed):
         # New embedding rows, when the tokenizer grows, are drawn at random too.

@@ -36,8 +36,11 @@ from transformers import AutoTokenizer, GenerationConfig, Pix2StructVisionConfig
 from transformers.utils import cached_file
 
 from .chat_templates import CHAT_TEMPLATES
+from .checkpoints import reading_checkpoint
 from .compose import add_image_token, build_processor
 from .configuration_chartwiz import ChartWizConfig, projector_depth
+from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
+from .files import OVERWRITE_HELP, replacing_folder
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT
 from .modeling_chartwiz import ChartWizForConditionalGeneration
 
@@ -142,7 +145,7 @@ def _resolve(name_or_path: str, filename: str) -> Optional[str]:
     try:
         validate_repo_id(name_or_path)
     except HFValidationError as error:
-        raise FileNotFoundError(f"{name_or_path}: no such folder, and not a Hub repo id") from error
+        raise ChartWizFileNotFoundError(f"{name_or_path}: no such folder, and not a Hub repo id") from error
     return cached_file(
         name_or_path,
         filename,
@@ -177,7 +180,7 @@ def load_weights_file(path: str) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as error:
             # huggingface_hub wraps safetensors' error in advice about pickles; the cause says what is wrong.
             cause = error.__cause__ if isinstance(error.__cause__, SafetensorError) else error
-            raise ValueError(f"{path}: not a readable safetensors file ({_one_line(cause)})") from error
+            raise ChartWizValueError(f"{path}: not a readable safetensors file ({_one_line(cause)})") from error
     try:
         state_dict = load_state_dict_from_file(path, map_location="cpu", weights_only=True, **options)
     except pickle.UnpicklingError as error:
@@ -186,15 +189,15 @@ def load_weights_file(path: str) -> dict[str, torch.Tensor]:
         found = [
             line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))
         ]
-        raise ValueError(
+        raise ChartWizValueError(
             f"{path}: holds objects other than tensors; refusing to unpickle it ({' '.join(found) or lines[0]})"
         ) from error
     except (RuntimeError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable PyTorch weights file ({_one_line(error)})") from error
+        raise ChartWizValueError(f"{path}: not a readable PyTorch weights file ({_one_line(error)})") from error
     if not isinstance(state_dict, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state_dict.items()
     ):
-        raise ValueError(
+        raise ChartWizValueError(
             f"{path}: expected a mapping of parameter names to tensors, found {type(state_dict).__name__}"
         )
     return state_dict
@@ -217,16 +220,18 @@ def load_checkpoint_weights(name_or_path: str) -> Optional[dict[str, torch.Tenso
         with open(path, encoding="utf-8") as file:
             weight_map = json.load(file).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{path}: no weight_map in the index")
+            raise ChartWizValueError(f"{path}: no weight_map in the index")
         state_dict = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = _resolve(name_or_path, shard)
             if shard_path is None:
-                raise ValueError(f"{path}: lists the shard {shard}, which {name_or_path} does not have")
+                raise ChartWizValueError(f"{path}: lists the shard {shard}, which {name_or_path} does not have")
             state_dict.update(load_weights_file(shard_path))
         missing = sorted(set(weight_map) - set(state_dict))
         if missing:
-            raise ValueError(f"{path}: lists {missing[0]} in {weight_map[missing[0]]}, but that shard lacks it")
+            raise ChartWizValueError(
+                f"{path}: lists {missing[0]} in {weight_map[missing[0]]}, but that shard lacks it"
+            )
         return state_dict
     return None
 
@@ -241,28 +246,30 @@ def read_llava_config(llava_path: str) -> tuple[dict, LlavaSettings]:
         where = (
             "" if os.path.isdir(llava_path) else " (not a local folder; on the Hub, not found or not cached offline)"
         )
-        raise ValueError(f"{llava_path}: no config.json{where}; the original saved one beside every checkpoint")
+        raise ChartWizValueError(
+            f"{llava_path}: no config.json{where}; the original saved one beside every checkpoint"
+        )
     try:
         with open(path, encoding="utf-8") as file:
             config = json.load(file)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise ChartWizValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ChartWizValueError(f"{path}: expected a JSON object")
 
     model_type = config.get("model_type")
     if model_type in _UNSUPPORTED_MODEL_TYPES:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{path}: model_type {model_type!r} is not supported: {_UNSUPPORTED_MODEL_TYPES[model_type]}. "
             f"Supported: {', '.join(LLAVA_MODEL_TYPES)}."
         )
     if model_type not in LLAVA_MODEL_TYPES:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{path}: model_type {model_type!r} is not an original ChartWiz model; expected one of "
             f"{', '.join(LLAVA_MODEL_TYPES)}."
         )
     if config.get("mm_use_im_start_end"):
-        raise ValueError(
+        raise ChartWizValueError(
             f"{path}: mm_use_im_start_end is true; ChartWiz places the patches without image start/end tokens, "
             "as every original ChartWiz run did."
         )
@@ -270,7 +277,7 @@ def read_llava_config(llava_path: str) -> tuple[dict, LlavaSettings]:
     try:
         projector_depth(projector_type)
     except ValueError as error:
-        raise ValueError(f"{path}: mm_projector_type: {error}") from error
+        raise ChartWizValueError(f"{path}: mm_projector_type: {error}") from error
 
     dropped = {key: config.pop(key) for key in list(config) if key.startswith("mm_") or key in _LLAVA_ONLY_CONFIG_KEYS}
     for key in _SAVING_CONFIG_KEYS:
@@ -366,7 +373,7 @@ class WeightCollector:
             self.used[source] += 1
         if unknown:
             more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{source}: unexpected key{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:3])}{more}: not a "
                 "weight of the original ChartWiz model"
             )
@@ -385,7 +392,7 @@ class WeightCollector:
         extra = sorted(set(self.tensors) - set(expected))
         if extra:
             source, key = self.origins[extra[0]]
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{source}: {key} (ChartWiz name {extra[0]}) has no place in a model with this config"
                 + (f"; {len(extra) - 1} more like it" if len(extra) > 1 else "")
             )
@@ -393,14 +400,14 @@ class WeightCollector:
         if missing:
             patterns = sorted({_key_pattern(name) for name in missing})
             more = f" (and {len(patterns) - 3} more)" if len(patterns) > 3 else ""
-            raise ValueError(
+            raise ChartWizValueError(
                 f"missing weights: {', '.join(patterns[:3])}{more}; none of the given files has them, and ChartWiz "
                 "never initializes a converted weight at random"
             )
         for name, shape in expected.items():
             if name in self.tensors and self.tensors[name].shape != shape:
                 source, key = self.origins[name]
-                raise ValueError(
+                raise ChartWizValueError(
                     f"{source}: {key} has shape {tuple(self.tensors[name].shape)}, but the config calls for "
                     f"{tuple(shape)} ({name})"
                 )
@@ -422,13 +429,13 @@ def _load_vision_source(vision: str) -> tuple[Pix2StructVisionConfig, bool]:
         config_dict, _ = PretrainedConfig.get_config_dict(vision)
         vision_config = Pix2StructVisionConfig.from_pretrained(vision)
     except (OSError, ValueError) as error:
-        raise OSError(
+        raise ChartWizOSError(
             f"cannot read the Pix2Struct vision tower {vision!r} ({_one_line(error)}); pass --vision with a local "
             "Pix2Struct / DePlot checkpoint"
         ) from error
     model_type = config_dict.get("model_type")
     if model_type not in ("pix2struct", "pix2struct_vision_model"):
-        raise ValueError(f"{vision}: model_type {model_type!r} is not a Pix2Struct / DePlot checkpoint")
+        raise ChartWizValueError(f"{vision}: model_type {model_type!r} is not a Pix2Struct / DePlot checkpoint")
     return vision_config, model_type == "pix2struct"
 
 
@@ -436,11 +443,12 @@ def _load_tokenizer(llava: str, text: Optional[str]):
     """The tokenizer the original trained with: saved beside its weights, or else the base language model's."""
     source = llava if any(_resolve(llava, name) for name in TOKENIZER_FILES) else text
     if source is None:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{llava} has no tokenizer; pass --text with the language model the original started from (its tokenizer)"
         )
     logger.info("Tokenizer from %s", source)
-    return AutoTokenizer.from_pretrained(source)
+    with reading_checkpoint(source):
+        return AutoTokenizer.from_pretrained(source)
 
 
 def _lora_config_for_chartwiz(adapter: str):
@@ -450,16 +458,18 @@ def _lora_config_for_chartwiz(adapter: str):
     try:
         config = PeftConfig.from_pretrained(adapter)
     except (OSError, ValueError, TypeError) as error:
-        raise ValueError(f"{adapter}: not a PEFT adapter ({_one_line(error)})") from error
+        raise ChartWizValueError(f"{adapter}: not a PEFT adapter ({_one_line(error)})") from error
     if not isinstance(config, LoraConfig):
-        raise ValueError(f"{adapter}: a {type(config).__name__} adapter; the original trained LoRA adapters only")
+        raise ChartWizValueError(
+            f"{adapter}: a {type(config).__name__} adapter; the original trained LoRA adapters only"
+        )
     if config.modules_to_save:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{adapter}: modules_to_save is not supported (the original kept those in non_lora_trainables)"
         )
     targets = config.target_modules
     if isinstance(targets, str) or not targets:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{adapter}: target_modules {targets!r} is not a list of module names, as the original's LoRA runs wrote"
         )
     # The original named its LoRA targets by suffix (q_proj, ...); in ChartWiz the same layers sit under
@@ -477,14 +487,16 @@ def _load_lora_weights(adapter: str) -> dict[str, torch.Tensor]:
         if path is not None:
             break
     else:
-        raise ValueError(f"{adapter}: no {' or '.join(ADAPTER_WEIGHTS_NAMES)}")
+        raise ChartWizValueError(f"{adapter}: no {' or '.join(ADAPTER_WEIGHTS_NAMES)}")
     renamed = {}
     for key, tensor in load_weights_file(path).items():
         target = None
         if key.startswith(_PEFT_PREFIX):
             target, _ = llava_key_to_chartwiz(key[len(_PEFT_PREFIX) :])
         if target is None:
-            raise ValueError(f"{path}: unexpected key {key}: not a LoRA weight of the original's language model")
+            raise ChartWizValueError(
+                f"{path}: unexpected key {key}: not a LoRA weight of the original's language model"
+            )
         renamed[_PEFT_PREFIX + target] = tensor
     return renamed
 
@@ -501,14 +513,14 @@ def apply_lora(model: ChartWizForConditionalGeneration, adapter: str, base_model
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as error:
-        raise ValueError(f"{adapter}: {_one_line(error)}") from error
+        raise ChartWizValueError(f"{adapter}: {_one_line(error)}") from error
     peft_model.peft_config["default"].base_model_name_or_path = base_model_name_or_path
     result = set_peft_model_state_dict(peft_model, state_dict)
     if result.unexpected_keys:
-        raise ValueError(f"{adapter}: unexpected key {result.unexpected_keys[0]} for the targeted modules")
+        raise ChartWizValueError(f"{adapter}: unexpected key {result.unexpected_keys[0]} for the targeted modules")
     missing = [key for key in result.missing_keys if "lora_" in key]
     if missing:
-        raise ValueError(f"{adapter}: the adapter has no weight for {missing[0]}")
+        raise ChartWizValueError(f"{adapter}: the adapter has no weight for {missing[0]}")
     return peft_model
 
 
@@ -530,7 +542,7 @@ def collect_weights(
     base = text if text is not None else llava
     base_weights = load_checkpoint_weights(base)
     if base_weights is None:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{base}: no weights (looked for {', '.join(WEIGHTS_NAMES)})"
             + ("" if text else "; for a stage-1 or LoRA run pass --text with the base language model")
         )
@@ -542,7 +554,9 @@ def collect_weights(
     if not collector.has_prefix("model.vision_tower."):
         vision_weights = load_checkpoint_weights(vision)
         if vision_weights is None:
-            raise ValueError(f"{vision}: no weights for the vision tower (looked for {', '.join(WEIGHTS_NAMES)})")
+            raise ChartWizValueError(
+                f"{vision}: no weights for the vision tower (looked for {', '.join(WEIGHTS_NAMES)})"
+            )
         collector.add(vision, vision_weights, mapper=_pix2struct_key_mapper(vision_is_full_model))
 
     tied = bool(config.text_config.tie_word_embeddings)
@@ -658,21 +672,21 @@ def convert_llava_to_chartwiz(
         [`ChartWizForConditionalGeneration`].
     """
     if keep_adapter and lora is None:
-        raise ValueError("--keep-adapter needs --lora")
+        raise ChartWizValueError("--keep-adapter needs --lora")
     if non_lora is not None and lora is None:
-        raise ValueError("--non-lora goes with --lora")
+        raise ChartWizValueError("--non-lora goes with --lora")
     if push_to_hub and output_dir is None:
-        raise ValueError("push_to_hub needs output_dir: the saved folder is what gets uploaded")
+        raise ChartWizValueError("push_to_hub needs output_dir: the saved folder is what gets uploaded")
     if lora is not None and non_lora is None:
         non_lora = _resolve(lora, "non_lora_trainables.bin")
 
     text_config_dict, settings = read_llava_config(llava)
     vision = vision or settings.vision_tower
     if vision is None:
-        raise ValueError(f"{llava}: config.json names no mm_vision_tower; pass --vision")
+        raise ChartWizValueError(f"{llava}: config.json names no mm_vision_tower; pass --vision")
     vision_config, vision_is_full_model = _load_vision_source(vision)
     if settings.mm_hidden_size is not None and settings.mm_hidden_size != vision_config.hidden_size:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{llava}: config.json has mm_hidden_size {settings.mm_hidden_size}, but the vision tower {vision} has "
             f"hidden_size {vision_config.hidden_size}: it is not the tower this projector was trained on"
         )
@@ -706,7 +720,8 @@ def convert_llava_to_chartwiz(
         processor.save_pretrained(output_dir)
         logger.info("Saved ChartWiz (model + processor) to %s", output_dir)
     if keep_adapter:
-        model = apply_lora(model, lora, base_model_name_or_path=push_to_hub or output_dir)
+        base = push_to_hub or (os.path.abspath(output_dir) if output_dir is not None else None)
+        model = apply_lora(model, lora, base_model_name_or_path=base)
         if output_dir is not None:
             model.save_pretrained(os.path.join(output_dir, "adapter"))
             logger.info("Saved the LoRA adapter, unmerged, to %s", os.path.join(output_dir, "adapter"))
@@ -746,27 +761,30 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="dtype of the weights"
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the converted folder to REPO")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
 
 
 def convert_from_args(args) -> None:
-    convert_llava_to_chartwiz(
-        args.llava,
-        output_dir=args.out,
-        vision=args.vision,
-        mm_projector=args.mm_projector,
-        text=args.text,
-        lora=args.lora,
-        non_lora=args.non_lora,
-        keep_adapter=args.keep_adapter,
-        chat_template=args.template,
-        max_patches=args.max_patches,
-        dtype=args.dtype,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-    )
+    inputs = (args.llava, args.vision, args.mm_projector, args.text, args.lora, args.non_lora)
+    with replacing_folder(args.out, args.overwrite, inputs=[source for source in inputs if source]):
+        convert_llava_to_chartwiz(
+            args.llava,
+            output_dir=args.out,
+            vision=args.vision,
+            mm_projector=args.mm_projector,
+            text=args.text,
+            lora=args.lora,
+            non_lora=args.non_lora,
+            keep_adapter=args.keep_adapter,
+            chat_template=args.template,
+            max_patches=args.max_patches,
+            dtype=args.dtype,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+        )
     print(f"Saved ChartWiz (model + processor) converted from {args.llava} to {args.out}")
 
 
@@ -782,7 +800,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         convert_from_args(args)
-    except (ValueError, OSError) as error:
+    except ChartWizError as error:
+        # The user's mistake in one line, as `chartwiz convert` prints it; anything else keeps its traceback.
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,7 @@ chooses between the two.
 """
 
 import copy
+import hashlib
 import os
 import queue
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .inference import generate_answers, load_chartwiz, prepare_inputs
+from .inference import ContextLengthError, generate_answers, load_chartwiz, prepare_inputs, prompt_length
 
 
 class InferenceEngine:
@@ -31,6 +32,24 @@ class InferenceEngine:
 
     def answer(self, jobs: Sequence, load_image: Callable, max_new_tokens: int, **generate_kwargs):
         raise NotImplementedError
+
+    # How `run_inference` sizes and fingerprints the prompts; a ChartWiz prompt by default, whose chart takes a fixed
+    # number of tokens.
+
+    def prompt_length(self, processor, question: str, history) -> int:
+        """The prompt's length in tokens (a lower bound where the chart's own count is known only with the chart)."""
+        return prompt_length(processor, question, history)
+
+    def image_tokens(self, processor) -> Optional[int]:
+        """How many of `prompt_length`'s tokens are the chart's; `None` where they are not counted in it."""
+        return processor.image_seq_length
+
+    def prompt_settings(self, processor) -> dict:
+        """What the prompts depend on besides the questions, a part of each answer's fingerprint."""
+        return {
+            "image_tokens": processor.image_seq_length,
+            "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode("utf-8")).hexdigest(),
+        }
 
     def close(self) -> None:
         """Frees what the engine holds (processes, devices); nothing to do for a model in this process."""
@@ -50,10 +69,11 @@ class _Prepared:
     errors: list  # [(question, kind, reason)]
 
 
-def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=None):
+def serving_dtype(device=None, dtype=None) -> tuple[Any, dict]:
     """
-    `load_chartwiz` with serving defaults: bf16 (fp16 where bf16 is not supported) spread over the GPUs with
-    `device_map="auto"` where there is a GPU and no `device` is given; the checkpoint's own dtype on CPU.
+    The dtype and placement to load a model for answering with: bf16 (fp16 where bf16 is not supported) spread over
+    the GPUs with `device_map="auto"` where there is a GPU and no `device` is given; the checkpoint's own dtype on
+    CPU; `dtype` (a torch dtype's name, or `"auto"`) where given.
     """
     import torch
 
@@ -64,12 +84,21 @@ def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=N
         dtype = "auto"
     else:
         dtype = getattr(torch, dtype)
-    kwargs = {"device_map": "auto"} if cuda and device is None else {}
+    return dtype, {"device_map": "auto"} if cuda and device is None else {}
+
+
+def load_model_for_inference(model_path: str, adapter=None, device=None, dtype=None):
+    """`load_chartwiz` with serving defaults (`serving_dtype`)."""
+    dtype, kwargs = serving_dtype(device, dtype)
     return load_chartwiz(model_path, device=device, dtype=dtype, adapter=adapter, **kwargs)
 
 
-def _prepare(processor, load_image: Callable, jobs: list) -> _Prepared:
-    """Loads and processes a batch's images and prompts (CPU work); a job that fails is set aside with its reason."""
+def _prepare(processor, load_image: Callable, jobs: list, build_inputs: Optional[Callable] = None) -> _Prepared:
+    """
+    Loads and processes a batch's images and prompts (CPU work); a job that fails is set aside with its reason.
+    `build_inputs(processor, images, questions, histories)` makes the inputs, ChartWiz's `prepare_inputs` by default.
+    """
+    build_inputs = build_inputs or prepare_inputs
     good, images, chart_types, errors = [], [], [], []
     for job in jobs:
         try:
@@ -85,7 +114,7 @@ def _prepare(processor, load_image: Callable, jobs: list) -> _Prepared:
 
     def inputs_of(selected, selected_images):
         questions = [job.question.question for job in selected]
-        return prepare_inputs(processor, selected_images, questions, [job.history for job in selected])
+        return build_inputs(processor, selected_images, questions, [job.history for job in selected])
 
     try:
         return _Prepared(good, chart_types, inputs_of(good, images), errors)
@@ -96,7 +125,8 @@ def _prepare(processor, load_image: Callable, jobs: list) -> _Prepared:
             try:
                 inputs_of([job], [image])
             except ValueError as error:
-                errors.append((job.question, "inputs", str(error)))
+                kind = "too long" if isinstance(error, ContextLengthError) else "inputs"
+                errors.append((job.question, kind, str(error)))
                 continue
             kept.append(job)
             kept_images.append(image)
@@ -121,16 +151,18 @@ def use_background_worker(model) -> bool:
     return model.device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
 
 
-def _prepared_batches(processor, load_image, batches, background: bool, prefetch: int, timer: list, cpu: bool):
+def _prepared_batches(
+    processor, load_image, batches, background: bool, prefetch: int, timer: list, cpu: bool, build_inputs=None
+):
     """
-    The prepared batches in order. With `background`, a thread prepares up to `prefetch` batches ahead of the model
-    (PIL, numpy and the tokenizer release the GIL for most of that work). `timer[0]` accumulates the time the caller
-    waited for a batch. `cpu` says the model runs on the CPU.
+    The prepared batches in order (`_prepare`, with `build_inputs`). With `background`, a thread prepares up to
+    `prefetch` batches ahead of the model (PIL, numpy and the tokenizer release the GIL for most of that work).
+    `timer[0]` accumulates the time the caller waited for a batch. `cpu` says the model runs on the CPU.
     """
     if not background:
         for jobs in batches:
             start = time.perf_counter()
-            prepared = _prepare(processor, load_image, jobs)
+            prepared = _prepare(processor, load_image, jobs, build_inputs)
             timer[0] += time.perf_counter() - start
             yield prepared
         return
@@ -156,7 +188,7 @@ def _prepared_batches(processor, load_image, batches, background: bool, prefetch
     def work():
         try:
             for jobs in batches:
-                if not put(_prepare(processor, load_image, jobs)):
+                if not put(_prepare(processor, load_image, jobs, build_inputs)):
                     return
         except BaseException as error:  # noqa: B036 - handed to the consuming thread, which raises it
             put(_Failure(error))
@@ -199,19 +231,42 @@ class TransformersEngine(InferenceEngine):
         timer = [0.0]
         on_cpu = self.model.device.type == "cpu"
         prepared_batches = _prepared_batches(
-            self.processor, load_image, batches, self.background, self.prefetch, timer, on_cpu
+            self.processor,
+            load_image,
+            batches,
+            self.background,
+            self.prefetch,
+            timer,
+            on_cpu,
+            self.input_builder(max_new_tokens),
         )
         try:
             for prepared in prepared_batches:
                 if not prepared.jobs:
                     yield prepared.errors, []
                     continue
-                texts = generate_answers(
-                    self.model, self.processor, prepared.inputs, max_new_tokens, **generate_kwargs
-                )
+                texts = self.generate(prepared.inputs, max_new_tokens, **generate_kwargs)
                 yield prepared.errors, list(zip(prepared.jobs, prepared.chart_types, texts))
         finally:
             self.wait_seconds += timer[0]
 
+    def input_builder(self, max_new_tokens: int) -> Optional[Callable]:
+        """
+        `(processor, images, questions, histories) -> inputs` for batches of answers of at most `max_new_tokens`,
+        run where the batch is prepared, with that thread's own copy of the processor; `None`: ChartWiz's
+        `prepare_inputs`.
+        """
+        return None
 
-__all__ = ["InferenceEngine", "TransformersEngine", "load_model_for_inference", "use_background_worker"]
+    def generate(self, inputs, max_new_tokens: int, **generate_kwargs) -> list[str]:
+        """The answers to a prepared batch."""
+        return generate_answers(self.model, self.processor, inputs, max_new_tokens, **generate_kwargs)
+
+
+__all__ = [
+    "InferenceEngine",
+    "TransformersEngine",
+    "load_model_for_inference",
+    "serving_dtype",
+    "use_background_worker",
+]

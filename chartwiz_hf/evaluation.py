@@ -14,14 +14,17 @@ from typing import Optional
 
 from PIL import Image
 
-from .batch_inference import InferenceSummary, load_inference_engine, run_inference
+from .batch_inference import InferenceSummary, load_chat_engine, load_inference_engine, run_inference
+from .chat_engines import is_chartwiz_checkpoint
 from .engines import InferenceEngine
+from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizValueError
+from .evaluation_instructions import SYSTEM, apply_instructions, load_instructions
 from .evaluation_report import CHART_FILE, PREDICTIONS_FILE, REPORT_FILE, draw_chart, render_report
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
-from .names import DATASET_CONFIGS, INSTRUCTIONS
-from .questions import DatasetImages, Question, Unreadable, iter_json_records, read_dataset_questions
+from .names import DATASET_CONFIGS, DEFAULT_DATASET_CONFIG, INSTRUCTIONS
+from .questions import DatasetImages, Question, Unreadable, iter_json_records, load_split, read_dataset_questions
 from .run_store import changed_settings, output_paths, read_json, read_jsonl
 
 
@@ -60,7 +63,7 @@ def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
     id); blank lines are ignored.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such predictions file")
+        raise ChartWizFileNotFoundError(f"{path}: no such predictions file")
     predictions, skipped, seen = [], [], set()
     for source, record in iter_json_records(path):
         try:
@@ -78,20 +81,20 @@ def read_predictions(path: str) -> tuple[list[Prediction], list[dict]]:
 
 def _prediction_from_record(record) -> Prediction:
     if isinstance(record, Unreadable):
-        raise ValueError(record.reason)
+        raise ChartWizValueError(record.reason)
     if not isinstance(record, dict):
-        raise ValueError("a record should be a JSON object")
+        raise ChartWizValueError("a record should be a JSON object")
     record = dict(record)
     record.setdefault("chart_type", "")
     if record["chart_type"] is None:
         record["chart_type"] = ""
     for name in PREDICTION_FIELDS:
         if name not in record:
-            raise ValueError(f"missing field {name!r}")
+            raise ChartWizValueError(f"missing field {name!r}")
         if not isinstance(record[name], str):
-            raise ValueError(f"field {name!r} should be a string, got {type(record[name]).__name__}")
+            raise ChartWizValueError(f"field {name!r} should be a string, got {type(record[name]).__name__}")
     if record["task"] not in TASK_METRICS:
-        raise ValueError(f"unknown task {record['task']!r} (expected one of {', '.join(TASKS)})")
+        raise ChartWizValueError(f"unknown task {record['task']!r} (expected one of {', '.join(TASKS)})")
     return Prediction(**{name: record[name] for name in PREDICTION_FIELDS})
 
 
@@ -137,7 +140,7 @@ def split_questions(dataset) -> tuple[list[Question], list]:
     """
 
     if "task" not in dataset.column_names:
-        raise ValueError("The dataset has no column ['task']; expected a `chartwiz data build` split.")
+        raise ChartWizValueError("The dataset has no column ['task']; expected a `chartwiz data build` split.")
     tasks = list(dataset["task"])
     questions = []
     for question in read_dataset_questions(dataset):
@@ -188,7 +191,7 @@ def shuffled_charts(load_image: Callable, dataset, seed: int = 0) -> Callable:
     identities = chart_identities(dataset)
     charts = list(dict.fromkeys(identity for identity in identities if identity))
     if len(charts) < 2:
-        raise ValueError(f"--shuffle-images needs at least two charts in the split, got {len(charts)}.")
+        raise ChartWizValueError(f"--shuffle-images needs at least two charts in the split, got {len(charts)}.")
     random.Random(seed).shuffle(charts)
     first_row = {}
     for row, identity in enumerate(identities):
@@ -224,6 +227,7 @@ def predict_dataset(
     shuffled_images: bool = False,
     fingerprints: Optional[dict] = None,
     restart: bool = False,
+    instructions: Optional[dict] = None,
 ) -> InferenceSummary:
     """
     Answers every row of `dataset` with `chartwiz infer`'s engine (`run_inference`: greedy, length-sorted batches,
@@ -248,10 +252,14 @@ def predict_dataset(
         info (`dict`, *optional*): informative fields for the settings file (not compared).
         fingerprints (`dict`, *optional*): `model_fingerprints(model, adapter)` (see `run_inference`).
         restart (`bool`, *optional*, defaults to `False`): forget the answers of earlier runs in `out_dir`.
+        instructions (`dict`, *optional*): task -> template holding `{question}` (`load_instructions`): each row's
+            question is asked in its task's template (its `system` entry is the engine's).
     """
     if blank_images and shuffled_images:
-        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     questions, tasks = split_questions(dataset)
+    if instructions:
+        questions = apply_instructions(questions, tasks, instructions)
     load_image = DatasetImages(dataset)
     if blank_images:
         load_image = blank_charts(load_image)
@@ -308,6 +316,10 @@ def evaluate_model(
     engine: str = "transformers",
     tensor_parallel_size: int = 1,
     data_parallel_size: int = 1,
+    dtype: Optional[str] = None,
+    instructions: Optional[str] = None,
+    trust_remote_code: bool = False,
+    vllm_model_impl: Optional[str] = None,
 ) -> dict:
     """
     Answers a split of a built dataset with greedy, batched generation (`predict_dataset`), scores the answers and
@@ -337,18 +349,29 @@ def evaluate_model(
         restart (`bool`, *optional*, defaults to `False`): start over in `out_dir`, whatever run it holds.
         engine (`str`, *optional*, defaults to `"transformers"`): `"vllm"` generates with vLLM
             (`load_inference_engine`), with `tensor_parallel_size` and `data_parallel_size`.
+        dtype (`str`, *optional*): the dtype to answer in (default: bf16 on a GPU, the checkpoint's on the CPU).
+        instructions (`str`, *optional*): a preset (`none`, the default, or `formats`) or a JSON file of words added
+            to each question (`load_instructions`); what is sent is recorded in the run's settings.
+        trust_remote_code (`bool`, *optional*, defaults to `False`): run the code a checkpoint other than ChartWiz
+            ships (its processor or model).
+        vllm_model_impl (`str`, *optional*): vLLM's `model_impl` for a model other than ChartWiz (`auto`, `vllm` or
+            `transformers`); ChartWiz always runs on vLLM's Transformers backend.
+
+    Any checkpoint that loads with `AutoModelForImageTextToText` and `AutoProcessor` can be evaluated: a model other
+    than ChartWiz is asked through its own chat template and processor (`chat_engines`, `chat_inputs`).
     """
     if config not in DATASET_CONFIGS:
-        raise ValueError(f"Unknown config {config!r}; choose from {', '.join(DATASET_CONFIGS)}.")
+        raise ChartWizValueError(f"Unknown config {config!r}; choose from {', '.join(DATASET_CONFIGS)}.")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise ChartWizValueError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"--max-samples must be at least 1, got {max_samples}.")
+        raise ChartWizValueError(f"--max-samples must be at least 1, got {max_samples}.")
     if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+        raise ChartWizValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
     if blank_images and shuffled_images:
-        raise ValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
     bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
+    task_instructions = load_instructions(instructions)
     run = {
         "model": model_name_or_path,
         "adapter": adapter,
@@ -357,21 +380,48 @@ def evaluate_model(
         "split": split,
         "max_samples": max_samples,
     }
+    if task_instructions:  # absent without instructions, as in the runs made before there were any
+        run["instructions"] = task_instructions
     ablation = {"blank_images": blank_images, "shuffled_images": shuffled_images}
     if not restart:
         _check_run(out_dir, {**run, "max_new_tokens": max_new_tokens, **ablation})
     dataset = load_split(dataset_path, config, split)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-    model, processor = load_inference_engine(
-        model_name_or_path,
-        engine,
-        adapter,
-        device,
-        batch_size=batch_size,
-        tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size,
-    )
+    if is_chartwiz_checkpoint(model_name_or_path):
+        if SYSTEM in task_instructions:
+            raise ChartWizValueError(
+                "ChartWiz's prompts have no system turn: leave 'system' out of --instructions for it."
+            )
+        if vllm_model_impl not in (None, "transformers"):
+            raise ChartWizValueError(
+                "ChartWiz runs on vLLM's Transformers backend only: leave --vllm-model-impl out for it."
+            )
+        model, processor = load_inference_engine(
+            model_name_or_path,
+            engine,
+            adapter,
+            device,
+            dtype,
+            batch_size=batch_size,
+            tensor_parallel_size=tensor_parallel_size,
+            data_parallel_size=data_parallel_size,
+        )
+    else:
+        if adapter is not None:
+            raise ChartWizValueError("--adapter applies to ChartWiz checkpoints; merge another model's adapter first.")
+        model, processor = load_chat_engine(
+            model_name_or_path,
+            engine,
+            device,
+            dtype,
+            batch_size,
+            tensor_parallel_size,
+            data_parallel_size,
+            trust_remote_code=trust_remote_code,
+            system=task_instructions.get(SYSTEM),
+            vllm_model_impl=vllm_model_impl,
+        )
     # The settings file is written once the dataset and the model have loaded: a mistyped path claims no folder.
     settings = {**run, "dtype": str(model.dtype).replace("torch.", "")}
     if engine != "transformers":  # absent for the transformers engine, as in the runs made before the choice
@@ -396,6 +446,7 @@ def evaluate_model(
             shuffled_images=shuffled_images,
             fingerprints=model_fingerprints(model_name_or_path, adapter),
             restart=restart,
+            instructions=task_instructions,
         )
     if summary.answered or summary.already_done:
         logger.info(
@@ -409,15 +460,55 @@ def evaluate_model(
     return score_run(out_dir, bleu_tokenize=bleu_tokenize, rows=len(dataset))
 
 
+def split_ids(dataset_path: str, config: str, split: str, max_samples: Optional[int] = None) -> list[str]:
+    """The ids of a built split's rows (its first `max_samples`), as a predictions file names them."""
+    dataset = load_split(dataset_path, config, split)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return [str(row_id) for row_id in dataset["id"]]
+
+
+def check_ids(predictions: Sequence[Prediction], skipped: Sequence[dict], ids: Sequence[str], where: str):
+    """
+    The predictions whose id is a row of the split (`ids`), and skipped entries for the others (not scored) and for
+    the rows of the split that neither have a prediction nor are already listed as skipped (`skipped`).
+    """
+    known, listed = set(ids), {str(entry["id"]) for entry in skipped if entry.get("id") is not None}
+    kept, unknown = [], []
+    for prediction in predictions:
+        if prediction.id in known:
+            kept.append(prediction)
+        else:
+            reason = f"id {prediction.id!r} is not a row of {where}: not scored"
+            unknown.append(
+                {"file": PREDICTIONS_FILE, "source": f"id {prediction.id}", "id": prediction.id, "reason": reason}
+            )
+    predicted = {prediction.id for prediction in predictions}
+    missing = [
+        {"id": row_id, "reason": f"a row of {where} with no prediction"}
+        for row_id in ids
+        if row_id not in predicted and row_id not in listed
+    ]
+    return kept, unknown, missing
+
+
 def score_run(
     out_dir: str,
     predictions_path: Optional[str] = None,
     bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE,
     rows: Optional[int] = None,
+    dataset: Optional[str] = None,
+    config: Optional[str] = None,
+    split: Optional[str] = None,
 ) -> dict:
     """
     Scores a predictions file (default: `out_dir/predictions.jsonl`, which an outside file is copied to) and writes
     `metrics.json`, `report.md` and `report.png` into `out_dir`. Returns the metrics.
+
+    A predictions file from outside is checked against its split: the one given (`dataset`, `config`, `split`), else
+    the one its run recorded (`chartwiz evaluate` writes `answers.meta.json` beside it). Predictions of ids the split
+    does not have are not scored, and rows of the split without a prediction are listed; both are in `skipped`, and
+    their ids in `unknown_ids` and `missing_ids`. `checked_against` says which split, `None` where none was known.
     """
     signature = bleu_signature(bleu_tokenize)
     target = os.path.join(out_dir, PREDICTIONS_FILE)
@@ -425,7 +516,7 @@ def score_run(
     predictions, bad_lines = read_predictions(source)
     if predictions_path is not None and not predictions:
         example = f": {bad_lines[0]['source']}: {bad_lines[0]['reason']}" if bad_lines else ""
-        raise ValueError(
+        raise ChartWizValueError(
             f"{source} holds no prediction to score ({len(bad_lines)} records could not be read{example})."
         )
     os.makedirs(out_dir, exist_ok=True)
@@ -434,12 +525,27 @@ def score_run(
         if content.lstrip()[:1] == "[" and not source.endswith(".jsonl"):  # a JSON array, kept as JSON Lines
             content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for _, record in iter_json_records(source))
         if os.path.exists(target) and _read_text(target) != content:
-            raise ValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
+            raise ChartWizValueError(f"{out_dir} already holds another {PREDICTIONS_FILE}: choose another --out.")
         write_text_atomic(target, content)
     # The run that wrote the predictions, if `predict_dataset` did: its settings and the rows it could not ask.
     errors_path, meta_path = output_paths(os.path.join(os.path.dirname(os.path.abspath(source)), ANSWERS_FILE))
     run = (read_json(meta_path) or {}).get("settings", {})
     skipped = [{**entry, "file": PREDICTIONS_FILE} for entry in bad_lines] + read_jsonl(errors_path)
+    checked_against, unknown, missing = None, [], []
+    if dataset is not None:
+        run = {"dataset": dataset, "config": config or DEFAULT_DATASET_CONFIG, "split": split or "test"}
+    if predictions_path is not None and run.get("dataset"):
+        where = f"{run['dataset']} ({run.get('config')}/{run.get('split')})"
+        try:
+            ids = split_ids(run["dataset"], run.get("config"), run.get("split"), run.get("max_samples"))
+        except ChartWizError as error:
+            if dataset is not None:
+                raise
+            logger.warning("cannot check the predictions' ids against the split their run answered: %s", error)
+        else:
+            predictions, unknown, missing = check_ids(predictions, skipped, ids, where)
+            skipped += unknown + missing
+            checked_against, rows = where, len(ids)
 
     start = time.perf_counter()
     scores = score_predictions(predictions, bleu_tokenize=bleu_tokenize)
@@ -456,6 +562,9 @@ def score_run(
         "n": len(predictions),
         "rows": rows,
         "skipped": skipped,
+        "checked_against": checked_against,
+        "unknown_ids": [entry["id"] for entry in unknown],
+        "missing_ids": [entry["id"] for entry in missing],
         "bleu_signature": signature if {"description", "summary"} & set(scores["by_task"]) else None,
         **scores,
     }
@@ -479,12 +588,12 @@ def _check_run(out_dir: str, run: dict) -> None:
             f"{key} {stored.get(key)!r} -> {run[key]!r}" for key in changed_settings(stored, run, names=run)
         )
         if changed:
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{out_dir} holds the predictions of another run ({changed}): choose another --out, or --restart to "
                 "start over in it."
             )
     elif os.path.exists(os.path.join(out_dir, PREDICTIONS_FILE)):
-        raise ValueError(
+        raise ChartWizValueError(
             f"{out_dir} holds a {PREDICTIONS_FILE} of unknown origin: choose another --out, or --restart to "
             "replace it."
         )
@@ -495,21 +604,11 @@ def _read_text(path: str) -> str:
         return file.read()
 
 
-def load_split(dataset_path: str, config: str, split: str):
-    """One split of one config of a dataset built by `chartwiz data build` (a local folder or a Hub repo)."""
-    from datasets import load_dataset
-
-    # Each build's card carries a fingerprint of its shards, so the cache never serves an older build.
-    try:
-        return load_dataset(dataset_path, config, split=split)
-    except ValueError as error:
-        raise ValueError(f"{dataset_path}: cannot load config {config!r}, split {split!r} ({error})") from error
-
-
 __all__ = [
     "Prediction",
     "blank_charts",
     "chart_identities",
+    "check_ids",
     "evaluate_model",
     "load_split",
     "predict_dataset",
@@ -517,5 +616,6 @@ __all__ = [
     "score_predictions",
     "score_run",
     "shuffled_charts",
+    "split_ids",
     "split_questions",
 ]

@@ -82,7 +82,7 @@ def _score_tables(metrics: dict) -> list[str]:
 _FONT_FAMILY = None
 
 
-def _korean_font_family() -> str:
+def korean_font_family() -> str:
     """Registers the bundled NanumGothic with matplotlib once; chart types and titles may be Korean."""
     global _FONT_FAMILY
     if _FONT_FAMILY is None:
@@ -114,7 +114,7 @@ def draw_chart(metrics: dict, path: str) -> None:
     columns = 2 if len(tasks) > 1 else 1
     rows = max(1, (len(tasks) + 1) // 2)
     tallest = max((len(entries) for entries in groups.values()), default=1)
-    with matplotlib.rc_context({"font.family": _korean_font_family(), "axes.unicode_minus": False}):
+    with matplotlib.rc_context({"font.family": korean_font_family(), "axes.unicode_minus": False}):
         # A bare Figure draws with Agg and leaves pyplot's global state (and any GUI backend) alone.
         figure = Figure(figsize=(7 * columns, rows * (1.2 + 0.42 * tallest)), layout="constrained")
         axes_grid = figure.subplots(rows, columns, squeeze=False)
@@ -152,4 +152,12 @@ def draw_chart(metrics: dict, path: str) -> None:
         figure.savefig(path, dpi=100)
 
 
-__all__ = ["CHART_FILE", "CHART_METRICS", "PREDICTIONS_FILE", "REPORT_FILE", "draw_chart", "render_report"]
+__all__ = [
+    "CHART_FILE",
+    "CHART_METRICS",
+    "PREDICTIONS_FILE",
+    "REPORT_FILE",
+    "draw_chart",
+    "korean_font_family",
+    "render_report",
+]

@@ -7,6 +7,8 @@ import importlib
 from types import ModuleType
 from typing import Optional
 
+from .errors import ChartWizError
+
 
 # The top-level module of each optional package -> the extra of setup.cfg that installs it.
 OPTIONAL_MODULES = {
@@ -22,7 +24,7 @@ OPTIONAL_MODULES = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(ChartWizError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
 
 

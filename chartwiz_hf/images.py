@@ -6,6 +6,7 @@ from typing import Optional, Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ChartWizFileNotFoundError, ChartWizValueError
 from .image_processing_chartwiz import MAX_IMAGE_PIXELS, check_image_size, to_rgb
 
 
@@ -28,18 +29,26 @@ def load_chart_image(
     try:
         image = Image.open(io.BytesIO(bytes(source)) if from_bytes else source)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{name}: no such image file") from error
+        raise ChartWizFileNotFoundError(f"{name}: no such image file") from error
     except Image.DecompressionBombError as error:
-        raise ValueError(f"{name}: the image is above the limit of {max_pixels:,} pixels ({error})") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"{name}: cannot decode the image ({error})") from error
+        raise ChartWizValueError(f"{name}: the image is above the limit of {max_pixels:,} pixels ({error})") from error
+    except UnidentifiedImageError as error:
+        # PIL's message names the buffer it read (`<_io.BytesIO object at 0x...>`), which tells a user nothing.
+        raise ChartWizValueError(
+            f"{name}: cannot decode the image: it is not a PNG, JPEG or other image file, whatever its name says"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ChartWizValueError(f"{name}: cannot decode the image ({error})") from error
     with image:
-        check_image_size(image.width, image.height, max_pixels, name=name)
+        try:
+            check_image_size(image.width, image.height, max_pixels, name=name)
+        except ValueError as error:  # the image processor's own check, which stays a plain ValueError in remote code
+            raise ChartWizValueError(str(error)) from None
         try:
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
         except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"{name}: cannot decode the image ({error})") from error
+            raise ChartWizValueError(f"{name}: cannot decode the image ({error})") from error
 
 
 __all__ = ["ImageSource", "load_chart_image"]

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Optional
 
@@ -9,13 +10,16 @@ import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 
+from .errors import ChartWizOSError, ChartWizValueError
 from .images import load_chart_image
 
 
 IMAGE_TOKEN = "<image>"
 # How every entry point asks the processor for a question's prompt: the chat template's, ending with the assistant's
-# turn, and the users' special-token strings as plain text.
-USER_TEXT_KWARGS = {"add_generation_prompt": True, "split_special_tokens_in_messages": True}
+# turn, and the users' special-token strings as plain text. Not `verbose`: the tokenizer's warning that a prompt is
+# longer than the model's maximum would come before the context check every entry point makes (`fit_in_context`),
+# whose error says the same in ChartWiz's words and what to do.
+USER_TEXT_KWARGS = {"add_generation_prompt": True, "split_special_tokens_in_messages": True, "verbose": False}
 
 
 def _check_text(text: str, what: str) -> None:
@@ -23,7 +27,7 @@ def _check_text(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         # What bytes that are not UTF-8 become on a command line (surrogateescape); the tokenizer cannot take them.
-        raise ValueError(
+        raise ChartWizValueError(
             f"The {what} is not valid text: a lone surrogate (U+{ord(text[error.start]):04X}) at character "
             f"{error.start}, as bytes that are not UTF-8 become; pass it as UTF-8."
         ) from None
@@ -35,10 +39,10 @@ def check_question(question: str, image_token: str = IMAGE_TOKEN) -> str:
     Unicode (a lone surrogate), or if it contains the image placeholder, which only the prompt's template may write.
     """
     if not isinstance(question, str) or not question.strip():
-        raise ValueError("The question is empty: ask something about the chart, e.g. '가장 큰 값은?'.")
+        raise ChartWizValueError("The question is empty: ask something about the chart, e.g. '가장 큰 값은?'.")
     _check_text(question, "question")
     if image_token in question:
-        raise ValueError(
+        raise ChartWizValueError(
             f"The question contains {image_token}, which marks where the chart goes in the prompt; the chart is put "
             f"there for you, so leave {image_token} out of the question."
         )
@@ -122,7 +126,7 @@ def context_length(config) -> Optional[int]:
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(ChartWizValueError):
     """
     A prompt and the new tokens asked for that do not fit in the language model's context (see `fit_in_context`);
     the numbers are attributes, for callers that report them their own way.
@@ -174,7 +178,7 @@ def fit_in_context(
         `clamp`) if `max_new_tokens` do not fit.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        raise ChartWizValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if context is None:
         return max_new_tokens
     room = context - prompt_tokens
@@ -244,18 +248,24 @@ def check_device(device: Optional[str | torch.device]) -> Optional[torch.device]
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"Unknown device {device!r}: use cpu, cuda, cuda:N (or mps, xpu where present).") from None
+        raise ChartWizValueError(
+            f"Unknown device {device!r}: use cpu, cuda, cuda:N (or mps, xpu where present)."
+        ) from None
     if parsed.type == "cpu":
         return parsed
     # torch.cuda, torch.mps, torch.xpu...: each device type a model can run on has a module that says if it is here
     backend = getattr(torch, parsed.type, None)
     if not callable(getattr(backend, "is_available", None)):
-        raise ValueError(f"Device {device!r} is not one to run a model on: use cpu or cuda.")
+        raise ChartWizValueError(f"Device {device!r} is not one to run a model on: use cpu or cuda.")
     if not backend.is_available():
-        raise ValueError(f"Device {device!r} is not available: torch {torch.__version__} finds no {parsed.type} here.")
+        raise ChartWizValueError(
+            f"Device {device!r} is not available: torch {torch.__version__} finds no {parsed.type} here."
+        )
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if parsed.index is not None and parsed.index >= count:
-        raise ValueError(f"Device {device!r} does not exist: this machine has {count} {parsed.type} device(s).")
+        raise ChartWizValueError(
+            f"Device {device!r} does not exist: this machine has {count} {parsed.type} device(s)."
+        )
     return parsed
 
 
@@ -271,14 +281,14 @@ def check_checkpoint(model_name_or_path: str | os.PathLike, **kwargs) -> None:
     name = os.fspath(model_name_or_path)
     config_dict = read_config_dict(name, **kwargs)
     if config_dict.get("model_type") != ChartWizConfig.model_type:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{name} holds {describe_model_type(config_dict)}, not a ChartWiz model (model_type 'chartwiz'); build "
             "one with `chartwiz compose`, or a tiny one with `chartwiz init-tiny`."
         )
     try:
         ChartWizConfig.from_dict(dict(config_dict))
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{name}: {error}") from None
+        raise ChartWizValueError(f"{name}: {error}") from None
 
 
 def load_chartwiz(
@@ -301,17 +311,56 @@ def load_chartwiz(
     try:
         model = from_pretrained_complete(AutoModelForImageTextToText, model_name_or_path, dtype=dtype, **kwargs)
     except SafetensorError as error:
-        raise OSError(
+        raise ChartWizOSError(
             f"{model_name_or_path}: cannot read the weights ({error}); the safetensors file is truncated or corrupt, "
             "save or download it again."
         ) from None
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
+        model = load_adapter(model, adapter, os.fspath(model_name_or_path))
     if device is not None:
         model = model.to(device)
     return model.eval(), load_processor(model_name_or_path, **kwargs)
+
+
+# torch's message for each weight of another shape in `load_state_dict`.
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in "
+    r"current model is torch\.Size\(\[([^\]]*)\]\)"
+)
+
+
+def read_adapter_config(adapter: str):
+    """The `PeftConfig` of an adapter folder or Hub repo; a `ChartWizValueError` where there is no adapter there."""
+    from peft import PeftConfig
+
+    try:
+        return PeftConfig.from_pretrained(adapter)
+    except ValueError as error:
+        raise ChartWizValueError(f"{adapter} is not a PEFT adapter (no adapter_config.json): {error}") from None
+
+
+def load_adapter(model, adapter: str, base: str):
+    """
+    `model` (loaded from `base`) with the PEFT (LoRA) adapter of `adapter` applied, unmerged. A folder that is not an
+    adapter, and an adapter whose weights have other shapes than the model's (named), are one-line errors.
+    """
+    from peft import PeftModel
+
+    read_adapter_config(adapter)
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except RuntimeError as error:
+        found = _SIZE_MISMATCH.findall(str(error))
+        if not found:
+            raise
+        shown = "; ".join(
+            f"{name}: {shape.replace(', ', 'x')} in the adapter, {size.replace(', ', 'x')} in the model"
+            for name, shape, size in found[:3]
+        )
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ChartWizValueError(
+            f"{adapter} does not fit {base}: {len(found)} weights have another shape ({shown}{more})."
+        ) from None
 
 
 def load_processor(model_name_or_path: str, **kwargs):
@@ -329,6 +378,12 @@ def load_processor(model_name_or_path: str, **kwargs):
     advice.setLevel(logging.ERROR)
     try:
         return AutoProcessor.from_pretrained(model_name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        # A checkpoint without its tokenizer or image processor files: the folder is incomplete, not the code wrong.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ChartWizOSError(
+            f"{model_name_or_path}: cannot load its processor (tokenizer and image processor): {reason}"
+        ) from error
     finally:
         advice.setLevel(level)
 
@@ -347,9 +402,11 @@ __all__ = [
     "fit_new_tokens",
     "generate_answers",
     "load_chart_image",
+    "load_adapter",
     "load_chartwiz",
     "load_processor",
     "prepare_inputs",
     "prompt_length",
+    "read_adapter_config",
     "suppressed_tokens",
 ]

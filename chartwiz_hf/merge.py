@@ -3,18 +3,13 @@
 import json
 import logging
 import os
-import re
 from typing import Optional
 
+from .errors import ChartWizValueError
 from .fingerprints import TRAINING_RUN_FILE, checkpoint_fingerprint, describe_changes
 
 
 logger = logging.getLogger(__name__)
-# torch's message for each weight of another shape in `load_state_dict`.
-_SIZE_MISMATCH = re.compile(
-    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape in "
-    r"current model is torch\.Size\(\[([^\]]*)\]\)"
-)
 
 
 def _same_path(first: str, second: str) -> bool:
@@ -42,7 +37,7 @@ def check_base(base: str, adapter: str, trained_on: Optional[str]) -> None:
         current = checkpoint_fingerprint(base) if os.path.isdir(base) else None
         if current != recorded:
             files = describe_changes(recorded, current) if isinstance(current, dict) else ""
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{base} is not the model {adapter} was trained on: "
                 + (
                     f"its files differ from those recorded in {TRAINING_RUN_FILE} ({files})"
@@ -55,28 +50,25 @@ def check_base(base: str, adapter: str, trained_on: Optional[str]) -> None:
     if not trained_on:
         logger.warning("%s does not say which base it was trained on; merging onto %s unchecked", adapter, base)
         return
+    # Paths compared by what they resolve to, so the right base given from another working directory is the base.
     if trained_on == base or _same_path(trained_on, base):
         return
     if os.path.isdir(trained_on) and os.path.isdir(base):
         if checkpoint_fingerprint(trained_on) == checkpoint_fingerprint(base):
             return
-        raise ValueError(
+        raise ChartWizValueError(
             f"{adapter} was trained on {trained_on} (its base_model_name_or_path), and {base} holds other files "
             f"({describe_changes(checkpoint_fingerprint(trained_on), checkpoint_fingerprint(base))}); {remedy}."
         )
-    raise ValueError(f"{adapter} was trained on {trained_on} (its base_model_name_or_path), not {base}; {remedy}.")
-
-
-def _shape_mismatch(error: RuntimeError, base: str, adapter: str) -> Optional[ValueError]:
-    found = _SIZE_MISMATCH.findall(str(error))
-    if not found:
-        return None
-    shown = "; ".join(
-        f"{name}: {shape.replace(', ', 'x')} in the adapter, {model.replace(', ', 'x')} in the model"
-        for name, shape, model in found[:3]
+    unresolved = ""
+    if not os.path.isabs(trained_on) and not os.path.exists(trained_on):
+        unresolved = (
+            f" (if that is a path relative to the folder the adapter was trained in, it is not there from here, "
+            f"{os.getcwd()}: run merge from that folder)"
+        )
+    raise ChartWizValueError(
+        f"{adapter} was trained on {trained_on} (its base_model_name_or_path), not {base}{unresolved}; {remedy}."
     )
-    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return ValueError(f"{adapter} does not fit {base}: {len(found)} weights have another shape ({shown}{more}).")
 
 
 def merge_adapter(
@@ -108,19 +100,17 @@ def merge_adapter(
     Returns:
         The merged `ChartWizForConditionalGeneration`.
     """
-    from peft import PeftConfig, PeftModel
     from transformers import AutoModelForImageTextToText
 
     from .checkpoints import from_pretrained_complete
-    from .inference import check_checkpoint, load_processor
+    from .inference import check_checkpoint, load_adapter, load_processor, read_adapter_config
 
     for source in (base_model_name_or_path, adapter_name_or_path):
         if _same_path(source, output_dir):
-            raise ValueError(f"--out {output_dir} is the folder {source}: write the merged checkpoint elsewhere.")
-    try:
-        peft_config = PeftConfig.from_pretrained(adapter_name_or_path)
-    except ValueError as error:
-        raise ValueError(f"{adapter_name_or_path} is not a PEFT adapter (no adapter_config.json): {error}") from None
+            raise ChartWizValueError(
+                f"--out {output_dir} is the folder {source}: write the merged checkpoint elsewhere."
+            )
+    peft_config = read_adapter_config(adapter_name_or_path)
     check_checkpoint(base_model_name_or_path, revision=revision)
     if check_base_model:
         check_base(base_model_name_or_path, adapter_name_or_path, peft_config.base_model_name_or_path)
@@ -128,13 +118,7 @@ def merge_adapter(
     model = from_pretrained_complete(
         AutoModelForImageTextToText, base_model_name_or_path, dtype=dtype, revision=revision
     )
-    try:
-        model = PeftModel.from_pretrained(model, adapter_name_or_path)
-    except RuntimeError as error:
-        mismatch = _shape_mismatch(error, base_model_name_or_path, adapter_name_or_path)
-        if mismatch is None:
-            raise
-        raise mismatch from None
+    model = load_adapter(model, adapter_name_or_path, base_model_name_or_path)
     # LoRA updates are folded in as W + scale * B @ A; modules saved in full replace their originals.
     merged = model.merge_and_unload()
     merged.save_pretrained(output_dir)

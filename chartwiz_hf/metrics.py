@@ -11,7 +11,9 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import ChartWizValueError
 from .extras import require
+from .names import normalize_text
 
 
 TEXT_THRESHOLD = 0.5  # ANLS: a normalized edit distance at or above this scores 0 (pix2struct's anls_metric)
@@ -474,11 +476,13 @@ def bleu_signature(tokenize: str = DEFAULT_BLEU_TOKENIZE) -> str:
 def _bleu_metric(tokenize: str):
     BLEU = require("sacrebleu.metrics", "BLEU").BLEU
     if tokenize not in BLEU.TOKENIZERS:
-        raise ValueError(f"Unknown BLEU tokenizer {tokenize!r}; sacrebleu has {', '.join(BLEU.TOKENIZERS)}.")
+        raise ChartWizValueError(f"Unknown BLEU tokenizer {tokenize!r}; sacrebleu has {', '.join(BLEU.TOKENIZERS)}.")
     try:
         return BLEU(tokenize=tokenize)
     except RuntimeError as error:  # sacrebleu's word for a tokenizer whose extra packages are missing
-        raise ValueError(f"The BLEU tokenizer {tokenize!r} is not installed: {' '.join(str(error).split())}") from None
+        raise ChartWizValueError(
+            f"The BLEU tokenizer {tokenize!r} is not installed: {' '.join(str(error).split())}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -488,7 +492,8 @@ def score_task(
     task: str, references: Sequence[str], predictions: Sequence[str], bleu_tokenize: str = DEFAULT_BLEU_TOKENIZE
 ) -> dict[str, float]:
     """
-    The task's metrics (`TASK_METRICS`) of a group of examples, in percent, with `n`.
+    The task's metrics (`TASK_METRICS`) of a group of examples, in percent, with `n`. Both texts are compared in the
+    one Unicode form (NFC, `normalize_text`) that training rows and the model's prompts are in.
 
     Args:
         task (`str`): `table`, `description`, `summary` or `qa`.
@@ -498,6 +503,11 @@ def score_task(
     """
     if task not in TASK_METRICS:
         raise ValueError(f"Unknown task {task!r}; choose from {', '.join(TASKS)}.")
+    # A reference written in decomposed jamo (NFD) and a prediction in syllables (NFC) are the same text.
+    references, predictions = (
+        [normalize_text(text) for text in references],
+        [normalize_text(text) for text in predictions],
+    )
     if task == "table":
         scores = rms(references, predictions)
     elif task == "qa":

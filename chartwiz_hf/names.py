@@ -1,13 +1,17 @@
 """
 The names that the model, the data and the application share, defined once: the training instructions, the image
-placeholder, the dataset configs, the AI-Hub chart types and their folders, and the bundled font.
+placeholder, the dataset configs, the AI-Hub chart types and their folders, the bundled font, and the one Unicode
+form of text.
 
 This module belongs to the model layer: `dataset_builder` and the application import it, it imports nothing of them.
 (The remote-code files travel alone with a checkpoint, so they keep their own copies: the processor's `<image>`
-default and the image processor's font, re-exported here.)
+default, the image processor's font and the processor's normal form, re-exported here.)
 """
 
+import unicodedata
+
 from .image_processing_chartwiz import DEFAULT_FONT_FILENAME, bundled_font_path
+from .processing_chartwiz import TEXT_NORMAL_FORM
 
 
 # The placeholder of the chart in a prompt; the processor expands it to one token per image patch.
@@ -57,6 +61,14 @@ INSTRUCTIONS = {
 }
 
 
+def normalize_text(text: str) -> str:
+    """
+    `text` in the one Unicode form ChartWiz reads (`TEXT_NORMAL_FORM`, NFC): Korean typed in decomposed jamo becomes
+    the composed syllables. The processor reads every prompt so; training rows and scored texts are kept so too.
+    """
+    return unicodedata.normalize(TEXT_NORMAL_FORM, text)
+
+
 __all__ = [
     "BUILT_CONFIGS",
     "CHART_TYPES",
@@ -67,5 +79,7 @@ __all__ = [
     "FINETUNE_TASKS",
     "IMAGE_TOKEN",
     "INSTRUCTIONS",
+    "TEXT_NORMAL_FORM",
     "bundled_font_path",
+    "normalize_text",
 ]

@@ -6,6 +6,8 @@ from typing import Union
 
 from PIL import Image
 
+from .errors import ChartWizFileNotFoundError, ChartWizValueError
+
 
 # Enough for any report; a bigger PDF is refused before a page is rendered.
 MAX_PAGES = 300
@@ -38,23 +40,30 @@ def _open(source: PdfSource, max_pages: int):
     try:
         import pypdfium2 as pdfium
     except ImportError:
-        raise ValueError("Reading PDFs needs pypdfium2 (a dependency of chartwiz): pip install pypdfium2") from None
+        raise ChartWizValueError(
+            "Reading PDFs needs pypdfium2 (a dependency of chartwiz): pip install pypdfium2"
+        ) from None
 
     if not isinstance(source, (bytes, bytearray)) and not os.path.isfile(source):
-        raise FileNotFoundError(f"{source}: no such PDF file")
+        raise ChartWizFileNotFoundError(f"{source}: no such PDF file")
     try:
         document = pdfium.PdfDocument(bytes(source) if isinstance(source, bytearray) else source)
     except pdfium.PdfiumError as error:
-        raise ValueError(
+        if getattr(error, "err_code", None) == pdfium.raw.FPDF_ERR_SUCCESS:
+            # PDFium refuses a document with no page while reporting no error ("PDFium: Success").
+            raise ChartWizValueError(
+                f"{_name(source)} has no pages (PDFium finds no page in it): there is no chart to show"
+            ) from None
+        raise ChartWizValueError(
             f"{_name(source)}: cannot open the PDF ({error}); is it damaged or password-protected?"
         ) from None
     if len(document) > max_pages:
         count = len(document)
         document.close()
-        raise ValueError(f"{_name(source)} has {count} pages; at most {max_pages} are accepted")
+        raise ChartWizValueError(f"{_name(source)} has {count} pages; at most {max_pages} are accepted")
     if len(document) == 0:
         document.close()
-        raise ValueError(f"{_name(source)} has no pages")
+        raise ChartWizValueError(f"{_name(source)} has no pages")
     return document
 
 
@@ -101,7 +110,7 @@ def render_pdf_page(
         document = _open(source, max_pages)
         try:
             if not 1 <= page <= len(document):
-                raise ValueError(f"{_name(source)} has {len(document)} pages; there is no page {page}")
+                raise ChartWizValueError(f"{_name(source)} has {len(document)} pages; there is no page {page}")
             return _render(document, page - 1, dpi, max_pixels)
         finally:
             document.close()
@@ -128,14 +137,14 @@ def crop_fraction(image: Image.Image, box: tuple[float, float, float, float]) ->
     """
     left, top, right, bottom = box
     if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
-        raise ValueError(
+        raise ChartWizValueError(
             f"A crop box is (left, top, right, bottom) with 0 <= left < right <= 1 and the same for top "
             f"and bottom, got {box}"
         )
     width, height = image.size
     pixels = (round(left * width), round(top * height), round(right * width), round(bottom * height))
     if pixels[2] - pixels[0] < 1 or pixels[3] - pixels[1] < 1:
-        raise ValueError(f"The crop box {box} leaves no pixel of the {width}x{height} image")
+        raise ChartWizValueError(f"The crop box {box} leaves no pixel of the {width}x{height} image")
     return image.crop(pixels)
 
 

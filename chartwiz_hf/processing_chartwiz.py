@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import unicodedata
 from itertools import zip_longest
 from typing import Optional, Union
 
@@ -12,6 +13,11 @@ from transformers.image_utils import ImageInput
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import TextInput
 from transformers.utils import IMAGE_PROCESSOR_NAME
+
+
+# Korean written in decomposed jamo (NFD: macOS file names, some editors) is other, and more, tokens than the composed
+# syllables (NFC) the model was trained on: every prompt is read in NFC, whoever built it.
+TEXT_NORMAL_FORM = "NFC"
 
 
 def readable_by_both_majors(tokenizer_settings: dict, tokenizer) -> bool:
@@ -189,7 +195,8 @@ class ChartWizProcessor(ProcessorMixin):
                 The prompts, each `<image>` matching one image; or conversations (lists of `{"role", "content"}`
                 messages, each `{"type": "image"}` item matching one image), rendered with the chat template. Given
                 conversations and no images, each image of the prompt stays one `<image>` token, as vLLM takes it
-                and as prompt lengths are counted.
+                and as prompt lengths are counted. Prompts are tokenized in Unicode NFC (Korean in composed
+                syllables, as the model was trained), whatever form they came in.
             add_generation_prompt (`bool`, *optional*, defaults to `False`):
                 With conversations: end the prompt with the assistant's turn, as the chat template writes it.
             split_special_tokens_in_messages (`bool`, *optional*, defaults to `False`):
@@ -241,6 +248,7 @@ class ChartWizProcessor(ProcessorMixin):
             restorations = [{}] * len(text)
         else:
             raise TypeError("text must be a string, a list of strings, or a conversation or a list of them.")
+        text = [unicodedata.normalize(TEXT_NORMAL_FORM, sample) for sample in text]
 
         placeholder_counts = [sample.count(self.image_token) for sample in text]
         unexpanded = conversations is not None and images is None
@@ -331,15 +339,17 @@ class ChartWizProcessor(ProcessorMixin):
         if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
             raise ValueError("truncation is not supported with split_special_tokens_in_messages: pass no max_length.")
         add_special_tokens = text_kwargs.get("add_special_tokens", True)
+        # The tokenizer's warning about sequences longer than the model's maximum, as `verbose` asks for it.
+        verbose = text_kwargs.get("verbose", True)
         input_ids = []
         for prompt, restore in zip(prompts, restorations):
             if not restore:
-                ids = self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+                ids = self.tokenizer(prompt, add_special_tokens=add_special_tokens, verbose=verbose)["input_ids"]
             else:
                 pieces = pattern.split(prompt)
                 table = str.maketrans(restore)
                 texts = [text.translate(table) for text in pieces[0::2]]
-                ids = self._encode_pieces(texts, pieces[1::2], add_special_tokens)
+                ids = self._encode_pieces(texts, pieces[1::2], add_special_tokens, verbose)
             expanded = []
             for token in ids:
                 expanded += [token] * (image_seq_length if token == self.image_token_id else 1)
@@ -353,18 +363,21 @@ class ChartWizProcessor(ProcessorMixin):
             {"input_ids": input_ids},
             padding=text_kwargs.get("padding", False),
             return_attention_mask=text_kwargs.get("return_attention_mask"),
+            verbose=verbose,
             **padding,
         ).data
 
-    def _encode_pieces(self, texts: list[str], specials: list[str], add_special_tokens: bool = True) -> list[int]:
+    def _encode_pieces(
+        self, texts: list[str], specials: list[str], add_special_tokens: bool = True, verbose: bool = True
+    ) -> list[int]:
         """
         The ids of `texts[0] + specials[0] + texts[1] + ...`: each of `specials` one special token, the texts as plain
         text (special-token strings in them split), and with `add_special_tokens` the tokenizer's own additions.
         """
         tokenizer = self.tokenizer
         if tokenizer.is_fast:
-            plain = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
-            control = tokenizer(specials, add_special_tokens=False).encodings if specials else []
+            plain = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=verbose)
+            control = tokenizer(specials, add_special_tokens=False, verbose=verbose).encodings if specials else []
             pieces = [piece for pair in zip_longest(plain.encodings, control) for piece in pair if piece is not None]
             # `tokenizers.Encoding.merge`, reached through the encodings at hand (remote code imports only
             # transformers); the backend's post-processor then adds exactly what `tokenizer(text)` adds, whatever
@@ -372,7 +385,10 @@ class ChartWizProcessor(ProcessorMixin):
             merged = type(pieces[0]).merge(pieces, growing_offsets=True)
             return tokenizer.backend_tokenizer.post_process(merged, add_special_tokens=add_special_tokens).ids
         # transformers 4.57's slow tokenizers drop `split_special_tokens` from a batch call: one text at a time.
-        plain = [tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] for text in texts]
+        plain = [
+            tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=verbose)["input_ids"]
+            for text in texts
+        ]
         control = tokenizer.convert_tokens_to_ids(specials)
         ids = []
         for text_ids, special_id in zip_longest(plain, control):

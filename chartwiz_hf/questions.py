@@ -11,9 +11,10 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from dataset_builder.aihub import BadRecord, find_in_image_folders
+from dataset_builder.aihub import BadRecord, find_in_image_folders, image_in_folder
 from dataset_builder.rows import conversation_turns, without_image_placeholder
 
+from .errors import ChartWizFileNotFoundError, ChartWizValueError
 from .fingerprints import ContentDigests
 from .images import load_chart_image
 from .names import CHART_TYPE_FOLDERS
@@ -99,14 +100,14 @@ def iter_json_records(path: str) -> Iterator[tuple[str, Any]]:
         with open(path, encoding="utf-8-sig") as file:
             text = file.read()
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+        raise ChartWizValueError(f"{path}: not UTF-8 text ({error})") from None
     head = text.lstrip()[:1]
     if not path.endswith(".jsonl") and head in ("[", "{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             if head == "[":
-                raise ValueError(f"{path}: the JSON array does not parse ({error})") from error
+                raise ChartWizValueError(f"{path}: the JSON array does not parse ({error})") from error
             data = None  # several objects: JSON Lines
         if data is not None:
             for index, record in enumerate(data if isinstance(data, list) else [data]):
@@ -147,7 +148,7 @@ def read_question_file(path: str) -> list[Question]:
     never an exception: one bad record does not stop a run.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such question file")
+        raise ChartWizFileNotFoundError(f"{path}: no such question file")
     questions = []
     for record_index, (source, record) in enumerate(iter_json_records(path)):
         questions.extend(_record_questions(record, source, record_index))
@@ -176,7 +177,7 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
             answer = record.get("answer")
             turns = [(without_image_placeholder(str(record["text"] or "")), answer if answer else None)]
         else:
-            raise ValueError("the record needs 'conversations' (LLaVA messages) or 'text' (one question)")
+            raise ChartWizValueError("the record needs 'conversations' (LLaVA messages) or 'text' (one question)")
     except ValueError as error:
         return bad(str(error), record_id, 1)
     if not isinstance(image, str) or not image.strip():
@@ -205,7 +206,9 @@ def read_dataset_questions(dataset) -> list[Question]:
     """
     missing = {"id", "prompt", "image"} - set(dataset.column_names)
     if missing:
-        raise ValueError(f"The dataset has no column {sorted(missing)}; expected a `chartwiz data build` split.")
+        raise ChartWizValueError(
+            f"The dataset has no column {sorted(missing)}; expected a `chartwiz data build` split."
+        )
     columns = [name for name in ("id", "prompt", "completion", "chart_type") if name in dataset.column_names]
     questions = []
     for index, row in enumerate(dataset.select_columns(columns)):
@@ -242,10 +245,27 @@ def read_dataset_questions(dataset) -> list[Question]:
     return _mark_duplicates(questions)
 
 
+def load_split(dataset_path: str, config: str, split: str):
+    """
+    One split of one config of a dataset built by `chartwiz data build` (a local folder or a Hub repo); a path that
+    is not there, a config or a split the dataset does not have are one-line errors naming them.
+    """
+    from datasets import load_dataset
+
+    # Each build's card carries a fingerprint of its shards, so the cache never serves an older build.
+    try:
+        return load_dataset(dataset_path, config, split=split)
+    except (OSError, ValueError) as error:  # no such folder or Hub dataset (offline too), config or split
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        kind = ChartWizFileNotFoundError if isinstance(error, OSError) else ChartWizValueError
+        raise kind(f"{dataset_path}: cannot load config {config!r}, split {split!r} ({reason})") from error
+
+
 class ImageFolder:
     """
-    Loads a question's image from a folder: `image` relative to it; a bare file name that is not there is also
-    looked up in the ten chart-type folders of an AI-Hub `img_data/` tree (as the GPT question files name them).
+    Loads a question's image from a folder: `image` relative to it, and inside it (a path that leads out is a bad
+    record, as in `chartwiz data build`); a bare file name that is not there is also looked up in the ten chart-type
+    folders of an AI-Hub `img_data/` tree (as the GPT question files name them).
 
     Args:
         root (`str`): the image folder.
@@ -253,18 +273,21 @@ class ImageFolder:
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"{root}: no such image folder")
+            raise ChartWizFileNotFoundError(f"{root}: no such image folder")
         self.root = root
         self.digests = ContentDigests()
 
     def resolve(self, question: Question) -> tuple[str, Optional[str]]:
-        """(path, chart type or None) of the question's image; a bare name in two chart-type folders is an error."""
-        path = os.path.join(self.root, question.image)
+        """
+        (path, chart type or None) of the question's image, by the data builder's rule (`image_in_folder`): a path
+        outside the folder (absolute, or `..` out of it) is refused, and so is a bare name in two chart-type folders.
+        """
+        path = image_in_folder(self.root, question.image)
         if not os.path.isfile(path) and os.path.basename(question.image) == question.image:
             try:
                 found = find_in_image_folders(self.root, question.image)
             except BadRecord as error:
-                raise ValueError(f"{self.root}: {error}") from None
+                raise ChartWizValueError(f"{self.root}: {error}") from None
             if found is not None:
                 return found
         return path, None
@@ -297,7 +320,7 @@ class DatasetImages:
         if stored.get("bytes"):
             return load_chart_image(stored["bytes"], name=f"{question.source}: the image"), None
         if not stored.get("path"):
-            raise ValueError(f"{question.source}: the row has no image")
+            raise ChartWizValueError(f"{question.source}: the row has no image")
         return load_chart_image(stored["path"]), None
 
     def image_digest(self, question: Question) -> str:
@@ -314,9 +337,11 @@ def select_chunk(questions: Sequence[Question], num_chunks: int, chunk_idx: int)
     one, so a conversation is never split and the chunks together are exactly the input.
     """
     if num_chunks < 1:
-        raise ValueError(f"--num-chunks must be at least 1, got {num_chunks}")
+        raise ChartWizValueError(f"--num-chunks must be at least 1, got {num_chunks}")
     if not 0 <= chunk_idx < num_chunks:
-        raise ValueError(f"--chunk-idx must be in 0..{num_chunks - 1} for --num-chunks {num_chunks}, got {chunk_idx}")
+        raise ChartWizValueError(
+            f"--chunk-idx must be in 0..{num_chunks - 1} for --num-chunks {num_chunks}, got {chunk_idx}"
+        )
     records = max((question.record for question in questions), default=-1) + 1
     start, end = chunk_idx * records // num_chunks, (chunk_idx + 1) * records // num_chunks
     return [question for question in questions if start <= question.record < end]
@@ -328,6 +353,7 @@ __all__ = [
     "Question",
     "Unreadable",
     "iter_json_records",
+    "load_split",
     "read_dataset_questions",
     "read_question_file",
     "select_chunk",

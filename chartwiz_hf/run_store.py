@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Optional
 
+from .errors import ChartWizValueError
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import changed_files, describe_changes, digest
 
@@ -57,7 +58,9 @@ def read_jsonl(path: str, repair: bool = False) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error}); was the file edited by hand?") from error
+            raise ChartWizValueError(
+                f"{path}:{number}: not a JSON line ({error}); was the file edited by hand?"
+            ) from error
     return rows
 
 
@@ -94,7 +97,10 @@ def read_json(path: str) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as file:
-        return json.load(file)
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as error:
+            raise ChartWizValueError(f"{path}: not a JSON file ({error}); was it edited by hand?") from None
 
 
 def changed_settings(stored: dict, settings: dict, names: Optional[Sequence[str]] = None) -> list[str]:
@@ -123,13 +129,13 @@ def check_settings(answers_path: str, settings: dict, info: Optional[dict] = Non
             differences = "; ".join(
                 f"{name}: {stored.get(name)!r} then, {settings.get(name)!r} now" for name in changed
             )
-            raise ValueError(
+            raise ChartWizValueError(
                 f"{answers_path} holds answers made with other settings ({differences}). Rerun with the same settings "
                 "to resume, or --restart to start over, or write to another --answers file."
             )
         return meta
     if os.path.exists(answers_path) and os.path.getsize(answers_path) > 0:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{answers_path} exists but has no settings file {meta_path}, so its answers cannot be checked against "
             "this run; move it away, pass --restart to replace it, or write to another --answers file."
         )
@@ -186,32 +192,48 @@ def describe_run_change(before: Optional[dict], after: dict) -> str:
     return "; ".join(parts) or "they were made by another run"
 
 
+# Why an earlier result is left out when its question is no longer asked (an edited or deleted record).
+NOT_IN_INPUT = "no longer in the input"
+
+
+def stale_reason(row: dict, run_key: str, question_keys: dict, run_change: str) -> Optional[str]:
+    """
+    Why a row of an answers or errors file no longer holds for the run whose fingerprints digest to `run_key` and
+    whose input's questions have the fingerprints `question_keys` (`{key: question_fingerprint}`), or `None` where it
+    still does. `run_change` is the reason given for a row another run (model, adapter, generation) made.
+    """
+    key, stored = row_key(row), row.get("fingerprint")
+    if key not in question_keys:
+        return NOT_IN_INPUT
+    if not isinstance(stored, dict):
+        return "written without a fingerprint"
+    if stored.get("run") != run_key:
+        return run_change
+    if stored.get("question") != question_keys[key]:
+        return "the question or its image changed"
+    return None
+
+
 def keep_results(path: str, run_key: str, question_keys: dict, run_change: str) -> tuple[list[dict], dict]:
     """
-    The rows of an answers or errors file whose fingerprints still hold for this run, and `{reason: count}` for the
-    others, which are taken out of the file (rewritten whole, atomically) so that their questions are asked again.
+    The rows of an answers or errors file whose fingerprints still hold for this run (`stale_reason`), and `{reason:
+    count}` for the others, which are taken out of the file (rewritten whole, atomically) so that their questions are
+    asked again.
     """
     kept, dropped = [], {}
     for row in read_jsonl(path, repair=True):
-        key, stored = row_key(row), row.get("fingerprint")
-        if key not in question_keys:
-            reason = "no longer in the input"
-        elif not isinstance(stored, dict):
-            reason = "written without a fingerprint"
-        elif stored.get("run") != run_key:
-            reason = run_change
-        elif stored.get("question") != question_keys[key]:
-            reason = "the question or its image changed"
-        else:
+        reason = stale_reason(row, run_key, question_keys, run_change)
+        if reason is None:
             kept.append(row)
-            continue
-        dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            dropped[reason] = dropped.get(reason, 0) + 1
     if dropped:
         write_jsonl_atomic(path, kept)
     return kept, dropped
 
 
 __all__ = [
+    "NOT_IN_INPUT",
     "JsonlAppender",
     "changed_settings",
     "check_settings",
@@ -222,5 +244,6 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "row_key",
+    "stale_reason",
     "write_jsonl_atomic",
 ]

@@ -15,6 +15,7 @@ from transformers import (
 
 from .chat_templates import load_chat_template
 from .configuration_chartwiz import ChartWizConfig
+from .errors import ChartWizFileNotFoundError, ChartWizValueError
 from .image_processing_chartwiz import ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
 from .processing_chartwiz import ChartWizProcessor
@@ -50,9 +51,13 @@ def dataset_corpus(dataset_dir: str, split: str = "train") -> Iterator[str]:
     """
     from datasets import get_dataset_config_names, load_dataset
 
+    if not os.path.isdir(dataset_dir):
+        raise ChartWizFileNotFoundError(f"{dataset_dir}: no such folder (a `chartwiz data build` output)")
     configs = [name for name in get_dataset_config_names(dataset_dir) if name in ("pretrain", "finetune", "gpt")]
     if not configs:
-        raise ValueError(f"{dataset_dir}: no pretrain, finetune or gpt config; build it with `chartwiz data build`.")
+        raise ChartWizValueError(
+            f"{dataset_dir}: no pretrain, finetune or gpt config; build it with `chartwiz data build`."
+        )
     for config in configs:
         rows = load_dataset(dataset_dir, config, split=split).select_columns(["prompt", "completion"])
         for row in rows:
@@ -71,7 +76,7 @@ def build_tiny_tokenizer(
     special_tokens = [EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN]
     smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(special_tokens)
     if vocab_size < smallest:
-        raise ValueError(
+        raise ChartWizValueError(
             f"vocab_size must be at least {smallest} (the 256 bytes and 3 special tokens), got {vocab_size}."
         )
     backend = Tokenizer(models.BPE())
@@ -109,7 +114,7 @@ def tiny_configs(
     encoder of half that width.
     """
     if hidden_size < ATTENTION_HEAD_SIZE or hidden_size % ATTENTION_HEAD_SIZE:
-        raise ValueError(
+        raise ChartWizValueError(
             f"hidden_size must be a multiple of {ATTENTION_HEAD_SIZE} (the width of an attention head), got "
             f"{hidden_size}."
         )
@@ -217,7 +222,7 @@ def make_tiny_language_model(
     encoder.
     """
     if hidden_size % head_dim or hidden_size // head_dim < 2:
-        raise ValueError(
+        raise ChartWizValueError(
             f"hidden_size must be a multiple of head_dim={head_dim} of at least two heads, got {hidden_size}."
         )
     torch.manual_seed(seed)

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
@@ -24,8 +23,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from dataset_builder.card import read_build_fingerprint
 
 from .checkpoints import from_pretrained_complete
+from .errors import ChartWizValueError
 from .extras import MissingExtraError, missing_extra_message
-from .files import write_json_atomic
+from .files import CHECKPOINT_FILES, clear_checkpoint_folder, write_json_atomic
 from .fingerprints import TRAINING_RUN_FILE, checkpoint_fingerprint, describe_changes, digest, tree_fingerprint
 from .inference import check_checkpoint, load_processor
 from .names import DATASET_CONFIGS
@@ -59,7 +59,7 @@ FINGERPRINT_KEYS = ("model_fingerprint", "dataset_fingerprint")
 _CHECKPOINT = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
-class RecipeError(ValueError):
+class RecipeError(ChartWizValueError):
     """Bad input found before training starts; `__main__` prints it as one line."""
 
 
@@ -133,7 +133,7 @@ class ChartWizSFTConfig(SFTConfig):
         )
     if "overwrite_output_dir" not in _SFT_CONFIG_FIELDS:
         overwrite_output_dir: bool = field(
-            default=False, metadata={"help": "Train into an output_dir holding another run, removing its checkpoints."}
+            default=False, metadata={"help": "Start over in an output_dir holding another run, removing all it left."}
         )
 
     def __post_init__(self):
@@ -280,13 +280,22 @@ def find_resume_checkpoint(training_args, definition: dict) -> Optional[str]:
     explicit = training_args.resume_from_checkpoint
     if isinstance(explicit, str) and os.path.isdir(explicit) and checkpoint_problem(explicit):
         raise RecipeError(f"resume_from_checkpoint {explicit} cannot be resumed from: {checkpoint_problem(explicit)}.")
-    if training_args.overwrite_output_dir or not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
         return explicit
     run_file = os.path.join(output_dir, RUN_FILE)
+    names = set(os.listdir(output_dir))
+    if not os.path.isfile(run_file) and not CHECKPOINT_FILES & names:
+        # Starting over empties the folder (`start_run`): never one of other files.
+        raise RecipeError(
+            f"output_dir {output_dir} is not empty and has no {RUN_FILE}, so it is not a run of this script, nor a "
+            "saved model that --overwrite_output_dir would replace. Choose another --output_dir."
+        )
+    if training_args.overwrite_output_dir:
+        return explicit
     if not os.path.isfile(run_file):
         raise RecipeError(
-            f"output_dir {output_dir} is not empty and has no {RUN_FILE}, so it is not a run of this script. Choose "
-            "another --output_dir, or pass --overwrite_output_dir to train into it anyway."
+            f"output_dir {output_dir} holds a saved model but no {RUN_FILE}, so it is not a run of this script. "
+            "Choose another --output_dir, or pass --overwrite_output_dir to replace what it holds."
         )
     with open(run_file, encoding="utf-8") as file:
         stored = json.load(file)
@@ -316,13 +325,11 @@ def start_run(training_args, definition: dict):
         return
     output_dir = training_args.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    if training_args.overwrite_output_dir:
-        # Stale checkpoints would be picked by a later resume and would outlive the new ones in rotation.
-        for name in os.listdir(output_dir):
-            path = os.path.join(output_dir, name)
-            if name.startswith("checkpoint-") and os.path.isdir(path):
-                logger.warning("overwrite_output_dir: removing %s", path)
-                shutil.rmtree(path)
+    if training_args.overwrite_output_dir and os.listdir(output_dir):
+        # Everything of the old run goes: its checkpoints would be picked by a later resume, and its final files (an
+        # adapter_config.json beside a full model's weights) would be loaded with the new run's.
+        removed = clear_checkpoint_folder(output_dir)
+        logger.warning("overwrite_output_dir: removed %s from %s", ", ".join(removed), output_dir)
     write_json_atomic(os.path.join(output_dir, RUN_FILE), definition)
 
 

@@ -3,10 +3,12 @@
 import json
 import math
 import os
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from chartwiz_hf.errors import ChartWizFileNotFoundError, ChartWizValueError
 from chartwiz_hf.names import CHART_TYPE_FOLDERS, CHART_TYPES
 
 
@@ -14,7 +16,7 @@ SPLITS = ("train", "test")
 HORIZONTAL_CHART_MAIN = "가로 막대형"
 
 
-class BadRecord(ValueError):
+class BadRecord(ChartWizValueError):
     """A record that breaks the contract; the message says what is wrong."""
 
 
@@ -56,16 +58,31 @@ def image_dir(root: str, split: str, folder: str) -> str:
     return os.path.join(root, split, "img_data", f"img_{folder}")
 
 
+def on_disk(path: str) -> str:
+    """
+    `path`, or the same path with its name in the other Unicode normal form where only that one is there: a file named
+    on macOS keeps its Korean name in decomposed jamo (NFD), which a record written elsewhere spells composed (NFC).
+    """
+    if os.path.exists(path):
+        return path
+    folder, name = os.path.split(path)
+    for form in ("NFC", "NFD"):
+        candidate = os.path.join(folder, unicodedata.normalize(form, name))
+        if candidate != path and os.path.exists(candidate):
+            return candidate
+    return path
+
+
 def find_in_image_folders(img_data: str, filename: str) -> tuple[str, str] | None:
     """
     (path, chart_type) of a bare file name in the ten chart-type folders of an `img_data/` folder, None if it is in
     none. A name in two folders could be either chart: `BadRecord` naming both, rather than a guess.
     """
-    found = [
-        (os.path.join(img_data, f"img_{folder}", filename), chart_type)
+    candidates = [
+        (on_disk(os.path.join(img_data, f"img_{folder}", filename)), chart_type)
         for folder, chart_type in CHART_TYPE_FOLDERS.items()
-        if os.path.isfile(os.path.join(img_data, f"img_{folder}", filename))
     ]
+    found = [(path, chart_type) for path, chart_type in candidates if os.path.isfile(path)]
     if len(found) > 1:
         folders = " and ".join(os.path.basename(os.path.dirname(path)) for path, _ in found)
         raise BadRecord(f"image {filename!r} is in both {folders}; name it with its folder, or rename one of them")
@@ -75,20 +92,38 @@ def find_in_image_folders(img_data: str, filename: str) -> tuple[str, str] | Non
 def check_tree(root: str) -> list[str]:
     """The splits present under `root`; raises `FileNotFoundError` saying what an AI-Hub tree should look like."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such directory (expected an AI-Hub tree with train/ and test/)")
+        raise ChartWizFileNotFoundError(f"{root}: no such directory (expected an AI-Hub tree with train/ and test/)")
     splits = [split for split in SPLITS if os.path.isdir(os.path.join(root, split, "text_data"))]
     if not splits:
-        raise FileNotFoundError(
+        raise ChartWizFileNotFoundError(
             f"{root}: neither train/text_data nor test/text_data exists; point --data-dir at the folder that holds "
             "the AI-Hub train/ and test/ trees."
         )
     return splits
 
 
+def image_in_folder(folder: str, name: str, field: str = "image") -> str:
+    """
+    The one rule of `chartwiz data build` and `chartwiz infer` for the image a record names: a path relative to the
+    image folder that stays inside it. Raises `BadRecord` for an absolute path (or a drive), a `..` that leads out of
+    the folder, and a NUL, so that nothing outside the folder is read (or uploaded with `--push-to-hub`); a symbolic
+    link inside the folder is one of its files. Returns the path in the folder (`on_disk`).
+    """
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise BadRecord(f"{field} {name!r} is not a file name")
+    if os.path.isabs(name) or os.path.splitdrive(name)[0] or name.startswith(("/", "\\")):
+        raise BadRecord(f"{field} {name!r} is an absolute path: images are read from inside {folder} only")
+    relative = os.path.normpath(name)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        raise BadRecord(f"{field} {name!r} leads out of {folder}: images are read from inside it only")
+    return on_disk(os.path.join(folder, relative))
+
+
 def bare_file_name(name: str, field: str) -> str:
     """
-    `name` if it is a bare file name; raises `BadRecord` for an absolute path, a folder part or `..`, which would
-    read a file outside the split's `img_data/<folder>/` (and upload it with `--push-to-hub`).
+    `name` if it is a bare file name, as the AI-Hub tree's flat image folders hold them; raises `BadRecord` for an
+    absolute path, a folder part or `..`, which would read a file outside the split's `img_data/<folder>/` (and upload
+    it with `--push-to-hub`): `image_in_folder`'s rule, and no sub-folders.
     """
     if (
         name in ("", ".", "..")
@@ -301,7 +336,7 @@ def read_annotation(entry: AnnotationFile) -> ChartRecord:
     return ChartRecord(
         stem=entry.stem,
         chart_type=entry.chart_type,
-        image_path=os.path.join(entry.image_dir, filename),
+        image_path=image_in_folder(entry.image_dir, filename, "image[0].filename"),
         table=table,
         description=description.strip() if isinstance(description, str) else "",
         summary=summary_text(annotation.get("summary")),
@@ -320,7 +355,9 @@ __all__ = [
     "find_in_image_folders",
     "format_value",
     "image_dir",
+    "image_in_folder",
     "iter_annotation_files",
+    "on_disk",
     "shard_of",
     "read_annotation",
     "summary_text",

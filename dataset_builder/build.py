@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from chartwiz_hf.errors import ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
 from chartwiz_hf.files import write_text_atomic
 from chartwiz_hf.names import BUILT_CONFIGS
 
@@ -46,7 +47,7 @@ def expand_gpt_sources(sources: Iterable[str]) -> list[str]:
         elif os.path.isfile(source):
             files.append(source)
         else:
-            raise FileNotFoundError(f"--gpt {source}: no such file or directory")
+            raise ChartWizFileNotFoundError(f"--gpt {source}: no such file or directory")
     return [os.path.abspath(path) for path in files]
 
 
@@ -171,7 +172,7 @@ def exclusive_build(output_dir: str) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise OSError(
+        raise ChartWizOSError(
             f"{output_dir}: another build is writing into this folder (it holds {LOCK_NAME}); wait for it to "
             "finish or choose another --out."
         ) from None
@@ -221,7 +222,7 @@ def _previous_build(output_dir: str) -> Optional[dict]:
     except (ValueError, OSError) as error:
         report = error
     if not isinstance(report, dict) or not {"counts", "skipped", "data_dir"} <= report.keys():
-        raise ValueError(f"{path} is not a build report; delete it (or the whole folder) to build afresh.")
+        raise ChartWizValueError(f"{path} is not a build report; delete it (or the whole folder) to build afresh.")
     return report
 
 
@@ -231,7 +232,7 @@ def _kept_configs(previous: Optional[dict], configs: list[str], data_dir: str, o
         return []
     kept = [config for config in BUILT_CONFIGS if config in previous["counts"] and config not in configs]
     if kept and previous["data_dir"] != data_dir:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{output_dir} holds a build of {', '.join(kept)} from {previous['data_dir']}; building only "
             f"{', '.join(configs)} from {data_dir} would mix two trees in one dataset. Build "
             f"{', '.join([*configs, *kept])} together, or choose another --out."
@@ -240,7 +241,7 @@ def _kept_configs(previous: Optional[dict], configs: list[str], data_dir: str, o
         for counts in previous["counts"][config].values():
             missing = [path for path in counts["files"] if not os.path.isfile(os.path.join(output_dir, path))]
             if missing:
-                raise ValueError(
+                raise ChartWizValueError(
                     f"{output_dir}: the {config} shards of the previous build are missing ({missing[0]}); build "
                     f"{config} again too (--configs {' '.join([*configs, config])})."
                 )
@@ -334,18 +335,18 @@ def build_dataset(
         max_shard_size (`int` or `str`, *optional*): the largest shard pushed (`"500MB"`, `datasets`' default).
     """
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
-        raise ValueError(f"num_proc must be at least 1, got {num_proc!r}.")
+        raise ChartWizValueError(f"num_proc must be at least 1, got {num_proc!r}.")
     data_dir = os.path.abspath(data_dir)
     splits = check_tree(data_dir)
     configs = list(dict.fromkeys(configs))
     unknown = [name for name in configs if name not in (*BUILT_CONFIGS, "all")]
     if unknown:
-        raise ValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
+        raise ChartWizValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
     if "all" in configs:
         configs = [name for name in configs if name != "all"] + [n for n in ("finetune", "gpt") if n not in configs]
     gpt_files = expand_gpt_sources(gpt_sources)
     if "gpt" in configs and not gpt_files:
-        raise ValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
+        raise ChartWizValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
     if push_to_hub and max_shard_size is not None:
         _shard_size_in_bytes(max_shard_size)  # a size that cannot be read stops the build before its work, not after
     os.makedirs(output_dir, exist_ok=True)
@@ -366,7 +367,7 @@ def build_dataset(
                 failed_path = os.path.join(output_dir, FAILED_REPORT_NAME)
                 write_text_atomic(failed_path, json.dumps(built, ensure_ascii=False, indent=2))
                 kept_note = f"{output_dir} keeps its previous build, and " if previous is not None else ""
-                raise ValueError(
+                raise ChartWizValueError(
                     f"{'; '.join(empty)}. Nothing was written: {kept_note}{failed_path} lists every skipped record."
                 )
             built["warnings"] = _empty_splits(built)
@@ -517,11 +518,11 @@ def _shard_size_in_bytes(max_shard_size: Union[int, str]) -> int:
     try:
         size = convert_file_size_to_int(max_shard_size)
     except ValueError:
-        raise ValueError(
+        raise ChartWizValueError(
             f"max_shard_size {max_shard_size!r} is not a size: give bytes, or a number with a unit (500MB, 1GiB)."
         ) from None
     if size < 1:
-        raise ValueError(f"max_shard_size must be at least 1 byte, got {max_shard_size!r}.")
+        raise ChartWizValueError(f"max_shard_size must be at least 1 byte, got {max_shard_size!r}.")
     return size
 
 
@@ -541,7 +542,7 @@ def _check_shards_hold_a_row(datasets_by_config: dict, size: int, given: Union[i
             image_bytes = max(os.path.getsize(path) for path in paths)
             largest_row = int(image_bytes + text_bytes)
             if largest_row > size:
-                raise ValueError(
+                raise ChartWizValueError(
                     f"max_shard_size {given!r} ({size} bytes) is smaller than a row of {config}/{split} "
                     f"(up to {largest_row} bytes with its image, which the push embeds): give at least "
                     f"{largest_row} bytes, or leave it out for datasets' 500MB."

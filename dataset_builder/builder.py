@@ -8,6 +8,7 @@ from typing import Optional
 
 import datasets
 
+from chartwiz_hf.errors import ChartWizValueError
 from chartwiz_hf.names import DEFAULT_DATASET_CONFIG
 
 from .aihub import (
@@ -163,11 +164,11 @@ class ChartWizAIHub(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         if not self.config.data_dir:
-            raise ValueError("Pass data_dir= the AI-Hub tree (the folder holding train/ and test/).")
+            raise ChartWizValueError("Pass data_dir= the AI-Hub tree (the folder holding train/ and test/).")
         root = os.path.abspath(self.config.data_dir)
         kinds = CONFIG_TASKS[self.config.name]
         if "gpt" in kinds and not self.config.gpt_files:
-            raise ValueError(f"The {self.config.name!r} config needs gpt_files= the GPT conversation files.")
+            raise ChartWizValueError(f"The {self.config.name!r} config needs gpt_files= the GPT conversation files.")
         count = max(1, self.config.shards_per_source)
         generators = []
         for split in check_tree(root):

@@ -64,20 +64,39 @@ def _synth(args):
 
 def add_data_commands(commands) -> None:
     """Adds `data build` and `synth` to the `chartwiz` sub-command parser."""
-    data = commands.add_parser("data", help="dataset commands")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    build = data_commands.add_parser("build", help="AI-Hub tree -> Parquet datasets (pretrain, finetune, gpt, all)")
+    data = commands.add_parser(
+        "data",
+        help="dataset commands",
+        description="Dataset commands: `chartwiz data build`.\n데이터셋 명령입니다: `chartwiz data build`.",
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    build = data_commands.add_parser(
+        "build",
+        help="AI-Hub tree -> Parquet datasets (pretrain, finetune, gpt, all)",
+        description=(
+            "Turns an AI-Hub chart tree and GPT conversation files into the pretrain, finetune, gpt and all Parquet "
+            "datasets, with a dataset card and build_report.json (the skipped records and why).\n"
+            "AI-Hub 차트 데이터로 pretrain, finetune, gpt, all 구성의 Parquet 데이터셋과 데이터셋 카드, 건너뛴 레코드 "
+            "보고서를 만듭니다."
+        ),
+    )
     build.add_argument("--data-dir", required=True, help="the AI-Hub tree holding train/ and test/")
     build.add_argument("--gpt", nargs="*", default=[], help="GPT conversation files or folders (JSON / JSONL)")
     build.add_argument("--out", required=True, help="output directory")
-    build.add_argument("--configs", nargs="+", default=list(BUILT_CONFIGS), choices=DATASET_CONFIGS)
-    build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config")
+    build.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(BUILT_CONFIGS),
+        choices=DATASET_CONFIGS,
+        help="the configs to build; all is finetune + gpt, made from them (default: pretrain finetune gpt)",
+    )
+    build.add_argument("--num-proc", type=positive_int, default=None, help="processes per config (default: one)")
     build.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true", help="create the Hub repo as private")
     build.add_argument(
         "--max-shard-size",
         default=None,
-        help="largest Parquet shard pushed to the Hub, e.g. 500MB (datasets' default)",
+        help="largest Parquet shard pushed to the Hub, e.g. 500MB (default: datasets' own)",
     )
     build.set_defaults(
         func=_build,
@@ -85,11 +104,19 @@ def add_data_commands(commands) -> None:
         interrupt_hint="the output folder keeps its previous build; run the same command again to build",
     )
 
-    synth = commands.add_parser("synth", help="write synthetic AI-Hub charts (images, JSON, GPT QA)")
+    synth = commands.add_parser(
+        "synth",
+        help="write synthetic AI-Hub charts (images, JSON, GPT QA)",
+        description=(
+            "Writes synthetic charts in the AI-Hub layout and schema (images, annotations, and a multi-turn GPT "
+            "question file whose answers are computed from the data), to try every command without AI-Hub data.\n"
+            "AI-Hub와 같은 형식의 합성 차트(이미지, 주석, 다중 턴 질의응답 파일)를 만듭니다."
+        ),
+    )
     synth.add_argument("out", help="output directory")
     synth.add_argument("--n", type=int, required=True, help="number of charts (from 2 on, both splits get charts)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="the same seed writes the same charts")
     synth.add_argument("--test-fraction", type=float, default=0.1, help="share of test charts, 0 to 0.5")
-    synth.add_argument("--num-proc", type=positive_int, default=1)
+    synth.add_argument("--num-proc", type=positive_int, default=1, help="rendering processes")
     synth.add_argument("--overwrite", action="store_true", help="replace an earlier synth output in OUT")
     synth.set_defaults(func=_synth, prog=synth.prog)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from chartwiz_hf.names import FINETUNE_TASKS, IMAGE_TOKEN, INSTRUCTIONS
+from chartwiz_hf.names import FINETUNE_TASKS, IMAGE_TOKEN, INSTRUCTIONS, normalize_text
 
 from .aihub import BadRecord, ChartRecord, find_in_image_folders
 
@@ -54,13 +54,17 @@ def assistant(text: str) -> dict:
 
 
 def row(row_id: str, image_path: str, chart_type: str, task: str, prompt: list, completion_text: str) -> dict:
+    """
+    A training row, the one constructor of every config's rows: its texts in NFC (`normalize_text`), as the model
+    reads every prompt, whatever form the annotation or conversation file wrote them in.
+    """
     return {
         "id": row_id,
         "image": {"path": image_path, "bytes": None},
         "chart_type": chart_type,
         "task": task,
-        "prompt": prompt,
-        "completion": [assistant(completion_text)],
+        "prompt": [{**message, "content": normalize_text(message["content"])} for message in prompt],
+        "completion": [assistant(normalize_text(completion_text))],
     }
 
 

@@ -8,6 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
+from chartwiz_hf.errors import ChartWizValueError
+
 from .aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
 
 
@@ -591,12 +593,12 @@ def _clear_output(out_dir: str, overwrite: bool) -> None:
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
         return
     if not overwrite:
-        raise ValueError(
+        raise ChartWizValueError(
             f"{out_dir} is not empty; its charts would mix with the new ones. Pass --overwrite to replace an earlier "
             "`chartwiz synth` output there, or choose an empty folder."
         )
     if not os.path.isfile(os.path.join(out_dir, MANIFEST_NAME)):
-        raise ValueError(
+        raise ChartWizValueError(
             f"{out_dir} holds files but no {MANIFEST_NAME}, so `chartwiz synth` did not write it; --overwrite only "
             "replaces synth outputs. Choose an empty folder."
         )
@@ -635,11 +637,13 @@ def generate(
         overwrite (`bool`, defaults to `False`): replace the charts of an earlier synth output in `out_dir`.
     """
     if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}.")
+        raise ChartWizValueError(f"--n must be at least 1, got {n}.")
     if not 0 <= test_fraction <= 0.5:
-        raise ValueError(f"--test-fraction must be between 0 and 0.5 (test is the smaller split), got {test_fraction}")
+        raise ChartWizValueError(
+            f"--test-fraction must be between 0 and 0.5 (test is the smaller split), got {test_fraction}"
+        )
     if num_proc < 1:
-        raise ValueError(f"--num-proc must be at least 1, got {num_proc}.")
+        raise ChartWizValueError(f"--num-proc must be at least 1, got {num_proc}.")
     _clear_output(out_dir, overwrite)
     for split in ("train", "test"):
         for folder in CHART_TYPE_FOLDERS:

@@ -321,10 +321,66 @@ def test_init_tiny_and_compose_refuse_a_non_empty_output_unless_told(pretrained_
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
     assert main(compose_argv(root / "deplot", root / "lm", out)) == 2
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
-    assert os.listdir(out) == ["notes.txt"]
-    assert main(["init-tiny", str(out), "--overwrite"]) == 0
-    assert (out / "model.safetensors").is_file() and (out / "notes.txt").read_text() == "my notes"
+    # --overwrite replaces a checkpoint, never a folder of other files.
+    assert main(["init-tiny", str(out), "--overwrite"]) == 2
+    assert "holds files that are not a saved model, adapter or training run (notes.txt)" in capsys.readouterr().err
+    assert main(compose_argv(root / "deplot", root / "lm", out, "--overwrite")) == 2
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
     assert main(["init-tiny", str(tmp_path / "new")]) == 0
+
+
+def adapter_folder(tiny_dir, path):
+    """A LoRA adapter of the tiny model saved at `path`, with a stray file of the run beside it."""
+    from peft import LoraConfig, get_peft_model
+
+    from chartwiz_hf.inference import load_chartwiz
+
+    model, _ = load_chartwiz(tiny_dir)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(path)
+    (path / "trainer_state.json").write_text("{}")
+    return sorted(os.listdir(path))
+
+
+def test_overwrite_leaves_exactly_the_new_checkpoints_files(pretrained_parts, tiny_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    root, _, _ = pretrained_parts
+    fresh = {"init-tiny": tmp_path / "fresh-tiny", "compose": tmp_path / "fresh-composed"}
+    assert main(["init-tiny", str(fresh["init-tiny"]), "--max-patches", "16"]) == 0
+    assert main(compose_argv(root / "deplot", root / "lm", fresh["compose"])) == 0
+    for command, argv in {
+        "init-tiny": lambda out: ["init-tiny", str(out), "--max-patches", "16", "--overwrite"],
+        "compose": lambda out: compose_argv(root / "deplot", root / "lm", out, "--overwrite"),
+    }.items():
+        out = tmp_path / f"{command}-over-an-adapter"
+        assert "adapter_config.json" in adapter_folder(tiny_dir, out)
+        # What a replacement killed after setting the earlier folder aside leaves: gone with the next one.
+        (tmp_path / f".{out.name}.replaced-killed").mkdir()
+        assert main(argv(out)) == 0, capsys.readouterr().err
+        # An adapter_config.json left beside the new weights would load the adapter on top of them.
+        assert sorted(os.listdir(out)) == sorted(os.listdir(fresh[command])), command
+        weights, expected = load_file(out / "model.safetensors"), load_file(fresh[command] / "model.safetensors")
+        assert all(torch.equal(weights[name], expected[name]) for name in expected)
+        assert not [name for name in os.listdir(tmp_path) if ".replaced-" in name], "the old folder is gone"
+
+
+def test_a_failed_overwrite_puts_the_earlier_checkpoint_back(pretrained_parts, tiny_dir, tmp_path, capsys):
+    root, _, _ = pretrained_parts
+    out = tmp_path / "adapter"
+    before = adapter_folder(tiny_dir, out)
+    # The encoder must come from a Pix2Struct checkpoint: the command fails after the folder was set aside.
+    assert main(compose_argv(root / "lm", root / "lm", out, "--overwrite")) == 2
+    assert "'llama' model" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["adapter"]
+    # A folder the command reads is not one it may replace.
+    assert main(compose_argv(root / "deplot", out.parent / "adapter", out, "--overwrite")) == 2
+    assert f"{out} is (or holds) {out}, which this command reads" in capsys.readouterr().err
+    assert main(compose_argv(root / "deplot", root / "lm", root, "--overwrite")) == 2
+    assert "which this command reads" in capsys.readouterr().err
+    # A new folder of a command that fails is not left behind.
+    assert main(compose_argv(root / "lm", root / "lm", tmp_path / "new")) == 2
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +395,8 @@ def ask_inputs(tiny_dir, tmp_path_factory):
         shutil.copytree(tiny_dir, root / name)
         weights = root / name / "model.safetensors"
         weights.write_bytes(damage(weights.read_bytes()))
+    shutil.copytree(tiny_dir, root / "no-weights")
+    os.remove(root / "no-weights" / "model.safetensors")
     shutil.copytree(tiny_dir, root / "no-text-config")
     config = json.loads((root / "no-text-config" / "config.json").read_text())
     del config["text_config"]
@@ -362,6 +420,7 @@ ASK_ERRORS = {
     "no-text-config": ("{root}/no-text-config", "값?", [], "has no text_config"),
     "not-chartwiz": ("{root}/llama", "값?", [], "holds a 'llama' model, not a ChartWiz model"),
     "no-config": ("{root}/empty", "값?", [], "has no config.json"),
+    "no-weights": ("{root}/no-weights", "값?", [], "no-weights: Error no file named "),
     "missing-absolute": ("{root}/nowhere", "값?", [], "nowhere: no such directory"),
     "missing-relative": ("no-such/model-dir", "값?", [], "no-such/model-dir: no such directory"),
 }
@@ -477,3 +536,220 @@ def test_every_command_refuses_weights_that_do_not_fit_the_model(tiny_dir, tmp_p
         assert error.startswith(f"chartwiz {name}: error: {broken}: the weights do not fit the model: ")
         assert words in error and all(key in error for key in hit[:3])
     assert not (tmp_path / "answers.jsonl").exists()
+
+
+def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path, capsys, monkeypatch):
+    argv = ["ask", "--model", str(tmp_path / "nowhere"), str(tmp_path / "chart.png"), "값?"]
+    monkeypatch.delenv("CHARTWIZ_DEBUG", raising=False)
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error == f"chartwiz ask: error: {tmp_path / 'chart.png'}: no such image file\n"
+    for debug_argv, environment in ((argv + ["--debug"], None), (["--debug", *argv], None), (argv, "1")):
+        if environment:
+            monkeypatch.setenv("CHARTWIZ_DEBUG", environment)
+        assert main(debug_argv) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("Traceback (most recent call last):") and "ChartWizFileNotFoundError" in error
+        assert error.endswith(f"chartwiz ask: error: {tmp_path / 'chart.png'}: no such image file\n")
+
+
+def test_an_error_that_is_not_the_users_keeps_its_traceback(tiny_dir, tmp_path, capsys, monkeypatch):
+    import chartwiz_hf.inference as inference
+
+    image = tmp_path / "chart.png"
+    draw_chart().save(image)
+
+    def defect(*args, **kwargs):
+        raise ValueError("a defect inside a library")
+
+    # A ValueError or an OSError raised by code, not about what the user gave, is not one line with exit status 2.
+    monkeypatch.setattr(inference, "prepare_inputs", defect)
+    with pytest.raises(ValueError, match="a defect inside a library"):
+        main(["ask", "--model", tiny_dir, str(image), "값?"])
+    monkeypatch.setattr(inference, "prepare_inputs", lambda *a, **k: (_ for _ in ()).throw(OSError("no such thing")))
+    with pytest.raises(OSError, match="no such thing"):
+        main(["ask", "--model", tiny_dir, str(image), "값?"])
+    # The system's refusal of a path the user named says which path, in one line.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "a", "image": "chart.png", "text": "값은?"}\n', encoding="utf-8")
+    argv = ["infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder", str(tmp_path)]
+    capsys.readouterr()
+    assert main([*argv, "--answers", str(blocker / "answers.jsonl")]) == 2
+    error = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert error.startswith("chartwiz infer: error: ") and str(blocker) in error and "Traceback" not in error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command", [["infer", "--model", "m", "--answers", "a.jsonl"], ["data", "build", "--data-dir", "d", "--out", "o"]]
+)
+def test_ctrl_c_while_the_command_starts_is_one_line(command, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # The installed `chartwiz` command, as a terminal's foreground job: Ctrl-C reaches its whole process group.
+    executable = os.path.join(os.path.dirname(sys.executable), "chartwiz")
+    process = subprocess.Popen(
+        [executable, *command],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    maps = f"/proc/{process.pid}/maps"
+    deadline = time.monotonic() + 120
+    # Once torch's library is loaded the imports are under way, and transformers and datasets are still to come.
+    while time.monotonic() < deadline and process.poll() is None:
+        with open(maps, encoding="utf-8", errors="replace") as file:
+            if "libtorch" in file.read():
+                break
+        time.sleep(0.005)
+    assert process.poll() is None, process.stderr.read()
+    os.killpg(process.pid, signal.SIGINT)
+    _, errors = process.communicate(timeout=120)
+    name = "chartwiz " + " ".join(command[: 2 if command[0] == "data" else 1])
+    assert process.returncode == 130, errors
+    assert errors.strip().splitlines() == [f"{name}: interrupted while starting; nothing was done"], errors
+
+
+def test_a_pdf_without_pages_says_so(tiny_dir, tmp_path, capsys):
+    import io
+
+    import pypdfium2
+
+    from chartwiz_hf.pdf import pdf_page_count
+
+    buffer = io.BytesIO()
+    pypdfium2.PdfDocument.new().save(buffer)
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(buffer.getvalue())
+    assert main(["ask", "--model", tiny_dir, str(empty), "값?"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error == f"chartwiz ask: error: {empty} has no pages (PDFium finds no page in it): there is no chart to show\n"
+    )
+    # The demo's uploads are bytes.
+    with pytest.raises(ValueError, match="^the PDF has no pages"):
+        pdf_page_count(buffer.getvalue())
+
+
+@pytest.mark.slow
+def test_a_question_longer_than_the_context_gets_chartwiz_s_error_and_no_tokenizer_warning(tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    draw_chart().save(tmp_path / "chart.png")
+    question = "가장 큰 값은? " * 700  # over 5,000 characters
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"id": "long", "image": "chart.png", "text": question}) + "\n", encoding="utf-8")
+    executable = os.path.join(os.path.dirname(sys.executable), "chartwiz")
+    runs = {
+        "ask": [executable, "ask", "--model", tiny_dir, str(tmp_path / "chart.png"), question],
+        "infer": [executable, "infer", "--model", tiny_dir, "--questions", str(questions), "--image-folder"]
+        + [str(tmp_path), "--answers", str(tmp_path / "answers.jsonl"), "--no-progress"],
+    }
+    for name, argv in runs.items():
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert "indexing errors" not in result.stderr and "Token indices sequence length" not in result.stderr
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert last_line.startswith(f"chartwiz {name}: error: ")
+        if name == "ask":
+            assert "which leaves no room in the language model's context of 1024 tokens" in last_line
+    (error,) = [json.loads(line) for line in (tmp_path / "answers.errors.jsonl").read_text().splitlines()]
+    assert error["reason"].startswith("prompt longer than the context: ")
+
+
+def test_merge_finds_the_adapters_base_from_another_working_directory(tiny_dir, tmp_path, capsys, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from chartwiz_hf.inference import load_chartwiz
+
+    trained_in = tmp_path / "project"
+    shutil.copytree(tiny_dir, trained_in / "base")
+    monkeypatch.chdir(trained_in)
+    model, _ = load_chartwiz("base")  # a relative path, as a recipe or a script names its model
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained("adapter")
+    adapter_config = trained_in / "adapter" / "adapter_config.json"
+    assert json.loads(adapter_config.read_text())["base_model_name_or_path"] == str(trained_in / "base")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    argv = ["merge", "--base", "../project/base", "--adapter", "../project/adapter"]
+    assert main([*argv, "--out", "merged"]) == 0, capsys.readouterr().err
+    # An adapter saved elsewhere with a relative base: from another folder the message says what the path is.
+    settings = json.loads(adapter_config.read_text())
+    adapter_config.write_text(json.dumps({**settings, "base_model_name_or_path": "base"}))
+    capsys.readouterr()
+    assert main([*argv, "--out", "merged-2"]) == 2
+    error = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "was trained on base (its base_model_name_or_path), not ../project/base" in error
+    assert f"relative to the folder the adapter was trained in, it is not there from here, {elsewhere}" in error
+    monkeypatch.chdir(trained_in)
+    assert main(["merge", "--base", "base", "--adapter", "adapter", "--out", "merged"]) == 0
+
+
+def command_paths(parser, path=()):
+    """Every command of the `chartwiz` parser as its words (`("data", "build")`), groups included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield (*path, name)
+                yield from command_paths(subparser, (*path, name))
+
+
+def help_entries(text: str) -> tuple[str, dict]:
+    """The description of a `--help` page, and `{option: its help}` for the entries under `options:`."""
+    description, entries, section, current = [], {}, None, None
+    for line in text.splitlines():
+        if line and not line.startswith(" "):
+            if line.startswith("usage:"):
+                section = "usage"
+            elif section in ("usage", "description") and not line.endswith(":"):
+                section = "description"
+                description.append(line)
+            else:
+                section = line
+            continue
+        if section == "description":
+            description.append(line.strip())
+        elif section == "options:" and line.startswith("  -"):
+            invocation, _, rest = line.strip().partition("  ")
+            current = invocation
+            entries[current] = rest.strip()
+        elif section == "options:" and current is not None and line.strip():
+            entries[current] = (entries[current] + " " + line.strip()).strip()
+    return "\n".join(description), entries
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default(capsys):
+    from chartwiz_hf.cli import build_parser
+
+    commands = sorted(command_paths(build_parser()))
+    assert {("infer",), ("data", "build"), ("synth",), ("convert",)} <= set(commands)
+    missing = []
+    for words in [(), *commands]:
+        with pytest.raises(SystemExit) as exit_status:
+            main([*words, "--help"])
+        assert exit_status.value.code == 0
+        description, entries = help_entries(capsys.readouterr().out)
+        name = " ".join(["chartwiz", *words])
+        if not re.search("[\uac00-\ud7a3]", description):
+            missing.append(f"{name}: no Korean line in its description")
+        for option, text in entries.items():
+            if option.startswith("-h, --help"):
+                continue
+            if not text:
+                missing.append(f"{name} {option}: no help")
+            elif "(default" not in text and "default:" not in text and not text.endswith("(required)"):
+                missing.append(f"{name} {option}: no default shown ({text})")
+    assert missing == []

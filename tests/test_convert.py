@@ -518,6 +518,24 @@ def test_bad_checkpoints_are_one_line_errors(parts, tmp_path, capsys, kind):
         assert "pytorch_model.bin" in err and not os.path.exists(llava / "pwned"), "the pickle must not run"
 
 
+@pytest.mark.slow
+def test_convert_refuses_a_used_folder_and_overwrite_leaves_exactly_its_files(parts, tmp_path, capsys):
+    original = build_original(parts)
+    write_full_checkpoint(tmp_path / "llava", parts, original)
+    argv = ["convert", "--llava", str(tmp_path / "llava"), "--max-patches", str(MAX_PATCHES), "--out"]
+    assert main([*argv, str(tmp_path / "fresh")]) == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (out / name).write_text("{}")
+    assert main([*argv, str(out)]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, str(out), "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "fresh"))
+    assert main([*argv, str(tmp_path / "llava"), "--overwrite"]) == 2
+    assert "which this command reads" in capsys.readouterr().err
+
+
 def test_stage1_without_the_base_language_model_says_what_to_pass(parts, tmp_path, capsys):
     original = build_original(parts)
     stage1 = tmp_path / "stage1"

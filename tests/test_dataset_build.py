@@ -712,6 +712,44 @@ def test_a_gpt_image_name_in_two_chart_type_folders_is_a_bad_record(tmp_path):
     assert "'twice.jpg' is in both img_pie_standard and img_vertical bar_standard" in skipped["reason"]
 
 
+def test_an_image_named_in_decomposed_jamo_on_disk_is_found_by_its_composed_name(tmp_path):
+    from unicodedata import normalize
+
+    root = str(tmp_path / "aihub")
+    annotation = write_chart(root, "train", "pie_standard", "c1", image=None)
+    annotation["image"][0]["filename"] = normalize("NFC", "원형차트.jpg")
+    write_chart(root, "train", "pie_standard", "c1", annotation=annotation, image=None)
+    draw_chart(160, 120).save(os.path.join(image_dir(root, "train", "pie_standard"), normalize("NFD", "원형차트.jpg")))
+    qa = tmp_path / "qa.jsonl"
+    conversation = [{"from": "human", "value": "<image>\n값은?"}, {"from": "gpt", "value": "1개"}]
+    qa.write_text(json.dumps({"id": "q", "image": "원형차트.jpg", "conversations": conversation}) + "\n", "utf-8")
+    report = build_dataset(root, str(tmp_path / "out"), gpt_sources=[str(qa)], num_proc=1)
+    assert report["skipped"] == []
+    assert report["counts"]["pretrain"]["train"]["written"] == report["counts"]["gpt"]["train"]["written"] == 1
+
+
+def test_korean_in_decomposed_jamo_becomes_composed_syllables_in_every_config(tmp_path):
+    from unicodedata import normalize
+
+    root = str(tmp_path / "aihub")
+    annotation = write_chart(root, "train", "vertical bar_standard", "nfd")
+    decomposed = json.loads(normalize("NFD", json.dumps(annotation, ensure_ascii=False)))
+    write_chart(root, "train", "vertical bar_standard", "nfd", annotation=decomposed)
+    qa = tmp_path / "qa.jsonl"
+    conversation = [{"from": "human", "value": "<image>\n가의 값은?"}, {"from": "gpt", "value": "1개입니다."}]
+    record = {"id": "c", "image": "nfd.jpg", "conversations": conversation}
+    qa.write_text(normalize("NFD", json.dumps(record, ensure_ascii=False)) + "\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    build_dataset(root, out, gpt_sources=[str(qa)], num_proc=1)
+    texts = []
+    for config in ("pretrain", "finetune", "gpt", "all"):
+        for row in load_dataset(out, config, split="train"):
+            texts += [message["content"] for message in (*row["prompt"], *row["completion"])]
+    korean = [text for text in texts if any("\u1100" <= char <= "\ud7a3" for char in text)]
+    assert len(korean) >= 6 and all(text == normalize("NFC", text) for text in texts)
+    assert "nfd 제목" in "\n".join(texts) and "가의 값은?" in texts and "1개입니다." in texts
+
+
 @pytest.mark.slow
 def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, caplog):
     from chartwiz_hf.cli import main

@@ -150,6 +150,11 @@ def test_quick_buttons_ask_the_training_instructions_and_a_table_answer_becomes_
 def test_bad_uploads_are_messages_not_tracebacks(app):
     app.file_uploader[0].set_value(("chart.png", b"\x89PNG\r\n\x1a\n not an image", "image/png")).run()
     assert not app.exception and "cannot decode the image" in app.error[0].value
+    # A text file named .png: what it is not, never the name of PIL's buffer (`<_io.BytesIO object at 0x...>`).
+    app.file_uploader[0].set_value(("notes.png", "차트가 아닌 메모".encode(), "image/png")).run()
+    message = app.error[0].value
+    assert not app.exception and "BytesIO" not in message and " at 0x" not in message
+    assert message.startswith("The uploaded image: cannot decode the image: it is not a PNG, JPEG or other image file")
     bomb = Image.new("1", (8000, 8000))
     assert bomb.width * bomb.height > MAX_IMAGE_PIXELS
     app.file_uploader[0].set_value(("bomb.png", png_bytes(bomb), "image/png")).run()

@@ -368,12 +368,54 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
     assert "already holds another predictions.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_predictions_are_checked_against_their_split(charts_dir, tmp_path, capsys):
+    split = load_dataset(charts_dir, "finetune", split="test")
+    rows = list(split.select_columns(["id", "task", "chart_type", "completion"]))
+    lines = [
+        {"id": row["id"], "task": row["task"], "chart_type": row["chart_type"], "prediction": "?", "reference": "?"}
+        for row in rows[2:]
+    ]
+    ghosts = [{**lines[0], "id": f"ghost-{index}"} for index in range(2)]
+    source = tmp_path / "run" / "predictions.jsonl"
+    source.parent.mkdir()
+    source.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines + ghosts), "utf-8")
+    where = f"{charts_dir} (finetune/test)"
+    given = ["--dataset", charts_dir, "--config", "finetune", "--split", "test"]
+    # The split given, or the one the predictions' run answered (its settings file beside them).
+    (source.parent / "answers.meta.json").write_text(
+        json.dumps({"settings": {"dataset": charts_dir, "config": "finetune", "split": "test"}})
+    )
+    for name, extra in (("given", given), ("recorded", [])):
+        out = tmp_path / name
+        assert main(["evaluate", "--predictions", str(source), "--out", str(out), *extra]) == 0
+        printed = capsys.readouterr().out
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["n"] == len(lines) and metrics["rows"] == len(rows) and metrics["checked_against"] == where
+        assert metrics["unknown_ids"] == ["ghost-0", "ghost-1"]
+        assert metrics["missing_ids"] == [row["id"] for row in rows[:2]]
+        assert f"2 predictions of ids that {where} does not have: ghost-0, ghost-1" in printed
+        assert f"2 rows of {where} without a prediction: {rows[0]['id']}, {rows[1]['id']}" in printed
+        report = (out / "report.md").read_text(encoding="utf-8")
+        assert f"Scored: {len(lines)} of {len(rows)} rows, 4 skipped" in report
+        assert f"- `{rows[0]['id']}`: a row of {where} with no prediction" in report
+        assert f"- `id ghost-0`: id 'ghost-0' is not a row of {where}: not scored" in report
+
+    # Predictions of no row of the split score nothing: an error, not a report of zeros.
+    (source.parent / "answers.meta.json").unlink()
+    source.write_text("".join(json.dumps(line) + "\n" for line in ghosts), "utf-8")
+    assert main(["evaluate", "--predictions", str(source), "--out", str(tmp_path / "none"), *given]) == 2
+    assert "no row was scored: all " in capsys.readouterr().err
+    # Without a split to check against, the command says so.
+    assert main(["evaluate", "--predictions", str(source), "--out", str(tmp_path / "unchecked")]) == 0
+    assert "note: no split to check the predictions' ids against" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "arguments,message",
     [
         (["--model", "m"], "--model needs --dataset"),
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such predictions file"),
-        (["--predictions", "p.jsonl", "--dataset", "d"], "--dataset cannot go with it"),
         (["--predictions", "p.jsonl", "--blank-images"], "--blank-images cannot go with it"),
         (["--predictions", "p.jsonl", "--shuffle-images"], "--shuffle-images cannot go with it"),
         (["--model", "m", "--dataset", "d", "--batch-size", "0"], "--batch-size must be at least 1"),

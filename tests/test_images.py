@@ -154,3 +154,27 @@ def test_exif_rotation_is_applied_before_the_size_limit_and_the_image_is_upright
     np.testing.assert_array_equal(np.asarray(load_chart_image(data)), np.asarray(expected))
     with pytest.raises(ValueError, match="above the limit"):
         load_chart_image(data, max_pixels=64 * 47)
+
+
+def readme_python_example() -> str:
+    """The README's first Python example, the one of 'Using a ChartWiz checkpoint'."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md"), encoding="utf-8").read()
+    section = readme[readme.index("## Using a ChartWiz checkpoint") :]
+    return section[
+        section.index("```python\n") + len("```python\n") : section.index("```\n", section.index("```python"))
+    ]
+
+
+def test_the_readme_example_shows_the_model_the_chart_as_every_command_does(tiny_dir, tmp_path, monkeypatch):
+    from chartwiz_hf.inference import prepare_inputs
+
+    example = readme_python_example()
+    assert "Image.open" not in example, "PIL alone applies neither the EXIF orientation nor white under transparency"
+    (tmp_path / "chart.png").write_bytes(png_bytes(transparent_photo()))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(example.replace("path/or/repo", tiny_dir).replace("max_new_tokens=128", "max_new_tokens=2"), namespace)
+    _, processor = load_chartwiz(tiny_dir)
+    expected = prepare_inputs(processor, [load_chart_image("chart.png")], ["가장 큰 값은 무엇인가요?"])
+    assert np.array_equal(namespace["inputs"]["pixel_values"].numpy(), expected["pixel_values"].numpy())
+    assert namespace["inputs"]["input_ids"].tolist() == expected["input_ids"].tolist()

@@ -504,6 +504,128 @@ def test_shards_of_other_settings_do_not_merge_and_the_setting_is_named(tiny_dir
     assert "made with other settings" in error and "max_new_tokens: 6 there, 3 here" in error
 
 
+@pytest.mark.slow
+def test_a_merge_checks_every_shard_against_the_input_as_it_is_now(tiny_dir, tmp_path, capsys):
+    questions, images, conversations = write_question_set(tmp_path, records=6)
+    shards = [tmp_path / f"answers.{k}.jsonl" for k in range(2)]
+    for chunk, shard in enumerate(shards):
+        assert infer(tiny_dir, questions, images, shard, "--num-chunks", "2", "--chunk-idx", str(chunk)) == 0
+    before = {**answers_by_key(shards[0])[0], **answers_by_key(shards[1])[0]}
+
+    # After the shards ran: one record's question edited, another's chart redrawn, a third record deleted.
+    conversations[1]["conversations"][0]["value"] = "<image>\n전체 합계는 얼마인가요?"
+    draw_chart(300, 200, bars=(9, 1, 4), seed=42).save(images / conversations[4]["image"])
+    deleted = conversations.pop(3)
+    questions.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in conversations) + "\n", "utf-8")
+    changed = sorted(key for key in before if key[0] in ("c1", "c4"))
+    gone = sorted(key for key in before if key[0] == deleted["question_id"])
+    assert changed and gone
+
+    merged = tmp_path / "merged.jsonl"
+    capsys.readouterr()
+    assert main(["infer", "--merge", *map(str, shards), "--answers", str(merged)]) == 2
+    captured = capsys.readouterr()
+    kept = {key: answer for key, answer in before.items() if key not in changed and key not in gone}
+    assert answers_by_key(merged)[0] == kept, "nothing of a changed or deleted record is merged"
+    assert f"{len(kept)} answers, 0 bad records" in captured.out
+    assert f"{len(gone)} (no longer in the input)" in captured.out
+    assert f"{len(changed)} (the question or its image changed)" in captured.out
+    assert f"{len(changed)} questions of the input are in no shard, or changed since" in captured.err
+    assert all(repr(key[0]) in captured.err for key in changed)
+    # Rerunning the whole input into the merged file asks those questions only.
+    assert infer(tiny_dir, questions, images, merged) == 0
+    assert f"{len(changed)} answered, 0 bad records" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shards_answered_by_two_models_do_not_merge(tmp_path, capsys):
+    questions, images, _ = write_question_set(tmp_path, records=2)
+    model_dir = str(tmp_path / "model")
+    shards = [tmp_path / f"answers.{k}.jsonl" for k in range(2)]
+    for chunk, seed in enumerate(("0", "5")):
+        # The same path and settings, other weights between the two shards.
+        assert main(["init-tiny", model_dir, "--max-patches", "16", "--seed", seed, "--overwrite"]) == 0
+        assert infer(model_dir, questions, images, shards[chunk], "--num-chunks", "2", "--chunk-idx", str(chunk)) == 0
+    capsys.readouterr()
+    assert main(["infer", "--merge", *map(str, shards), "--answers", str(tmp_path / "merged.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert f"{shards[1]} was answered by another model or generation than {shards[0]}" in error
+    assert "the model's files changed (model.safetensors)" in error
+    assert not (tmp_path / "merged.jsonl").exists()
+
+
+def test_images_outside_the_image_folder_are_bad_records_as_in_data_build(tiny_dir, tmp_path, capsys):
+    from unicodedata import normalize
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    draw_chart().save(images / "chart.png")
+    draw_chart().save(tmp_path / "outside.png")
+    # A chart whose Korean file name was written on macOS (NFD), named composed (NFC) in the question file.
+    draw_chart(seed=3).save(images / normalize("NFD", "막대차트.png"))
+    records = {
+        "parent": "../outside.png",
+        "absolute": str(tmp_path / "outside.png"),
+        "system": "/etc/passwd",
+        "inside": "sub/../chart.png",
+        "decomposed-name": normalize("NFC", "막대차트.png"),
+    }
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"id": key, "image": image, "text": "값은?"}) + "\n" for key, image in records.items()),
+        encoding="utf-8",
+    )
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 0
+    assert sorted(answers_by_key(out)[0]) == [("decomposed-name", 1), ("inside", 1)]
+    reasons = {row["id"]: row["reason"] for row in read_jsonl(str(tmp_path / "answers.errors.jsonl"))}
+    assert reasons["parent"] == f"image '../outside.png' leads out of {images}: images are read from inside it only"
+    assert reasons["absolute"].startswith(f"image '{tmp_path / 'outside.png'}' is an absolute path: images are read")
+    assert reasons["system"].startswith("image '/etc/passwd' is an absolute path")
+    assert "3 bad records (3 image)" in capsys.readouterr().out
+
+
+def test_a_run_where_every_question_is_a_bad_record_fails(tiny_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"id": "a", "image": "nowhere.png", "text": "값은?"}\n{"id": "b", "text": "값은?"}\n')
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out) == 2
+    captured = capsys.readouterr()
+    assert "0 answered, 2 bad records (1 image, 1 record)" in captured.out
+    errors = tmp_path / "answers.errors.jsonl"
+    assert captured.err.strip().splitlines()[-1] == (
+        f"chartwiz infer: error: none of the 2 questions could be asked: each is a bad record, listed with its "
+        f"reason in {errors}"
+    )
+    assert len(read_jsonl(str(errors))) == 2
+    questions.write_text("")
+    assert infer(tiny_dir, questions, images, tmp_path / "empty.jsonl") == 2
+    assert f"{questions} holds no question to answer" in capsys.readouterr().err
+
+
+def test_a_dataset_that_cannot_be_loaded_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["infer", "--model", tiny_dir, "--answers", "answers.jsonl", "--dataset"]
+    # Not a folder here: a Hub dataset, which cannot be reached offline.
+    assert main([*argv, "nowhere"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("chartwiz infer: error: nowhere: cannot load config 'gpt', split 'test' (")
+        and "\n" not in error
+    )
+
+
+def test_num_chunks_without_chunk_idx_is_refused(tiny_dir, question_set, tmp_path, capsys):
+    questions, images, _ = question_set
+    out = tmp_path / "answers.jsonl"
+    assert infer(tiny_dir, questions, images, out, "--num-chunks", "2") == 2
+    error = capsys.readouterr().err
+    assert "--num-chunks 2 needs --chunk-idx K (0 to 1), the shard this run answers" in error
+    assert not out.exists()
+
+
 def test_an_image_placeholder_inside_a_question_is_refused_as_ask_refuses_it(tiny_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -20,6 +20,7 @@ MODEL = {
     "chartwiz_hf.compose",
     "chartwiz_hf.configuration_chartwiz",
     "chartwiz_hf.convert_chartwiz_llava_to_hf",
+    "chartwiz_hf.errors",
     "chartwiz_hf.extras",
     "chartwiz_hf.files",
     "chartwiz_hf.fingerprints",

@@ -470,3 +470,20 @@ def test_score_task_reports_each_task_metric_with_n():
     assert set(score_task("qa", ["1"], ["1"])) == {"relaxed_accuracy", "exact_match", "n"}
     with pytest.raises(ValueError, match="Unknown task 'chart'"):
         score_task("chart", ["x"], ["x"])
+
+
+def test_a_reference_in_decomposed_jamo_scores_as_its_composed_syllables():
+    from unicodedata import normalize
+
+    from chartwiz_hf.metrics import score_task
+
+    texts = {
+        "table": "TITLE | 연도별 점유율\n| 2021 | 2022\n가사 | 30% | 35.5%",
+        "qa": "가장 큰 값은 35.5%입니다.",
+        "description": "이 차트는 연도별 점유율을 보여 주는 세로 막대형 차트입니다.",
+        "summary": "점유율이 해마다 올랐습니다.",
+    }
+    for task, text in texts.items():
+        scores = score_task(task, [normalize("NFD", text)], [text])
+        assert scores == score_task(task, [text], [text]), task
+        assert all(value == pytest.approx(100.0) for name, value in scores.items() if name != "n"), (task, scores)

@@ -467,3 +467,30 @@ def test_a_saved_processor_loads_with_no_deprecation_warning(tiny_dir):
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split() == ["ChartWizImageProcessor"]
     assert "deprecated" not in loaded.stderr, loaded.stderr
+
+
+def test_korean_in_decomposed_jamo_is_read_as_the_composed_syllables_on_every_way_in(tiny, charts):
+    import unicodedata
+
+    from chartwiz_hf.inference import build_prompt, encode_prompt, prepare_inputs
+
+    _, processor = tiny
+    composed = "이 차트에서 가장 큰 값은 무엇인가요?"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    tokenizer = processor.tokenizer
+    assert len(tokenizer(decomposed)["input_ids"]) > len(tokenizer(composed)["input_ids"]), "NFD is other tokens"
+    history = [("첫 질문", "첫 답")]
+    decomposed_history = [tuple(unicodedata.normalize("NFD", text) for text in turn) for turn in history]
+    # `ask`, `infer`, `evaluate` and the demo (prepare_inputs), the vLLM engine (encode_prompt), a rendered prompt
+    # (the README's way, and vLLM's server) and a user-typed special-token string (the protected path).
+    expected = prepare_inputs(processor, [charts[0]], [composed], [history])["input_ids"]
+    read = prepare_inputs(processor, [charts[0]], [decomposed], [decomposed_history])["input_ids"]
+    assert read.tolist() == expected.tolist()
+    assert encode_prompt(processor, decomposed) == encode_prompt(processor, composed)
+    rendered = [build_prompt(processor, question) for question in (composed, decomposed)]
+    assert rendered[0] != rendered[1]
+    ids = [processor(images=charts[0], text=prompt)["input_ids"] for prompt in rendered]
+    assert ids[0] == ids[1]
+    typed = [f"{question} <|endoftext|>" for question in (composed, decomposed)]
+    assert encode_prompt(processor, typed[0]) == encode_prompt(processor, typed[1])

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
 from chartwiz_hf import cli, training
-from chartwiz_hf.inference import answer_questions, load_chartwiz
+from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
@@ -885,9 +885,27 @@ def test_merge_refuses_a_used_folder_another_base_and_other_shapes_in_one_line(t
     (used / "notes.txt").write_text("mine")
     assert merge(tiny_dir, used) == (
         2,
-        f"chartwiz merge: error: {used} is not empty; pass --overwrite to write over what is there.",
+        f"chartwiz merge: error: {used} is not empty; pass --overwrite to replace what is there.",
     )
-    assert merge(tiny_dir, used, "--overwrite")[0] == 0 and (used / "model.safetensors").is_file()
+    code, error = merge(tiny_dir, used, "--overwrite")
+    assert code == 2 and "holds files that are not a saved model, adapter or training run (notes.txt)" in error
+    # Over a folder that held an adapter, the merged checkpoint's files and nothing else: a stale
+    # adapter_config.json would make the merged folder apply the adapter a second time when it loads.
+    assert merge(tiny_dir, tmp_path / "fresh")[0] == 0
+    over_adapter = tmp_path / "over-adapter"
+    shutil.copytree(adapter, over_adapter)
+    assert merge(tiny_dir, over_adapter, "--overwrite")[0] == 0
+    assert sorted(os.listdir(over_adapter)) == sorted(os.listdir(tmp_path / "fresh"))
+    chart = draw_chart()
+    logits = []
+    for folder in (tmp_path / "fresh", over_adapter):
+        model, processor = load_chartwiz(str(folder))
+        with torch.no_grad():
+            logits.append(model(**prepare_inputs(processor, [chart], ["합계는?"])).logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    # The adapter's own folder, or the base's, is not one to write over.
+    code, error = merge(tiny_dir, adapter, "--overwrite")
+    assert code == 2 and "which this command reads" in error and (adapter / "adapter_config.json").is_file()
 
     # The adapter names its base (adapter_config.json): another model of the same shapes is refused...
     code, error = merge(same_shapes, tmp_path / "m1")

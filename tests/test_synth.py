@@ -127,6 +127,14 @@ def test_a_used_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["synth", root, "--n", "5", "--overwrite"]) == 0
     assert sum(len(names) for names in charts_in(root).values()) == 5
+    # Exactly the files of the same command into a new folder: nothing of the 12 charts before.
+    fresh = str(tmp_path / "fresh")
+    assert main(["synth", fresh, "--n", "5"]) == 0
+
+    def tree(top):
+        return sorted(os.path.relpath(os.path.join(d, name), top) for d, _, names in os.walk(top) for name in names)
+
+    assert tree(root) == tree(fresh)
     for name in ("gpt_qa.jsonl", "synth_manifest.jsonl"):
         assert len(open(os.path.join(root, name), encoding="utf-8").readlines()) == 5
 

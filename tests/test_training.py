@@ -91,6 +91,34 @@ def test_the_same_run_resumes_another_is_refused_and_overwrite_starts_over(tmp_p
         training.find_resume_checkpoint(run_args(foreign), definition)
 
 
+def test_overwrite_output_dir_leaves_nothing_of_the_old_run_and_never_empties_a_folder_of_other_files(tmp_path):
+    definition = {"model_name_or_path": "tiny", "dataset_config": "pretrain", "tune": "projector"}
+    output_dir = tmp_path / "out"
+    training.start_run(SimpleNamespace(process_index=0, **vars(run_args(output_dir))), definition)
+    write_checkpoint(output_dir / "checkpoint-2")
+    # What an earlier LoRA run ended with: beside a new run's full weights, its adapter would be loaded too.
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "train_results.json"):
+        (output_dir / name).write_text("{}")
+    other = {**definition, "tune": "projector_and_language_model"}
+    assert training.find_resume_checkpoint(run_args(output_dir, overwrite=True), other) is None
+    training.start_run(SimpleNamespace(process_index=0, **vars(run_args(output_dir, overwrite=True))), other)
+    assert sorted(p.name for p in output_dir.iterdir()) == [training.RUN_FILE]
+
+    # A saved model without a run file is replaced only when told; a folder of other files never is.
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "config.json").write_text("{}")
+    with pytest.raises(training.RecipeError, match="pass --overwrite_output_dir to replace what it holds"):
+        training.find_resume_checkpoint(run_args(saved), definition)
+    assert training.find_resume_checkpoint(run_args(saved, overwrite=True), definition) is None
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(training.RecipeError, match="not a run of this script, nor a saved model"):
+        training.find_resume_checkpoint(run_args(notes, overwrite=True), definition)
+    assert (notes / "notes.txt").read_text() == "mine"
+
+
 def lengths_dataset(lengths):
     return Dataset.from_dict({"id": [f"row-{i}" for i in range(len(lengths))], "length": lengths})
 

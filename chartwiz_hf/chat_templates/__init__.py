@@ -2,6 +2,8 @@
 
 import os
 
+from ..errors import ChartWizValueError
+
 
 _TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 CHAT_TEMPLATES = ("synatra_mini", "vicuna_v1")
@@ -10,7 +12,7 @@ CHAT_TEMPLATES = ("synatra_mini", "vicuna_v1")
 def load_chat_template(name: str) -> str:
     """The Jinja source of a named template: `synatra_mini` (the 1.3B model) or `vicuna_v1` (the 7B model)."""
     if name not in CHAT_TEMPLATES:
-        raise ValueError(f"Unknown chat template {name!r}; choose from {', '.join(CHAT_TEMPLATES)}.")
+        raise ChartWizValueError(f"Unknown chat template {name!r}; choose from {', '.join(CHAT_TEMPLATES)}.")
     with open(os.path.join(_TEMPLATE_DIR, f"{name}.jinja"), encoding="utf-8") as file:
         return file.read()
 

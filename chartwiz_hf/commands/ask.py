@@ -2,6 +2,8 @@
 
 import sys
 
+from ..errors import ChartWizValueError
+
 
 def load_chart(path: str, page=None):
     """The chart of `path`: the image, or page `page` (1-based) of a PDF; a one-page PDF needs no page number."""
@@ -10,12 +12,12 @@ def load_chart(path: str, page=None):
 
     if not is_pdf(path):
         if page is not None:
-            raise ValueError(f"{path} is not a PDF; --page is for PDF files")
+            raise ChartWizValueError(f"{path} is not a PDF; --page is for PDF files")
         return load_chart_image(path)
     if page is None:
         pages = pdf_page_count(path)
         if pages > 1:
-            raise ValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
+            raise ChartWizValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
         page = 1
     return render_pdf_page(path, page)
 
@@ -35,7 +37,7 @@ def run(args):
 
     question = check_question(args.question)
     if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+        raise ChartWizValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     device = check_device(args.device)
     image = load_chart(args.image, args.page)
     model, processor = load_chartwiz(args.model, device=device, adapter=args.adapter)
@@ -54,11 +56,20 @@ def run(args):
 
 
 def register(subcommands) -> None:
-    parser = subcommands.add_parser("ask", help="answer one question about a chart, streaming the answer")
+    parser = subcommands.add_parser(
+        "ask",
+        help="answer one question about a chart, streaming the answer",
+        description=(
+            "Answers one question about a chart image, or a page of a PDF report, streaming the answer.\n"
+            "차트 이미지나 PDF 보고서의 한 쪽에 대한 질문 하나에 답하고, 답을 생성되는 대로 보여 줍니다."
+        ),
+    )
     parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
     parser.add_argument("image", help="chart image file, or a PDF (with --page)")
     parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
-    parser.add_argument("--page", type=int, default=None, help="page of a PDF to ask about (1-based)")
+    parser.add_argument(
+        "--page", type=int, default=None, help="page of a PDF to ask about, 1-based (default: a one-page PDF's page)"
+    )
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument(
         "--max-new-tokens", type=int, default=256, help="answer length limit (lowered with a note to fit the context)"

@@ -2,6 +2,8 @@
 
 import os
 
+from ..errors import ChartWizValueError
+
 
 def app_path() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "app.py")
@@ -39,12 +41,14 @@ def run(args):
     import importlib.util
 
     if importlib.util.find_spec("streamlit") is None:
-        raise ValueError("The demo needs Streamlit: pip install 'chartwiz[demo]'")
+        raise ChartWizValueError("The demo needs Streamlit: pip install 'chartwiz[demo]'")
     if args.server:
         if args.adapter:
-            raise ValueError("--adapter goes with --model; a server answers with the model it was started with")
+            raise ChartWizValueError(
+                "--adapter goes with --model; a server answers with the model it was started with"
+            )
         if importlib.util.find_spec("openai") is None:
-            raise ValueError("The demo's --server mode needs the openai client: pip install 'chartwiz[demo]'")
+            raise ChartWizValueError("The demo's --server mode needs the openai client: pip install 'chartwiz[demo]'")
         # The server may start after the page: a server that is not up is a message on the page, per question.
         os.environ.update(
             CHARTWIZ_SERVER=args.server,
@@ -71,7 +75,15 @@ def run(args):
 
 
 def register(subcommands) -> None:
-    parser = subcommands.add_parser("demo", help="serve the web demo: chat about a chart or a PDF report")
+    parser = subcommands.add_parser(
+        "demo",
+        help="serve the web demo: chat about a chart or a PDF report",
+        description=(
+            "Serves the web demo (Streamlit): upload a chart image or a PDF report and chat about it, answered by the "
+            "model loaded in this process or by a vLLM server.\n"
+            "차트 이미지나 PDF 보고서를 올리고 대화하듯 질문하는 웹 데모를 엽니다."
+        ),
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo, loaded in this process")
     source.add_argument(
@@ -84,11 +96,16 @@ def register(subcommands) -> None:
         "--server-timeout", type=float, default=120.0, help="--server: seconds to wait for it (default 120)"
     )
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
-    parser.add_argument("--port", type=int, default=8501)
+    parser.add_argument("--port", type=int, default=8501, help="port the page is served on")
     parser.add_argument(
         "--address",
         default="127.0.0.1",
         help="address to listen on (default: this machine only; 0.0.0.0 to share the page on the network)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=512,
+        help="answer length limit (the oldest turns of a conversation are dropped to fit the context)",
+    )
     parser.set_defaults(func=run, prog=parser.prog)

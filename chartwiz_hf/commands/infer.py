@@ -4,6 +4,8 @@ import json
 import logging
 import os
 
+from ..errors import ChartWizValueError
+
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +51,16 @@ def add_engine_arguments(parser) -> None:
 
 def read_input(args):
     """(questions, image loader, input settings) of `--questions`/`--image-folder` or `--dataset`."""
-    from ..questions import DatasetImages, ImageFolder, read_dataset_questions, read_question_file
+    from ..questions import DatasetImages, ImageFolder, load_split, read_dataset_questions, read_question_file
 
     if args.questions:
         if not args.image_folder:
-            raise ValueError("--questions needs --image-folder, the folder its 'image' paths are relative to")
+            raise ChartWizValueError("--questions needs --image-folder, the folder its 'image' paths are relative to")
         questions = read_question_file(args.questions)
         loader = ImageFolder(args.image_folder)
         settings = {"questions": os.path.abspath(args.questions), "image_folder": os.path.abspath(args.image_folder)}
         return questions, loader, settings
-    from datasets import load_dataset
-
-    dataset = load_dataset(args.dataset, args.config, split=args.split)
+    dataset = load_split(args.dataset, args.config, args.split)
     name = os.path.abspath(args.dataset) if os.path.isdir(args.dataset) else args.dataset
     settings = {"dataset": name, "config": args.config, "split": args.split}
     return read_dataset_questions(dataset), DatasetImages(dataset), settings
@@ -78,62 +78,82 @@ def merge(args):
         else:
             shards.append(path)
     if not shards:
-        raise ValueError("--merge got only errors files; give the shards' answers files")
-    questions = None
+        raise ChartWizValueError("--merge got only errors files; give the shards' answers files")
+    questions = loader = None
     _, meta_path = output_paths(shards[0])
     if os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as file:
             stored = json.load(file)["settings"]
         source = stored.get("questions") or stored.get("dataset")
         if source and (os.path.exists(source) or "dataset" in stored):
-            # The run's input, to order the merged answers as it and to find the questions no shard answered.
+            # The run's input as it is now: to order the merged answers as it, to leave out the answers of questions
+            # edited or deleted since, and to find the questions no shard answered.
             args.questions, args.image_folder = stored.get("questions"), stored.get("image_folder")
             args.dataset, args.config, args.split = stored.get("dataset"), stored.get("config"), stored.get("split")
             try:
-                questions = read_input(args)[0]
+                questions, loader, _ = read_input(args)
             except (OSError, ValueError) as error:
                 logger.warning(
-                    "cannot read the run's input again (%s): the merge cannot say which ids are missing", error
+                    "cannot read the run's input again (%s): the shards cannot be checked against it, and the merge "
+                    "cannot say which ids are missing",
+                    error,
                 )
-    summary = merge_shards(shards, args.answers, questions)
+    summary = merge_shards(shards, args.answers, questions, loader)
     errors_path, _ = output_paths(args.answers)
+    left_out = ", ".join(f"{count} ({reason})" for reason, count in sorted(summary.left_out.items()))
+    left_out = f"; the shards' results left out: {left_out}" if left_out else ""
     print(
         f"Merged {len(summary.shards)} shards into {args.answers}: {summary.answers} answers, {summary.errors} bad "
-        f"records ({errors_path})."
+        f"records ({errors_path}){left_out}."
     )
     if summary.missing:
         shown = ", ".join(f"{key[0]!r} turn {key[1]}" for key in summary.missing[:20])
         more = f" and {len(summary.missing) - 20} more" if len(summary.missing) > 20 else ""
-        raise ValueError(
-            f"{len(summary.missing)} questions of the input are in no shard: {shown}{more}. Run the missing shards "
-            f"(or rerun the whole input with --answers {args.answers}, which resumes from the merged file)."
+        raise ChartWizValueError(
+            f"{len(summary.missing)} questions of the input are in no shard, or changed since a shard answered "
+            f"them: {shown}{more}. Run the missing shards (or rerun the whole input with --answers {args.answers}, "
+            "which resumes from the merged file and asks only these)."
         )
 
 
 def run(args):
     if args.merge:
         if not args.answers:
-            raise ValueError("--merge needs --answers OUT.jsonl, the merged file to write")
+            raise ChartWizValueError("--merge needs --answers OUT.jsonl, the merged file to write")
         return merge(args)
     if not args.model or not args.answers or not (args.questions or args.dataset):
-        raise ValueError(
+        raise ChartWizValueError(
             "give --model, --answers and the input: --questions FILE --image-folder DIR, or --dataset DIR "
             "(or --merge SHARD... --answers OUT.jsonl to join shards)"
         )
     if args.questions and args.dataset:
-        raise ValueError("give either --questions or --dataset, not both")
+        raise ChartWizValueError("give either --questions or --dataset, not both")
     if args.dataset and args.context == "model":
-        raise ValueError(
+        raise ChartWizValueError(
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
+    if args.chunk_idx is None:
+        if args.num_chunks > 1:
+            raise ChartWizValueError(
+                f"--num-chunks {args.num_chunks} needs --chunk-idx K (0 to {args.num_chunks - 1}), the shard this run "
+                "answers: run one command per shard, then join their answers with --merge"
+            )
+        args.chunk_idx = 0
 
     from ..batch_inference import load_inference_engine, run_inference
     from ..fingerprints import model_fingerprints
     from ..questions import select_chunk
-    from ..run_store import output_paths
+    from ..run_store import output_paths, read_jsonl
 
     questions, loader, input_settings = read_input(args)
+    if not questions:
+        raise ChartWizValueError(f"{args.questions or args.dataset} holds no question to answer")
+    records = len({question.record for question in questions})
     questions = select_chunk(questions, args.num_chunks, args.chunk_idx)
+    if not questions:
+        logger.warning(
+            "chunk %d of %d holds no record: the input has %d records", args.chunk_idx, args.num_chunks, records
+        )
     model, processor = load_inference_engine(
         args.model,
         args.engine,
@@ -184,6 +204,12 @@ def run(args):
         f"before{summary.resume_note()}. Answers: {args.answers}"
         + (f", bad records: {errors_path}" if summary.errors else "")
     )
+    if questions and not summary.answered and not read_jsonl(args.answers):
+        # Every question a bad record is a run that did nothing: a script must not take it for a finished one.
+        raise ChartWizValueError(
+            f"none of the {len(questions)} questions could be asked: each is a bad record, listed with its reason in "
+            f"{errors_path}"
+        )
 
 
 def register(subcommands) -> None:
@@ -193,7 +219,9 @@ def register(subcommands) -> None:
         description=(
             "Answers every question of a question file (LLaVA format: id, image, conversations or text) or of a "
             "`chartwiz data build` split, in length-sorted left-padded batches. Rerunning the same command resumes; "
-            "--num-chunks/--chunk-idx split the input; --merge joins the shards' answers."
+            "--num-chunks/--chunk-idx split the input; --merge joins the shards' answers.\n"
+            "질문 파일이나 데이터셋 분할의 모든 질문에 배치로 답합니다. 같은 명령을 다시 실행하면 이어서 진행하고, "
+            "--merge로 샤드를 합칩니다."
         ),
     )
     parser.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo")
@@ -201,7 +229,9 @@ def register(subcommands) -> None:
     parser.add_argument("--questions", help="question file (JSON array or JSON Lines)")
     parser.add_argument("--image-folder", help="folder the question file's image paths are relative to")
     parser.add_argument("--dataset", help="a `chartwiz data build` folder (or Hub dataset) instead of --questions")
-    parser.add_argument("--config", default="gpt", help="dataset config (default: gpt)")
+    parser.add_argument(
+        "--config", default="gpt", help="dataset config (default: gpt; `chartwiz evaluate` defaults to finetune)"
+    )
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--answers", help="output JSON Lines file (errors and settings files go beside it)")
     parser.add_argument(
@@ -211,7 +241,7 @@ def register(subcommands) -> None:
         help="questions per batch (default 8); --engine vllm: requests in flight, batched by vLLM (default 256)",
     )
     add_engine_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")
     parser.add_argument(
         "--context",
         choices=("reference", "model"),
@@ -219,7 +249,12 @@ def register(subcommands) -> None:
         help="earlier turns as context: the input's reference answers where given (default), or the model's own",
     )
     parser.add_argument("--num-chunks", type=int, default=1, help="split the input into this many shards")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="the shard this run answers (0-based)")
+    parser.add_argument(
+        "--chunk-idx",
+        type=int,
+        default=None,
+        help="the shard this run answers, 0-based (default: 0, and required with --num-chunks above 1)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: every GPU, else the CPU)")
     parser.add_argument(
         "--dtype",

@@ -31,6 +31,7 @@ from chartwiz_hf.demo.model import load_demo_model
 from chartwiz_hf.demo.server import ServerChat, ServerError
 from chartwiz_hf.demo.streaming import stream_answer
 from chartwiz_hf.demo.tables import parse_table
+from chartwiz_hf.errors import ChartWizError, ChartWizValueError
 from chartwiz_hf.inference import check_question
 from chartwiz_hf.names import INSTRUCTIONS
 from chartwiz_hf.pdf import pdf_page_count, render_pdf_page, render_pdf_thumbnails
@@ -73,7 +74,7 @@ def answerer():
         st.stop()
     try:
         model, processor, lock = get_model(model_path, os.environ.get("CHARTWIZ_ADAPTER") or None)
-    except (OSError, ValueError) as error:
+    except ChartWizError as error:
         st.error(f"모델을 불러오지 못했습니다: {error}")
         st.stop()
     return functools.partial(stream_answer, model, processor, lock)
@@ -129,7 +130,7 @@ def choose_chart():
         top, bottom = st.slider("세로", 0, 100, (0, 100), key=f"crop-y-{digest}")
         if (left, top, right, bottom) != (0, 0, 100, 100):
             if right <= left or bottom <= top:
-                raise ValueError("잘라낸 영역이 비어 있습니다: 가로나 세로 범위를 넓혀 주세요.")
+                raise ChartWizValueError("잘라낸 영역이 비어 있습니다: 가로나 세로 범위를 넓혀 주세요.")
             image = crop_fraction(image, (left / 100, top / 100, right / 100, bottom / 100))
         return image, f"{digest}:{left},{top},{right},{bottom}"
 
@@ -144,7 +145,7 @@ def main():
 
     try:
         chart, chart_key = choose_chart()
-    except (OSError, ValueError) as error:
+    except ChartWizError as error:
         chart, chart_key = None, None
         st.error(str(error))
     state = st.session_state
@@ -188,7 +189,7 @@ def ask(answer_with, chart, question: str, messages: list, max_new_tokens: int) 
         try:
             question = check_question(question)
             answer = answer_with(chart, question, history, max_new_tokens, placeholder)
-        except (ServerError, ValueError) as error:
+        except (ServerError, ChartWizError) as error:
             placeholder.empty()
             st.error(str(error))
             return

@@ -2,6 +2,7 @@
 
 from PIL import Image
 
+from ..errors import ChartWizValueError
 from ..images import load_chart_image
 from ..pdf import crop_fraction, is_pdf
 
@@ -15,7 +16,7 @@ IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "gif")
 
 def check_upload_size(data: bytes) -> None:
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
-        raise ValueError(f"The file is {len(data) / 2**20:.1f} MB; at most {MAX_UPLOAD_MB} MB is accepted.")
+        raise ChartWizValueError(f"The file is {len(data) / 2**20:.1f} MB; at most {MAX_UPLOAD_MB} MB is accepted.")
 
 
 def open_chart_image(data: bytes) -> Image.Image:

@@ -5,6 +5,7 @@ import threading
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from ..errors import ChartWizValueError
 from ..inference import (
     ContextLengthError,
     context_length,
@@ -26,7 +27,7 @@ def fit_history(processor, limit, question: str, history: list, max_new_tokens: 
         except ContextLengthError:
             continue
         return kept
-    raise ValueError(
+    raise ChartWizValueError(
         f"The question is too long for the model's context of {limit} tokens (with {max_new_tokens} for the answer)."
     )
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from ..engines import InferenceEngine
+from ..errors import ChartWizValueError
 from ..inference import encode_prompt, load_processor
 
 
@@ -59,6 +60,7 @@ class VLLMEngine(InferenceEngine):
         tensor_parallel_size, data_parallel_size (`int`, default 1): vLLM's parallelism over GPUs.
         dtype (`str`, defaults to `"auto"`): vLLM's dtype (`auto`: bf16 for a float32 checkpoint).
         max_in_flight (`int`, defaults to 256): requests handed to vLLM at a time; vLLM batches among them.
+        processor (*optional*): the checkpoint's processor, loaded by `load_processor` where not given.
         engine_kwargs: other `vllm.AsyncEngineArgs` fields.
     """
 
@@ -69,15 +71,16 @@ class VLLMEngine(InferenceEngine):
         data_parallel_size: int = 1,
         dtype: str = "auto",
         max_in_flight: int = 256,
+        processor=None,
         **engine_kwargs,
     ):
         from vllm import AsyncEngineArgs
 
         if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+            raise ChartWizValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.name_or_path = model
         self.max_in_flight = max_in_flight
-        self.processor = load_processor(model)
+        self.processor = load_processor(model) if processor is None else processor
         arguments = vllm_engine_arguments(model, tensor_parallel_size, data_parallel_size, dtype, **engine_kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chartwiz-vllm", daemon=True)
@@ -114,7 +117,7 @@ class VLLMEngine(InferenceEngine):
 
         unknown = sorted(set(generate_kwargs) - set(_SAMPLING_NAMES) - {"do_sample"})
         if unknown or generate_kwargs.get("do_sample"):
-            raise ValueError(
+            raise ChartWizValueError(
                 f"The vLLM engine generates greedily and takes {', '.join(sorted(_SAMPLING_NAMES))}; got "
                 f"{', '.join(unknown) or 'do_sample=True'}."
             )

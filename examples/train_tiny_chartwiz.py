@@ -1,0 +1,287 @@
+"""
+Trains the tiny ChartWiz shipped in `examples/tiny-chartwiz`: the two shipped tiny pretrained parts
+(`examples/tiny-deplot`, `examples/tiny-lm`) composed with a new projector, then both stages of the real recipe,
+`recipes/sft_chartwiz.py` with the `recipes/chartwiz-tiny` recipes, run longer than the quickstart can, over
+synthetic charts that `chartwiz synth` draws with a seed no quickstart or test split uses. A learning curve (held-out
+tables and questions at several step counts, beside blank and shuffled charts) goes into the model card.
+
+```bash
+python examples/train_tiny_chartwiz.py --out examples/tiny-chartwiz   # the shipped model: hours on 2 CPU cores
+python examples/train_tiny_chartwiz.py --out /tmp/tiny-chartwiz --work-dir /tmp/tcw --charts 60 \
+    --stage1-steps 4 --stage2-steps 8 --curve 4 8                       # a smoke run, minutes
+```
+
+Everything made on the way (charts, datasets, checkpoints, evaluations) stays in `--work-dir`; run the same command
+again after an interruption and it continues where it stopped: the charts are kept, each training stage resumes from
+its last checkpoint, finished evaluations are kept and an unfinished one resumes from its last batch. Each step
+prints the command a user would type for it.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+# The script's own folder is on sys.path: the quickstart beside it runs and resumes its steps the same way, and the
+# tiny DePlot's script keeps the time of each phase.
+from pretrain_tiny_deplot import Timings
+from quickstart import TINY_DEPLOT, TINY_LM, Progress, chartwiz, read_metrics, recipe
+
+from dataset_builder.build import build_dataset
+from dataset_builder.synth import generate
+
+
+# What the card's learning curve shows, as in the quickstart's table.
+CURVE_METRICS = (
+    ("table", "rms_f1"),
+    ("table", "rms_units_f1"),
+    ("qa", "relaxed_accuracy"),
+    ("description", "chart_type_named"),
+)
+ABLATIONS = {"chart": [], "blank": ["--blank-images"], "shuffled": ["--shuffle-images"]}
+# The files of a ChartWiz checkpoint folder that make the model; a Trainer checkpoint also holds its optimizer state.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "NanumGothic.ttf",
+    "configuration_chartwiz.py",
+    "modeling_chartwiz.py",
+    "processing_chartwiz.py",
+    "image_processing_chartwiz.py",
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="where to save the trained checkpoint and its card")
+    parser.add_argument("--work-dir", default="outputs/tiny-chartwiz-work", help="charts, datasets, checkpoints")
+    parser.add_argument("--charts", type=int, default=12000, help="synthetic charts drawn (1 in 100 held out)")
+    parser.add_argument(
+        "--seed", type=int, default=11, help="synth and training seed; quickstart and tests use others"
+    )
+    parser.add_argument("--max-patches", type=int, default=256, help="patches (= image tokens) per chart")
+    parser.add_argument("--stage1-steps", type=int, default=600, help="stage 1 steps (projector alone, tables)")
+    parser.add_argument("--stage2-steps", type=int, default=8000, help="stage 2 steps (projector and LM, all tasks)")
+    parser.add_argument(
+        "--curve", type=int, nargs="+", default=[1000, 2000, 4000, 6000, 8000], help="stage 2 steps evaluated"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every step (results depend on it)")
+    parser.add_argument("--num-proc", type=int, default=2, help="processes drawing the charts and building the data")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit in evaluation")
+    args = parser.parse_args(argv)
+    if args.stage2_steps not in args.curve:
+        parser.error(f"--curve must include the last stage 2 step ({args.stage2_steps}): the shipped model's point.")
+    if any(step < 1 or step > args.stage2_steps for step in args.curve):
+        parser.error(f"--curve steps must lie between 1 and --stage2-steps ({args.stage2_steps}).")
+    return args
+
+
+def draw_and_build(work: str, charts: int, seed: int, num_proc: int, timings: Timings) -> str:
+    """The `chartwiz data build` folder of `charts` synthetic charts drawn with `seed` (kept when already there)."""
+    synth_dir, data_dir = os.path.join(work, "synth"), os.path.join(work, "charts")
+    done_path = os.path.join(work, "built.json")
+    wanted = {"charts": charts, "seed": seed}
+    done = json.load(open(done_path, encoding="utf-8")) if os.path.isfile(done_path) else None
+    if done != wanted:
+        print(
+            f"$ chartwiz synth {synth_dir} --n {charts} --seed {seed} --test-fraction 0.01 --overwrite\n"
+            f"$ chartwiz data build --data-dir {synth_dir} --gpt {synth_dir}/gpt_qa.jsonl --out {data_dir}",
+            flush=True,
+        )
+        with timings.measure("charts and datasets"):
+            generate(synth_dir, charts, seed=seed, test_fraction=0.01, num_proc=num_proc, overwrite=True)
+            build_dataset(
+                synth_dir, data_dir, gpt_sources=[os.path.join(synth_dir, "gpt_qa.jsonl")], num_proc=num_proc
+            )
+        with open(done_path, "w", encoding="utf-8") as file:
+            json.dump(wanted, file)
+    return data_dir
+
+
+def curve_point(progress: Progress, number: str, model: str, data_dir: str, reports: str, args) -> dict:
+    """The held-out scores of `model` with the charts and in both ablations: {"chart": metrics, "blank": ...}."""
+    scores = {}
+    for shown, flags in ABLATIONS.items():
+        report_dir = os.path.join(reports, shown)
+        step = f"{number}{shown[0]}"
+        flags = [*flags, "--restart"] if progress.is_new(step) else flags
+        progress.run(
+            f"{step} Evaluation of {os.path.basename(model)}, {shown} charts, on the held-out split",
+            chartwiz(
+                "evaluate",
+                "--model",
+                model,
+                "--dataset",
+                data_dir,
+                "--config",
+                "all",
+                "--split",
+                "test",
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--batch-size",
+                "16",
+                "--out",
+                report_dir,
+                *flags,
+            ),
+        )
+        scores[shown] = read_metrics(report_dir)["by_task"]
+    return scores
+
+
+def curve_table(curve: dict) -> str:
+    """A Markdown table: one row per stage 2 step count, each metric with the chart / blank / shuffled charts."""
+    header = "| stage 2 steps | " + " | ".join(f"{metric} ({task})" for task, metric in CURVE_METRICS) + " |"
+    lines = [header, "| ---: |" + " ---: |" * len(CURVE_METRICS)]
+    for steps, scores in sorted(curve.items(), key=lambda item: int(item[0])):
+        cells = []
+        for task, metric in CURVE_METRICS:
+            values = [scores[shown].get(task, {}).get(metric) for shown in ABLATIONS]
+            cells.append(" / ".join("n/a" if value is None else f"{value:.1f}" for value in values))
+        lines.append(f"| {steps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def export(checkpoint: str, out: str) -> None:
+    """The model's files of a Trainer checkpoint, without its optimizer state, as a fresh folder `out`."""
+    staging = f"{out}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    for name in MODEL_FILES:
+        if os.path.isfile(os.path.join(checkpoint, name)):
+            shutil.copy2(os.path.join(checkpoint, name), os.path.join(staging, name))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = os.path.abspath(args.work_dir)
+    os.makedirs(work, exist_ok=True)
+    timings = Timings(os.path.join(work, "timings.json"))
+    data_dir = draw_and_build(work, args.charts, args.seed, args.num_proc, timings)
+    base, stage1, stage2, reports = (
+        os.path.join(work, name) for name in ("chartwiz-tiny", "stage1", "stage2", "reports")
+    )
+    settings = {key: getattr(args, key) for key in ("charts", "seed", "max_patches", "stage1_steps", "stage2_steps")}
+    settings.update(curve=sorted(args.curve), threads=args.threads, max_new_tokens=args.max_new_tokens)
+    threads = str(args.threads)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    progress = Progress(work, settings, env=env)
+
+    with timings.measure("compose"):
+        progress.run(
+            "1 ChartWiz from the tiny pretrained DePlot encoder and language model, and a new projector",
+            chartwiz(
+                "compose", "--vision", TINY_DEPLOT, "--text", TINY_LM, "--out", base,
+                "--max-patches", str(args.max_patches), "--seed", str(args.seed), "--overwrite",
+            ),
+        )  # fmt: skip
+    with timings.measure("stage 1"):
+        progress.run(
+            "2 Stage 1: chart -> table, the projector alone (encoder and language model frozen)",
+            recipe("pretrain", base, data_dir, stage1, args.seed, args.stage1_steps, overwrite=progress.is_new("2")),
+        )
+    # Every curve point is kept as a checkpoint: the saving interval is their greatest common divisor.
+    spacing = _gcd(args.curve)
+    finetune = recipe("finetune", stage1, data_dir, stage2, args.seed, args.stage2_steps, progress.is_new("3"))
+    finetune += ["--save_steps", str(spacing), "--save_total_limit", str(args.stage2_steps // spacing + 1)]
+    with timings.measure("stage 2"):
+        progress.run("3 Stage 2: tables, descriptions, summaries and question answering", finetune)
+
+    curve = {}
+    with timings.measure("evaluations"):
+        for point in sorted(args.curve):
+            checkpoint = os.path.join(stage2, f"checkpoint-{point}")
+            curve[str(point)] = curve_point(
+                progress, f"4.{point}", checkpoint, data_dir, os.path.join(reports, str(point)), args
+            )
+    with open(os.path.join(work, "curve.json"), "w", encoding="utf-8") as file:
+        json.dump(curve, file, indent=2)
+
+    export(os.path.join(stage2, f"checkpoint-{args.stage2_steps}"), args.out)
+    with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as file:
+        file.write(model_card(args, curve, timings.seconds))
+    print(f"\n{curve_table(curve)}\n\nSaved {args.out}", flush=True)
+    return curve
+
+
+def _gcd(numbers) -> int:
+    from math import gcd
+
+    result = 0
+    for number in numbers:
+        result = gcd(result, number)
+    return result
+
+
+def model_card(args, curve: dict, seconds: dict) -> str:
+    command = " ".join(["python", "examples/train_tiny_chartwiz.py", *args.argv])
+    hours = sum(seconds.values()) / 3600
+    phases = ", ".join(f"{phase} {value / 3600:.1f} h" for phase, value in seconds.items())
+    final = curve[str(args.stage2_steps)]
+    return f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+language: [ko]
+tags: [chartwiz, chart-question-answering, chart-to-table]
+---
+
+# tiny-chartwiz
+
+A tiny ChartWiz that reads synthetic charts: the shipped tiny DePlot encoder (`examples/tiny-deplot`) and tiny
+Korean language model (`examples/tiny-lm`) composed with a new `mlp2x_gelu` projector ({args.max_patches} image
+tokens), then trained by the real two-stage recipe (`recipes/sft_chartwiz.py` with the `recipes/chartwiz-tiny`
+recipes): stage 1, {args.stage1_steps} steps of chart -> table with the projector alone; stage 2, {args.stage2_steps}
+steps of tables, descriptions, summaries and questions with the projector and the language model (the encoder
+frozen in both), batches of 8 drawn at random. The charts are {args.charts:,} that `chartwiz synth --seed
+{args.seed}` draws; the quickstart's (seed 0) and the tests' were never in its training set. Made by
+`examples/train_tiny_chartwiz.py` in {hours:.1f} hours on a shared 2-core CPU ({phases}), {args.threads} torch threads:
+
+```bash
+{command}
+```
+
+It is test and demo material, not a model for real charts: it reads charts like ChartWiz's synthetic ones.
+
+## Learning curve
+
+Held-out charts of the same draw ({final["chart"].get("table", {}).get("n", "?")} tables, all tasks of the `all`
+config's test split), greedy answers; each cell is the score with the chart / a blank white image / another
+held-out chart (percent):
+
+{curve_table(curve)}
+
+## Quick start
+
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from chartwiz_hf.images import load_chart_image
+
+model = AutoModelForImageTextToText.from_pretrained("examples/tiny-chartwiz", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("examples/tiny-chartwiz", trust_remote_code=True)
+question = {{"type": "text", "text": "이 차트를 테이블 정보로 변경해줘."}}
+messages = [{{"role": "user", "content": [{{"type": "image"}}, question]}}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=load_chart_image("chart.png"), text=prompt, return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=160)
+print(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+```
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,7 @@ EXTRA_ONLY = ("trl", "matplotlib", "sacrebleu", "rouge_score", "rapidfuzz", "sci
 def _copy_project(target) -> str:
     # A copy, so that building the wheel leaves no build/ or egg-info in the working tree.
     target.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "chartwiz_cli.py"):
         shutil.copy(os.path.join(ROOT, name), target / name)
     for package in ("chartwiz_hf", "dataset_builder"):
         shutil.copytree(os.path.join(ROOT, package), target / package, ignore=shutil.ignore_patterns("__pycache__"))

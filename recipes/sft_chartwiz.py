@@ -36,6 +36,10 @@ this script was written. `recipes/README.md` gives every stage's command and how
 """
 
 import logging
+import sys
+
+import datasets
+import transformers
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 from chartwiz_hf.extras import missing_extra_message
@@ -68,6 +72,27 @@ from chartwiz_hf.training import (
 
 
 logger = logging.getLogger(__name__)
+
+
+def configure_logging(training_args):
+    """
+    Logging as transformers' and TRL's example scripts set it up: records on stdout with their time, level and logger;
+    the main process at INFO and the others at WARNING unless `--log_level` / `--log_level_replica` say otherwise
+    (`passive`, the default, keeps those), the same level for this script, transformers and datasets.
+    """
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
 
 
 def build_trainer(script_args, training_args, model_args, callbacks=None):
@@ -121,6 +146,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
 
 def main(script_args, training_args, model_args, callbacks=None):
     """Trains one stage and saves a full checkpoint (or, with LoRA, an adapter), metrics and a model card."""
+    configure_logging(training_args)
     trainer, resume_from = build_trainer(script_args, training_args, model_args, callbacks=callbacks)
     if resume_from is not None:
         logger.info("Resuming from %s", resume_from)

@@ -453,7 +453,7 @@ class RecordStart(TrainerCallback):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1, stage2, chart_data, tmp_path):
+def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1, stage2, chart_data, tmp_path, caplog):
     output_dir = tmp_path / "resumed"
     arguments = fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2)
     with pytest.raises(Interrupted):
@@ -463,6 +463,8 @@ def test_interrupted_run_resumes_and_ends_with_the_uninterrupted_weights(stage1,
     record = RecordStart()
     trainer = sft.main(*fast(FINETUNE, stage1[0], chart_data, output_dir, **STAGE2), callbacks=[record])
     assert record.start_step == 2, "resumed at the checkpoint"
+    # The script's own INFO lines are shown: it sets up logging as transformers' example scripts do.
+    assert f"Resuming from {output_dir / 'checkpoint-2'}" in caplog.text
     assert trainer.state.global_step == 4
     reference, resumed = weights(stage2[0]), weights(output_dir)
     for key in reference:

@@ -23,10 +23,8 @@ from .configuration_chartwiz import ChartWizConfig
 from .errors import ChartWizValueError
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT, ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
+from .names import IMAGE_TOKEN
 from .processing_chartwiz import ChartWizProcessor
-
-
-IMAGE_TOKEN = "<image>"
 
 
 class _EncoderOfFullPix2Struct(Pix2StructVisionModel):

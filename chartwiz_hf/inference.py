@@ -12,9 +12,9 @@ from transformers.feature_extraction_utils import BatchFeature
 
 from .errors import ChartWizOSError, ChartWizValueError
 from .images import load_chart_image
+from .names import IMAGE_TOKEN
 
 
-IMAGE_TOKEN = "<image>"
 # How every entry point asks the processor for a question's prompt: the chat template's, ending with the assistant's
 # turn, and the users' special-token strings as plain text. Not `verbose`: the tokenizer's warning that a prompt is
 # longer than the model's maximum would come before the context check every entry point makes (`fit_in_context`),

@@ -18,12 +18,12 @@ from .configuration_chartwiz import ChartWizConfig
 from .errors import ChartWizFileNotFoundError, ChartWizValueError
 from .image_processing_chartwiz import ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
+from .names import IMAGE_TOKEN
 from .processing_chartwiz import ChartWizProcessor
 
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
-IMAGE_TOKEN = "<image>"
 # The smallest head size vLLM's CPU attention takes (it takes 32, 64, 80, 96, ...), so tiny models serve there too.
 ATTENTION_HEAD_SIZE = 32
 

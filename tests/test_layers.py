@@ -142,3 +142,39 @@ def test_no_import_cycles(graph):
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+# The files that travel inside a checkpoint and load with `trust_remote_code=True` without this package: they keep
+# their own copies of the names they share with `chartwiz_hf.names`.
+REMOTE_CODE = {
+    "chartwiz_hf.configuration_chartwiz",
+    "chartwiz_hf.convert_chartwiz_llava_to_hf",
+    "chartwiz_hf.image_processing_chartwiz",
+    "chartwiz_hf.modeling_chartwiz",
+    "chartwiz_hf.processing_chartwiz",
+}
+
+
+def top_level_definitions(path: str) -> set[str]:
+    """The names a module binds at its top level by assignment, `def` or `class` (not by import); dunders aside."""
+    names = set()
+    for node in ast.parse(open(path, encoding="utf-8").read()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(name.id for target in targets for name in ast.walk(target) if isinstance(name, ast.Name))
+    return {name for name in names if not (name.startswith("__") and name.endswith("__"))}
+
+
+def test_the_names_of_names_py_are_defined_there_only():
+    modules = project_modules()
+    shared = top_level_definitions(modules["chartwiz_hf.names"])
+    assert {"IMAGE_TOKEN", "INSTRUCTIONS", "normalize_text"} <= shared, "the reader sees names.py's definitions"
+    redefined = [
+        f"{module} defines {name}"
+        for module, path in sorted(modules.items())
+        if module != "chartwiz_hf.names" and module not in REMOTE_CODE
+        for name in sorted(top_level_definitions(path) & shared)
+    ]
+    assert redefined == []

@@ -16,6 +16,7 @@ from .errors import ChartWizValueError
 from .files import write_json_atomic
 from .fingerprints import digest, model_fingerprints
 from .inference import ContextLengthError, context_length, fit_in_context
+from .names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
 from .questions import Question
 from .run_store import (
     NOT_IN_INPUT,
@@ -129,7 +130,7 @@ def load_inference_engine(
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         dtype=dtype or "auto",
-        max_in_flight=256 if batch_size is None else batch_size,
+        max_in_flight=DEFAULT_MAX_IN_FLIGHT if batch_size is None else batch_size,
     )
     return vllm_engine, vllm_engine.processor
 
@@ -163,7 +164,9 @@ def load_chat_engine(
         from .chat_engines import ChatModelEngine, load_chat_model
 
         model, processor = load_chat_model(model_path, device, dtype, trust_remote_code)
-        return ChatModelEngine(model, processor, 8 if batch_size is None else batch_size, system), processor
+        return ChatModelEngine(
+            model, processor, DEFAULT_BATCH_SIZE if batch_size is None else batch_size, system
+        ), processor
     import importlib.util
 
     if device is not None:
@@ -182,7 +185,7 @@ def load_chat_engine(
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         dtype=dtype or "auto",
-        max_in_flight=256 if batch_size is None else batch_size,
+        max_in_flight=DEFAULT_MAX_IN_FLIGHT if batch_size is None else batch_size,
     )
     return vllm_engine, vllm_engine.processor
 
@@ -194,7 +197,7 @@ def run_inference(
     load_image: Callable[[Question], tuple[Image.Image, Optional[str]]],
     answers_path: str,
     settings: dict,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int = 256,
     context: str = "reference",
     background: Optional[bool] = None,

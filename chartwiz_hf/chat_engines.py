@@ -16,6 +16,7 @@ from .checkpoints import describe_model_type, from_pretrained_complete, read_con
 from .engines import TransformersEngine, serving_dtype
 from .errors import ChartWizValueError
 from .inference import check_device, context_length, fit_in_context
+from .names import DEFAULT_BATCH_SIZE
 
 
 def is_chartwiz_checkpoint(model_name_or_path: str, **kwargs) -> bool:
@@ -126,7 +127,7 @@ class ChatModelEngine(ChatPrompting, TransformersEngine):
         background, prefetch: as for `TransformersEngine`.
     """
 
-    def __init__(self, model, processor, batch_size: int = 8, system: Optional[str] = None, **kwargs):
+    def __init__(self, model, processor, batch_size: int = DEFAULT_BATCH_SIZE, system: Optional[str] = None, **kwargs):
         super().__init__(model, processor, batch_size, **kwargs)
         self.system = system
 

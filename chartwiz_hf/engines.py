@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .inference import ContextLengthError, generate_answers, load_chartwiz, prepare_inputs, prompt_length
+from .names import DEFAULT_BATCH_SIZE
 
 
 class InferenceEngine:
@@ -218,7 +219,14 @@ class TransformersEngine(InferenceEngine):
     prepared ahead of the model in a background thread where that pays (`use_background_worker`).
     """
 
-    def __init__(self, model, processor, batch_size: int = 8, background: Optional[bool] = None, prefetch: int = 2):
+    def __init__(
+        self,
+        model,
+        processor,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        background: Optional[bool] = None,
+        prefetch: int = 2,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model, self.processor = model, processor

@@ -23,7 +23,7 @@ from .evaluation_report import CHART_FILE, PREDICTIONS_FILE, REPORT_FILE, draw_c
 from .files import write_json_atomic, write_text_atomic
 from .fingerprints import ContentDigests, model_fingerprints
 from .metrics import DEFAULT_BLEU_TOKENIZE, TASK_METRICS, TASKS, bleu_signature, score_task
-from .names import DATASET_CONFIGS, DEFAULT_DATASET_CONFIG, INSTRUCTIONS
+from .names import DATASET_CONFIGS, DEFAULT_BATCH_SIZE, DEFAULT_DATASET_CONFIG, INSTRUCTIONS
 from .questions import DatasetImages, Question, Unreadable, iter_json_records, load_split, read_dataset_questions
 from .run_store import changed_settings, output_paths, read_json, read_jsonl
 
@@ -218,7 +218,7 @@ def predict_dataset(
     processor,
     dataset,
     out_dir: str,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int = 512,
     blank_images: bool = False,
     settings: Optional[dict] = None,
@@ -437,7 +437,7 @@ def evaluate_model(
             processor,
             dataset,
             out_dir,
-            8 if batch_size is None else batch_size,
+            DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
             max_new_tokens,
             blank_images,
             settings,

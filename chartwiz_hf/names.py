@@ -40,6 +40,11 @@ CHART_TYPES = list(CHART_TYPE_FOLDERS.values())
 
 FINETUNE_TASKS = ("table", "description", "summary")
 
+# Where no batch size is given: the questions the transformers engines generate together (one left-padded batch), and
+# the requests the vLLM engines keep in flight (vLLM batches among them).
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_IN_FLIGHT = 256
+
 # The first instruction of each set is the original ChartWiz one; the others are paraphrases.
 INSTRUCTIONS = {
     "table": [
@@ -73,9 +78,11 @@ __all__ = [
     "BUILT_CONFIGS",
     "CHART_TYPES",
     "CHART_TYPE_FOLDERS",
+    "DEFAULT_BATCH_SIZE",
     "DATASET_CONFIGS",
     "DEFAULT_DATASET_CONFIG",
     "DEFAULT_FONT_FILENAME",
+    "DEFAULT_MAX_IN_FLIGHT",
     "FINETUNE_TASKS",
     "IMAGE_TOKEN",
     "INSTRUCTIONS",

@@ -683,3 +683,26 @@ def test_engine_options_that_do_not_go_together_are_refused_before_any_answer(
         error = capsys.readouterr().err
         assert error.startswith("chartwiz infer: error: ") and message in error, error
     assert not out.exists()
+
+
+def test_every_default_batch_size_is_the_one_names_py_defines():
+    import inspect
+
+    from chartwiz_hf import batch_inference, chat_engines, engines, evaluation
+    from chartwiz_hf.cli import build_parser
+    from chartwiz_hf.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
+    from chartwiz_hf.serving import engine as vllm_engine
+
+    def default(function, parameter):
+        return inspect.signature(function).parameters[parameter].default
+
+    assert DEFAULT_BATCH_SIZE == 8 and DEFAULT_MAX_IN_FLIGHT == 256
+    for function in (batch_inference.run_inference, evaluation.predict_dataset):
+        assert default(function, "batch_size") == DEFAULT_BATCH_SIZE, function.__name__
+    for engine in (engines.TransformersEngine, chat_engines.ChatModelEngine):
+        assert default(engine, "batch_size") == DEFAULT_BATCH_SIZE, engine.__name__
+    assert default(vllm_engine.VLLMEngine, "max_in_flight") == DEFAULT_MAX_IN_FLIGHT
+    subcommands = next(action for action in build_parser()._actions if action.choices and "infer" in action.choices)
+    for command in ("infer", "evaluate"):
+        batch_help = " ".join(subcommands.choices[command].format_help().split())
+        assert f"(default {DEFAULT_BATCH_SIZE})" in batch_help and f"(default {DEFAULT_MAX_IN_FLIGHT})" in batch_help

@@ -5,6 +5,7 @@ score a predictions file, or compare report folders side by side.
 
 from ..errors import ChartWizValueError
 from ..names import DATASET_CONFIGS as CONFIGS
+from ..names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
 from .infer import add_engine_arguments
 
 
@@ -159,7 +160,10 @@ def register(subcommands) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="questions generated together (default 8); --engine vllm: requests in flight (default 256)",
+        help=(
+            f"questions generated together (default {DEFAULT_BATCH_SIZE}); --engine vllm: requests in flight "
+            f"(default {DEFAULT_MAX_IN_FLIGHT})"
+        ),
     )
     add_engine_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit")

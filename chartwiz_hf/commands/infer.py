@@ -5,6 +5,7 @@ import logging
 import os
 
 from ..errors import ChartWizValueError
+from ..names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
 
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def run(args):
             loader,
             args.answers,
             settings,
-            batch_size=8 if args.batch_size is None else args.batch_size,
+            batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
             max_new_tokens=args.max_new_tokens,
             context=args.context,
             background={"auto": None, "on": True, "off": False}[args.background],
@@ -238,7 +239,10 @@ def register(subcommands) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="questions per batch (default 8); --engine vllm: requests in flight, batched by vLLM (default 256)",
+        help=(
+            f"questions per batch (default {DEFAULT_BATCH_SIZE}); --engine vllm: requests in flight, batched by vLLM "
+            f"(default {DEFAULT_MAX_IN_FLIGHT})"
+        ),
     )
     add_engine_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")

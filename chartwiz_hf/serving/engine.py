@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ..engines import InferenceEngine
 from ..errors import ChartWizValueError
 from ..inference import encode_prompt, load_processor
+from ..names import DEFAULT_MAX_IN_FLIGHT
 
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class VLLMEngine(InferenceEngine):
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         dtype: str = "auto",
-        max_in_flight: int = 256,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         processor=None,
         **engine_kwargs,
     ):

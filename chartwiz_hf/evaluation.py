@@ -213,6 +213,12 @@ def shuffled_charts(load_image: Callable, dataset, seed: int = 0) -> Callable:
     return load_shuffled
 
 
+def check_one_ablation(blank_images: bool, shuffled_images: bool) -> None:
+    """Refuses both image ablations at once (`chartwiz evaluate` makes the two flags exclusive too)."""
+    if blank_images and shuffled_images:
+        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+
+
 def predict_dataset(
     model,
     processor,
@@ -255,8 +261,7 @@ def predict_dataset(
         instructions (`dict`, *optional*): task -> template holding `{question}` (`load_instructions`): each row's
             question is asked in its task's template (its `system` entry is the engine's).
     """
-    if blank_images and shuffled_images:
-        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+    check_one_ablation(blank_images, shuffled_images)
     questions, tasks = split_questions(dataset)
     if instructions:
         questions = apply_instructions(questions, tasks, instructions)
@@ -368,8 +373,7 @@ def evaluate_model(
         raise ChartWizValueError(f"--max-samples must be at least 1, got {max_samples}.")
     if max_new_tokens < 1:
         raise ChartWizValueError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
-    if blank_images and shuffled_images:
-        raise ChartWizValueError("--blank-images and --shuffle-images are two ablations: choose one.")
+    check_one_ablation(blank_images, shuffled_images)
     bleu_signature(bleu_tokenize)  # a bad tokenizer fails now, not after the generation
     task_instructions = load_instructions(instructions)
     run = {

@@ -537,3 +537,25 @@ def test_a_report_with_no_row_scored_is_well_formed():
     skipped = [{"id": "a", "source": "dataset[0]", "reason": "no such image file"}]
     report = render_report({"by_task": {}, "by_chart_type": {}, "n": 0, "rows": 1, "skipped": skipped})
     assert "No row was scored" in report and "| task |" not in report and "- `a`: no such image file" in report
+
+
+def test_both_entry_points_refuse_the_two_image_ablations_through_one_check(monkeypatch, tmp_path):
+    from chartwiz_hf import evaluation
+
+    with pytest.raises(ValueError, match="--blank-images and --shuffle-images are two ablations: choose one"):
+        evaluation.check_one_ablation(True, True)
+    for one in ((False, False), (True, False), (False, True)):
+        evaluation.check_one_ablation(*one)
+
+    checked = []
+
+    def check(blank_images, shuffled_images):
+        checked.append((blank_images, shuffled_images))
+        raise ValueError("checked")
+
+    monkeypatch.setattr(evaluation, "check_one_ablation", check)
+    with pytest.raises(ValueError, match="checked"):
+        evaluation.evaluate_model("model", "dataset", str(tmp_path), blank_images=True, shuffled_images=True)
+    with pytest.raises(ValueError, match="checked"):
+        evaluation.predict_dataset(None, None, None, str(tmp_path), blank_images=True, shuffled_images=True)
+    assert checked == [(True, True), (True, True)]

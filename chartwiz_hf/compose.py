@@ -27,6 +27,17 @@ from .names import IMAGE_TOKEN
 from .processing_chartwiz import ChartWizProcessor
 
 
+def chartwiz_generation_config(text_config, tokenizer, image_token_id: int) -> GenerationConfig:
+    """
+    The generation settings of a composed or converted ChartWiz: the language model's, with the tokenizer's padding,
+    and never the image placeholder, which is input only (an answer holding it would read as another chart).
+    """
+    generation_config = GenerationConfig.from_model_config(text_config)
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config.suppress_tokens = [image_token_id]
+    return generation_config
+
+
 class _EncoderOfFullPix2Struct(Pix2StructVisionModel):
     # The decoder's weights of a full Pix2Struct checkpoint are left on disk on purpose: without this, transformers
     # lists each of them as unexpected. Missing weights, the ones that matter, are still checked.
@@ -213,14 +224,11 @@ def compose_chartwiz(
     if left_empty:
         raise RuntimeError(f"Composing left {len(left_empty)} tensors without weights, e.g. {left_empty[0]}.")
     del encoder, language_model, base_model
-    model.generation_config = GenerationConfig.from_model_config(text_config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = chartwiz_generation_config(text_config, tokenizer, model.config.image_token_id)
     # A language model saved by a training run often keeps its `use_cache=False` (gradient checkpointing); the
     # composed model generates with the key/value cache, without which every new token reruns the whole prompt.
     model.config.text_config.use_cache = True
     model.generation_config.use_cache = True
-    # The image placeholder is input only: an answer holding it would read as another chart.
-    model.generation_config.suppress_tokens = [model.config.image_token_id]
     model.eval()
 
     processor = build_processor(tokenizer, vision_name_or_path, max_patches, header_text, chat_template)
@@ -235,6 +243,7 @@ __all__ = [
     "add_image_token",
     "add_special_token",
     "build_processor",
+    "chartwiz_generation_config",
     "compose_chartwiz",
     "load_causal_lm",
     "load_pix2struct_encoder",

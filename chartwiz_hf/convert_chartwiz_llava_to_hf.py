@@ -32,12 +32,12 @@ from huggingface_hub import HfApi, load_state_dict_from_file
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
-from transformers import AutoTokenizer, GenerationConfig, Pix2StructVisionConfig, PretrainedConfig
+from transformers import AutoTokenizer, Pix2StructVisionConfig, PretrainedConfig
 from transformers.utils import cached_file
 
 from .chat_templates import CHAT_TEMPLATES
 from .checkpoints import reading_checkpoint
-from .compose import add_image_token, build_processor
+from .compose import add_image_token, build_processor, chartwiz_generation_config
 from .configuration_chartwiz import ChartWizConfig, projector_depth
 from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
 from .files import OVERWRITE_HELP, replacing_folder
@@ -605,10 +605,7 @@ def _add_tokenizer_settings(model: ChartWizForConditionalGeneration, tokenizer, 
         tokenizer.model_max_length = text_config.max_position_embeddings
     logger.info("Tokenizer: %d tokens, <image> added as id %d", original_vocab, model.config.image_token_id)
     text_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config = GenerationConfig.from_model_config(text_config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    # The image placeholder is input only: an answer holding it would read as another chart.
-    model.generation_config.suppress_tokens = [model.config.image_token_id]
+    model.generation_config = chartwiz_generation_config(text_config, tokenizer, model.config.image_token_id)
     if tokenizer.eos_token_id is not None:
         # The original's generate() was given the tokenizer's end-of-text token.
         model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -583,3 +583,17 @@ def test_weights_files_load_through_the_hub_loader_and_bad_ones_are_named(tmp_pa
     torch.save([torch.ones(1)], tmp_path / "list.bin")
     with pytest.raises(ValueError, match="list.bin: expected a mapping of parameter names to tensors, found list"):
         load_weights_file(str(tmp_path / "list.bin"))
+
+
+def test_converted_and_composed_models_get_their_generation_settings_from_one_place():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    from chartwiz_hf import compose
+
+    text_config = LlamaConfig(bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    settings = compose.chartwiz_generation_config(text_config, SimpleNamespace(pad_token_id=5), 7)
+    assert (settings.bos_token_id, settings.eos_token_id, settings.pad_token_id) == (1, 2, 5)
+    assert settings.suppress_tokens == [7], "never the image placeholder"
+    assert convert_chartwiz_llava_to_hf.chartwiz_generation_config is compose.chartwiz_generation_config

@@ -40,13 +40,9 @@ compose_chartwiz({vision!r}, {text!r}, output_dir={out!r})
 def make_parts(work_dir: str) -> tuple[str, str]:
     """A DePlot-sized Pix2Struct (as google/deplot: float32) and a ~1.2B Llama in bfloat16, with a tokenizer."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        LlamaForCausalLM,
-        Pix2StructConfig,
-        Pix2StructForConditionalGeneration,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import LlamaForCausalLM, Pix2StructConfig, Pix2StructForConditionalGeneration
+
+    from chartwiz_hf.tiny import train_byte_level_bpe
 
     vision_dir, text_dir = os.path.join(work_dir, "deplot-sized"), os.path.join(work_dir, "llama-1b")
     if not os.path.isfile(os.path.join(vision_dir, "model.safetensors")):
@@ -54,14 +50,8 @@ def make_parts(work_dir: str) -> tuple[str, str]:
         # pix2struct-base sizes (google/deplot): 768-wide, 12-layer encoder and decoder
         Pix2StructForConditionalGeneration(Pix2StructConfig()).save_pretrained(vision_dir)
     if not os.path.isfile(os.path.join(text_dir, "config.json")):
-        backend = Tokenizer(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        )
-        backend.train_from_iterator(["차트의 가장 큰 값은 서울입니다.", "chart table value 1 2 3"], trainer=trainer)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+        texts = ["차트의 가장 큰 값은 서울입니다.", "chart table value 1 2 3"]
+        tokenizer = train_byte_level_bpe(texts, 400, ["<|endoftext|>"], eos_token="<|endoftext|>")
         # 42dot-1.3B-like layers; the vocabulary is the tokenizer's, so compose has to add <image> and resize
         config = llama_1b3_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
         torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """A tiny random ChartWiz made offline in seconds, for tests, benchmarks and trying the package."""
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -66,6 +66,32 @@ def dataset_corpus(dataset_dir: str, split: str = "train") -> Iterator[str]:
                     yield message["content"]
 
 
+def train_byte_level_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str], **tokenizer_kwargs
+) -> PreTrainedTokenizerFast:
+    """
+    The tokenizer of every tiny model here: byte-level BPE trained on `texts` with `special_tokens`, so any text still
+    encodes through the 256-byte alphabet; `tokenizer_kwargs` go to `PreTrainedTokenizerFast` (`eos_token`, ...).
+    """
+    smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(special_tokens)
+    if vocab_size < smallest:
+        raise ChartWizValueError(
+            f"vocab_size must be at least {smallest} (the 256 bytes and {len(special_tokens)} special tokens), got "
+            f"{vocab_size}."
+        )
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_kwargs)
+
+
 def build_tiny_tokenizer(
     vocab_size: int = 600, model_max_length: int = 1024, corpus: Iterable[str] | None = None
 ) -> PreTrainedTokenizerFast:
@@ -73,25 +99,11 @@ def build_tiny_tokenizer(
     Byte-level BPE with `<|endoftext|>`, `<pad>` and `<image>`, trained on a built-in Korean chart corpus and, when
     given, on `corpus` (e.g. `dataset_corpus(...)`); any other text still encodes through the byte alphabet.
     """
-    special_tokens = [EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN]
-    smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(special_tokens)
-    if vocab_size < smallest:
-        raise ChartWizValueError(
-            f"vocab_size must be at least {smallest} (the 256 bytes and 3 special tokens), got {vocab_size}."
-        )
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     texts = _TOKENIZER_CORPUS * 4 if corpus is None else [*_TOKENIZER_CORPUS, *corpus]
-    backend.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return train_byte_level_bpe(
+        texts,
+        vocab_size,
+        [EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN],
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         extra_special_tokens={"image_token": IMAGE_TOKEN},
@@ -244,4 +256,11 @@ def make_tiny_language_model(
     return _finish(LlamaForCausalLM(text_config), tokenizer, tokenizer, output_dir), tokenizer
 
 
-__all__ = ["build_tiny_tokenizer", "dataset_corpus", "make_tiny_chartwiz", "make_tiny_language_model", "tiny_configs"]
+__all__ = [
+    "build_tiny_tokenizer",
+    "dataset_corpus",
+    "make_tiny_chartwiz",
+    "make_tiny_language_model",
+    "tiny_configs",
+    "train_byte_level_bpe",
+]

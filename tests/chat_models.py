@@ -10,8 +10,9 @@ environments; their image processors have PIL versions, their video processors n
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+from chartwiz_hf.tiny import train_byte_level_bpe
 
 
 END_OF_TURN = "<|im_end|>"
@@ -51,18 +52,10 @@ VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "n
 def chat_tokenizer(**image_tokens) -> PreTrainedTokenizerFast:
     """Byte-level BPE on ChartWiz's tiny Korean corpus, with ChatML's turn tokens and the model's image tokens."""
     special = ["<|endoftext|>", PAD, "<|im_start|>", END_OF_TURN, *image_tokens.values()]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    return train_byte_level_bpe(
+        CORPUS * 4,
+        600,
+        special,
         eos_token=END_OF_TURN,
         pad_token=PAD,
         extra_special_tokens=image_tokens,

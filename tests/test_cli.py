@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -14,12 +13,11 @@ from transformers import (
     LlamaForCausalLM,
     Pix2StructConfig,
     Pix2StructForConditionalGeneration,
-    PreTrainedTokenizerFast,
 )
 
 from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.cli import main
-from chartwiz_hf.tiny import tiny_configs
+from chartwiz_hf.tiny import tiny_configs, train_byte_level_bpe
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 
@@ -39,14 +37,8 @@ def pretrained_parts(tmp_path_factory):
     pix2struct.save_pretrained(root / "deplot")
     pix2struct_image_processor(is_vqa=True, max_patches=32).save_pretrained(root / "deplot")
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(["차트의 가장 큰 값은 서울입니다.", "chart table value 1 2 3"], trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    texts = ["차트의 가장 큰 값은 서울입니다.", "chart table value 1 2 3"]
+    tokenizer = train_byte_level_bpe(texts, 400, ["<|endoftext|>"], eos_token="<|endoftext|>")
     assert "<image>" not in tokenizer.get_vocab() and tokenizer.pad_token is None
     language_model = LlamaForCausalLM(tiny_configs(len(tokenizer), tie_word_embeddings=True)[1])
     language_model.save_pretrained(root / "lm")

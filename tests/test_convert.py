@@ -13,7 +13,6 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import (
     AutoModelForImageTextToText,
@@ -32,7 +31,7 @@ from chartwiz_hf import convert_chartwiz_llava_to_hf
 from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.cli import main
 from chartwiz_hf.inference import load_chartwiz
-from chartwiz_hf.tiny import tiny_configs
+from chartwiz_hf.tiny import tiny_configs, train_byte_level_bpe
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 
@@ -100,15 +99,8 @@ def original_tokenization(tokenizer, prompt: str) -> list[int]:
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
     corpus = ["A chat between a curious human and an artificial intelligence assistant.", "USER: ASSISTANT: 값은?"]
-    backend.train_from_iterator(corpus * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    return train_byte_level_bpe(corpus * 4, 300, ["<|endoftext|>"], eos_token="<|endoftext|>")
 
 
 def text_model(kind: str, vocab_size: int, **overrides):

@@ -178,3 +178,23 @@ def test_the_names_of_names_py_are_defined_there_only():
         for name in sorted(top_level_definitions(path) & shared)
     ]
     assert redefined == []
+
+
+def test_the_tiny_tokenizers_are_trained_by_tiny_py_only():
+    trainer = "Bpe" + "Trainer"  # spelt so that this file does not hold it
+    holders = sorted(
+        os.path.relpath(os.path.join(directory, name), ROOT)
+        for folder in (*PACKAGES, "benchmarks", "examples", "recipes", "tests", "tests_vllm")
+        for directory, _, files in os.walk(os.path.join(ROOT, folder))
+        for name in files
+        if name.endswith(".py") and trainer in open(os.path.join(directory, name), encoding="utf-8").read()
+    )
+    assert holders == [os.path.join("chartwiz_hf", "tiny.py")]
+
+    from chartwiz_hf.errors import ChartWizValueError
+    from chartwiz_hf.tiny import train_byte_level_bpe
+
+    tokenizer = train_byte_level_bpe(["차트 값 1 2 3"] * 4, 300, ["<|endoftext|>"], eos_token="<|endoftext|>")
+    assert tokenizer.decode(tokenizer("그래프 𝛼")["input_ids"]) == "그래프 𝛼", "any text, through the bytes"
+    with pytest.raises(ChartWizValueError, match="at least 258 .the 256 bytes and 2 special tokens"):
+        train_byte_level_bpe(["x"], 257, ["<a>", "<b>"])

@@ -112,7 +112,8 @@ def curve_point(progress: Progress, number: str, model: str, data_dir: str, repo
     for shown, flags in ABLATIONS.items():
         report_dir = os.path.join(reports, shown)
         step = f"{number}{shown[0]}"
-        flags = [*flags, "--restart"] if progress.is_new(step) else flags
+        # No --restart for a new step: `chartwiz evaluate` keeps only the answers in the folder that still hold (the
+        # same model files, data and settings), so an evaluation run by hand with the same command counts.
         progress.run(
             f"{step} Evaluation of {os.path.basename(model)}, {shown} charts, on the held-out split",
             chartwiz(
@@ -138,27 +139,44 @@ def curve_point(progress: Progress, number: str, model: str, data_dir: str, repo
     return scores
 
 
-def curve_table(curve: dict) -> str:
-    """A Markdown table: one row per stage 2 step count, each metric with the chart / blank / shuffled charts."""
+def curve_table(curve: dict, shipped: dict | None = None) -> str:
+    """
+    A Markdown table: one row per stage 2 step count, each metric with the chart / blank / shuffled charts, and a
+    last row for the folder as shipped where given.
+    """
     header = "| stage 2 steps | " + " | ".join(f"{metric} ({task})" for task, metric in CURVE_METRICS) + " |"
     lines = [header, "| ---: |" + " ---: |" * len(CURVE_METRICS)]
-    for steps, scores in sorted(curve.items(), key=lambda item: int(item[0])):
+    rows = sorted(curve.items(), key=lambda item: int(item[0]))
+    if shipped is not None:
+        rows.append(("shipped, float16 weights", shipped))
+    for label, scores in rows:
         cells = []
         for task, metric in CURVE_METRICS:
             values = [scores[shown].get(task, {}).get(metric) for shown in ABLATIONS]
             cells.append(" / ".join("n/a" if value is None else f"{value:.1f}" for value in values))
-        lines.append(f"| {steps} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def export(checkpoint: str, out: str) -> None:
-    """The model's files of a Trainer checkpoint, without its optimizer state, as a fresh folder `out`."""
+    """
+    The model's files of a Trainer checkpoint, without its optimizer state, as a fresh folder `out`. The weights are
+    stored in float16, which halves them so that the folder (the header font is 4.7 MB of it) stays under 10 MB; the
+    config keeps float32, so both transformers majors load them back into float32 and compute as in training.
+    """
+    from safetensors.torch import load_file, save_file
+
     staging = f"{out}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     for name in MODEL_FILES:
-        if os.path.isfile(os.path.join(checkpoint, name)):
-            shutil.copy2(os.path.join(checkpoint, name), os.path.join(staging, name))
+        source = os.path.join(checkpoint, name)
+        if name == "model.safetensors":
+            weights = load_file(source)
+            halved = {key: value.half() if value.is_floating_point() else value for key, value in weights.items()}
+            save_file(halved, os.path.join(staging, name), metadata={"format": "pt"})
+        elif os.path.isfile(source):
+            shutil.copy2(source, os.path.join(staging, name))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
 
@@ -207,13 +225,15 @@ def main(argv=None) -> dict:
             curve[str(point)] = curve_point(
                 progress, f"4.{point}", checkpoint, data_dir, os.path.join(reports, str(point)), args
             )
-    with open(os.path.join(work, "curve.json"), "w", encoding="utf-8") as file:
-        json.dump(curve, file, indent=2)
-
     export(os.path.join(stage2, f"checkpoint-{args.stage2_steps}"), args.out)
+    # The folder as shipped (float16 weights) is scored too: its row, not the checkpoint's, is what users load.
+    with timings.measure("evaluations"):
+        shipped = curve_point(progress, "5", args.out, data_dir, os.path.join(reports, "shipped"), args)
+    with open(os.path.join(work, "curve.json"), "w", encoding="utf-8") as file:
+        json.dump({**curve, "shipped": shipped}, file, indent=2)
     with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as file:
-        file.write(model_card(args, curve, timings.seconds))
-    print(f"\n{curve_table(curve)}\n\nSaved {args.out}", flush=True)
+        file.write(model_card(args, curve, shipped, timings.seconds))
+    print(f"\n{curve_table(curve, shipped)}\n\nSaved {args.out}", flush=True)
     return curve
 
 
@@ -226,7 +246,7 @@ def _gcd(numbers) -> int:
     return result
 
 
-def model_card(args, curve: dict, seconds: dict) -> str:
+def model_card(args, curve: dict, shipped: dict, seconds: dict) -> str:
     command = " ".join(["python", "examples/train_tiny_chartwiz.py", *args.argv])
     hours = sum(seconds.values()) / 3600
     phases = ", ".join(f"{phase} {value / 3600:.1f} h" for phase, value in seconds.items())
@@ -262,7 +282,10 @@ Held-out charts of the same draw ({final["chart"].get("table", {}).get("n", "?")
 config's test split), greedy answers; each cell is the score with the chart / a blank white image / another
 held-out chart (percent):
 
-{curve_table(curve)}
+{curve_table(curve, shipped)}
+
+The weights are stored in float16 to keep the folder under 10 MB (the last row scores them as shipped); the config
+says float32, so they load into float32 on both transformers majors.
 
 ## Quick start
 

@@ -324,10 +324,12 @@ class Timings:
     @contextmanager
     def measure(self, phase: str):
         start = time.perf_counter()
-        yield
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-        with open(self.path, "w", encoding="utf-8") as file:
-            json.dump(self.seconds, file, indent=2)
+        try:
+            yield
+        finally:  # an interrupted phase did work too: the run that continues it adds its own time
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+            with open(self.path, "w", encoding="utf-8") as file:
+                json.dump(self.seconds, file, indent=2)
 
 
 def model_card(args, parameters: int, train_charts: int, test_charts: int, scores: dict, seconds: dict) -> str:

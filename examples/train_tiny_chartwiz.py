@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 
 # The script's own folder is on sys.path: the quickstart beside it runs and resumes its steps the same way, and the
@@ -183,6 +184,8 @@ def export(checkpoint: str, out: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # `kill` ends the run as Ctrl-C does: the step's process is stopped and the time spent so far is kept.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = os.path.abspath(args.work_dir)
@@ -251,6 +254,7 @@ def model_card(args, curve: dict, shipped: dict, seconds: dict) -> str:
     hours = sum(seconds.values()) / 3600
     phases = ", ".join(f"{phase} {value / 3600:.1f} h" for phase, value in seconds.items())
     final = curve[str(args.stage2_steps)]
+    threads = f"{args.threads} torch thread" + ("s" if args.threads > 1 else "")
     return f"""---
 license: apache-2.0
 library_name: transformers
@@ -261,14 +265,14 @@ tags: [chartwiz, chart-question-answering, chart-to-table]
 
 # tiny-chartwiz
 
-A tiny ChartWiz that reads synthetic charts: the shipped tiny DePlot encoder (`examples/tiny-deplot`) and tiny
+A tiny ChartWiz trained to read synthetic charts: the shipped tiny DePlot encoder (`examples/tiny-deplot`) and tiny
 Korean language model (`examples/tiny-lm`) composed with a new `mlp2x_gelu` projector ({args.max_patches} image
 tokens), then trained by the real two-stage recipe (`recipes/sft_chartwiz.py` with the `recipes/chartwiz-tiny`
 recipes): stage 1, {args.stage1_steps} steps of chart -> table with the projector alone; stage 2, {args.stage2_steps}
 steps of tables, descriptions, summaries and questions with the projector and the language model (the encoder
 frozen in both), batches of 8 drawn at random. The charts are {args.charts:,} that `chartwiz synth --seed
 {args.seed}` draws; the quickstart's (seed 0) and the tests' were never in its training set. Made by
-`examples/train_tiny_chartwiz.py` in {hours:.1f} hours on a shared 2-core CPU ({phases}), {args.threads} torch threads:
+`examples/train_tiny_chartwiz.py` in {hours:.1f} hours on a shared 2-core CPU ({phases}), {threads}:
 
 ```bash
 {command}
@@ -283,6 +287,9 @@ config's test split), greedy answers; each cell is the score with the chart / a 
 held-out chart (percent):
 
 {curve_table(curve, shipped)}
+
+What it reads is where the first figure of a cell stands above the other two; where the three are alike, it answers
+as well without the chart (`docs/reading.md` in the repository says what it reads and what it does not yet).
 
 The weights are stored in float16 to keep the folder under 10 MB (the last row scores them as shipped); the config
 says float32, so they load into float32 on both transformers majors.

@@ -1,0 +1,69 @@
+"""The tiny ChartWiz shipped in `examples/tiny-chartwiz`: a checkpoint that loads as users load one, and reads."""
+
+import json
+import os
+import re
+
+import pytest
+from PIL import Image
+
+from chartwiz_hf.images import load_chart_image
+from chartwiz_hf.inference import answer_questions, load_chartwiz
+from chartwiz_hf.names import INSTRUCTIONS
+from dataset_builder.aihub import image_dir
+from dataset_builder.synth import FOLDER_OF_TYPE, MANIFEST_NAME, described_chart_type, generate
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(REPO, "examples", "tiny-chartwiz")
+HELD_OUT = 20
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """20 charts of the quickstart's draw (seed 0), which the shipped model never saw: (images, manifest entries)."""
+    root = str(tmp_path_factory.mktemp("held-out"))
+    generate(root, HELD_OUT, seed=0, test_fraction=0.0, progress=False)
+    with open(os.path.join(root, MANIFEST_NAME), encoding="utf-8") as file:
+        entries = [json.loads(line) for line in file]
+    paths = [
+        os.path.join(image_dir(root, entry["split"], FOLDER_OF_TYPE[entry["chart_type"]]), f"{entry['stem']}.jpg")
+        for entry in entries
+    ]
+    return [load_chart_image(path) for path in paths], entries
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_chartwiz(SHIPPED)
+
+
+def test_a_small_safetensors_checkpoint_with_its_code_and_a_card_that_says_how_it_was_made():
+    files = set(os.listdir(SHIPPED))
+    assert {"model.safetensors", "config.json", "modeling_chartwiz.py", "README.md"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files), "weights are safetensors only"
+    assert not any(name.startswith(("optimizer", "scheduler", "rng_state", "trainer_state")) for name in files)
+    size = sum(os.path.getsize(os.path.join(SHIPPED, name)) for name in files)
+    assert size < 10 * 1024 * 1024, f"{size / 2**20:.1f} MiB"
+    card = open(os.path.join(SHIPPED, "README.md"), encoding="utf-8").read()
+    assert "python examples/train_tiny_chartwiz.py" in card and "`chartwiz synth --seed" in card
+    assert re.search(r"in \d+(\.\d+)? hours", card), "the card gives the time it took"
+    curve = card.split("## Learning curve")[1]
+    assert len(re.findall(r"^\| \d+ \|", curve, flags=re.MULTILINE)) >= 3, "a learning curve of several points"
+
+
+@pytest.mark.slow
+def test_it_names_the_chart_type_of_most_held_out_charts_and_not_of_blank_images(shipped, held_out):
+    model, processor = shipped
+    images, entries = held_out
+    question = INSTRUCTIONS["description"][0]
+
+    def types_named(shown):
+        descriptions = answer_questions(model, processor, shown, [question] * len(shown), max_new_tokens=64)
+        return sum(described_chart_type(text) == entry["chart_type"] for text, entry in zip(descriptions, entries))
+
+    named = types_named(images)
+    blank = types_named([Image.new("RGB", image.size, "white") for image in images])
+    # Ten chart types: a model that does not look names about one in ten, and a blank image tells it nothing.
+    assert named > len(entries) / 2, f"{named} of {len(entries)} chart types named"
+    assert blank <= len(entries) / 5, f"{blank} of {len(entries)} named from blank images"

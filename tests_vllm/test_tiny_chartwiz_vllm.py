@@ -1,0 +1,56 @@
+"""The shipped tiny ChartWiz served by vLLM answers held-out charts as transformers does."""
+
+import json
+import os
+import subprocess
+import sys
+
+from chartwiz_hf.images import load_chart_image
+from chartwiz_hf.inference import answer_questions, load_chartwiz
+from chartwiz_hf.names import INSTRUCTIONS
+from chartwiz_hf.run_store import read_jsonl
+from dataset_builder.aihub import image_dir
+from dataset_builder.synth import FOLDER_OF_TYPE, MANIFEST_NAME, described_chart_type, generate
+
+from .conftest import SERVER_START_SECONDS, VLLM_ENV
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(REPO, "examples", "tiny-chartwiz")
+MAX_NEW_TOKENS = 64
+
+
+def test_vllm_answers_held_out_charts_as_transformers_does(tmp_path):
+    # Six charts of the quickstart's draw, which the shipped model never saw: a description and a question each.
+    generate(str(tmp_path / "synth"), 6, seed=0, test_fraction=0.0, progress=False)
+    with open(tmp_path / "synth" / MANIFEST_NAME, encoding="utf-8") as file:
+        entries = [json.loads(line) for line in file]
+    questions, images = [], []
+    for entry in entries:
+        folder = image_dir(str(tmp_path / "synth"), entry["split"], FOLDER_OF_TYPE[entry["chart_type"]])
+        path = os.path.join(folder, f"{entry['stem']}.jpg")
+        for number, text in enumerate((INSTRUCTIONS["description"][0], "가장 큰 값은 무엇인가요?")):
+            relative = os.path.relpath(path, tmp_path)
+            questions.append({"id": f"{entry['stem']}-{number}", "image": relative, "text": text})
+            images.append(load_chart_image(path))
+    question_file = tmp_path / "questions.jsonl"
+    question_file.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
+
+    model, processor = load_chartwiz(SHIPPED)
+    expected = answer_questions(
+        model, processor, images, [q["text"] for q in questions], max_new_tokens=MAX_NEW_TOKENS
+    )
+
+    answers = tmp_path / "answers.jsonl"
+    command = [sys.executable, "-m", "chartwiz_hf.cli", "infer", "--engine", "vllm", "--model", SHIPPED]
+    command += ["--questions", str(question_file), "--image-folder", str(tmp_path), "--answers", str(answers)]
+    command += ["--max-new-tokens", str(MAX_NEW_TOKENS), "--dtype", "float32", "--no-progress"]
+    result = subprocess.run(
+        command, env={**os.environ, **VLLM_ENV}, capture_output=True, text=True, timeout=2 * SERVER_START_SECONDS
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    served = {row["id"]: row["answer"] for row in read_jsonl(str(answers))}
+    assert served == {question["id"]: answer for question, answer in zip(questions, expected)}
+    # What is compared are readings: most descriptions name their own chart's type.
+    named = sum(described_chart_type(served[f"{entry['stem']}-0"]) == entry["chart_type"] for entry in entries)
+    assert named > len(entries) / 2, f"{named} of {len(entries)} chart types named"

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHARTS = 40
+SHIPPED_ROWS = ("shipped", "shipped, blank charts", "shipped, shuffled charts")
 
 
 def load_quickstart():
@@ -40,20 +41,21 @@ def quickstart(tmp_path_factory):
 
 def test_every_step_runs_and_each_model_is_scored_on_the_whole_test_split(quickstart, capsys):
     out, result = quickstart
-    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/10" for n in range(1, 11)]
+    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/13" for n in range(1, 14)]
     test_rows = load_dataset(os.path.join(out, "charts"), "all", split="test")
     expected = {}
     for task in test_rows["task"]:
         expected[task] = expected.get(task, 0) + 1
-    for name in ("untrained", "trained", "blank-charts", "shuffled-charts"):
+    reports = ("untrained", "trained", "blank-charts", "shuffled-charts", "shipped", "shipped-blank-charts")
+    for name in (*reports, "shipped-shuffled-charts"):
         with open(os.path.join(out, "reports", name, "metrics.json"), encoding="utf-8") as file:
             by_task = json.load(file)["by_task"]
         assert {task: scores["n"] for task, scores in by_task.items()} == expected, name
         assert os.path.isfile(os.path.join(out, "reports", name, "report.md"))
-    assert set(result["metrics"]) == {"untrained", "trained", "blank charts", "shuffled charts"}
+    assert set(result["metrics"]) == {"untrained", "trained", "blank charts", "shuffled charts", *SHIPPED_ROWS}
 
 
-def test_the_table_compares_the_four_models_and_the_chart_types(quickstart):
+def test_the_table_compares_the_models_and_the_chart_types(quickstart):
     out, result = quickstart
     table = load_quickstart().comparison_table(result["metrics"]).splitlines()
     assert table[0] == (
@@ -61,14 +63,19 @@ def test_the_table_compares_the_four_models_and_the_chart_types(quickstart):
         "| rouge_l (description) |"
     )
     rows = {line.split(" | ")[0].strip("| "): line for line in table[2:]}
-    assert set(rows) == {"untrained", "trained", "blank charts", "shuffled charts"}
-    trained = result["metrics"]["trained"]["by_task"]
-    assert f"{trained['qa']['relaxed_accuracy']:.1f}" in rows["trained"]
+    assert set(rows) == {"untrained", "trained", "blank charts", "shuffled charts", *SHIPPED_ROWS}
+    for name in ("trained", "shipped"):
+        by_task = result["metrics"][name]["by_task"]
+        assert rows[name].split(" | ")[3] == f"{by_task['qa']['relaxed_accuracy']:.1f}", name
     summary = open(os.path.join(out, "reports", "quickstart.md"), encoding="utf-8").read()
     assert "\n".join(table) in summary and "## By chart type" in summary
     section = summary.split("## By chart type")[1].strip().split("\n\n")
     by_type = next(block for block in section if block.startswith("| ")).splitlines()
     assert len(by_type) == 2 + 10, "a header, a rule and one line per chart type"
+    # The shipped model's own section: its three rows side by side, for the same chart types.
+    shipped = summary.split("## By chart type, the shipped tiny ChartWiz")[1].strip().split("\n\n")[0].splitlines()
+    assert "shipped / shipped, blank charts / shipped, shuffled charts" in shipped[0]
+    assert [line.split(" | ")[0] for line in shipped] == [line.split(" | ")[0] for line in by_type]
 
 
 def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_class(quickstart):
@@ -154,9 +161,9 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
     progress_file = os.path.join(out, "quickstart.json")
     with open(progress_file, encoding="utf-8") as file:
         state = json.load(file)
-    assert state["done"] == [f"{n}/10" for n in range(1, 11)]
-    # As if killed during the evaluation of shuffled charts: it started, it did not finish.
-    state["done"] = state["done"][:8]
+    assert state["done"] == [f"{n}/13" for n in range(1, 14)]
+    # As if killed during the evaluation of the shipped model on shuffled charts: it started, it did not finish.
+    state["done"] = state["done"][:11]
     with open(progress_file, "w", encoding="utf-8") as file:
         json.dump(state, file)
     trained = os.path.join(out, "chartwiz-tiny-finetune", "model.safetensors")
@@ -164,7 +171,7 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
 
     arguments = ["--out", out, "--charts", str(CHARTS), "--num-proc", "1", "--max-steps", "2"]
     second = load_quickstart().main([*arguments, "--max-new-tokens", "8"])
-    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["9/10", "10/10"]
+    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["12/13", "13/13"]
     assert os.stat(trained).st_mtime_ns == stamp, "the trained model was not trained again"
     # The resumed evaluation answered nothing twice: the same rows, the same scores.
     assert second["metrics"] == first["metrics"]

@@ -164,6 +164,14 @@ def chartwiz(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "chartwiz_hf.cli", *arguments]
 
 
+def evaluate_command(model: str, dataset: str, report_dir: str, max_new_tokens: int, *flags: str) -> list[str]:
+    """`chartwiz evaluate` of `model` on the test split of the `all` config, in batches of 16."""
+    return chartwiz(
+        "evaluate", "--model", model, "--dataset", dataset, "--config", "all", "--split", "test",
+        "--max-new-tokens", str(max_new_tokens), "--batch-size", "16", "--out", report_dir, *flags,
+    )  # fmt: skip
+
+
 def recipe(stage: str, model: str, dataset: str, output_dir: str, seed: int, max_steps, overwrite: bool) -> list[str]:
     command = [
         sys.executable,
@@ -370,24 +378,7 @@ def main(argv=None) -> dict:
         extra = [*extra, "--restart"] if progress.is_new(f"{number}/{STEPS}") else extra
         progress.run(
             f"{number}/{STEPS} Evaluation of {what} on the test split",
-            chartwiz(
-                "evaluate",
-                "--model",
-                model,
-                "--dataset",
-                charts,
-                "--config",
-                "all",
-                "--split",
-                "test",
-                "--max-new-tokens",
-                str(args.max_new_tokens),
-                "--batch-size",
-                "16",
-                "--out",
-                report_dir,
-                *extra,
-            ),
+            evaluate_command(model, charts, report_dir, args.max_new_tokens, *extra),
         )
     image, reference = first_test_table_row(charts)
     progress.run(

@@ -27,7 +27,7 @@ import sys
 # The script's own folder is on sys.path: the quickstart beside it runs and resumes its steps the same way, and the
 # tiny DePlot's script keeps the time of each phase.
 from pretrain_tiny_deplot import Timings
-from quickstart import TINY_DEPLOT, TINY_LM, Progress, chartwiz, read_metrics, recipe
+from quickstart import TINY_DEPLOT, TINY_LM, Progress, chartwiz, evaluate_command, read_metrics, recipe
 
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
@@ -117,24 +117,7 @@ def curve_point(progress: Progress, number: str, model: str, data_dir: str, repo
         # same model files, data and settings), so an evaluation run by hand with the same command counts.
         progress.run(
             f"{step} Evaluation of {os.path.basename(model)}, {shown} charts, on the held-out split",
-            chartwiz(
-                "evaluate",
-                "--model",
-                model,
-                "--dataset",
-                data_dir,
-                "--config",
-                "all",
-                "--split",
-                "test",
-                "--max-new-tokens",
-                str(args.max_new_tokens),
-                "--batch-size",
-                "16",
-                "--out",
-                report_dir,
-                *flags,
-            ),
+            evaluate_command(model, data_dir, report_dir, args.max_new_tokens, *flags),
         )
         scores[shown] = read_metrics(report_dir)["by_task"]
     return scores

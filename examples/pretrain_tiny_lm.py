@@ -59,22 +59,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def draw_and_build(work: str, charts: int, seed: int, num_proc: int, timings: Timings) -> str:
+def draw_and_build(
+    work: str,
+    charts: int,
+    seed: int,
+    num_proc: int,
+    timings: Timings,
+    test_fraction: float = 0.02,
+    configs: tuple[str, ...] = TEXT_CONFIGS,
+) -> str:
     """The `chartwiz data build` folder of `charts` synthetic charts drawn with `seed` (kept when already there)."""
     synth_dir, data_dir = os.path.join(work, "synth"), os.path.join(work, "charts")
     done_path = os.path.join(work, "built.json")
     wanted = {"charts": charts, "seed": seed}
     done = json.load(open(done_path, encoding="utf-8")) if os.path.isfile(done_path) else None
     if done != wanted:
+        print(
+            f"$ chartwiz synth {synth_dir} --n {charts} --seed {seed} --test-fraction {test_fraction} --overwrite\n"
+            f"$ chartwiz data build --data-dir {synth_dir} --gpt {synth_dir}/gpt_qa.jsonl --out {data_dir} "
+            f"--configs {' '.join(configs)}",
+            flush=True,
+        )
         with timings.measure("charts and datasets"):
-            generate(synth_dir, charts, seed=seed, test_fraction=0.02, num_proc=num_proc, overwrite=True)
-            build_dataset(
-                synth_dir,
-                data_dir,
-                gpt_sources=[os.path.join(synth_dir, "gpt_qa.jsonl")],
-                configs=TEXT_CONFIGS,
-                num_proc=num_proc,
-            )
+            generate(synth_dir, charts, seed=seed, test_fraction=test_fraction, num_proc=num_proc, overwrite=True)
+            gpt_sources = [os.path.join(synth_dir, "gpt_qa.jsonl")]
+            build_dataset(synth_dir, data_dir, gpt_sources=gpt_sources, configs=configs, num_proc=num_proc)
         with open(done_path, "w", encoding="utf-8") as file:
             json.dump(wanted, file)
     return data_dir

@@ -24,13 +24,13 @@ import shutil
 import signal
 import sys
 
-# The script's own folder is on sys.path: the quickstart beside it runs and resumes its steps the same way, and the
-# tiny DePlot's script keeps the time of each phase.
+# The script's own folder is on sys.path: the quickstart beside it runs and resumes its steps the same way, the tiny
+# DePlot's script keeps the time of each phase and the tiny language model's draws and builds the charts.
 from pretrain_tiny_deplot import Timings
+from pretrain_tiny_lm import draw_and_build
 from quickstart import TINY_DEPLOT, TINY_LM, Progress, chartwiz, evaluate_command, read_metrics, recipe
 
-from dataset_builder.build import build_dataset
-from dataset_builder.synth import generate
+from chartwiz_hf.names import BUILT_CONFIGS
 
 
 # What the card's learning curve shows, as in the quickstart's table.
@@ -83,28 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if any(step < 1 or step > args.stage2_steps for step in args.curve):
         parser.error(f"--curve steps must lie between 1 and --stage2-steps ({args.stage2_steps}).")
     return args
-
-
-def draw_and_build(work: str, charts: int, seed: int, num_proc: int, timings: Timings) -> str:
-    """The `chartwiz data build` folder of `charts` synthetic charts drawn with `seed` (kept when already there)."""
-    synth_dir, data_dir = os.path.join(work, "synth"), os.path.join(work, "charts")
-    done_path = os.path.join(work, "built.json")
-    wanted = {"charts": charts, "seed": seed}
-    done = json.load(open(done_path, encoding="utf-8")) if os.path.isfile(done_path) else None
-    if done != wanted:
-        print(
-            f"$ chartwiz synth {synth_dir} --n {charts} --seed {seed} --test-fraction 0.01 --overwrite\n"
-            f"$ chartwiz data build --data-dir {synth_dir} --gpt {synth_dir}/gpt_qa.jsonl --out {data_dir}",
-            flush=True,
-        )
-        with timings.measure("charts and datasets"):
-            generate(synth_dir, charts, seed=seed, test_fraction=0.01, num_proc=num_proc, overwrite=True)
-            build_dataset(
-                synth_dir, data_dir, gpt_sources=[os.path.join(synth_dir, "gpt_qa.jsonl")], num_proc=num_proc
-            )
-        with open(done_path, "w", encoding="utf-8") as file:
-            json.dump(wanted, file)
-    return data_dir
 
 
 def curve_point(progress: Progress, number: str, model: str, data_dir: str, reports: str, args) -> dict:
@@ -174,7 +152,7 @@ def main(argv=None) -> dict:
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
     timings = Timings(os.path.join(work, "timings.json"))
-    data_dir = draw_and_build(work, args.charts, args.seed, args.num_proc, timings)
+    data_dir = draw_and_build(work, args.charts, args.seed, args.num_proc, timings, 0.01, BUILT_CONFIGS)
     base, stage1, stage2, reports = (
         os.path.join(work, name) for name in ("chartwiz-tiny", "stage1", "stage2", "reports")
     )

@@ -170,12 +170,6 @@ def register(subcommands) -> None:
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
     parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
-    )
-    parser.add_argument(
         "--instructions",
         default=None,
         metavar="PRESET_OR_FILE",

@@ -35,7 +35,7 @@ def engine_info(args, model) -> dict:
 
 
 def add_engine_arguments(parser) -> None:
-    """`--engine` and the vLLM engine's parallelism, for `chartwiz infer` and `chartwiz evaluate`."""
+    """`--engine`, the vLLM engine's parallelism and `--dtype`, for `chartwiz infer` and `chartwiz evaluate`."""
     parser.add_argument(
         "--engine",
         choices=("transformers", "vllm"),
@@ -47,6 +47,12 @@ def add_engine_arguments(parser) -> None:
     )
     parser.add_argument(
         "--data-parallel-size", type=int, default=1, help="--engine vllm: model replicas sharing the questions"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
     )
 
 
@@ -260,12 +266,6 @@ def register(subcommands) -> None:
         help="the shard this run answers, 0-based (default: 0, and required with --num-chunks above 1)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: every GPU, else the CPU)")
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
-    )
     parser.add_argument(
         "--background",
         choices=("auto", "on", "off"),

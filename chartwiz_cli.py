@@ -1,7 +1,7 @@
 """
-The `chartwiz` command's entry point, outside the packages on purpose: importing anything of `chartwiz_hf` first
-imports torch, transformers and datasets, seconds in which Ctrl-C would otherwise end the command with a traceback
-of the import machinery. Here it ends with one line, as Ctrl-C during the command's work does (`chartwiz_hf.cli`).
+The `chartwiz` command's entry point, outside the packages on purpose: importing the command line first imports
+torch, transformers and datasets, seconds in which Ctrl-C would otherwise end the command with a traceback of the
+import machinery. Here it ends with one line, as Ctrl-C during the command's work does (`chartwiz.commands.cli`).
 """
 
 import sys
@@ -20,7 +20,7 @@ def command_name(argv: list[str]) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        from chartwiz_hf.cli import main as run_command
+        from chartwiz.commands.cli import main as run_command
     except KeyboardInterrupt:
         print(f"\n{command_name(argv)}: interrupted while starting; nothing was done", file=sys.stderr)
         return 130

@@ -42,7 +42,7 @@ def make_parts(work_dir: str) -> tuple[str, str]:
     import torch
     from transformers import LlamaForCausalLM, Pix2StructConfig, Pix2StructForConditionalGeneration
 
-    from chartwiz_hf.tiny import train_byte_level_bpe
+    from chartwiz.models.tiny import train_byte_level_bpe
 
     vision_dir, text_dir = os.path.join(work_dir, "deplot-sized"), os.path.join(work_dir, "llama-1b")
     if not os.path.isfile(os.path.join(vision_dir, "model.safetensors")):

@@ -19,8 +19,8 @@ import time
 import torch
 from models import make_model
 
-from chartwiz_hf.evaluation import Prediction, load_split, predict_dataset, score_predictions
-from chartwiz_hf.metrics import TASKS
+from chartwiz.evaluation.metrics import TASKS
+from chartwiz.evaluation.scoring import Prediction, load_split, predict_dataset, score_predictions
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 

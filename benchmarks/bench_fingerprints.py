@@ -16,9 +16,9 @@ import time
 import psutil
 from charts import QUESTIONS, chart_images
 
-from chartwiz_hf.fingerprints import checkpoint_fingerprint
-from chartwiz_hf.questions import ImageFolder, read_question_file
-from chartwiz_hf.run_store import question_fingerprint
+from chartwiz.batch.questions import ImageFolder, read_question_file
+from chartwiz.batch.run_store import question_fingerprint
+from chartwiz.fingerprints import checkpoint_fingerprint
 
 
 SHARD_BYTES = 4_900_000_000

@@ -1,6 +1,6 @@
 """
 Greedy generation throughput on CPU: eight questions answered one at a time (as the original did) vs as one
-left-padded batch of eight, both through `chartwiz_hf.inference.answer_questions` (image processing included).
+left-padded batch of eight, both through `chartwiz.inference.generation.answer_questions` (image processing included).
 
     python benchmarks/bench_generation.py --model small --new-tokens 256
     python benchmarks/bench_generation.py --model small --new-tokens 256 --max-patches 64
@@ -19,7 +19,7 @@ from charts import QUESTIONS, chart_images
 from models import make_model
 
 import chartwiz_hf.modeling_chartwiz as modeling
-from chartwiz_hf.inference import answer_questions
+from chartwiz.inference import answer_questions
 
 
 def main():

@@ -1,5 +1,5 @@
 """
-Questions/s of batch inference (`chartwiz_hf.batch_inference.run_inference`, what `chartwiz infer` runs) against a
+Questions/s of batch inference (`chartwiz.batch.run.run_inference`, what `chartwiz infer` runs) against a
 one-question-at-a-time loop (what the original did with a question file), on the same questions about the same
 charts read from disk; and the share of each run the model spends waiting for images and inputs, with and without
 the background worker.
@@ -29,9 +29,9 @@ import torch
 from charts import QUESTIONS, chart_images
 from models import make_model
 
-from chartwiz_hf.batch_inference import run_inference
-from chartwiz_hf.inference import answer_questions, load_chart_image
-from chartwiz_hf.questions import ImageFolder, read_question_file
+from chartwiz.batch.questions import ImageFolder, read_question_file
+from chartwiz.batch.run import run_inference
+from chartwiz.inference import answer_questions, load_chart_image
 
 
 def write_question_file(folder: str, questions: int, charts: int) -> str:
@@ -65,7 +65,7 @@ def one_at_a_time(model, processor, questions, image_folder, generate_kwargs):
 
 def compare_engines(args, model, processor, questions, work: str) -> dict:
     """Best-of-`repeats` questions/s of the transformers engine and the vLLM engine, taking turns."""
-    from chartwiz_hf.serving.engine import VLLMEngine
+    from chartwiz.serving.engine import VLLMEngine
 
     checkpoint = os.path.join(work, "model")
     model.save_pretrained(checkpoint)

@@ -2,9 +2,9 @@
 
 from transformers import GenerationConfig, LlamaConfig, Pix2StructVisionConfig
 
+from chartwiz.models.tiny import build_tiny_tokenizer, make_tiny_chartwiz
 from chartwiz_hf import ChartWizConfig, ChartWizForConditionalGeneration, ChartWizImageProcessor, ChartWizProcessor
 from chartwiz_hf.chat_templates import load_chat_template
-from chartwiz_hf.tiny import build_tiny_tokenizer, make_tiny_chartwiz
 
 
 SIZES = {

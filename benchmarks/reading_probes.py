@@ -30,7 +30,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
-from chartwiz_hf.inference import chat_messages
+from chartwiz.inference import chat_messages
 
 
 TABLE_QUESTION = "이 차트를 테이블 정보로 변경해줘."

@@ -17,13 +17,14 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from chartwiz.checkpoints import describe_model_type, read_config_dict, reading_checkpoint
+from chartwiz.errors import ChartWizValueError
+from chartwiz.names import IMAGE_TOKEN
+
 from .chat_templates import CHAT_TEMPLATES, load_chat_template
-from .checkpoints import describe_model_type, read_config_dict, reading_checkpoint
 from .configuration_chartwiz import ChartWizConfig
-from .errors import ChartWizValueError
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT, ChartWizImageProcessor
 from .modeling_chartwiz import ChartWizForConditionalGeneration
-from .names import IMAGE_TOKEN
 from .processing_chartwiz import ChartWizProcessor
 
 

@@ -35,12 +35,13 @@ from safetensors import SafetensorError
 from transformers import AutoTokenizer, Pix2StructVisionConfig, PretrainedConfig
 from transformers.utils import cached_file
 
+from chartwiz.checkpoints import reading_checkpoint
+from chartwiz.errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
+from chartwiz.files import OVERWRITE_HELP, replacing_folder
+
 from .chat_templates import CHAT_TEMPLATES
-from .checkpoints import reading_checkpoint
 from .compose import add_image_token, build_processor, chartwiz_generation_config
 from .configuration_chartwiz import ChartWizConfig, projector_depth
-from .errors import ChartWizError, ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
-from .files import OVERWRITE_HELP, replacing_folder
 from .image_processing_chartwiz import DEPLOT_HEADER_TEXT
 from .modeling_chartwiz import ChartWizForConditionalGeneration
 

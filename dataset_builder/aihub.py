@@ -8,8 +8,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from chartwiz_hf.errors import ChartWizFileNotFoundError, ChartWizValueError
-from chartwiz_hf.names import CHART_TYPE_FOLDERS, CHART_TYPES
+from chartwiz.errors import ChartWizFileNotFoundError, ChartWizValueError
+from chartwiz.names import CHART_TYPE_FOLDERS, CHART_TYPES
 
 
 SPLITS = ("train", "test")

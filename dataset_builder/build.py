@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from chartwiz_hf.errors import ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
-from chartwiz_hf.files import write_text_atomic
-from chartwiz_hf.names import BUILT_CONFIGS
+from chartwiz.errors import ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
+from chartwiz.files import write_text_atomic
+from chartwiz.names import BUILT_CONFIGS
 
 from .aihub import check_tree, unknown_folders
 from .builder import CONFIG_TASKS, ChartWizAIHub

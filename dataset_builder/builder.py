@@ -8,8 +8,8 @@ from typing import Optional
 
 import datasets
 
-from chartwiz_hf.errors import ChartWizValueError
-from chartwiz_hf.names import DEFAULT_DATASET_CONFIG
+from chartwiz.errors import ChartWizValueError
+from chartwiz.names import DEFAULT_DATASET_CONFIG
 
 from .aihub import (
     CHART_TYPE_FOLDERS,

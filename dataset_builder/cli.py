@@ -3,8 +3,8 @@
 import argparse
 import json
 
-from chartwiz_hf.extras import require
-from chartwiz_hf.names import BUILT_CONFIGS, DATASET_CONFIGS
+from chartwiz.extras import require
+from chartwiz.names import BUILT_CONFIGS, DATASET_CONFIGS
 
 
 def positive_int(text: str) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from chartwiz_hf.names import FINETUNE_TASKS, IMAGE_TOKEN, INSTRUCTIONS, normalize_text
+from chartwiz.names import FINETUNE_TASKS, IMAGE_TOKEN, INSTRUCTIONS, normalize_text
 
 from .aihub import BadRecord, ChartRecord, find_in_image_folders
 
@@ -193,7 +193,7 @@ def conversation_turns(messages) -> list[tuple[str, str | None]]:
     A question without an answer (None: the conversation ends with it, or another question follows it) is read, not
     refused, and each use decides what it is: a training row needs its answer, so `qa_turns` makes that turn a
     `BadRecord` (the other turns of the conversation stay rows); a question file asks it, and a later turn that has
-    it as context takes the model's own answer (`chartwiz_hf.questions.read_question_file`).
+    it as context takes the model's own answer (`chartwiz.batch.questions.read_question_file`).
     """
     if not isinstance(messages, list) or not messages:
         raise BadRecord("'conversations' must be a non-empty list of {'from', 'value'} messages")

@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from chartwiz_hf.errors import ChartWizValueError
+from chartwiz.errors import ChartWizValueError
 
 from .aihub import CHART_TYPE_FOLDERS, image_dir, text_dir
 

@@ -35,9 +35,9 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from chartwiz.evaluation.metrics import rms
+from chartwiz.models.tiny import build_tiny_tokenizer
 from chartwiz_hf.image_processing_chartwiz import ChartWizImageProcessor
-from chartwiz_hf.metrics import rms
-from chartwiz_hf.tiny import build_tiny_tokenizer
 from dataset_builder.aihub import image_dir
 from dataset_builder.synth import FOLDER_OF_TYPE, MANIFEST_NAME, generate
 

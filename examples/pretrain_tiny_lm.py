@@ -30,8 +30,8 @@ from pretrain_tiny_deplot import Timings
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from chartwiz.models.tiny import build_tiny_tokenizer, make_tiny_language_model
 from chartwiz_hf.processing_chartwiz import readable_by_both_majors
-from chartwiz_hf.tiny import build_tiny_tokenizer, make_tiny_language_model
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 

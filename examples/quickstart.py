@@ -81,7 +81,7 @@ class Progress:
     def __init__(
         self, out: str, settings: dict, restart: bool = False, outputs: dict | None = None, env: dict | None = None
     ):
-        from chartwiz_hf.run_store import changed_settings
+        from chartwiz.batch.run_store import changed_settings
 
         self.path, self.settings, self.started, self.done = os.path.join(out, PROGRESS_FILE), settings, [], []
         self.env = env
@@ -105,7 +105,7 @@ class Progress:
         self._write()
 
     def _fingerprint(self, step: str):
-        from chartwiz_hf.fingerprints import digest, tree_fingerprint
+        from chartwiz.fingerprints import digest, tree_fingerprint
 
         return digest(tree_fingerprint(self.outputs[step])) if step in self.outputs else None
 
@@ -114,7 +114,7 @@ class Progress:
         return step not in self.started
 
     def _read(self):
-        from chartwiz_hf.run_store import read_json
+        from chartwiz.batch.run_store import read_json
 
         try:
             return read_json(self.path)
@@ -122,7 +122,7 @@ class Progress:
             return None
 
     def _write(self) -> None:
-        from chartwiz_hf.files import write_json_atomic
+        from chartwiz.files import write_json_atomic
 
         progress = {"settings": self.settings, "started": self.started, "done": self.done}
         write_json_atomic(self.path, {**progress, "fingerprints": self.fingerprints})
@@ -130,7 +130,9 @@ class Progress:
     def run(self, title: str, command: list[str]) -> None:
         """Runs one step as a user would type it, printing the command first and its wall time after."""
         # Shown as typed: `chartwiz ...` and `python ...`, not this interpreter's path.
-        words = ["chartwiz", *command[3:]] if command[1:3] == ["-m", "chartwiz_hf.cli"] else ["python", *command[1:]]
+        words = (
+            ["chartwiz", *command[3:]] if command[1:3] == ["-m", "chartwiz.commands.cli"] else ["python", *command[1:]]
+        )
         shown = " ".join(word if " " not in word else repr(word) for word in words)
         step = title.split(" ", 1)[0]
         if step in self.done:
@@ -161,7 +163,7 @@ class Progress:
 
 
 def chartwiz(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "chartwiz_hf.cli", *arguments]
+    return [sys.executable, "-m", "chartwiz.commands.cli", *arguments]
 
 
 def evaluate_command(model: str, dataset: str, report_dir: str, max_new_tokens: int, *flags: str) -> list[str]:

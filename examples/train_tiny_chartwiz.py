@@ -30,7 +30,7 @@ from pretrain_tiny_deplot import Timings
 from pretrain_tiny_lm import draw_and_build
 from quickstart import TINY_DEPLOT, TINY_LM, Progress, chartwiz, evaluate_command, read_metrics, recipe
 
-from chartwiz_hf.names import BUILT_CONFIGS
+from chartwiz.names import BUILT_CONFIGS
 
 
 # What the card's learning curve shows, as in the quickstart's table.
@@ -260,7 +260,7 @@ says float32, so they load into float32 on both transformers majors.
 ```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from chartwiz_hf.images import load_chart_image
+from chartwiz.inference import load_chart_image
 
 model = AutoModelForImageTextToText.from_pretrained("examples/tiny-chartwiz", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("examples/tiny-chartwiz", trust_remote_code=True)

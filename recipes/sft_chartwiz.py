@@ -42,7 +42,7 @@ import datasets
 import transformers
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
-from chartwiz_hf.extras import missing_extra_message
+from chartwiz.extras import missing_extra_message
 
 
 try:
@@ -52,7 +52,7 @@ except ModuleNotFoundError as error:  # the core install has no TRL: say which e
         raise
     raise SystemExit(missing_extra_message("trl", "recipes/sft_chartwiz.py")) from None
 
-from chartwiz_hf.training import (
+from chartwiz.training.sft import (
     ChartWizScriptArguments,
     ChartWizSFTConfig,
     ChartWizSFTTrainer,

@@ -21,8 +21,8 @@ class _BlockChartWiz(importlib.abc.MetaPathFinder):
 
 
 def answers_with_the_package(checkpoint: str, images, questions, max_new_tokens: int) -> dict:
-    """`chartwiz_hf.inference`'s answers: each question alone, then all of them as one left-padded batch."""
-    from chartwiz_hf.inference import answer_questions, load_chartwiz
+    """`chartwiz.inference.generation`'s answers: each question alone, then all of them as one left-padded batch."""
+    from chartwiz.inference import answer_questions, load_chartwiz
 
     model, processor = load_chartwiz(checkpoint)
     kwargs = {"max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens}

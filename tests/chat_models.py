@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-from chartwiz_hf.tiny import train_byte_level_bpe
+from chartwiz.models.tiny import train_byte_level_bpe
 
 
 END_OF_TURN = "<|im_end|>"

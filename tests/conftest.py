@@ -130,7 +130,7 @@ def assert_same_answers_under_the_other_major(checkpoint, work_dir, max_new_toke
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from chartwiz_hf.tiny import make_tiny_chartwiz
+    from chartwiz.models.tiny import make_tiny_chartwiz
 
     directory = tmp_path_factory.mktemp("tiny-chartwiz")
     make_tiny_chartwiz(str(directory), seed=0, max_patches=16)

@@ -14,17 +14,17 @@ from datasets import Dataset, load_dataset
 from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from chartwiz_hf import evaluation_instructions
-from chartwiz_hf.batch_inference import run_inference
-from chartwiz_hf.chat_engines import ChatModelEngine, load_chat_model
-from chartwiz_hf.chat_inputs import chat_inputs, prompt_token_ids
-from chartwiz_hf.cli import main
-from chartwiz_hf.evaluation import evaluate_model, predict_dataset, split_questions
-from chartwiz_hf.evaluation_instructions import PRESETS, apply_instructions
-from chartwiz_hf.metrics import TASKS
-from chartwiz_hf.questions import DatasetImages
-from chartwiz_hf.run_store import read_jsonl
-from chartwiz_hf.tiny import make_tiny_language_model
+from chartwiz.batch.questions import DatasetImages
+from chartwiz.batch.run import run_inference
+from chartwiz.batch.run_store import read_jsonl
+from chartwiz.commands.cli import main
+from chartwiz.evaluation import instructions as evaluation_instructions
+from chartwiz.evaluation.instructions import PRESETS, apply_instructions
+from chartwiz.evaluation.metrics import TASKS
+from chartwiz.evaluation.scoring import evaluate_model, predict_dataset, split_questions
+from chartwiz.inference.chat_engines import ChatModelEngine, load_chat_model
+from chartwiz.inference.chat_inputs import chat_inputs, prompt_token_ids
+from chartwiz.models.tiny import make_tiny_language_model
 
 from .chat_models import ARCHITECTURES, make_tiny_chat_model, missing_architecture
 from .conftest import draw_chart
@@ -309,8 +309,8 @@ def test_a_checkpoint_that_is_no_image_text_to_text_model_is_a_one_line_error(ev
 
 
 def test_command_constants_match_the_modules():
-    from chartwiz_hf.commands import evaluate as evaluate_command
-    from chartwiz_hf.serving.chat_engine import MODEL_IMPLS
+    from chartwiz.commands import evaluate as evaluate_command
+    from chartwiz.serving.chat_engine import MODEL_IMPLS
 
     assert evaluate_command.INSTRUCTION_PRESETS == tuple(PRESETS)
     assert evaluate_command.VLLM_MODEL_IMPLS == MODEL_IMPLS

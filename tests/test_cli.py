@@ -15,9 +15,9 @@ from transformers import (
     Pix2StructForConditionalGeneration,
 )
 
+from chartwiz.commands.cli import main
+from chartwiz.models.tiny import tiny_configs, train_byte_level_bpe
 from chartwiz_hf.chat_templates import load_chat_template
-from chartwiz_hf.cli import main
-from chartwiz_hf.tiny import tiny_configs, train_byte_level_bpe
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 
@@ -325,7 +325,7 @@ def adapter_folder(tiny_dir, path):
     """A LoRA adapter of the tiny model saved at `path`, with a stray file of the run beside it."""
     from peft import LoraConfig, get_peft_model
 
-    from chartwiz_hf.inference import load_chartwiz
+    from chartwiz.inference import load_chartwiz
 
     model, _ = load_chartwiz(tiny_dir)
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -432,7 +432,7 @@ def test_ask_reports_bad_input_in_one_line(case, ask_inputs, tiny_dir, tmp_path,
 
 def question_leaving_room(processor, room: int) -> str:
     """A long question whose prompt leaves at most `room` tokens of the context (and as close to it as it can)."""
-    from chartwiz_hf.inference import prepare_inputs
+    from chartwiz.inference import prepare_inputs
 
     context, chart, filler = processor.tokenizer.model_max_length, draw_chart(100, 100), "가장 큰 값은 무엇인가요? "
 
@@ -467,7 +467,7 @@ def test_ask_fits_the_answer_to_the_context_before_generating(tiny_dir, tmp_path
 
 
 def test_answers_that_would_overrun_the_context_are_refused_before_generating(tiny):
-    from chartwiz_hf.inference import answer_questions, prepare_inputs
+    from chartwiz.inference import answer_questions, prepare_inputs
 
     model, processor = tiny
     chart = draw_chart()
@@ -489,7 +489,7 @@ def test_answers_that_would_overrun_the_context_are_refused_before_generating(ti
     with pytest.raises(ValueError, match=f"{room + 5} new tokens would run past .* ask for at most {room} new tokens"):
         answer_questions(model, processor, [chart], [question], max_new_tokens=room + 5, streamer=streamer)
     assert streamer.received == [], "refused before the prompt or any token was streamed"
-    from chartwiz_hf.inference import fit_new_tokens
+    from chartwiz.inference import fit_new_tokens
 
     assert fit_new_tokens(inputs, model.config, room + 50, clamp=True) == room
     assert fit_new_tokens(inputs, model.config, room) == room
@@ -546,7 +546,7 @@ def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path, capsys
 
 
 def test_an_error_that_is_not_the_users_keeps_its_traceback(tiny_dir, tmp_path, capsys, monkeypatch):
-    import chartwiz_hf.inference as inference
+    import chartwiz.inference as inference
 
     image = tmp_path / "chart.png"
     draw_chart().save(image)
@@ -614,7 +614,7 @@ def test_a_pdf_without_pages_says_so(tiny_dir, tmp_path, capsys):
 
     import pypdfium2
 
-    from chartwiz_hf.pdf import pdf_page_count
+    from chartwiz.inference.pdf import pdf_page_count
 
     buffer = io.BytesIO()
     pypdfium2.PdfDocument.new().save(buffer)
@@ -660,7 +660,7 @@ def test_a_question_longer_than_the_context_gets_chartwiz_s_error_and_no_tokeniz
 def test_merge_finds_the_adapters_base_from_another_working_directory(tiny_dir, tmp_path, capsys, monkeypatch):
     from peft import LoraConfig, get_peft_model
 
-    from chartwiz_hf.inference import load_chartwiz
+    from chartwiz.inference import load_chartwiz
 
     trained_in = tmp_path / "project"
     shutil.copytree(tiny_dir, trained_in / "base")
@@ -724,7 +724,7 @@ def help_entries(text: str) -> tuple[str, dict]:
 
 
 def test_every_option_of_every_command_says_what_it_does_and_its_default(capsys):
-    from chartwiz_hf.cli import build_parser
+    from chartwiz.commands.cli import build_parser
 
     commands = sorted(command_paths(build_parser()))
     assert {("infer",), ("data", "build"), ("synth",), ("convert",)} <= set(commands)

@@ -6,8 +6,8 @@ import re
 import pytest
 from PIL import Image as PILImage
 
-from chartwiz_hf.cli import main
-from chartwiz_hf.evaluation_report import CHART_METRICS
+from chartwiz.commands.cli import main
+from chartwiz.evaluation.report import CHART_METRICS
 
 from .chat_models import make_tiny_chat_model, missing_architecture
 from .test_evaluate import charts_dir  # noqa: F401

@@ -27,11 +27,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from chartwiz.commands.cli import main
+from chartwiz.inference import load_chartwiz
+from chartwiz.models.tiny import tiny_configs, train_byte_level_bpe
 from chartwiz_hf import convert_chartwiz_llava_to_hf
 from chartwiz_hf.chat_templates import load_chat_template
-from chartwiz_hf.cli import main
-from chartwiz_hf.inference import load_chartwiz
-from chartwiz_hf.tiny import tiny_configs, train_byte_level_bpe
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, pix2struct_image_processor
 

@@ -659,7 +659,7 @@ def test_a_second_build_into_the_same_folder_is_refused(tmp_path):
 
 
 def test_num_proc_below_one_is_refused_before_work(tmp_path, capsys):
-    from chartwiz_hf.cli import main
+    from chartwiz.commands.cli import main
 
     raw, out = one_chart_tree(str(tmp_path / "raw"), 70), tmp_path / "charts"
     with pytest.raises(ValueError, match="num_proc must be at least 1, got 0"):
@@ -672,7 +672,7 @@ def test_num_proc_below_one_is_refused_before_work(tmp_path, capsys):
 
 
 def test_a_build_where_every_record_is_skipped_fails(tmp_path, capsys):
-    from chartwiz_hf.cli import main
+    from chartwiz.commands.cli import main
 
     raw, out = one_chart_tree(str(tmp_path / "raw"), 70), str(tmp_path / "charts")
     build_dataset(raw, out, configs=["pretrain"])
@@ -752,7 +752,7 @@ def test_korean_in_decomposed_jamo_becomes_composed_syllables_in_every_config(tm
 
 @pytest.mark.slow
 def test_repeated_gpt_ids_keep_the_first_and_list_the_others(tmp_path, capsys, caplog):
-    from chartwiz_hf.cli import main
+    from chartwiz.commands.cli import main
 
     root = str(tmp_path / "aihub")
     write_chart(root, "train", "pie_standard", "a")
@@ -894,7 +894,7 @@ def slow_check_image(path):
 
 
 builder.check_image = slow_check_image
-from chartwiz_hf.cli import main
+from chartwiz.commands.cli import main
 
 sys.exit(main(sys.argv[1:]))
 """

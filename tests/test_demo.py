@@ -15,19 +15,19 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import chartwiz_hf.demo
-from chartwiz_hf.cli import build_parser, main
-from chartwiz_hf.commands.demo import streamlit_arguments
-from chartwiz_hf.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
-from chartwiz_hf.demo.tables import parse_table
-from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs, prompt_length
-from chartwiz_hf.pdf import crop_fraction, is_pdf, pdf_page_count, render_pdf_page, render_pdf_thumbnails
+import chartwiz.demo
+from chartwiz.commands.cli import build_parser, main
+from chartwiz.commands.demo import streamlit_arguments
+from chartwiz.demo.charts import MAX_IMAGE_PIXELS, open_chart_image
+from chartwiz.demo.tables import parse_table
+from chartwiz.inference import answer_questions, load_chartwiz, prepare_inputs, prompt_length
+from chartwiz.inference.pdf import crop_fraction, is_pdf, pdf_page_count, render_pdf_page, render_pdf_thumbnails
 from dataset_builder.rows import INSTRUCTIONS
 
 from .conftest import draw_chart
 
 
-APP = os.path.join(os.path.dirname(chartwiz_hf.demo.__file__), "app.py")
+APP = os.path.join(os.path.dirname(chartwiz.demo.__file__), "app.py")
 MAX_NEW_TOKENS = 5
 INJECTION = "<script>alert(1)</script> [x](javascript:alert(1)) ![i](http://example.com/a.png) **굵게**"
 
@@ -252,7 +252,7 @@ def health(port: int):
 
 
 def start_demo(model: str, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "chartwiz_hf.cli", "demo", "--model", model, "--port", str(port)]
+    command = [sys.executable, "-m", "chartwiz.commands.cli", "demo", "--model", model, "--port", str(port)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -320,7 +320,7 @@ class RecordingPlaceholder:
 def test_streaming_shows_the_answer_as_it_grows_and_stops_with_the_page(model_and_processor):
     import threading
 
-    from chartwiz_hf.demo.streaming import StopWhenSet, fit_history, stream_answer
+    from chartwiz.demo.streaming import StopWhenSet, fit_history, stream_answer
 
     model, processor = model_and_processor
     chart, lock = draw_chart(), threading.Lock()
@@ -410,7 +410,7 @@ CONTEXT_REFUSAL = {
 
 @pytest.mark.slow
 def test_a_server_that_is_down_slow_or_refusing_is_a_message_in_words():
-    from chartwiz_hf.demo.server import ServerChat, ServerError
+    from chartwiz.demo.server import ServerChat, ServerError
 
     chart = draw_chart()
     down = f"http://127.0.0.1:{free_port()}/v1"

@@ -8,13 +8,13 @@ import pytest
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
-from chartwiz_hf import engines
-from chartwiz_hf.cli import main
-from chartwiz_hf.commands import evaluate as evaluate_command
-from chartwiz_hf.engines import load_model_for_inference
-from chartwiz_hf.evaluation import evaluate_model, predict_dataset, score_run, shuffled_charts, split_questions
-from chartwiz_hf.metrics import DEFAULT_BLEU_TOKENIZE
-from chartwiz_hf.questions import DatasetImages
+from chartwiz.batch.questions import DatasetImages
+from chartwiz.commands import evaluate as evaluate_command
+from chartwiz.commands.cli import main
+from chartwiz.evaluation.metrics import DEFAULT_BLEU_TOKENIZE
+from chartwiz.evaluation.scoring import evaluate_model, predict_dataset, score_run, shuffled_charts, split_questions
+from chartwiz.inference import engines
+from chartwiz.inference.engines import load_model_for_inference
 from dataset_builder.build import build_dataset
 from dataset_builder.rows import INSTRUCTIONS
 from dataset_builder.synth import generate
@@ -532,7 +532,7 @@ def test_predictions_as_a_json_array_score_alike_and_an_empty_file_is_refused(tm
 
 
 def test_a_report_with_no_row_scored_is_well_formed():
-    from chartwiz_hf.evaluation_report import render_report
+    from chartwiz.evaluation.report import render_report
 
     skipped = [{"id": "a", "source": "dataset[0]", "reason": "no such image file"}]
     report = render_report({"by_task": {}, "by_chart_type": {}, "n": 0, "rows": 1, "skipped": skipped})
@@ -540,7 +540,7 @@ def test_a_report_with_no_row_scored_is_well_formed():
 
 
 def test_both_entry_points_refuse_the_two_image_ablations_through_one_check(monkeypatch, tmp_path):
-    from chartwiz_hf import evaluation
+    from chartwiz.evaluation import scoring as evaluation
 
     with pytest.raises(ValueError, match="--blank-images and --shuffle-images are two ablations: choose one"):
         evaluation.check_one_ablation(True, True)

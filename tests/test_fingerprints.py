@@ -6,7 +6,7 @@ import struct
 import torch
 from safetensors.torch import save_file
 
-from chartwiz_hf.fingerprints import (
+from chartwiz.fingerprints import (
     SMALL_FILE_BYTES,
     changed_files,
     checkpoint_fingerprint,

@@ -222,7 +222,7 @@ def test_header_text_override_and_count_check():
 
 
 def test_truncated_file_is_reported_by_the_loader(tmp_path):
-    from chartwiz_hf.inference import load_chart_image
+    from chartwiz.inference import load_chart_image
 
     buffer = io.BytesIO()
     draw_chart(640, 480).save(buffer, format="JPEG")
@@ -320,7 +320,7 @@ def png_claiming_size(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("side", [9000, 20000], ids=["above-the-cap", "decompression-bomb"])
 def test_loader_refuses_huge_images_from_the_header(tmp_path, side):
-    from chartwiz_hf.inference import load_chart_image
+    from chartwiz.inference import load_chart_image
 
     path = tmp_path / "huge.png"
     path.write_bytes(png_claiming_size(side, side))
@@ -329,7 +329,7 @@ def test_loader_refuses_huge_images_from_the_header(tmp_path, side):
 
 
 def test_loader_turns_photos_upright_by_their_exif_orientation(tmp_path):
-    from chartwiz_hf.inference import load_chart_image
+    from chartwiz.inference import load_chart_image
 
     chart = draw_chart(320, 240)
     exif = Image.Exif()

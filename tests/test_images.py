@@ -11,12 +11,11 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from streamlit.testing.v1 import AppTest
 
-import chartwiz_hf.demo
+import chartwiz.demo
+from chartwiz.commands.cli import main
+from chartwiz.evaluation.scoring import predict_dataset
+from chartwiz.inference import load_chart_image, load_chartwiz
 from chartwiz_hf import ChartWizImageProcessor
-from chartwiz_hf.cli import main
-from chartwiz_hf.evaluation import predict_dataset
-from chartwiz_hf.images import load_chart_image
-from chartwiz_hf.inference import load_chartwiz
 from dataset_builder.builder import FEATURES
 
 
@@ -138,7 +137,7 @@ def test_the_demo_reads_an_upload_upright_on_white(tiny_dir, monkeypatch, shown)
     monkeypatch.setenv("CHARTWIZ_MODEL", tiny_dir)
     monkeypatch.setenv("CHARTWIZ_MAX_NEW_TOKENS", "2")
     monkeypatch.delenv("CHARTWIZ_ADAPTER", raising=False)
-    app = AppTest.from_file(os.path.join(os.path.dirname(chartwiz_hf.demo.__file__), "app.py"), default_timeout=120)
+    app = AppTest.from_file(os.path.join(os.path.dirname(chartwiz.demo.__file__), "app.py"), default_timeout=120)
     app.run()
     app.file_uploader[0].set_value(("photo.png", png_bytes(transparent_photo()), "image/png")).run()
     app.chat_input[0].set_value("값은?").run()
@@ -166,7 +165,7 @@ def readme_python_example() -> str:
 
 
 def test_the_readme_example_shows_the_model_the_chart_as_every_command_does(tiny_dir, tmp_path, monkeypatch):
-    from chartwiz_hf.inference import prepare_inputs
+    from chartwiz.inference import prepare_inputs
 
     example = readme_python_example()
     assert "Image.open" not in example, "PIL alone applies neither the EXIF orientation nor white under transparency"

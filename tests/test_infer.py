@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from chartwiz_hf.batch_inference import run_inference
-from chartwiz_hf.cli import main
-from chartwiz_hf.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
-from chartwiz_hf.questions import ImageFolder, read_question_file, select_chunk
-from chartwiz_hf.run_store import read_jsonl
+from chartwiz.batch.questions import ImageFolder, read_question_file, select_chunk
+from chartwiz.batch.run import run_inference
+from chartwiz.batch.run_store import read_jsonl
+from chartwiz.commands.cli import main
+from chartwiz.inference import answer_questions, build_prompt, load_chartwiz, prepare_inputs, prompt_length
 
 from .conftest import ctrl_c_when, draw_chart
 
@@ -144,7 +144,7 @@ def test_model_context_uses_the_models_own_earlier_answers(tiny_dir, tmp_path):
 
 _SLOW_RUN = """
 import sys, time
-import chartwiz_hf.engines as engines
+import chartwiz.inference.engines as engines
 
 generate = engines.generate_answers
 
@@ -155,7 +155,7 @@ def slow_generate(*args, **kwargs):
 
 
 engines.generate_answers = slow_generate
-from chartwiz_hf.cli import main
+from chartwiz.commands.cli import main
 
 sys.exit(main(sys.argv[1:]))
 """
@@ -688,10 +688,12 @@ def test_engine_options_that_do_not_go_together_are_refused_before_any_answer(
 def test_every_default_batch_size_is_the_one_names_py_defines():
     import inspect
 
-    from chartwiz_hf import batch_inference, chat_engines, engines, evaluation
-    from chartwiz_hf.cli import build_parser
-    from chartwiz_hf.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
-    from chartwiz_hf.serving import engine as vllm_engine
+    from chartwiz.batch import run as batch_inference
+    from chartwiz.commands.cli import build_parser
+    from chartwiz.evaluation import scoring as evaluation
+    from chartwiz.inference import chat_engines, engines
+    from chartwiz.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
+    from chartwiz.serving import engine as vllm_engine
 
     def default(function, parameter):
         return inspect.signature(function).parameters[parameter].default

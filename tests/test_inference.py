@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chartwiz_hf.inference import ContextLengthError, fit_in_context
+from chartwiz.inference import ContextLengthError, fit_in_context
 
 from .conftest import draw_chart
 
@@ -23,8 +23,8 @@ def test_the_context_check_gives_what_fits_or_says_what_does_not():
 
 
 def test_the_vllm_engine_sends_the_processors_ids_with_one_image_token(tiny):
-    from chartwiz_hf.inference import chat_messages
-    from chartwiz_hf.serving.engine import VLLMEngine
+    from chartwiz.inference import chat_messages
+    from chartwiz.serving.engine import VLLMEngine
 
     _, processor = tiny
     engine = VLLMEngine.__new__(VLLMEngine)  # vLLM itself is not needed to build a request

@@ -28,7 +28,7 @@ def _copy_project(target) -> str:
     target.mkdir()
     for name in ("setup.cfg", "pyproject.toml", "README.md", "chartwiz_cli.py"):
         shutil.copy(os.path.join(ROOT, name), target / name)
-    for package in ("chartwiz_hf", "dataset_builder"):
+    for package in ("chartwiz", "chartwiz_hf", "dataset_builder"):
         shutil.copytree(os.path.join(ROOT, package), target / package, ignore=shutil.ignore_patterns("__pycache__"))
     return str(target)
 
@@ -78,8 +78,9 @@ def test_core_install_asks_about_a_chart_and_a_pdf_page(core_env, tiny_dir, tmp_
 # Every module the core commands import loads (an undeclared import would fail here), from the venv's own copy.
 _CORE_CHECK = f"""
 import importlib.util, json
-import chartwiz_hf.inference, chartwiz_hf.batch_inference, chartwiz_hf.merge, chartwiz_hf.compose
-import chartwiz_hf.convert_chartwiz_llava_to_hf, chartwiz_hf.metrics, chartwiz_hf.pdf, chartwiz_hf.cli
+import chartwiz.inference.generation, chartwiz.batch.run, chartwiz.models.merge, chartwiz_hf.compose
+import chartwiz_hf.convert_chartwiz_llava_to_hf, chartwiz.evaluation.metrics, chartwiz.inference.pdf
+import chartwiz.commands.cli
 import dataset_builder.build
 print(json.dumps({{
     "package": chartwiz_hf.__file__,
@@ -116,7 +117,7 @@ def test_commands_of_an_extra_name_it_in_one_line(core_env, tmp_path):
 
 
 def test_missing_extra_message_names_the_extra(monkeypatch):
-    from chartwiz_hf.extras import MissingExtraError, require
+    from chartwiz.extras import MissingExtraError, require
 
     monkeypatch.setitem(sys.modules, "rapidfuzz", None)  # as if not installed: the import raises
     monkeypatch.setitem(sys.modules, "rapidfuzz.distance", None)

@@ -1,46 +1,39 @@
 """
-The three layers and which way their imports point, read from the source (every import, at the top of a module or
-inside a function): the model layer imports only itself, the data layer (`dataset_builder/`) the model and itself, the
-application anything; no module outside the command line imports it, and no two modules import each other in a ring.
+The layers and which way their imports point, read from the folders and the source (every import, at the top of a
+module or inside a function). A module's layer is its folder:
+
+- `base`: the modules directly in `chartwiz/` (names, errors, files, fingerprints): they import only each other;
+- `model`: `chartwiz_hf/`, the model package: it imports only itself and the base;
+- `data`: `dataset_builder/`: itself, the base and the model;
+- one layer per subpackage of `chartwiz/` (inference, serving, batch, evaluation, ...): the application.
+
+Imports point down: nothing below the application imports it, the application's folders import each other without a
+ring (so they stack), no module outside the command line imports it, and no two modules import each other in a ring.
 """
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("chartwiz_hf", "dataset_builder")
-
-MODEL = {
-    "chartwiz_hf",
-    "chartwiz_hf.chat_templates",
-    "chartwiz_hf.checkpoints",
-    "chartwiz_hf.compose",
-    "chartwiz_hf.configuration_chartwiz",
-    "chartwiz_hf.convert_chartwiz_llava_to_hf",
-    "chartwiz_hf.errors",
-    "chartwiz_hf.extras",
-    "chartwiz_hf.files",
-    "chartwiz_hf.fingerprints",
-    "chartwiz_hf.image_processing_chartwiz",
-    "chartwiz_hf.images",
-    "chartwiz_hf.modeling_chartwiz",
-    "chartwiz_hf.names",
-    "chartwiz_hf.processing_chartwiz",
-    "chartwiz_hf.tiny",
-}
-COMMAND_LINE = ("chartwiz_hf.cli", "chartwiz_hf.commands", "dataset_builder.cli")
-LAYER_ORDER = {"model": 0, "data": 1, "application": 2}
+PACKAGES = ("chartwiz", "chartwiz_hf", "dataset_builder")
+COMMAND_LINE = ("chartwiz.commands", "dataset_builder.cli")
+LOWER_LAYERS = {"base": 0, "model": 1, "data": 2}
 
 
 def layer(module: str) -> str:
-    if module in MODEL:
+    """`base`, `model`, `data`, or the application folder (`chartwiz.<folder>`) that holds the module."""
+    parts = module.split(".")
+    if parts[0] == "chartwiz_hf":
         return "model"
-    if module.split(".")[0] == "dataset_builder":
+    if parts[0] == "dataset_builder":
         return "data"
-    return "application"
+    folder = os.path.join(ROOT, *parts[:2])
+    return f"chartwiz.{parts[1]}" if len(parts) > 1 and os.path.isdir(folder) else "base"
 
 
 def is_command_line(module: str) -> bool:
@@ -100,10 +93,10 @@ def test_the_walk_sees_the_imports_it_checks(graph):
     # The reader itself, on imports known to be there: relative, absolute, `from package import module`, lazy.
     assert "chartwiz_hf.modeling_chartwiz" in graph["chartwiz_hf"]
     assert "chartwiz_hf.configuration_chartwiz" in graph["chartwiz_hf.modeling_chartwiz"]
-    assert {"chartwiz_hf.commands.ask", "dataset_builder.cli"} <= graph["chartwiz_hf.cli"]
-    assert "chartwiz_hf.names" in graph["dataset_builder.rows"]
+    assert {"chartwiz.commands.ask", "dataset_builder.cli"} <= graph["chartwiz.commands.cli"]
+    assert "chartwiz.names" in graph["dataset_builder.rows"]
     assert "dataset_builder.synth" in graph["dataset_builder.cli"]  # imported inside a function
-    assert set(graph) >= MODEL, "every model module named here exists"
+    assert {layer(module) for module in graph} >= {"base", "model", "data", "chartwiz.inference", "chartwiz.commands"}
 
 
 def test_imports_point_down_the_layers(graph):
@@ -111,9 +104,36 @@ def test_imports_point_down_the_layers(graph):
         f"{module} ({layer(module)}) imports {target} ({layer(target)})"
         for module, targets in graph.items()
         for target in targets
-        if LAYER_ORDER[layer(target)] > LAYER_ORDER[layer(module)]
+        if layer(module) in LOWER_LAYERS
+        and LOWER_LAYERS.get(layer(target), len(LOWER_LAYERS)) > LOWER_LAYERS[layer(module)]
     ]
     assert upward == []
+
+
+def test_the_application_folders_stack_without_a_ring(graph):
+    folders = {layer(module) for module in graph} - set(LOWER_LAYERS)
+    folder_graph = {
+        folder: {layer(target) for module in graph if layer(module) == folder for target in graph[module]}
+        & (folders - {folder})
+        for folder in folders
+    }
+    order, placed = [], set()
+    while len(placed) < len(folders):
+        ready = sorted(folder for folder in folders - placed if folder_graph[folder] <= placed)
+        assert ready, f"these application folders import each other in a ring: {sorted(folders - placed)}"
+        order += ready
+        placed |= set(ready)
+    assert order[-1] == "chartwiz.commands", f"the command line sits on top: {order}"
+
+
+def test_the_base_and_the_data_layer_load_neither_torch_nor_transformers():
+    base = sorted(module for module in project_modules() if layer(module) == "base")
+    code = (
+        f"import sys, dataset_builder, dataset_builder.cli, dataset_builder.synth, {', '.join(base)}; "
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]", f"`{code}` loaded {loaded.stdout.strip()}"
 
 
 def test_only_the_command_line_imports_the_command_line(graph):
@@ -145,7 +165,7 @@ def test_no_import_cycles(graph):
 
 
 # The files that travel inside a checkpoint and load with `trust_remote_code=True` without this package: they keep
-# their own copies of the names they share with `chartwiz_hf.names`. (The converter does not travel: it imports
+# their own copies of the names they share with `chartwiz.names`. (The converter does not travel: it imports
 # compose, files and checkpoints.)
 REMOTE_CODE = {
     "chartwiz_hf.configuration_chartwiz",
@@ -169,12 +189,12 @@ def top_level_definitions(path: str) -> set[str]:
 
 def test_the_names_of_names_py_are_defined_there_only():
     modules = project_modules()
-    shared = top_level_definitions(modules["chartwiz_hf.names"])
+    shared = top_level_definitions(modules["chartwiz.names"])
     assert {"IMAGE_TOKEN", "INSTRUCTIONS", "normalize_text"} <= shared, "the reader sees names.py's definitions"
     redefined = [
         f"{module} defines {name}"
         for module, path in sorted(modules.items())
-        if module != "chartwiz_hf.names" and module not in REMOTE_CODE
+        if module != "chartwiz.names" and module not in REMOTE_CODE
         for name in sorted(top_level_definitions(path) & shared)
     ]
     assert redefined == []
@@ -189,12 +209,39 @@ def test_the_tiny_tokenizers_are_trained_by_tiny_py_only():
         for name in files
         if name.endswith(".py") and trainer in open(os.path.join(directory, name), encoding="utf-8").read()
     )
-    assert holders == [os.path.join("chartwiz_hf", "tiny.py")]
+    assert holders == [os.path.join("chartwiz", "models", "tiny.py")]
 
-    from chartwiz_hf.errors import ChartWizValueError
-    from chartwiz_hf.tiny import train_byte_level_bpe
+    from chartwiz.errors import ChartWizValueError
+    from chartwiz.models.tiny import train_byte_level_bpe
 
     tokenizer = train_byte_level_bpe(["차트 값 1 2 3"] * 4, 300, ["<|endoftext|>"], eos_token="<|endoftext|>")
     assert tokenizer.decode(tokenizer("그래프 𝛼")["input_ids"]) == "그래프 𝛼", "any text, through the bytes"
     with pytest.raises(ChartWizValueError, match="at least 258 .the 256 bytes and 2 special tokens"):
         train_byte_level_bpe(["x"], 257, ["<a>", "<b>"])
+
+
+MODEL_FILE_PREFIXES = ("configuration_", "modeling_", "processing_", "image_processing_")
+
+
+def test_the_remote_code_is_the_model_packages_model_files(tiny_dir):
+    # What `save_pretrained` copies beside the weights (and `trust_remote_code=True` loads) is exactly the model
+    # package's configuration, modeling, processing and image processing files; its other modules (the converter,
+    # compose, the chat templates) stay home.
+    model_files = {
+        module.rpartition(".")[2] + ".py"
+        for module in project_modules()
+        if layer(module) == "model" and module.rpartition(".")[2].startswith(MODEL_FILE_PREFIXES)
+    }
+    carried = {name for name in os.listdir(tiny_dir) if name.endswith(".py")}
+    assert carried == model_files == {name.rpartition(".")[2] + ".py" for name in REMOTE_CODE}
+
+
+def test_the_remote_code_copies_of_shared_names_are_equal():
+    import inspect
+
+    from chartwiz import names
+    from chartwiz_hf import processing_chartwiz
+
+    assert processing_chartwiz.TEXT_NORMAL_FORM == names.TEXT_NORMAL_FORM
+    default = inspect.signature(processing_chartwiz.ChartWizProcessor.__init__).parameters["image_token"].default
+    assert default == names.IMAGE_TOKEN

@@ -6,7 +6,7 @@ from itertools import permutations, zip_longest
 import pytest
 from rouge_score import rouge_scorer
 
-from chartwiz_hf.metrics import (
+from chartwiz.evaluation.metrics import (
     Quantity,
     anls,
     bleu,
@@ -475,7 +475,7 @@ def test_score_task_reports_each_task_metric_with_n():
 def test_a_reference_in_decomposed_jamo_scores_as_its_composed_syllables():
     from unicodedata import normalize
 
-    from chartwiz_hf.metrics import score_task
+    from chartwiz.evaluation.metrics import score_task
 
     texts = {
         "table": "TITLE | 연도별 점유율\n| 2021 | 2022\n가사 | 30% | 35.5%",

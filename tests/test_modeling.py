@@ -15,6 +15,7 @@ from transformers import (
     Pix2StructVisionModel,
 )
 
+from chartwiz.inference import build_prompt
 from chartwiz_hf import (
     ChartWizConfig,
     ChartWizForConditionalGeneration,
@@ -22,7 +23,6 @@ from chartwiz_hf import (
     ChartWizModel,
     ChartWizProcessor,
 )
-from chartwiz_hf.inference import build_prompt
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
@@ -284,7 +284,7 @@ def test_resize_token_embeddings(tiny, charts):
 @pytest.mark.parametrize("projector_type", ["linear", "mlp3x_gelu", "identity"])
 @torch.no_grad()
 def test_projector_types(projector_type):
-    from chartwiz_hf.tiny import tiny_configs
+    from chartwiz.models.tiny import tiny_configs
 
     vision_config, text_config = tiny_configs(vocab_size=50, max_patches=8)
     if projector_type == "identity":
@@ -337,7 +337,7 @@ def test_text_only_input_runs_without_images(tiny):
 @pytest.mark.slow
 @torch.no_grad()
 def test_batched_answers_equal_answers_one_by_one_with_either_cache(tiny, charts):
-    from chartwiz_hf.inference import answer_questions
+    from chartwiz.inference import answer_questions
 
     model, processor = tiny
     questions = ["값?", "가장 큰 막대와 가장 작은 막대의 차이는 얼마인가요?", "두 번째 항목의 값"]
@@ -352,7 +352,7 @@ def test_batched_answers_equal_answers_one_by_one_with_either_cache(tiny, charts
 @torch.no_grad()
 def test_ready_made_padding_mask_equals_transformers_mask(model_type, tiny_dir, charts, monkeypatch):
     import chartwiz_hf.modeling_chartwiz as modeling
-    from chartwiz_hf.tiny import tiny_configs
+    from chartwiz.models.tiny import tiny_configs
 
     processor = ChartWizProcessor.from_pretrained(tiny_dir)
     vision_config, text_config = tiny_configs(len(processor.tokenizer), max_patches=16)
@@ -449,7 +449,7 @@ def test_tiny_encoder_tells_different_charts_apart(tiny):
 
 
 def test_untied_lm_head_is_initialized_like_every_other_linear():
-    from chartwiz_hf.tiny import make_tiny_chartwiz
+    from chartwiz.models.tiny import make_tiny_chartwiz
 
     model, _ = make_tiny_chartwiz(seed=1, max_patches=16)
     std = model.config.text_config.initializer_range
@@ -545,7 +545,7 @@ def test_checks_for_one_sequence_per_row_are_off_under_vllms_attention(tiny_dir,
 
 @torch.no_grad()
 def test_the_image_placeholder_is_never_generated(tiny_dir, tiny, charts):
-    from chartwiz_hf.inference import prepare_inputs
+    from chartwiz.inference import prepare_inputs
 
     model, processor = tiny
     assert model.generation_config.suppress_tokens == [processor.image_token_id]

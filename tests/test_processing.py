@@ -87,7 +87,7 @@ def test_count_mismatches_are_clear_errors(tiny):
 
 
 def test_empty_question_is_a_clear_error(tiny):
-    from chartwiz_hf.inference import build_prompt
+    from chartwiz.inference import build_prompt
 
     _, processor = tiny
     with pytest.raises(ValueError, match="question is empty"):
@@ -167,7 +167,7 @@ def test_processor_survives_pickling_for_dataloader_workers(tiny):
 
 
 def test_history_turns_come_first_with_the_chart_in_the_first_user_turn(tiny):
-    from chartwiz_hf.inference import build_prompt, prepare_inputs
+    from chartwiz.inference import build_prompt, prepare_inputs
 
     _, processor = tiny
     history = [("가장 큰 값은?", "서울입니다."), ("가장 작은 값은?", "부산입니다.")]
@@ -201,7 +201,7 @@ HISTORY = [("가장 큰 값은?", "서울입니다."), ("가장 작은 값은?",
 
 
 def test_special_tokens_typed_by_users_stay_plain_text(tiny):
-    from chartwiz_hf.inference import build_prompt, encode_prompt, prepare_inputs
+    from chartwiz.inference import build_prompt, encode_prompt, prepare_inputs
 
     _, processor = tiny
     tokenizer = processor.tokenizer
@@ -256,7 +256,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_prompts_are_tokenized_as_in_training(tiny, variant, tmp_path):
-    from chartwiz_hf.inference import build_prompt, encode_prompt, prepare_inputs
+    from chartwiz.inference import build_prompt, encode_prompt, prepare_inputs
 
     processor = tokenizer_variant(tiny[1], variant, tmp_path)
     tokenizer = processor.tokenizer
@@ -305,7 +305,7 @@ def test_special_token_strings_in_messages_stay_plain_text_with_the_option(tiny,
     The reference is built by hand from the shipped template's layout: the template's text pieces, each tokenized by
     the tokenizer itself with `split_special_tokens`, and the template's own special tokens between them.
     """
-    from chartwiz_hf.inference import build_prompt, chat_messages
+    from chartwiz.inference import build_prompt, chat_messages
 
     processor = tokenizer_variant(tiny[1], variant, tmp_path)
     tokenizer = processor.tokenizer
@@ -351,7 +351,7 @@ def test_special_token_strings_in_messages_stay_plain_text_with_the_option(tiny,
 
 
 def test_the_option_pads_batches_and_locates_the_chart_in_the_text_as_written(tiny, charts):
-    from chartwiz_hf.inference import build_prompt, chat_messages
+    from chartwiz.inference import build_prompt, chat_messages
 
     _, processor = tiny
     conversations = [chat_messages(question, history) for question, history in TYPED_SPECIALS[:2]]
@@ -383,7 +383,7 @@ def test_the_option_pads_batches_and_locates_the_chart_in_the_text_as_written(ti
 
 
 def test_the_option_needs_messages_and_no_truncation(tiny):
-    from chartwiz_hf.inference import chat_messages
+    from chartwiz.inference import chat_messages
 
     _, processor = tiny
     with pytest.raises(ValueError, match="needs the text as messages"):
@@ -407,7 +407,7 @@ def test_the_option_needs_messages_and_no_truncation(tiny):
     ids=["image-placeholder", "lone-surrogate"],
 )
 def test_questions_that_cannot_be_asked_get_a_clear_message(tiny, question, message):
-    from chartwiz_hf.inference import prepare_inputs
+    from chartwiz.inference import prepare_inputs
 
     _, processor = tiny
     with pytest.raises(ValueError, match=message):
@@ -472,7 +472,7 @@ def test_a_saved_processor_loads_with_no_deprecation_warning(tiny_dir):
 def test_korean_in_decomposed_jamo_is_read_as_the_composed_syllables_on_every_way_in(tiny, charts):
     import unicodedata
 
-    from chartwiz_hf.inference import build_prompt, encode_prompt, prepare_inputs
+    from chartwiz.inference import build_prompt, encode_prompt, prepare_inputs
 
     _, processor = tiny
     composed = "이 차트에서 가장 큰 값은 무엇인가요?"

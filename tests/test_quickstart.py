@@ -11,8 +11,8 @@ from datasets import load_dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from chartwiz_hf.cli import main as chartwiz
-from chartwiz_hf.tiny import build_tiny_tokenizer, dataset_corpus
+from chartwiz.commands.cli import main as chartwiz
+from chartwiz.models.tiny import build_tiny_tokenizer, dataset_corpus
 
 
 # The quickstart runs whole steps as a user types them: every test here takes seconds to minutes.

@@ -12,9 +12,8 @@ import torch
 from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from chartwiz_hf.images import load_chart_image
-from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
-from chartwiz_hf.tiny import make_tiny_chartwiz
+from chartwiz.inference import answer_questions, load_chart_image, load_chartwiz, prepare_inputs
+from chartwiz.models.tiny import make_tiny_chartwiz
 
 from .test_recipes import FINETUNE, parse, sft
 

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from chartwiz_hf import cli, training
-from chartwiz_hf.inference import answer_questions, load_chartwiz, prepare_inputs
+from chartwiz.commands import cli
+from chartwiz.inference import answer_questions, load_chartwiz, prepare_inputs
+from chartwiz.training import sft as training
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
@@ -863,7 +864,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_dir, chart_data, 
 def test_merge_refuses_a_used_folder_another_base_and_other_shapes_in_one_line(tiny_dir, tmp_path, capsys):
     from peft import LoraConfig, get_peft_model
 
-    from chartwiz_hf.fingerprints import checkpoint_fingerprint
+    from chartwiz.fingerprints import checkpoint_fingerprint
 
     base, _ = load_chartwiz(tiny_dir)
     adapter = tmp_path / "adapter"

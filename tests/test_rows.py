@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from chartwiz_hf import questions
-from chartwiz_hf.questions import read_question_file
+from chartwiz.batch import questions
+from chartwiz.batch.questions import read_question_file
 from dataset_builder.aihub import BadRecord
 from dataset_builder.rows import conversation_turns, qa_turns
 

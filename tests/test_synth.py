@@ -116,7 +116,7 @@ def charts_in(root: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_a_used_output_folder_is_refused_unless_overwrite(tmp_path, capsys):
-    from chartwiz_hf.cli import main
+    from chartwiz.commands.cli import main
 
     root = str(tmp_path / "synth")
     generate(root, 12, seed=0, progress=False)

@@ -7,9 +7,8 @@ import re
 import pytest
 from PIL import Image
 
-from chartwiz_hf.images import load_chart_image
-from chartwiz_hf.inference import answer_questions, load_chartwiz
-from chartwiz_hf.names import INSTRUCTIONS
+from chartwiz.inference import answer_questions, load_chart_image, load_chartwiz
+from chartwiz.names import INSTRUCTIONS
 from dataset_builder.aihub import image_dir
 from dataset_builder.synth import FOLDER_OF_TYPE, MANIFEST_NAME, described_chart_type, generate
 

@@ -14,10 +14,10 @@ from transformers import (
     Pix2StructForConditionalGeneration,
 )
 
-from chartwiz_hf.cli import main as chartwiz
+from chartwiz.commands.cli import main as chartwiz
+from chartwiz.evaluation.metrics import rms
 from chartwiz_hf.compose import load_pix2struct_encoder
 from chartwiz_hf.image_processing_chartwiz import ChartWizImageProcessor
-from chartwiz_hf.metrics import rms
 from dataset_builder.synth import make_chart, render_chart
 
 from .conftest import pix2struct_image_processor

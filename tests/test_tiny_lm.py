@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from chartwiz_hf.cli import main as chartwiz
-from chartwiz_hf.tiny import build_tiny_tokenizer
+from chartwiz.commands.cli import main as chartwiz
+from chartwiz.models.tiny import build_tiny_tokenizer
 from dataset_builder.synth import make_chart
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 import transformers
 
+from chartwiz.inference import load_processor, prepare_inputs
+from chartwiz.models.tiny import _TOKENIZER_CORPUS, tiny_configs
 from chartwiz_hf import ChartWizConfig, ChartWizForConditionalGeneration, ChartWizImageProcessor, ChartWizProcessor
 from chartwiz_hf.chat_templates import load_chat_template
 from chartwiz_hf.compose import add_image_token
-from chartwiz_hf.inference import load_processor, prepare_inputs
-from chartwiz_hf.tiny import _TOKENIZER_CORPUS, tiny_configs
 
 from .conftest import draw_chart
 
@@ -75,7 +75,7 @@ def training_prompt_ids(processor, image, question: str) -> list[int]:
         "prompt": [{"role": "user", "content": question}],
         "completion": [{"role": "assistant", "content": "30%"}],
     }
-    from chartwiz_hf.training import ChartWizVisionCollator
+    from chartwiz.training.sft import ChartWizVisionCollator
 
     batch = ChartWizVisionCollator(processor, completion_only_loss=True)([row])
     prompt = (batch["attention_mask"][0] == 1) & (batch["labels"][0] == -100)

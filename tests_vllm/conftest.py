@@ -40,8 +40,8 @@ def eager_image_checkpoint(tmp_path_factory):
     answer would be image placeholders, so each answer the tests read shows the placeholder is never generated.
     Returns `(directory, model, processor)`.
     """
-    from chartwiz_hf.inference import load_chartwiz
-    from chartwiz_hf.tiny import make_tiny_chartwiz
+    from chartwiz.inference import load_chartwiz
+    from chartwiz.models.tiny import make_tiny_chartwiz
 
     directory = str(tmp_path_factory.mktemp("eager-image"))
     make_tiny_chartwiz(directory, seed=0, max_patches=16)

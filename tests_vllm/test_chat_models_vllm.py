@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from chartwiz_hf.evaluation import evaluate_model
-from chartwiz_hf.run_store import read_jsonl
+from chartwiz.batch.run_store import read_jsonl
+from chartwiz.evaluation.scoring import evaluate_model
 from tests.chat_models import ARCHITECTURES, make_tiny_chat_model, missing_architecture
 from tests.test_evaluate import charts_dir  # noqa: F401
 
@@ -35,7 +35,7 @@ def test_vllm_answers_a_split_as_the_transformers_engine(name, charts_dir, tmp_p
     expected = evaluate_model(model, charts_dir, str(tmp_path / "transformers"), progress=False, **settings)
 
     out = tmp_path / "vllm"
-    argv = [sys.executable, "-m", "chartwiz_hf.cli", "evaluate", "--model", model, "--dataset", charts_dir]
+    argv = [sys.executable, "-m", "chartwiz.commands.cli", "evaluate", "--model", model, "--dataset", charts_dir]
     argv += ["--config", "all", "--max-new-tokens", str(MAX_NEW_TOKENS), "--dtype", "float32"]
     argv += ["--instructions", "formats", "--engine", "vllm", "--vllm-model-impl", "transformers", "--out", str(out)]
     result = subprocess.run(

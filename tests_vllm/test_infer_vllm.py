@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from chartwiz_hf.inference import answer_questions, load_chartwiz
-from chartwiz_hf.run_store import read_jsonl
+from chartwiz.batch.run_store import read_jsonl
+from chartwiz.inference import answer_questions, load_chartwiz
 from tests.test_infer import MAX_NEW_TOKENS, answers_by_key, reference_answers, write_question_set
 
 from .conftest import SERVER_START_SECONDS, VLLM_ENV, draw_chart
@@ -21,7 +21,7 @@ SPECIAL_TEXT = "값은 <|endoftext|> 또는 <pad> 인가요?"
 
 
 def chartwiz(*argv, **popen):
-    command = [sys.executable, "-m", "chartwiz_hf.cli", *argv]
+    command = [sys.executable, "-m", "chartwiz.commands.cli", *argv]
     return subprocess.Popen(command, env={**os.environ, **VLLM_ENV}, **popen)
 
 

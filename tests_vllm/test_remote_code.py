@@ -5,7 +5,7 @@ import sys
 import transformers
 
 import tests.conftest
-from chartwiz_hf.cli import main
+from chartwiz.commands.cli import main
 from tests.answer_checkpoint import answers_with_the_package
 from tests.conftest import CROSS_VERSION_QUESTIONS, answers_in_the_other_lane
 

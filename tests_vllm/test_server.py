@@ -7,8 +7,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from chartwiz_hf.demo.server import ServerChat, ServerError, chat_messages
-from chartwiz_hf.inference import answer_questions, prepare_inputs
+from chartwiz.demo.server import ServerChat, ServerError, chat_messages
+from chartwiz.inference import answer_questions, prepare_inputs
 from tests.test_demo import APP, chat, png_bytes, upload
 
 from .conftest import SERVED_MODEL, draw_chart

@@ -5,10 +5,9 @@ import os
 import subprocess
 import sys
 
-from chartwiz_hf.images import load_chart_image
-from chartwiz_hf.inference import answer_questions, load_chartwiz
-from chartwiz_hf.names import INSTRUCTIONS
-from chartwiz_hf.run_store import read_jsonl
+from chartwiz.batch.run_store import read_jsonl
+from chartwiz.inference import answer_questions, load_chart_image, load_chartwiz
+from chartwiz.names import INSTRUCTIONS
 from dataset_builder.aihub import image_dir
 from dataset_builder.synth import FOLDER_OF_TYPE, MANIFEST_NAME, described_chart_type, generate
 
@@ -42,7 +41,7 @@ def test_vllm_answers_held_out_charts_as_transformers_does(tmp_path):
     )
 
     answers = tmp_path / "answers.jsonl"
-    command = [sys.executable, "-m", "chartwiz_hf.cli", "infer", "--engine", "vllm", "--model", SHIPPED]
+    command = [sys.executable, "-m", "chartwiz.commands.cli", "infer", "--engine", "vllm", "--model", SHIPPED]
     command += ["--questions", str(question_file), "--image-folder", str(tmp_path), "--answers", str(answers)]
     command += ["--max-new-tokens", str(MAX_NEW_TOKENS), "--dtype", "float32", "--no-progress"]
     result = subprocess.run(

@@ -2,7 +2,7 @@
 
 import os
 
-from ..errors import ChartWizValueError
+from chartwiz.errors import ChartWizValueError
 
 
 _TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))

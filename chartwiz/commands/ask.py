@@ -1,0 +1,78 @@
+"""`chartwiz ask`: answer one question about a chart (an image, or a page of a PDF), streaming the answer."""
+
+import sys
+
+from chartwiz.errors import ChartWizValueError
+
+
+def load_chart(path: str, page=None):
+    """The chart of `path`: the image, or page `page` (1-based) of a PDF; a one-page PDF needs no page number."""
+    from chartwiz.inference import load_chart_image
+    from chartwiz.inference.pdf import is_pdf, pdf_page_count, render_pdf_page
+
+    if not is_pdf(path):
+        if page is not None:
+            raise ChartWizValueError(f"{path} is not a PDF; --page is for PDF files")
+        return load_chart_image(path)
+    if page is None:
+        pages = pdf_page_count(path)
+        if pages > 1:
+            raise ChartWizValueError(f"{path} has {pages} pages: choose the one with the chart with --page N")
+        page = 1
+    return render_pdf_page(path, page)
+
+
+def run(args):
+    from transformers import TextStreamer
+
+    from chartwiz.inference import (
+        check_device,
+        check_question,
+        context_length,
+        fit_new_tokens,
+        generate_answers,
+        load_chartwiz,
+        prepare_inputs,
+    )
+
+    question = check_question(args.question)
+    if args.max_new_tokens < 1:
+        raise ChartWizValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    device = check_device(args.device)
+    image = load_chart(args.image, args.page)
+    model, processor = load_chartwiz(args.model, device=device, adapter=args.adapter)
+    inputs = prepare_inputs(processor, [image], [question])
+    # Checked before the first token: the model would otherwise stream part of an answer and then stop on an error.
+    max_new_tokens = fit_new_tokens(inputs, model.config, args.max_new_tokens, clamp=True)
+    if max_new_tokens < args.max_new_tokens:
+        print(
+            f"note: the prompt takes {inputs['input_ids'].shape[1]} of the model's "
+            f"{context_length(model.config)} context tokens, so at most {max_new_tokens} new "
+            f"tokens are generated instead of {args.max_new_tokens}.",
+            file=sys.stderr,
+        )
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    generate_answers(model, processor, inputs, max_new_tokens, streamer=streamer)
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "ask",
+        help="answer one question about a chart, streaming the answer",
+        description=(
+            "Answers one question about a chart image, or a page of a PDF report, streaming the answer.\n"
+            "차트 이미지나 PDF 보고서의 한 쪽에 대한 질문 하나에 답하고, 답을 생성되는 대로 보여 줍니다."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
+    parser.add_argument("image", help="chart image file, or a PDF (with --page)")
+    parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
+    parser.add_argument(
+        "--page", type=int, default=None, help="page of a PDF to ask about, 1-based (default: a one-page PDF's page)"
+    )
+    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=256, help="answer length limit (lowered with a note to fit the context)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
+    parser.set_defaults(func=run, prog=parser.prog)

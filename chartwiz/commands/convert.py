@@ -1,0 +1,18 @@
+"""`chartwiz convert`: turn a checkpoint of the original ChartWiz (LLaVA fork format) into a ChartWiz checkpoint."""
+
+from chartwiz_hf.convert_chartwiz_llava_to_hf import add_convert_arguments, convert_from_args
+
+
+def register(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "convert",
+        help="convert a checkpoint of the original ChartWiz (LLaVA fork format) to a ChartWiz checkpoint",
+        description=(
+            "Converts a checkpoint of the original ChartWiz (the LLaVA fork: a full model, a stage-1 mm_projector.bin "
+            "or a LoRA run) into a ChartWiz checkpoint that loads with the Auto classes.\n"
+            "원본 ChartWiz(LLaVA 포크)의 전체 모델, 1단계 mm_projector.bin, LoRA 어댑터를 "
+            "ChartWiz 체크포인트로 변환합니다."
+        ),
+    )
+    add_convert_arguments(parser)
+    parser.set_defaults(func=convert_from_args, prog=parser.prog)

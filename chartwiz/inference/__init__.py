@@ -1,0 +1,49 @@
+"""Answering questions about charts with a loaded ChartWiz: images and PDFs in, prompts through the processor, the
+context checked, answers generated one at a time or in left-padded batches (and the engines that wrap this)."""
+
+from .generation import (
+    ContextLengthError,
+    answer_questions,
+    build_prompt,
+    chat_messages,
+    check_checkpoint,
+    check_device,
+    check_question,
+    context_length,
+    encode_prompt,
+    fit_in_context,
+    fit_new_tokens,
+    generate_answers,
+    load_adapter,
+    load_chartwiz,
+    load_processor,
+    prepare_inputs,
+    prompt_length,
+    read_adapter_config,
+    suppressed_tokens,
+)
+from .images import load_chart_image
+
+
+__all__ = [
+    "ContextLengthError",
+    "answer_questions",
+    "build_prompt",
+    "chat_messages",
+    "check_checkpoint",
+    "check_device",
+    "check_question",
+    "context_length",
+    "encode_prompt",
+    "fit_in_context",
+    "fit_new_tokens",
+    "generate_answers",
+    "load_adapter",
+    "load_chart_image",
+    "load_chartwiz",
+    "load_processor",
+    "prepare_inputs",
+    "prompt_length",
+    "read_adapter_config",
+    "suppressed_tokens",
+]

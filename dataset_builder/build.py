@@ -204,6 +204,29 @@ def _interrupts_deferred() -> Iterator[None]:
             signal.raise_signal(number)
 
 
+def _requested_configs(configs: Iterable[str]) -> list[str]:
+    """The configs to build, in the order given, once each; `all` brings in finetune and gpt."""
+    configs = list(dict.fromkeys(configs))
+    unknown = [name for name in configs if name not in (*BUILT_CONFIGS, "all")]
+    if unknown:
+        raise ChartWizValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
+    if "all" in configs:
+        configs = [name for name in configs if name != "all"] + [n for n in ("finetune", "gpt") if n not in configs]
+    return configs
+
+
+def _stage_report_and_card(work_dir: str, report: dict, output_dir: str, configs: list[str], staging_dir: str):
+    """Writes the report and the card beside the staged shards, to take the previous ones' place in the swap."""
+    report_path = os.path.join(work_dir, REPORT_NAME)
+    with open(report_path, "w", encoding="utf-8") as file:
+        json.dump(report, file, ensure_ascii=False, indent=2)
+    card_path = os.path.join(work_dir, "README.md")
+    shard_paths = ShardPaths(output_dir, dict.fromkeys(configs, staging_dir))
+    with open(card_path, "w", encoding="utf-8") as file:
+        file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
+    return report_path, card_path
+
+
 def build_dataset(
     data_dir: str,
     output_dir: str,
@@ -239,12 +262,7 @@ def build_dataset(
         raise ChartWizValueError(f"num_proc must be at least 1, got {num_proc!r}.")
     data_dir = os.path.abspath(data_dir)
     splits = check_tree(data_dir)
-    configs = list(dict.fromkeys(configs))
-    unknown = [name for name in configs if name not in (*BUILT_CONFIGS, "all")]
-    if unknown:
-        raise ChartWizValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
-    if "all" in configs:
-        configs = [name for name in configs if name != "all"] + [n for n in ("finetune", "gpt") if n not in configs]
+    configs = _requested_configs(configs)
     gpt_files = expand_gpt_sources(gpt_sources)
     if "gpt" in configs and not gpt_files:
         raise ChartWizValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
@@ -268,13 +286,7 @@ def build_dataset(
             for warning in built["warnings"]:
                 logger.warning("%s", warning["message"])
             report = merged_report(previous, built, kept)
-            report_path = os.path.join(work_dir, REPORT_NAME)
-            with open(report_path, "w", encoding="utf-8") as file:
-                json.dump(report, file, ensure_ascii=False, indent=2)
-            card_path = os.path.join(work_dir, "README.md")
-            shard_paths = ShardPaths(output_dir, dict.fromkeys(configs, staging_dir))
-            with open(card_path, "w", encoding="utf-8") as file:
-                file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
+            report_path, card_path = _stage_report_and_card(work_dir, report, output_dir, configs, staging_dir)
             with _interrupts_deferred():
                 # Crash-consistent at every step, a SIGKILL included: the new shards come in beside the old ones
                 # (their names hold their content's hash), the card that `load_dataset` reads switches from the old

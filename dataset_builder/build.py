@@ -1,6 +1,5 @@
 """`chartwiz data build`: run the builder per config and split, write Parquet shards, a card and a build report."""
 
-import collections
 import contextlib
 import glob
 import hashlib
@@ -20,19 +19,28 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from chartwiz.errors import ChartWizFileNotFoundError, ChartWizOSError, ChartWizValueError
-from chartwiz.files import write_text_atomic
 from chartwiz.names import BUILT_CONFIGS
 
-from .aihub import check_tree, unknown_folders
+from .aihub import check_tree
 from .builder import CONFIG_TASKS, ChartWizAIHub
 from .card import ShardPaths, render_card
+from .hub import push_dataset, shard_size_in_bytes
+from .report import (
+    FAILED_REPORT_NAME,
+    REPORT_NAME,
+    checked_report,
+    collect_report,
+    empty_split_warnings,
+    kept_configs,
+    merged_report,
+    previous_build,
+    refuse_empty_build,
+)
 from .rows import repeated_conversations
 
 
 logger = logging.getLogger(__name__)
 LOCAL_ROWS_PER_SHARD = 250_000
-REPORT_NAME = "build_report.json"
-FAILED_REPORT_NAME = "build_report.failed.json"
 LOCK_NAME = ".build.lock"
 STAGING_PREFIX = ".build-"
 
@@ -107,22 +115,6 @@ def write_parquet_shards(
         os.replace(path, target)
         final.append(target)
     return final
-
-
-def _collect_report(report_dir: str) -> dict:
-    counts, skipped = {}, []
-    for path in sorted(glob.glob(os.path.join(report_dir, "*.jsonl"))):
-        with open(path, encoding="utf-8") as file:
-            for line in file:
-                entry = json.loads(line)
-                key = (entry["config"], entry["split"])
-                total = counts.setdefault(key, {"read": 0, "written": 0, "skipped": 0})
-                if entry["type"] == "counts":
-                    for name in ("read", "written", "skipped"):
-                        total[name] += entry[name]
-                else:
-                    skipped.append({name: value for name, value in entry.items() if name != "type"})
-    return {"counts": counts, "skipped": skipped}
 
 
 def _prepare_config(config: str, data_dir: str, gpt_files: list[str], work_dir: str, num_proc: Optional[int]):
@@ -212,95 +204,27 @@ def _interrupts_deferred() -> Iterator[None]:
             signal.raise_signal(number)
 
 
-def _previous_build(output_dir: str) -> Optional[dict]:
-    path = os.path.join(output_dir, REPORT_NAME)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            report = json.load(file)
-    except (ValueError, OSError) as error:
-        report = error
-    if not isinstance(report, dict) or not {"counts", "skipped", "data_dir"} <= report.keys():
-        raise ChartWizValueError(f"{path} is not a build report; delete it (or the whole folder) to build afresh.")
-    return report
+def _requested_configs(configs: Iterable[str]) -> list[str]:
+    """The configs to build, in the order given, once each; `all` brings in finetune and gpt."""
+    configs = list(dict.fromkeys(configs))
+    unknown = [name for name in configs if name not in (*BUILT_CONFIGS, "all")]
+    if unknown:
+        raise ChartWizValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
+    if "all" in configs:
+        configs = [name for name in configs if name != "all"] + [n for n in ("finetune", "gpt") if n not in configs]
+    return configs
 
 
-def _kept_configs(previous: Optional[dict], configs: list[str], data_dir: str, output_dir: str) -> list[str]:
-    """The configs of the build in `output_dir` that this build does not redo, checked to be mergeable."""
-    if previous is None:
-        return []
-    kept = [config for config in BUILT_CONFIGS if config in previous["counts"] and config not in configs]
-    if kept and previous["data_dir"] != data_dir:
-        raise ChartWizValueError(
-            f"{output_dir} holds a build of {', '.join(kept)} from {previous['data_dir']}; building only "
-            f"{', '.join(configs)} from {data_dir} would mix two trees in one dataset. Build "
-            f"{', '.join([*configs, *kept])} together, or choose another --out."
-        )
-    for config in kept:
-        for counts in previous["counts"][config].values():
-            missing = [path for path in counts["files"] if not os.path.isfile(os.path.join(output_dir, path))]
-            if missing:
-                raise ChartWizValueError(
-                    f"{output_dir}: the {config} shards of the previous build are missing ({missing[0]}); build "
-                    f"{config} again too (--configs {' '.join([*configs, config])})."
-                )
-    return kept
-
-
-def _merge(previous: Optional[dict], report: dict, kept: list[str]) -> dict:
-    """This build's report with the configs it kept from the previous one (counts, files, skipped records)."""
-    if not kept:
-        return report
-    counts = {**report["counts"], **{config: previous["counts"][config] for config in kept}}
-    return {
-        **report,
-        "gpt_files": previous.get("gpt_files", []) if "gpt" in kept else report["gpt_files"],
-        "counts": {config: counts[config] for config in BUILT_CONFIGS if config in counts},
-        "skipped": [entry for entry in previous["skipped"] if entry["config"] in kept] + report["skipped"],
-        "warnings": [entry for entry in previous.get("warnings", []) if entry["config"] in kept] + report["warnings"],
-    }
-
-
-def _example_reason(report: dict, config: str, split=None) -> str:
-    reasons = collections.Counter(
-        entry["reason"]
-        for entry in report["skipped"]
-        if entry["config"] == config and (split is None or entry["split"] == split)
-    )
-    return reasons.most_common(1)[0][0] if reasons else "no reason recorded"
-
-
-def _empty_splits(report: dict) -> list[dict]:
-    """A warning for each split left without a row in a config that has rows elsewhere (all lost: the build fails)."""
-    warnings = []
-    for config, by_split in report["counts"].items():
-        if not any(counts["written"] for counts in by_split.values()):
-            continue
-        for split, counts in by_split.items():
-            if counts["written"]:
-                continue
-            why = (
-                f"all {counts['read']} records were skipped (e.g. {_example_reason(report, config, split)})"
-                if counts["read"]
-                else "no records found"
-            )
-            warnings.append({"config": config, "split": split, "message": f"{config}/{split} is empty: {why}"})
-    return warnings
-
-
-def _empty_configs(report: dict) -> list[str]:
-    """One line per config of this build that wrote no row: how many records it read and an example reason."""
-    problems = []
-    for config, by_split in report["counts"].items():
-        read = sum(counts["read"] for counts in by_split.values())
-        if sum(counts["written"] for counts in by_split.values()):
-            continue
-        if not read:
-            problems.append(f"{config}: no records found")
-            continue
-        problems.append(f"{config}: all {read} records were skipped (e.g. {_example_reason(report, config)})")
-    return problems
+def _stage_report_and_card(work_dir: str, report: dict, output_dir: str, configs: list[str], staging_dir: str):
+    """Writes the report and the card beside the staged shards, to take the previous ones' place in the swap."""
+    report_path = os.path.join(work_dir, REPORT_NAME)
+    with open(report_path, "w", encoding="utf-8") as file:
+        json.dump(report, file, ensure_ascii=False, indent=2)
+    card_path = os.path.join(work_dir, "README.md")
+    shard_paths = ShardPaths(output_dir, dict.fromkeys(configs, staging_dir))
+    with open(card_path, "w", encoding="utf-8") as file:
+        file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
+    return report_path, card_path
 
 
 def build_dataset(
@@ -338,49 +262,31 @@ def build_dataset(
         raise ChartWizValueError(f"num_proc must be at least 1, got {num_proc!r}.")
     data_dir = os.path.abspath(data_dir)
     splits = check_tree(data_dir)
-    configs = list(dict.fromkeys(configs))
-    unknown = [name for name in configs if name not in (*BUILT_CONFIGS, "all")]
-    if unknown:
-        raise ChartWizValueError(f"Unknown configs {unknown}; choose from pretrain, finetune, gpt, all.")
-    if "all" in configs:
-        configs = [name for name in configs if name != "all"] + [n for n in ("finetune", "gpt") if n not in configs]
+    configs = _requested_configs(configs)
     gpt_files = expand_gpt_sources(gpt_sources)
     if "gpt" in configs and not gpt_files:
         raise ChartWizValueError("The gpt config needs --gpt FILE_OR_DIR with the GPT conversations (JSON or JSONL).")
     if push_to_hub and max_shard_size is not None:
-        _shard_size_in_bytes(max_shard_size)  # a size that cannot be read stops the build before its work, not after
+        shard_size_in_bytes(max_shard_size)  # a size that cannot be read stops the build before its work, not after
     os.makedirs(output_dir, exist_ok=True)
 
     with exclusive_build(output_dir):
         _remove_stale_staging(output_dir)
-        previous = _previous_build(output_dir)
-        kept = _kept_configs(previous, configs, data_dir, output_dir)
+        previous = previous_build(output_dir)
+        kept = kept_configs(previous, configs, data_dir, output_dir)
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=STAGING_PREFIX) as work_dir:
             # Shards, report and card are staged here and replace the previous build only once all of them are
             # written and counted.
             staging_dir = os.path.join(work_dir, "parquet")
             shards = _stage_shards(configs, splits, data_dir, gpt_files, work_dir, staging_dir, num_proc)
-            collected = _collect_report(os.path.join(work_dir, "report"))
-            built = _report(collected, shards, staging_dir, data_dir, gpt_files, splits)
-            empty = _empty_configs(built)
-            if empty:
-                failed_path = os.path.join(output_dir, FAILED_REPORT_NAME)
-                write_text_atomic(failed_path, json.dumps(built, ensure_ascii=False, indent=2))
-                kept_note = f"{output_dir} keeps its previous build, and " if previous is not None else ""
-                raise ChartWizValueError(
-                    f"{'; '.join(empty)}. Nothing was written: {kept_note}{failed_path} lists every skipped record."
-                )
-            built["warnings"] = _empty_splits(built)
+            collected = collect_report(os.path.join(work_dir, "report"))
+            built = checked_report(collected, shards, staging_dir, data_dir, gpt_files, splits)
+            refuse_empty_build(built, output_dir, keeps_previous=previous is not None)
+            built["warnings"] = empty_split_warnings(built)
             for warning in built["warnings"]:
                 logger.warning("%s", warning["message"])
-            report = _merge(previous, built, kept)
-            report_path = os.path.join(work_dir, REPORT_NAME)
-            with open(report_path, "w", encoding="utf-8") as file:
-                json.dump(report, file, ensure_ascii=False, indent=2)
-            card_path = os.path.join(work_dir, "README.md")
-            shard_paths = ShardPaths(output_dir, dict.fromkeys(configs, staging_dir))
-            with open(card_path, "w", encoding="utf-8") as file:
-                file.write(render_card(report, images_embedded=False, shard_paths=shard_paths))
+            report = merged_report(previous, built, kept)
+            report_path, card_path = _stage_report_and_card(work_dir, report, output_dir, configs, staging_dir)
             with _interrupts_deferred():
                 # Crash-consistent at every step, a SIGKILL included: the new shards come in beside the old ones
                 # (their names hold their content's hash), the card that `load_dataset` reads switches from the old
@@ -421,132 +327,6 @@ def _remove_unlisted_shards(output_dir: str, report: dict) -> None:
         for path in glob.glob(os.path.join(output_dir, config, "*.parquet")):
             if os.path.normpath(os.path.relpath(path, output_dir)) not in listed:
                 os.remove(path)
-
-
-def _parquet_rows(output_dir: str, paths: list[str]) -> int:
-    return sum(pq.ParquetFile(os.path.join(output_dir, path)).metadata.num_rows for path in paths)
-
-
-def _report(collected: dict, shards: dict, output_dir: str, data_dir: str, gpt_files: list[str], splits: list[str]):
-    counts = {}
-    for config, by_split in shards.items():
-        counts[config] = {}
-        for split in splits:
-            total = collected["counts"].get((config, split), {"read": 0, "written": 0, "skipped": 0})
-            on_disk = _parquet_rows(output_dir, by_split.get(split, []))
-            if on_disk != total["written"] or total["read"] != total["written"] + total["skipped"]:
-                raise RuntimeError(
-                    f"{config}/{split}: read {total['read']}, wrote {total['written']} ({on_disk} rows on disk), "
-                    f"skipped {total['skipped']}: the counts do not add up."
-                )
-            counts[config][split] = {**total, "files": by_split.get(split, [])}
-    return {
-        "data_dir": data_dir,
-        "gpt_files": gpt_files,
-        "ignored_folders": {split: unknown_folders(data_dir, split) for split in splits},
-        "counts": counts,
-        "skipped": collected["skipped"],
-    }
-
-
-def _hub_report(report: dict) -> dict:
-    """The build report as the Hub copy has it: each split's shards are the ones `push_to_hub` names."""
-    hub = json.loads(json.dumps(report))
-    for config, by_split in hub["counts"].items():
-        for split, counts in by_split.items():
-            counts["files"] = [f"{config}/{split}-*.parquet"] if counts["files"] else []
-    return hub
-
-
-def push_dataset(
-    output_dir: str,
-    repo_id: str,
-    private: bool = False,
-    token: Optional[str] = None,
-    max_shard_size: Optional[Union[int, str]] = None,
-) -> str:
-    """
-    Uploads a local build to a Hub dataset repo with `DatasetDict.push_to_hub`, one call per built config (the images
-    embedded, shards of at most `max_shard_size`, `configs:` written into the card); returns the last commit's URL.
-
-    Our card and report go first, in a commit of their own: `push_to_hub` keeps the text and metadata of the card it
-    finds and adds its config's `data_files` and `dataset_info` to it. The `all` config is not pushed: the card's
-    entry for it names finetune's and gpt's shards, as the local card does, instead of uploading those rows twice.
-    """
-    from datasets import load_dataset
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    with open(os.path.join(output_dir, REPORT_NAME), encoding="utf-8") as file:
-        report = json.load(file)
-    built = [config for config in BUILT_CONFIGS if config in report["counts"]]
-    datasets_by_config = {config: load_dataset(output_dir, config) for config in built}
-    if max_shard_size is not None:
-        _check_shards_hold_a_row(datasets_by_config, _shard_size_in_bytes(max_shard_size), max_shard_size)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    hub_report = _hub_report(report)
-    card = render_card(report, images_embedded=True, shard_paths=ShardPaths(output_dir), hub_report=hub_report)
-    api.create_commit(
-        repo_id,
-        repo_type="dataset",
-        operations=[
-            CommitOperationAdd("README.md", card.encode("utf-8")),
-            CommitOperationAdd(REPORT_NAME, json.dumps(hub_report, ensure_ascii=False, indent=2).encode("utf-8")),
-        ],
-        commit_message="Upload the ChartWiz AI-Hub chart dataset card and build report",
-    )
-    commit = None
-    for config in built:
-        commit = datasets_by_config[config].push_to_hub(
-            repo_id,
-            config_name=config,
-            set_default=config == "finetune",
-            private=private,
-            token=token,
-            max_shard_size=max_shard_size,
-            commit_message=f"Upload the {config} config of the ChartWiz AI-Hub chart dataset",
-        )
-    return str(commit)
-
-
-def _shard_size_in_bytes(max_shard_size: Union[int, str]) -> int:
-    """`max_shard_size` (`500MB`, `1GiB` or a number of bytes) in bytes, as `push_to_hub` reads it."""
-    from datasets.utils.py_utils import convert_file_size_to_int
-
-    if isinstance(max_shard_size, str) and max_shard_size.strip().isdigit():
-        max_shard_size = int(max_shard_size)
-    try:
-        size = convert_file_size_to_int(max_shard_size)
-    except ValueError:
-        raise ChartWizValueError(
-            f"max_shard_size {max_shard_size!r} is not a size: give bytes, or a number with a unit (500MB, 1GiB)."
-        ) from None
-    if size < 1:
-        raise ChartWizValueError(f"max_shard_size must be at least 1 byte, got {max_shard_size!r}.")
-    return size
-
-
-def _check_shards_hold_a_row(datasets_by_config: dict, size: int, given: Union[int, str]) -> None:
-    """
-    Stops a push whose shards could not hold one row, before anything is uploaded. `push_to_hub` cuts a split into
-    whole rows, one more shard per `max_shard_size` of data, and fails deep inside with an IndexError once that is
-    more shards than rows; the image files a row points at are most of its size (they are embedded when pushed).
-    """
-    for config, dataset_dict in datasets_by_config.items():
-        for split, dataset in dataset_dict.items():
-            if len(dataset) == 0:
-                continue
-            text_bytes = dataset.data.nbytes / len(dataset)
-            # A local build's rows point at their chart's file (several rows at one file), never hold its bytes.
-            paths = {image["path"] for image in dataset.data.column("image").to_pylist()}
-            image_bytes = max(os.path.getsize(path) for path in paths)
-            largest_row = int(image_bytes + text_bytes)
-            if largest_row > size:
-                raise ChartWizValueError(
-                    f"max_shard_size {given!r} ({size} bytes) is smaller than a row of {config}/{split} "
-                    f"(up to {largest_row} bytes with its image, which the push embeds): give at least "
-                    f"{largest_row} bytes, or leave it out for datasets' 500MB."
-                )
 
 
 __all__ = [

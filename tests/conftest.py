@@ -56,8 +56,8 @@ import importlib.abc, sys
 
 class BlockChartWiz(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("chartwiz_hf", "dataset_builder"):
-            raise ImportError("chartwiz_hf is not installed here")
+        if name.split(".")[0] in ("chartwiz", "chartwiz_hf", "dataset_builder"):
+            raise ImportError("ChartWiz is not installed here")
 
 sys.meta_path.insert(0, BlockChartWiz())
 """

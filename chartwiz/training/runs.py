@@ -12,6 +12,7 @@ from typing import Optional
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from chartwiz.batch.run_store import changed_settings
 from chartwiz.files import CHECKPOINT_FILES, clear_checkpoint_folder, write_json_atomic
 from chartwiz.fingerprints import TRAINING_RUN_FILE, checkpoint_fingerprint, describe_changes, digest, tree_fingerprint
 from dataset_builder.card import read_build_fingerprint
@@ -161,8 +162,7 @@ def find_resume_checkpoint(training_args, definition: dict) -> Optional[str]:
         )
     with open(run_file, encoding="utf-8") as file:
         stored = json.load(file)
-    keys = sorted(set(stored) | set(definition))
-    changed = [key for key in keys if key not in FINGERPRINT_KEYS and stored.get(key) != definition.get(key)]
+    changed = [key for key in changed_settings(stored, definition) if key not in FINGERPRINT_KEYS]
     if changed:
         differences = "; ".join(f"{key}: {stored.get(key)!r} there, {definition.get(key)!r} now" for key in changed)
         raise RecipeError(

@@ -21,8 +21,8 @@ import torch
 from models import make_model
 from transformers import AutoProcessor, TrainerCallback
 
+from chartwiz import training
 from chartwiz.models.tiny import make_tiny_chartwiz
-from chartwiz.training import sft as training
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 

@@ -52,7 +52,7 @@ except ModuleNotFoundError as error:  # the core install has no TRL: say which e
         raise
     raise SystemExit(missing_extra_message("trl", "recipes/sft_chartwiz.py")) from None
 
-from chartwiz.training.sft import (
+from chartwiz.training import (
     ChartWizScriptArguments,
     ChartWizSFTConfig,
     ChartWizSFTTrainer,

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
+from chartwiz import training
 from chartwiz.commands import cli
 from chartwiz.inference import answer_questions, load_chartwiz, prepare_inputs
-from chartwiz.training import sft as training
 
 from .conftest import assert_same_answers_under_the_other_major, draw_chart, run_without_chartwiz
 
@@ -786,7 +786,7 @@ def test_a_missing_or_empty_split_is_refused(tiny_dir, chart_data, tmp_path, mon
     # A Hub dataset whose train split holds no rows (a `chartwiz data build` folder leaves empty splits out)
     pretrain = load_dataset(chart_data, "pretrain")
     empty = DatasetDict({"train": pretrain["train"].select([]), "test": pretrain["test"]})
-    monkeypatch.setattr(training, "load_dataset", lambda name, config: empty)
+    monkeypatch.setattr("chartwiz.training.data.load_dataset", lambda name, config: empty)
     with pytest.raises(sft.RecipeError, match="Split 'train' of dataset org/charts \\(pretrain\\) is empty"):
         sft.build_trainer(*fast(PRETRAIN, tiny_dir, "org/charts", tmp_path / "out"))
 

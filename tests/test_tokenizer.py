@@ -75,7 +75,7 @@ def training_prompt_ids(processor, image, question: str) -> list[int]:
         "prompt": [{"role": "user", "content": question}],
         "completion": [{"role": "assistant", "content": "30%"}],
     }
-    from chartwiz.training.sft import ChartWizVisionCollator
+    from chartwiz.training import ChartWizVisionCollator
 
     batch = ChartWizVisionCollator(processor, completion_only_loss=True)([row])
     prompt = (batch["attention_mask"][0] == 1) & (batch["labels"][0] == -100)

@@ -1,4 +1,4 @@
-"""The training helpers of `chartwiz.training.sft` on their own, without a training run (test_recipes.py runs them)."""
+"""The training helpers of `chartwiz.training` on their own, without a training run (test_recipes.py runs them)."""
 
 import json
 import logging
@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from chartwiz.training import sft as training
+from chartwiz import training
 
 
 def write_checkpoint(path, state=True, weights=True):

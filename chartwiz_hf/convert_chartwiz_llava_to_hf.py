@@ -11,6 +11,9 @@ The original saved three kinds of checkpoints, all converted here:
 The original spliced the projected patches in place of one sentinel id (-200) and kept all `max_patches` encoder
 outputs, padding patches included: ChartWiz's own layout with a real `<image>` token repeated once per patch, so a
 converted model computes the same logits as the original for the same prompt and patches.
+
+One module, not several: as transformers' `convert_*_to_hf.py` scripts, the conversion is one file to read from the
+original's keys to ChartWiz's, runnable with `python -m`.
 """
 
 import argparse

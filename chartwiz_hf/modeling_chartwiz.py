@@ -1,4 +1,8 @@
-"""PyTorch ChartWiz model: a Pix2Struct (DePlot) encoder, a projector and a causal language model."""
+"""PyTorch ChartWiz model: a Pix2Struct (DePlot) encoder, a projector and a causal language model.
+
+One module, not several: it is the modeling file a checkpoint carries as remote code, and transformers' model folders
+keep a model's classes in one `modeling_*.py` that imports nothing of its package but the configuration.
+"""
 
 import functools
 import inspect

@@ -19,8 +19,10 @@ import time
 import torch
 from models import make_model
 
+from chartwiz.batch.questions import load_split
 from chartwiz.evaluation.metrics import TASKS
-from chartwiz.evaluation.scoring import Prediction, load_split, predict_dataset, score_predictions
+from chartwiz.evaluation.prediction import Prediction, predict_dataset
+from chartwiz.evaluation.scoring import score_predictions
 from dataset_builder.build import build_dataset
 from dataset_builder.synth import generate
 

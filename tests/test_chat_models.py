@@ -21,7 +21,8 @@ from chartwiz.commands.cli import main
 from chartwiz.evaluation import instructions as evaluation_instructions
 from chartwiz.evaluation.instructions import PRESETS, apply_instructions
 from chartwiz.evaluation.metrics import TASKS
-from chartwiz.evaluation.scoring import evaluate_model, predict_dataset, split_questions
+from chartwiz.evaluation.prediction import predict_dataset, split_questions
+from chartwiz.evaluation.run import evaluate_model
 from chartwiz.inference.chat_engines import ChatModelEngine, load_chat_model
 from chartwiz.inference.chat_inputs import chat_inputs, prompt_token_ids
 from chartwiz.models.tiny import make_tiny_language_model

@@ -12,7 +12,9 @@ from chartwiz.batch.questions import DatasetImages
 from chartwiz.commands import evaluate as evaluate_command
 from chartwiz.commands.cli import main
 from chartwiz.evaluation.metrics import DEFAULT_BLEU_TOKENIZE
-from chartwiz.evaluation.scoring import evaluate_model, predict_dataset, score_run, shuffled_charts, split_questions
+from chartwiz.evaluation.prediction import predict_dataset, shuffled_charts, split_questions
+from chartwiz.evaluation.run import evaluate_model
+from chartwiz.evaluation.scoring import score_run
 from chartwiz.inference import engines
 from chartwiz.inference.engines import load_model_for_inference
 from dataset_builder.build import build_dataset
@@ -540,12 +542,14 @@ def test_a_report_with_no_row_scored_is_well_formed():
 
 
 def test_both_entry_points_refuse_the_two_image_ablations_through_one_check(monkeypatch, tmp_path):
-    from chartwiz.evaluation import scoring as evaluation
+    from chartwiz.evaluation import prediction
+    from chartwiz.evaluation import run as evaluation
 
+    assert evaluation.check_one_ablation is prediction.check_one_ablation
     with pytest.raises(ValueError, match="--blank-images and --shuffle-images are two ablations: choose one"):
-        evaluation.check_one_ablation(True, True)
+        prediction.check_one_ablation(True, True)
     for one in ((False, False), (True, False), (False, True)):
-        evaluation.check_one_ablation(*one)
+        prediction.check_one_ablation(*one)
 
     checked = []
 
@@ -554,8 +558,9 @@ def test_both_entry_points_refuse_the_two_image_ablations_through_one_check(monk
         raise ValueError("checked")
 
     monkeypatch.setattr(evaluation, "check_one_ablation", check)
+    monkeypatch.setattr(prediction, "check_one_ablation", check)
     with pytest.raises(ValueError, match="checked"):
         evaluation.evaluate_model("model", "dataset", str(tmp_path), blank_images=True, shuffled_images=True)
     with pytest.raises(ValueError, match="checked"):
-        evaluation.predict_dataset(None, None, None, str(tmp_path), blank_images=True, shuffled_images=True)
+        prediction.predict_dataset(None, None, None, str(tmp_path), blank_images=True, shuffled_images=True)
     assert checked == [(True, True), (True, True)]

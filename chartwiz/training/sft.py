@@ -25,7 +25,7 @@ from chartwiz.errors import ChartWizValueError
 from chartwiz.extras import MissingExtraError, missing_extra_message
 from chartwiz.files import CHECKPOINT_FILES, clear_checkpoint_folder, write_json_atomic
 from chartwiz.fingerprints import TRAINING_RUN_FILE, checkpoint_fingerprint, describe_changes, digest, tree_fingerprint
-from chartwiz.inference import check_checkpoint, load_processor
+from chartwiz.inference.loading import check_checkpoint, load_processor
 from chartwiz.names import DATASET_CONFIGS
 from dataset_builder.card import read_build_fingerprint
 

@@ -18,7 +18,7 @@ ANSWER = """
 import sys
 sys.path.insert(0, {bench!r})
 from charts import chart_images
-from chartwiz.inference.generation import answer_questions, load_chartwiz
+from chartwiz.inference import answer_questions, load_chartwiz
 model, processor = load_chartwiz({directory!r})
 print(answer_questions(model, processor, chart_images(1), ["가장 큰 값은 무엇인가요?"], max_new_tokens=32))
 """

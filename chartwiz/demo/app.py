@@ -32,8 +32,8 @@ from chartwiz.demo.server import ServerChat, ServerError
 from chartwiz.demo.streaming import stream_answer
 from chartwiz.demo.tables import parse_table
 from chartwiz.errors import ChartWizError, ChartWizValueError
-from chartwiz.inference import check_question
 from chartwiz.inference.pdf import pdf_page_count, render_pdf_page, render_pdf_thumbnails
+from chartwiz.inference.prompts import check_question
 from chartwiz.names import INSTRUCTIONS
 
 

@@ -3,7 +3,7 @@
 from PIL import Image
 
 from chartwiz.errors import ChartWizValueError
-from chartwiz.inference import load_chart_image
+from chartwiz.inference.images import load_chart_image
 from chartwiz.inference.pdf import crop_fraction, is_pdf
 
 

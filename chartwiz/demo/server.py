@@ -21,7 +21,7 @@ def image_data_url(image: Image.Image) -> str:
 def chat_messages(chart: Image.Image, question: str, history: list) -> list[dict]:
     """
     OpenAI chat messages of a question about `chart` after `history` (`(question, answer)` turns): the chart in the
-    first user turn, as the model was trained and as `chartwiz.inference.generation.chat_messages` puts it.
+    first user turn, as the model was trained and as `chartwiz.inference.prompts.chat_messages` puts it.
     """
     messages = []
     for asked, answered in [*history, (question, None)]:

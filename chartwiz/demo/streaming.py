@@ -6,11 +6,11 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from chartwiz.errors import ChartWizValueError
-from chartwiz.inference import (
+from chartwiz.inference.generation import generate_answers
+from chartwiz.inference.prompts import (
     ContextLengthError,
     context_length,
     fit_in_context,
-    generate_answers,
     prepare_inputs,
     prompt_length,
 )

@@ -17,7 +17,8 @@ from chartwiz.names import DEFAULT_BATCH_SIZE
 
 from .chat_inputs import chat_inputs, chat_template_sha256, prompt_token_ids
 from .engines import TransformersEngine, serving_dtype
-from .generation import check_device, context_length, fit_in_context
+from .loading import check_device
+from .prompts import context_length, fit_in_context
 
 
 def is_chartwiz_checkpoint(model_name_or_path: str, **kwargs) -> bool:

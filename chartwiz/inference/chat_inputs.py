@@ -13,7 +13,7 @@ from transformers.feature_extraction_utils import BatchFeature
 
 from chartwiz.names import normalize_text
 
-from .generation import check_question
+from .prompts import check_question
 
 
 def chat_messages(

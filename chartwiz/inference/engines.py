@@ -17,7 +17,9 @@ from typing import Any, Optional
 
 from chartwiz.names import DEFAULT_BATCH_SIZE
 
-from .generation import ContextLengthError, generate_answers, load_chartwiz, prepare_inputs, prompt_length
+from .generation import generate_answers
+from .loading import load_chartwiz
+from .prompts import ContextLengthError, prepare_inputs, prompt_length
 
 
 class InferenceEngine:

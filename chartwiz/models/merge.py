@@ -103,7 +103,7 @@ def merge_adapter(
     from transformers import AutoModelForImageTextToText
 
     from chartwiz.checkpoints import from_pretrained_complete
-    from chartwiz.inference import check_checkpoint, load_adapter, load_processor, read_adapter_config
+    from chartwiz.inference.loading import check_checkpoint, load_adapter, load_processor, read_adapter_config
 
     for source in (base_model_name_or_path, adapter_name_or_path):
         if _same_path(source, output_dir):

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from chartwiz.errors import ChartWizValueError
-from chartwiz.inference import encode_prompt, load_processor
 from chartwiz.inference.engines import InferenceEngine
+from chartwiz.inference.loading import load_processor
+from chartwiz.inference.prompts import encode_prompt
 from chartwiz.names import DEFAULT_MAX_IN_FLIGHT
 
 

@@ -4,7 +4,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Optional
 
-from .metric_utils import check_lengths, mean_percent
+from .corpus import check_lengths, mean_percent
 from .quantities import Quantity, find_quantities
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from chartwiz.extras import require
 
-from .metric_utils import check_lengths, mean_percent
+from .corpus import check_lengths, mean_percent
 from .quantities import parse_quantity
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from chartwiz.errors import ChartWizValueError
 from chartwiz.extras import require
 
-from .metric_utils import check_lengths, mean_percent
+from .corpus import check_lengths, mean_percent
 
 
 DEFAULT_BLEU_TOKENIZE = "intl"

@@ -6,7 +6,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from trl import get_peft_config
 
 from chartwiz.checkpoints import from_pretrained_complete
-from chartwiz.inference import check_checkpoint, load_processor
+from chartwiz.inference.loading import check_checkpoint, load_processor
 
 from .checks import RecipeError
 

@@ -11,7 +11,7 @@ from chartwiz.names import DATASET_CONFIGS as CONFIGS
 from chartwiz.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
 
 from .infer import EngineArguments
-from .parser import Exclusive, same_named
+from .parser import Exclusive, option_string, same_named
 
 
 # Spelt out here (tests check they match metrics.DEFAULT_BLEU_TOKENIZE, evaluation_instructions.PRESETS and
@@ -156,7 +156,7 @@ def _refuse_generation_flags(
     args: EvaluateArguments, engine: EngineArguments, source: str, allowed: tuple = ()
 ) -> None:
     given = {**asdict(args), **asdict(engine)}
-    flags = [f"--{name.replace('_', '-')}" for name in GENERATION_ONLY if given[name] and name not in allowed]
+    flags = [option_string(name) for name in GENERATION_ONLY if given[name] and name not in allowed]
     if flags:
         raise ChartWizValueError(f"{source}: {', '.join(flags)} cannot go with it.")
 

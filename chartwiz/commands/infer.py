@@ -220,7 +220,8 @@ def _check_arguments(args: InferArguments) -> None:
         )
 
 
-def _print_summary(args: InferArguments, questions, summary) -> None:
+def _report_summary(args: InferArguments, questions, summary) -> None:
+    """Prints what the run did; a run in which every question was a bad record is an error."""
     from chartwiz.batch.run_store import output_paths, read_jsonl
 
     errors_path, _ = output_paths(args.answers)
@@ -293,7 +294,7 @@ def run(args: InferArguments, engine: EngineArguments):
     finally:
         if hasattr(model, "close"):
             model.close()
-    _print_summary(args, questions, summary)
+    _report_summary(args, questions, summary)
 
 
 def register(subcommands) -> None:

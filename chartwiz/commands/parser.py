@@ -50,6 +50,11 @@ class Exclusive:
     required: bool = False
 
 
+def option_string(name: str) -> str:
+    """The option of the field `name`: `--max-new-tokens` for `max_new_tokens`."""
+    return f"--{name.replace('_', '-')}"
+
+
 def _value_type(annotation):
     """`int` for `Optional[int]`: argparse converts the text given, `None` is the default."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -92,7 +97,7 @@ class CommandParser(HfArgumentParser):
         if kwargs.pop("positional", False):
             names = [field.name]
         else:
-            names = [f"--{field.name.replace('_', '-')}", *kwargs.pop("aliases", [])]
+            names = [option_string(field.name), *kwargs.pop("aliases", [])]
             kwargs["required"] = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         if field.default is not dataclasses.MISSING:
             kwargs["default"] = field.default

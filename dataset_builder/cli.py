@@ -63,7 +63,10 @@ class SynthArguments:
 
 
 def _same_named(arguments, function) -> dict:
-    """The fields of `arguments` that `function` takes by the same name (`chartwiz.commands.parser.same_named`)."""
+    """
+    The fields of `arguments` that `function` takes by the same name, as `chartwiz.commands.parser.same_named` (which
+    the data layer does not import: it would load transformers).
+    """
     parameters = inspect.signature(function).parameters
     return {name: value for name, value in asdict(arguments).items() if name in parameters}
 

@@ -1,8 +1,27 @@
 """`chartwiz ask`: answer one question about a chart (an image, or a page of a PDF), streaming the answer."""
 
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
 from chartwiz.errors import ChartWizValueError
+
+
+@dataclass(kw_only=True)
+class AskArguments:
+    model: str = field(metadata={"help": "ChartWiz checkpoint directory or Hub repo"})
+    image: str = field(metadata={"help": "chart image file, or a PDF (with --page)", "positional": True})
+    question: str = field(metadata={"help": "the question, e.g. '가장 큰 값은?'", "positional": True})
+    page: Optional[int] = field(
+        default=None, metadata={"help": "page of a PDF to ask about, 1-based (default: a one-page PDF's page)"}
+    )
+    adapter: Optional[str] = field(default=None, metadata={"help": "a PEFT (LoRA) adapter folder to apply, unmerged"})
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "answer length limit (lowered with a note to fit the context)"}
+    )
+    device: Optional[str] = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1... (default: where the model loads)"}
+    )
 
 
 def load_chart(path: str, page=None):
@@ -22,7 +41,7 @@ def load_chart(path: str, page=None):
     return render_pdf_page(path, page)
 
 
-def run(args):
+def run(args: AskArguments):
     from transformers import TextStreamer
 
     from chartwiz.inference.generation import generate_answers
@@ -52,21 +71,11 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "ask",
+        dataclass_types=[AskArguments],
         help="answer one question about a chart, streaming the answer",
         description=(
             "Answers one question about a chart image, or a page of a PDF report, streaming the answer.\n"
             "차트 이미지나 PDF 보고서의 한 쪽에 대한 질문 하나에 답하고, 답을 생성되는 대로 보여 줍니다."
         ),
     )
-    parser.add_argument("--model", required=True, help="ChartWiz checkpoint directory or Hub repo")
-    parser.add_argument("image", help="chart image file, or a PDF (with --page)")
-    parser.add_argument("question", help="the question, e.g. '가장 큰 값은?'")
-    parser.add_argument(
-        "--page", type=int, default=None, help="page of a PDF to ask about, 1-based (default: a one-page PDF's page)"
-    )
-    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=256, help="answer length limit (lowered with a note to fit the context)"
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: where the model loads)")
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(func=run)

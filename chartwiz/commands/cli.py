@@ -11,54 +11,13 @@ from chartwiz.extras import OPTIONAL_MODULES, missing_extra_message
 from dataset_builder.cli import add_data_commands
 
 from . import ask, compose, convert, demo, evaluate, infer, init_tiny, merge
+from .parser import DEBUG_VARIABLE, CommandParser, command_arguments
 
 
 COMMANDS = (compose, init_tiny, ask, infer, demo, evaluate, merge, convert)
-DEBUG_VARIABLE = "CHARTWIZ_DEBUG"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """
-    argparse's help with each option's default (`ArgumentDefaultsHelpFormatter`; `none` for an option unset unless
-    given, `off` for a flag), unless the help already says what the default is in words, required options marked so,
-    and each line of the description (English, then Korean) wrapped on its own.
-    """
-
-    def _fill_text(self, text, width, indent):
-        return "\n".join(super(HelpFormatter, self)._fill_text(line, width, indent) for line in text.splitlines())
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        said = "(default" in text or "default:" in text
-        if not action.option_strings or said or action.default is argparse.SUPPRESS:
-            return text
-        if action.required:
-            return f"{text} (required)"
-        if action.default is None or action.default == []:
-            return f"{text} (default: none)"
-        if action.nargs == 0 and action.default is False:  # a flag
-            return f"{text} (default: off)"
-        return super()._get_help_string(action)
-
-
-class CommandParser(argparse.ArgumentParser):
-    """
-    The parser of `chartwiz` and of each of its sub-commands (argparse makes the sub-commands' parsers of the
-    parent's class): options shown with their defaults, and `--debug` on every command.
-    """
-
-    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
-        # SUPPRESS: a sub-command without the flag leaves the top-level `chartwiz --debug` as it was.
-        self.add_argument(
-            "--debug",
-            action="store_true",
-            default=argparse.SUPPRESS,
-            help=f"show the traceback of an error too, not only its one line (default: off, or {DEBUG_VARIABLE}=1)",
-        )
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="chartwiz",
         description="Korean chart question answering (ChartWiz).\n한국어 차트 질의응답 모델 ChartWiz의 명령입니다.",
@@ -100,7 +59,7 @@ def main(argv=None) -> int:
     args = argparse.Namespace()
     try:
         args = build_parser().parse_args(argv)
-        args.func(args)
+        args.func(*command_arguments(args))
     except ChartWizError as error:
         return _user_error(args, error)
     except OSError as error:

@@ -1,10 +1,27 @@
 """`chartwiz compose`: join a Pix2Struct / DePlot encoder and a causal LM into a ChartWiz checkpoint."""
 
+from dataclasses import dataclass, field
+
 from chartwiz.files import OVERWRITE_HELP, replacing_folder
 from chartwiz_hf.chat_templates import CHAT_TEMPLATES
 
+from .parser import same_named
 
-def run(args):
+
+@dataclass(kw_only=True)
+class ComposeArguments:
+    vision: str = field(metadata={"help": "Pix2Struct/DePlot checkpoint (e.g. google/deplot)"})
+    text: str = field(metadata={"help": "causal LM with its tokenizer (e.g. maywell/Synatra-42dot-1.3B)"})
+    out: str = field(metadata={"help": "output directory (new or empty, unless --overwrite)"})
+    projector_type: str = field(default="mlp2x_gelu", metadata={"help": "linear, identity or mlp{N}x_gelu"})
+    max_patches: int = field(default=512, metadata={"help": "patches (= image tokens) per image"})
+    template: str = field(default="synatra_mini", metadata={"help": "chat template", "choices": CHAT_TEMPLATES})
+    seed: int = field(default=0, metadata={"help": "seed of the new projector's initialization"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow the LM's own code from the Hub"})
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+
+def run(args: ComposeArguments):
     from chartwiz_hf.compose import compose_chartwiz
 
     with replacing_folder(args.out, args.overwrite, inputs=(args.vision, args.text)):
@@ -12,11 +29,8 @@ def run(args):
             args.vision,
             args.text,
             output_dir=args.out,
-            projector_type=args.projector_type,
-            max_patches=args.max_patches,
             chat_template=args.template,
-            trust_remote_code=args.trust_remote_code,
-            seed=args.seed,
+            **same_named(args, compose_chartwiz),
         )
     print(f"Saved ChartWiz (model + processor) to {args.out}")
 
@@ -24,6 +38,7 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "compose",
+        dataclass_types=[ComposeArguments],
         help="join a Pix2Struct/DePlot encoder and a causal LM into a checkpoint",
         description=(
             "Joins the encoder of a Pix2Struct / DePlot checkpoint and a causal language model with its tokenizer "
@@ -32,13 +47,4 @@ def register(subcommands) -> None:
             "1단계 학습을 시작할 ChartWiz 체크포인트를 만듭니다."
         ),
     )
-    parser.add_argument("--vision", required=True, help="Pix2Struct/DePlot checkpoint (e.g. google/deplot)")
-    parser.add_argument("--text", required=True, help="causal LM with its tokenizer (e.g. maywell/Synatra-42dot-1.3B)")
-    parser.add_argument("--out", required=True, help="output directory (new or empty, unless --overwrite)")
-    parser.add_argument("--projector-type", default="mlp2x_gelu", help="linear, identity or mlp{N}x_gelu")
-    parser.add_argument("--max-patches", type=int, default=512, help="patches (= image tokens) per image")
-    parser.add_argument("--template", default="synatra_mini", choices=CHAT_TEMPLATES, help="chat template")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the new projector's initialization")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the LM's own code from the Hub")
-    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(func=run)

@@ -14,5 +14,7 @@ def register(subcommands) -> None:
             "ChartWiz 체크포인트로 변환합니다."
         ),
     )
+    # The converter's own argparse options, defined once in the model package for this command and for
+    # `python -m chartwiz_hf.convert_chartwiz_llava_to_hf`: not a dataclass, so this command gets the namespace.
     add_convert_arguments(parser)
-    parser.set_defaults(func=convert_from_args, prog=parser.prog)
+    parser.set_defaults(func=convert_from_args)

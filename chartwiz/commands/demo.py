@@ -1,15 +1,58 @@
 """`chartwiz demo`: the Streamlit web demo (chat about a chart or a PDF report) on a local port."""
 
 import os
+from dataclasses import dataclass, field
+from typing import Optional
 
 from chartwiz.errors import ChartWizValueError
+
+from .parser import Exclusive
+
+
+# The model the page asks: loaded here, or a server's.
+ANSWERED_BY = Exclusive(required=True)
+
+
+@dataclass(kw_only=True)
+class DemoArguments:
+    model: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "ChartWiz checkpoint directory or Hub repo, loaded in this process",
+            "exclusive": ANSWERED_BY,
+        },
+    )
+    server: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "an OpenAI-compatible ChartWiz server to ask instead (vLLM's, e.g. http://127.0.0.1:8000/v1)",
+            "metavar": "URL",
+            "exclusive": ANSWERED_BY,
+        },
+    )
+    served_model: Optional[str] = field(
+        default=None, metadata={"help": "--server: the model name (default: the server's)"}
+    )
+    server_timeout: float = field(default=120.0, metadata={"help": "--server: seconds to wait for it (default 120)"})
+    adapter: Optional[str] = field(default=None, metadata={"help": "a PEFT (LoRA) adapter folder to apply, unmerged"})
+    port: int = field(default=8501, metadata={"help": "port the page is served on"})
+    address: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "address to listen on (default: this machine only; 0.0.0.0 to share the page on the network)"
+        },
+    )
+    max_new_tokens: int = field(
+        default=512,
+        metadata={"help": "answer length limit (the oldest turns of a conversation are dropped to fit the context)"},
+    )
 
 
 def app_path() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "app.py")
 
 
-def streamlit_arguments(args) -> list[str]:
+def streamlit_arguments(args: DemoArguments) -> list[str]:
     """The arguments of `streamlit run` for the demo: the page and the server options it needs."""
     from chartwiz.demo.charts import MAX_UPLOAD_MB
 
@@ -37,7 +80,7 @@ def streamlit_arguments(args) -> list[str]:
     ]
 
 
-def run(args):
+def run(args: DemoArguments):
     import importlib.util
 
     if importlib.util.find_spec("streamlit") is None:
@@ -77,6 +120,7 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "demo",
+        dataclass_types=[DemoArguments],
         help="serve the web demo: chat about a chart or a PDF report",
         description=(
             "Serves the web demo (Streamlit): upload a chart image or a PDF report and chat about it, answered by the "
@@ -84,28 +128,4 @@ def register(subcommands) -> None:
             "차트 이미지나 PDF 보고서를 올리고 대화하듯 질문하는 웹 데모를 엽니다."
         ),
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo, loaded in this process")
-    source.add_argument(
-        "--server",
-        metavar="URL",
-        help="an OpenAI-compatible ChartWiz server to ask instead (vLLM's, e.g. http://127.0.0.1:8000/v1)",
-    )
-    parser.add_argument("--served-model", default=None, help="--server: the model name (default: the server's)")
-    parser.add_argument(
-        "--server-timeout", type=float, default=120.0, help="--server: seconds to wait for it (default 120)"
-    )
-    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
-    parser.add_argument("--port", type=int, default=8501, help="port the page is served on")
-    parser.add_argument(
-        "--address",
-        default="127.0.0.1",
-        help="address to listen on (default: this machine only; 0.0.0.0 to share the page on the network)",
-    )
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=512,
-        help="answer length limit (the oldest turns of a conversation are dropped to fit the context)",
-    )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(func=run)

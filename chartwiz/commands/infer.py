@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
 
 from chartwiz.errors import ChartWizValueError
 from chartwiz.names import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT
@@ -24,39 +26,107 @@ def engine_setting(engine: str) -> dict:
     return {} if engine == "transformers" else {"engine": engine}
 
 
-def engine_info(args, model) -> dict:
+@dataclass(kw_only=True)
+class EngineArguments:
+    """What generates the answers, for `chartwiz infer` and `chartwiz evaluate`."""
+
+    engine: str = field(
+        default="transformers",
+        metadata={
+            "help": (
+                "generate with transformers (default) or with vLLM (pip install vllm; continuous batching, "
+                "parallelism)"
+            ),
+            "choices": ("transformers", "vllm"),
+        },
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "--engine vllm: GPUs each model replica is split over"}
+    )
+    data_parallel_size: int = field(
+        default=1, metadata={"help": "--engine vllm: model replicas sharing the questions"}
+    )
+    dtype: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "default: bfloat16 on GPU, the checkpoint's dtype on CPU",
+            "choices": ("auto", "bfloat16", "float16", "float32"),
+        },
+    )
+
+
+@dataclass(kw_only=True)
+class InferArguments:
+    model: Optional[str] = field(default=None, metadata={"help": "ChartWiz checkpoint directory or Hub repo"})
+    adapter: Optional[str] = field(default=None, metadata={"help": "a PEFT (LoRA) adapter folder to apply, unmerged"})
+    questions: Optional[str] = field(default=None, metadata={"help": "question file (JSON array or JSON Lines)"})
+    image_folder: Optional[str] = field(
+        default=None, metadata={"help": "folder the question file's image paths are relative to"}
+    )
+    dataset: Optional[str] = field(
+        default=None, metadata={"help": "a `chartwiz data build` folder (or Hub dataset) instead of --questions"}
+    )
+    config: str = field(
+        default="gpt", metadata={"help": "dataset config (default: gpt; `chartwiz evaluate` defaults to finetune)"}
+    )
+    split: str = field(default="test", metadata={"help": "dataset split (default: test)"})
+    answers: Optional[str] = field(
+        default=None, metadata={"help": "output JSON Lines file (errors and settings files go beside it)"}
+    )
+    batch_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": (
+                f"questions per batch (default {DEFAULT_BATCH_SIZE}); --engine vllm: requests in flight, batched by "
+                f"vLLM (default {DEFAULT_MAX_IN_FLIGHT})"
+            )
+        },
+    )
+    max_new_tokens: int = field(default=256, metadata={"help": "answer length limit"})
+    context: str = field(
+        default="reference",
+        metadata={
+            "help": (
+                "earlier turns as context: the input's reference answers where given (default), or the model's own"
+            ),
+            "choices": ("reference", "model"),
+        },
+    )
+    num_chunks: int = field(default=1, metadata={"help": "split the input into this many shards"})
+    chunk_idx: Optional[int] = field(
+        default=None,
+        metadata={"help": "the shard this run answers, 0-based (default: 0, and required with --num-chunks above 1)"},
+    )
+    device: Optional[str] = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1... (default: every GPU, else the CPU)"}
+    )
+    background: str = field(
+        default="auto",
+        metadata={
+            "help": "prepare images in a background thread: auto = on a GPU, or where torch leaves CPU cores free",
+            "choices": ("auto", "on", "off"),
+        },
+    )
+    no_progress: bool = field(default=False, metadata={"help": "no progress bar"})
+    restart: bool = field(
+        default=False, metadata={"help": "delete the answers, errors and settings files first and start over"}
+    )
+    merge: Optional[list[str]] = field(
+        default=None, metadata={"help": "answers files of the shards to join into --answers", "metavar": "SHARD"}
+    )
+
+
+def engine_info(engine: EngineArguments, model) -> dict:
     """Where the answers were generated, for the settings file (not compared: a resumed run may use other GPUs)."""
-    if args.engine == "transformers":
+    if engine.engine == "transformers":
         return {"device": str(model.device)}
     import vllm
 
-    parallel = {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size}
-    return {"engine": args.engine, "vllm": vllm.__version__, **parallel}
+    parallel = {"tensor_parallel_size": engine.tensor_parallel_size, "data_parallel_size": engine.data_parallel_size}
+    return {"engine": engine.engine, "vllm": vllm.__version__, **parallel}
 
 
-def add_engine_arguments(parser) -> None:
-    """`--engine`, the vLLM engine's parallelism and `--dtype`, for `chartwiz infer` and `chartwiz evaluate`."""
-    parser.add_argument(
-        "--engine",
-        choices=("transformers", "vllm"),
-        default="transformers",
-        help="generate with transformers (default) or with vLLM (pip install vllm; continuous batching, parallelism)",
-    )
-    parser.add_argument(
-        "--tensor-parallel-size", type=int, default=1, help="--engine vllm: GPUs each model replica is split over"
-    )
-    parser.add_argument(
-        "--data-parallel-size", type=int, default=1, help="--engine vllm: model replicas sharing the questions"
-    )
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="default: bfloat16 on GPU, the checkpoint's dtype on CPU",
-    )
-
-
-def read_input(args):
+def read_input(args: InferArguments):
     """(questions, image loader, input settings) of `--questions`/`--image-folder` or `--dataset`."""
     from chartwiz.batch.questions import (
         DatasetImages,
@@ -79,7 +149,7 @@ def read_input(args):
     return read_dataset_questions(dataset), DatasetImages(dataset), settings
 
 
-def merge(args):
+def merge(args: InferArguments):
     from chartwiz.batch.run_store import output_paths
     from chartwiz.batch.shards import merge_shards
 
@@ -101,10 +171,11 @@ def merge(args):
         if source and (os.path.exists(source) or "dataset" in stored):
             # The run's input as it is now: to order the merged answers as it, to leave out the answers of questions
             # edited or deleted since, and to find the questions no shard answered.
-            args.questions, args.image_folder = stored.get("questions"), stored.get("image_folder")
-            args.dataset, args.config, args.split = stored.get("dataset"), stored.get("config"), stored.get("split")
+            run_input = {
+                name: stored.get(name) for name in ("questions", "image_folder", "dataset", "config", "split")
+            }
             try:
-                questions, loader, _ = read_input(args)
+                questions, loader, _ = read_input(replace(args, **run_input))
             except (OSError, ValueError) as error:
                 logger.warning(
                     "cannot read the run's input again (%s): the shards cannot be checked against it, and the merge "
@@ -129,11 +200,8 @@ def merge(args):
         )
 
 
-def run(args):
-    if args.merge:
-        if not args.answers:
-            raise ChartWizValueError("--merge needs --answers OUT.jsonl, the merged file to write")
-        return merge(args)
+def _check_arguments(args: InferArguments) -> None:
+    """The refusals of a command that cannot run as given, before anything is read or loaded."""
     if not args.model or not args.answers or not (args.questions or args.dataset):
         raise ChartWizValueError(
             "give --model, --answers and the input: --questions FILE --image-folder DIR, or --dataset DIR "
@@ -145,50 +213,67 @@ def run(args):
         raise ChartWizValueError(
             "--context model needs a question file: a dataset row holds one turn, with the references as context"
         )
-    if args.chunk_idx is None:
-        if args.num_chunks > 1:
-            raise ChartWizValueError(
-                f"--num-chunks {args.num_chunks} needs --chunk-idx K (0 to {args.num_chunks - 1}), the shard this run "
-                "answers: run one command per shard, then join their answers with --merge"
-            )
-        args.chunk_idx = 0
+    if args.chunk_idx is None and args.num_chunks > 1:
+        raise ChartWizValueError(
+            f"--num-chunks {args.num_chunks} needs --chunk-idx K (0 to {args.num_chunks - 1}), the shard this run "
+            "answers: run one command per shard, then join their answers with --merge"
+        )
+
+
+def _report_summary(args: InferArguments, questions, summary) -> None:
+    """Prints what the run did; a run in which every question was a bad record is an error."""
+    from chartwiz.batch.run_store import output_paths, read_jsonl
+
+    errors_path, _ = output_paths(args.answers)
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.error_kinds.items()))
+    print(
+        f"{summary.answered} answered, {summary.errors} bad records{f' ({kinds})' if kinds else ''} in "
+        f"{summary.seconds:.1f} s ({summary.questions_per_second:.2f} questions/s); {summary.already_done} were done "
+        f"before{summary.resume_note()}. Answers: {args.answers}"
+        + (f", bad records: {errors_path}" if summary.errors else "")
+    )
+    if questions and not summary.answered and not read_jsonl(args.answers):
+        # Every question a bad record is a run that did nothing: a script must not take it for a finished one.
+        raise ChartWizValueError(
+            f"none of the {len(questions)} questions could be asked: each is a bad record, listed with its reason in "
+            f"{errors_path}"
+        )
+
+
+def run(args: InferArguments, engine: EngineArguments):
+    if args.merge:
+        if not args.answers:
+            raise ChartWizValueError("--merge needs --answers OUT.jsonl, the merged file to write")
+        return merge(args)
+    _check_arguments(args)
+    chunk_idx = 0 if args.chunk_idx is None else args.chunk_idx
+
+    import transformers
 
     from chartwiz.batch.questions import select_chunk
     from chartwiz.batch.run import load_inference_engine, run_inference
-    from chartwiz.batch.run_store import output_paths, read_jsonl
     from chartwiz.fingerprints import model_fingerprints
 
     questions, loader, input_settings = read_input(args)
     if not questions:
         raise ChartWizValueError(f"{args.questions or args.dataset} holds no question to answer")
     records = len({question.record for question in questions})
-    questions = select_chunk(questions, args.num_chunks, args.chunk_idx)
+    questions = select_chunk(questions, args.num_chunks, chunk_idx)
     if not questions:
-        logger.warning(
-            "chunk %d of %d holds no record: the input has %d records", args.chunk_idx, args.num_chunks, records
-        )
+        logger.warning("chunk %d of %d holds no record: the input has %d records", chunk_idx, args.num_chunks, records)
     model, processor = load_inference_engine(
-        args.model,
-        args.engine,
-        args.adapter,
-        args.device,
-        args.dtype,
-        args.batch_size,
-        args.tensor_parallel_size,
-        args.data_parallel_size,
+        args.model, adapter=args.adapter, device=args.device, batch_size=args.batch_size, **asdict(engine)
     )
     settings = {
         "model": _model_name(args.model),
         "adapter": _model_name(args.adapter) if args.adapter else None,
         "dtype": str(model.dtype).replace("torch.", ""),
-        **engine_setting(args.engine),
+        **engine_setting(engine.engine),
         **input_settings,
         "num_chunks": args.num_chunks,
-        "chunk_idx": args.chunk_idx,
+        "chunk_idx": chunk_idx,
     }
-    import transformers
-
-    info = {"transformers": transformers.__version__, "batch_size": args.batch_size, **engine_info(args, model)}
+    info = {"transformers": transformers.__version__, "batch_size": args.batch_size, **engine_info(engine, model)}
     try:
         summary = run_inference(
             model,
@@ -209,25 +294,13 @@ def run(args):
     finally:
         if hasattr(model, "close"):
             model.close()
-    errors_path, _ = output_paths(args.answers)
-    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.error_kinds.items()))
-    print(
-        f"{summary.answered} answered, {summary.errors} bad records{f' ({kinds})' if kinds else ''} in "
-        f"{summary.seconds:.1f} s ({summary.questions_per_second:.2f} questions/s); {summary.already_done} were done "
-        f"before{summary.resume_note()}. Answers: {args.answers}"
-        + (f", bad records: {errors_path}" if summary.errors else "")
-    )
-    if questions and not summary.answered and not read_jsonl(args.answers):
-        # Every question a bad record is a run that did nothing: a script must not take it for a finished one.
-        raise ChartWizValueError(
-            f"none of the {len(questions)} questions could be asked: each is a bad record, listed with its reason in "
-            f"{errors_path}"
-        )
+    _report_summary(args, questions, summary)
 
 
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "infer",
+        dataclass_types=[InferArguments, EngineArguments],
         help="answer a question file or a dataset split in batches (resumable, sharded); --merge joins shards",
         description=(
             "Answers every question of a question file (LLaVA format: id, image, conversations or text) or of a "
@@ -237,56 +310,7 @@ def register(subcommands) -> None:
             "--merge로 샤드를 합칩니다."
         ),
     )
-    parser.add_argument("--model", help="ChartWiz checkpoint directory or Hub repo")
-    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply, unmerged")
-    parser.add_argument("--questions", help="question file (JSON array or JSON Lines)")
-    parser.add_argument("--image-folder", help="folder the question file's image paths are relative to")
-    parser.add_argument("--dataset", help="a `chartwiz data build` folder (or Hub dataset) instead of --questions")
-    parser.add_argument(
-        "--config", default="gpt", help="dataset config (default: gpt; `chartwiz evaluate` defaults to finetune)"
-    )
-    parser.add_argument("--split", default="test", help="dataset split (default: test)")
-    parser.add_argument("--answers", help="output JSON Lines file (errors and settings files go beside it)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=(
-            f"questions per batch (default {DEFAULT_BATCH_SIZE}); --engine vllm: requests in flight, batched by vLLM "
-            f"(default {DEFAULT_MAX_IN_FLIGHT})"
-        ),
-    )
-    add_engine_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit")
-    parser.add_argument(
-        "--context",
-        choices=("reference", "model"),
-        default="reference",
-        help="earlier turns as context: the input's reference answers where given (default), or the model's own",
-    )
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the input into this many shards")
-    parser.add_argument(
-        "--chunk-idx",
-        type=int,
-        default=None,
-        help="the shard this run answers, 0-based (default: 0, and required with --num-chunks above 1)",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: every GPU, else the CPU)")
-    parser.add_argument(
-        "--background",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="prepare images in a background thread: auto = on a GPU, or where torch leaves CPU cores free",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--restart", action="store_true", help="delete the answers, errors and settings files first and start over"
-    )
-    parser.add_argument(
-        "--merge", nargs="+", metavar="SHARD", help="answers files of the shards to join into --answers"
-    )
     parser.set_defaults(
         func=run,
-        prog=parser.prog,
         interrupt_hint="the answers so far are saved: run the same command again to continue where it stopped",
     )

@@ -1,9 +1,33 @@
 """`chartwiz init-tiny`: a tiny random ChartWiz, made offline in seconds."""
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 from chartwiz.files import OVERWRITE_HELP, replacing_folder
 
 
-def run(args):
+@dataclass(kw_only=True)
+class InitTinyArguments:
+    out: str = field(metadata={"help": "output directory (new or empty, unless --overwrite)", "positional": True})
+    seed: int = field(default=0, metadata={"help": "seed of the random weights: the same seed, the same model"})
+    max_patches: int = field(default=64, metadata={"help": "patches (= image tokens) per chart"})
+    hidden_size: int = field(
+        default=64, metadata={"help": "width of the language model, a multiple of 32 (encoder: half)"}
+    )
+    corpus: Optional[str] = field(
+        default=None, metadata={"help": "a `chartwiz data build` folder whose train texts the tokenizer learns"}
+    )
+    vocab_size: int = field(default=600, metadata={"help": "tokenizer size"})
+    language_model_only: bool = field(
+        default=False,
+        metadata={
+            "help": "save only the language model (heads of 32) and its tokenizer, a --text for `chartwiz compose`"
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+
+def run(args: InitTinyArguments):
     from chartwiz.models.tiny import dataset_corpus
 
     with replacing_folder(args.out, args.overwrite, inputs=(args.corpus,) if args.corpus else ()):
@@ -12,7 +36,8 @@ def run(args):
     print(message)
 
 
-def _save(args, corpus) -> str:
+def _save(args: InitTinyArguments, corpus) -> str:
+    # The options passed one by one, not by `same_named`: the functions' `corpus` is the texts of the --corpus folder.
     from chartwiz.models.tiny import make_tiny_chartwiz, make_tiny_language_model
 
     if args.language_model_only:
@@ -37,6 +62,7 @@ def _save(args, corpus) -> str:
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "init-tiny",
+        dataclass_types=[InitTinyArguments],
         help="save a tiny random ChartWiz, made offline in seconds",
         description=(
             "Saves a tiny random ChartWiz (or its language model alone), made offline in seconds, for tests and for "
@@ -44,22 +70,4 @@ def register(subcommands) -> None:
             "테스트와 명령 시험용으로 작은 무작위 ChartWiz를 몇 초 만에 오프라인으로 만듭니다."
         ),
     )
-    parser.add_argument("out", help="output directory (new or empty, unless --overwrite)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random weights: the same seed, the same model"
-    )
-    parser.add_argument("--max-patches", type=int, default=64, help="patches (= image tokens) per chart")
-    parser.add_argument(
-        "--hidden-size", type=int, default=64, help="width of the language model, a multiple of 32 (encoder: half)"
-    )
-    parser.add_argument(
-        "--corpus", default=None, help="a `chartwiz data build` folder whose train texts the tokenizer learns"
-    )
-    parser.add_argument("--vocab-size", type=int, default=600, help="tokenizer size")
-    parser.add_argument(
-        "--language-model-only",
-        action="store_true",
-        help="save only the language model (heads of 32) and its tokenizer, a --text for `chartwiz compose`",
-    )
-    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(func=run)

@@ -1,9 +1,26 @@
 """`chartwiz merge`: fold a LoRA adapter into its ChartWiz base and save a full checkpoint."""
 
+from dataclasses import dataclass, field
+
 from chartwiz.files import OVERWRITE_HELP, replacing_folder
 
 
-def run(args):
+@dataclass(kw_only=True)
+class MergeArguments:
+    base: str = field(metadata={"help": "the ChartWiz checkpoint the adapter was trained on"})
+    adapter: str = field(metadata={"help": "the adapter folder (recipes' LoRA output) or Hub repo"})
+    out: str = field(metadata={"help": "output directory of the merged checkpoint (new or empty, unless --overwrite)"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype to merge and save in", "choices": ["auto", "float32", "bfloat16", "float16"]},
+    )
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    no_base_check: bool = field(
+        default=False, metadata={"help": "merge onto --base even if it is not the model the adapter was trained on"}
+    )
+
+
+def run(args: MergeArguments):
     from chartwiz.models.merge import merge_adapter
 
     with replacing_folder(args.out, args.overwrite, inputs=(args.base, args.adapter)):
@@ -14,6 +31,7 @@ def run(args):
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
         "merge",
+        dataclass_types=[MergeArguments],
         help="fold a LoRA adapter into its base and save a full checkpoint",
         description=(
             "Folds a LoRA adapter (and the modules it saved in full, such as the projector) into the ChartWiz "
@@ -21,21 +39,4 @@ def register(subcommands) -> None:
             "LoRA 어댑터를 학습에 쓴 기반 모델에 병합해 전체 체크포인트로 저장합니다."
         ),
     )
-    parser.add_argument("--base", required=True, help="the ChartWiz checkpoint the adapter was trained on")
-    parser.add_argument("--adapter", required=True, help="the adapter folder (recipes' LoRA output) or Hub repo")
-    parser.add_argument(
-        "--out", required=True, help="output directory of the merged checkpoint (new or empty, unless --overwrite)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="dtype to merge and save in",
-    )
-    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument(
-        "--no-base-check",
-        action="store_true",
-        help="merge onto --base even if it is not the model the adapter was trained on",
-    )
-    parser.set_defaults(func=run, prog=parser.prog)
+    parser.set_defaults(func=run)

@@ -12,7 +12,7 @@ Each subpackage is one layer and imports only the layers below it (`tests/test_l
 - `models`: tiny random ChartWiz models, and merging a LoRA adapter into its base;
 - `training`: the pieces of `recipes/sft_chartwiz.py` around TRL's `SFTTrainer`;
 - `demo`: the Streamlit demo;
-- `commands`: the `chartwiz` command line (`commands/cli.py` its parser, one module per sub-command).
+- `commands`: the `chartwiz` command line (`cli.py` its entry, `parser.py` the parser, one module per command).
 """
 
 __version__ = "0.1.0"

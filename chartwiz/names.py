@@ -7,6 +7,8 @@ remote-code files travel alone with a checkpoint, so they keep their own copies 
 processor's `<image>` default and normal form); `tests/test_layers.py` holds those copies equal to these.
 """
 
+import importlib.util
+import os
 import unicodedata
 
 
@@ -38,6 +40,20 @@ CHART_TYPE_FOLDERS = {
 CHART_TYPES = list(CHART_TYPE_FOLDERS.values())
 
 FINETUNE_TASKS = ("table", "description", "summary")
+
+# The Hangul font the model package ships (`chartwiz_hf/fonts/`, SIL Open Font License): the chart header's font (the
+# image processor keeps its own copy of the name) and the text of the synthetic charts and of evaluation reports.
+FONT_FILENAME = "NanumGothic.ttf"
+
+
+def shipped_font_path() -> str:
+    """The font's path, found without importing `chartwiz_hf`: importing it registers the model, which loads torch."""
+    package = importlib.util.find_spec("chartwiz_hf")
+    return os.path.join(package.submodule_search_locations[0], "fonts", FONT_FILENAME)
+
+
+# The chat templates shipped in `chartwiz_hf/chat_templates/` (`<name>.jinja`): the 1.3B model's and the 7B model's.
+CHAT_TEMPLATES = ("synatra_mini", "vicuna_v1")
 
 # Where no batch size is given: the questions the transformers engines generate together (one left-padded batch), and
 # the requests the vLLM engines keep in flight (vLLM batches among them).
@@ -77,13 +93,16 @@ __all__ = [
     "BUILT_CONFIGS",
     "CHART_TYPES",
     "CHART_TYPE_FOLDERS",
+    "CHAT_TEMPLATES",
     "DEFAULT_BATCH_SIZE",
     "DATASET_CONFIGS",
     "DEFAULT_DATASET_CONFIG",
     "DEFAULT_MAX_IN_FLIGHT",
     "FINETUNE_TASKS",
+    "FONT_FILENAME",
     "IMAGE_TOKEN",
     "INSTRUCTIONS",
     "TEXT_NORMAL_FORM",
     "normalize_text",
+    "shipped_font_path",
 ]

@@ -2,6 +2,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -745,3 +747,36 @@ def test_every_option_of_every_command_says_what_it_does_and_its_default(capsys)
             elif "(default" not in text and "default:" not in text and not text.endswith("(required)"):
                 missing.append(f"{name} {option}: no default shown ({text})")
     assert missing == []
+
+
+_DATA_COMMANDS_ALONE = """
+import json, sys
+from chartwiz.commands.cli import main
+
+synthesized = main(["synth", {charts!r}, "--n", "6", "--num-proc", "1"])
+built = main(["data", "build", "--data-dir", {charts!r}, "--out", {out!r}, "--configs", "pretrain", "--num-proc", "1"])
+print(json.dumps({{"exit": [synthesized, built], "loaded": sorted({{"torch", "chartwiz_hf"}} & set(sys.modules))}}))
+"""
+
+
+def test_synth_and_data_build_run_without_loading_torch_or_the_model_package(tmp_path):
+    # The data commands build only their own options and import only the base and the data layer: the model stack
+    # (torch, and chartwiz_hf, whose import registers the model) is never loaded, from parsing to the written build.
+    script = _DATA_COMMANDS_ALONE.format(charts=str(tmp_path / "charts"), out=str(tmp_path / "built"))
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    result = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert result == {"exit": [0, 0], "loaded": []}
+    assert os.listdir(tmp_path / "built" / "pretrain"), "the build was written"
+
+
+def test_a_command_builds_its_own_options_only_and_names_the_others(capsys):
+    from chartwiz.commands.cli import build_parser, command_of
+
+    assert command_of(["synth", "out"]) == "synth" and command_of(["--help"]) is None and command_of([]) is None
+    with pytest.raises(SystemExit):
+        build_parser("synth").parse_args(["convert", "--help"])  # convert named only: no options built for it
+    assert "--mm-projector" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])  # run as its own command, it has them
+    assert "--mm-projector" in capsys.readouterr().out

@@ -240,9 +240,11 @@ def test_the_remote_code_copies_of_shared_names_are_equal():
     import inspect
 
     from chartwiz import names
-    from chartwiz_hf import processing_chartwiz
+    from chartwiz_hf import image_processing_chartwiz, processing_chartwiz
 
     assert processing_chartwiz.TEXT_NORMAL_FORM == names.TEXT_NORMAL_FORM
+    assert image_processing_chartwiz.DEFAULT_FONT_FILENAME == names.FONT_FILENAME
+    assert os.path.samefile(image_processing_chartwiz.bundled_font_path(), names.shipped_font_path())
     default = inspect.signature(processing_chartwiz.ChartWizProcessor.__init__).parameters["image_token"].default
     assert default == names.IMAGE_TOKEN
 

@@ -68,11 +68,15 @@ def run(args: AskArguments):
     generate_answers(model, processor, inputs, max_new_tokens, streamer=streamer)
 
 
+NAME = "ask"
+HELP = "answer one question about a chart, streaming the answer"
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "ask",
+        NAME,
         dataclass_types=[AskArguments],
-        help="answer one question about a chart, streaming the answer",
+        help=HELP,
         description=(
             "Answers one question about a chart image, or a page of a PDF report, streaming the answer.\n"
             "차트 이미지나 PDF 보고서의 한 쪽에 대한 질문 하나에 답하고, 답을 생성되는 대로 보여 줍니다."

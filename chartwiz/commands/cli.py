@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Optional
 
 from chartwiz.errors import ChartWizError
 from chartwiz.extras import OPTIONAL_MODULES, missing_extra_message
@@ -17,16 +18,29 @@ from .parser import DEBUG_VARIABLE, CommandParser, command_arguments
 COMMANDS = (compose, init_tiny, ask, infer, demo, evaluate, merge, convert)
 
 
-def build_parser() -> CommandParser:
+def build_parser(command: Optional[str] = None) -> CommandParser:
+    """
+    The `chartwiz` parser. Given the `command` being run, only its options are built and the other commands are
+    named with their help: building a command's options can import what it runs (`convert`'s are the converter's,
+    which loads torch), and `chartwiz synth` or `chartwiz data build` should not pay for a model stack they never use.
+    """
     parser = CommandParser(
         prog="chartwiz",
         description="Korean chart question answering (ChartWiz).\n한국어 차트 질의응답 모델 ChartWiz의 명령입니다.",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(subcommands)
+    for module in COMMANDS:
+        if command in (None, module.NAME):
+            module.register(subcommands)
+        else:
+            subcommands.add_parser(module.NAME, help=module.HELP)
     add_data_commands(subcommands)
     return parser
+
+
+def command_of(argv: list[str]) -> Optional[str]:
+    """The command `argv` runs: its first word, where that is not an option of `chartwiz` itself (`--help`)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
 
 
 def debugging(args) -> bool:
@@ -58,7 +72,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = argparse.Namespace()
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(command_of(argv)).parse_args(argv)
         args.func(*command_arguments(args))
     except ChartWizError as error:
         return _user_error(args, error)

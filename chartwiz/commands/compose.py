@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from chartwiz.files import OVERWRITE_HELP, replacing_folder
-from chartwiz_hf.chat_templates import CHAT_TEMPLATES
+from chartwiz.names import CHAT_TEMPLATES
 
 from .parser import same_named
 
@@ -35,11 +35,15 @@ def run(args: ComposeArguments):
     print(f"Saved ChartWiz (model + processor) to {args.out}")
 
 
+NAME = "compose"
+HELP = "join a Pix2Struct/DePlot encoder and a causal LM into a checkpoint"
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "compose",
+        NAME,
         dataclass_types=[ComposeArguments],
-        help="join a Pix2Struct/DePlot encoder and a causal LM into a checkpoint",
+        help=HELP,
         description=(
             "Joins the encoder of a Pix2Struct / DePlot checkpoint and a causal language model with its tokenizer "
             "into a ChartWiz checkpoint, with a new projector, ready for stage-1 training.\n"

@@ -1,12 +1,15 @@
 """`chartwiz convert`: turn a checkpoint of the original ChartWiz (LLaVA fork format) into a ChartWiz checkpoint."""
 
-from chartwiz_hf.convert_chartwiz_llava_to_hf import add_convert_arguments, convert_from_args
+NAME = "convert"
+HELP = "convert a checkpoint of the original ChartWiz (LLaVA fork format) to a ChartWiz checkpoint"
 
 
 def register(subcommands) -> None:
+    from chartwiz_hf.convert_chartwiz_llava_to_hf import add_convert_arguments, convert_from_args
+
     parser = subcommands.add_parser(
-        "convert",
-        help="convert a checkpoint of the original ChartWiz (LLaVA fork format) to a ChartWiz checkpoint",
+        NAME,
+        help=HELP,
         description=(
             "Converts a checkpoint of the original ChartWiz (the LLaVA fork: a full model, a stage-1 mm_projector.bin "
             "or a LoRA run) into a ChartWiz checkpoint that loads with the Auto classes.\n"

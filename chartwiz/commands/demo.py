@@ -117,11 +117,15 @@ def run(args: DemoArguments):
     streamlit_cli.main(streamlit_arguments(args), prog_name="streamlit", standalone_mode=False)
 
 
+NAME = "demo"
+HELP = "serve the web demo: chat about a chart or a PDF report"
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "demo",
+        NAME,
         dataclass_types=[DemoArguments],
-        help="serve the web demo: chat about a chart or a PDF report",
+        help=HELP,
         description=(
             "Serves the web demo (Streamlit): upload a chart image or a PDF report and chat about it, answered by the "
             "model loaded in this process or by a vLLM server.\n"

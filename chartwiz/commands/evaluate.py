@@ -224,14 +224,18 @@ def run(args: EvaluateArguments, engine: EngineArguments):
         )
 
 
+NAME = "evaluate"
+HELP = (
+    "answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png; "
+    "or compare report folders: comparison.md, comparison.png"
+)
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "evaluate",
+        NAME,
         dataclass_types=[EvaluateArguments, EngineArguments],
-        help=(
-            "answer a dataset split and score it (or score a predictions file): metrics.json, report.md, report.png; "
-            "or compare report folders: comparison.md, comparison.png"
-        ),
+        help=HELP,
         description=(
             "Answers every row of a split of a `chartwiz data build` dataset with ChartWiz or any other "
             "image-text-to-text model and scores the answers by task and chart type (or scores a predictions file): "

@@ -297,11 +297,15 @@ def run(args: InferArguments, engine: EngineArguments):
     _report_summary(args, questions, summary)
 
 
+NAME = "infer"
+HELP = "answer a question file or a dataset split in batches (resumable, sharded); --merge joins shards"
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "infer",
+        NAME,
         dataclass_types=[InferArguments, EngineArguments],
-        help="answer a question file or a dataset split in batches (resumable, sharded); --merge joins shards",
+        help=HELP,
         description=(
             "Answers every question of a question file (LLaVA format: id, image, conversations or text) or of a "
             "`chartwiz data build` split, in length-sorted left-padded batches. Rerunning the same command resumes; "

@@ -59,11 +59,15 @@ def _save(args: InitTinyArguments, corpus) -> str:
     return f"Saved a tiny random ChartWiz ({model.num_parameters():,} parameters) to {args.out}"
 
 
+NAME = "init-tiny"
+HELP = "save a tiny random ChartWiz, made offline in seconds"
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "init-tiny",
+        NAME,
         dataclass_types=[InitTinyArguments],
-        help="save a tiny random ChartWiz, made offline in seconds",
+        help=HELP,
         description=(
             "Saves a tiny random ChartWiz (or its language model alone), made offline in seconds, for tests and for "
             "trying the commands.\n"

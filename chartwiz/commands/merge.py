@@ -28,11 +28,15 @@ def run(args: MergeArguments):
     print(f"Saved {args.base} + {args.adapter}, merged, to {args.out}")
 
 
+NAME = "merge"
+HELP = "fold a LoRA adapter into its base and save a full checkpoint"
+
+
 def register(subcommands) -> None:
     parser = subcommands.add_parser(
-        "merge",
+        NAME,
         dataclass_types=[MergeArguments],
-        help="fold a LoRA adapter into its base and save a full checkpoint",
+        help=HELP,
         description=(
             "Folds a LoRA adapter (and the modules it saved in full, such as the projector) into the ChartWiz "
             "checkpoint it was trained on, and saves a full checkpoint.\n"

@@ -2,6 +2,8 @@
 
 import os
 
+from chartwiz.names import shipped_font_path
+
 from .metrics import TASK_METRICS
 
 
@@ -88,10 +90,8 @@ def korean_font_family() -> str:
     if _FONT_FAMILY is None:
         from matplotlib import font_manager
 
-        from chartwiz_hf.image_processing_chartwiz import bundled_font_path
-
-        font_manager.fontManager.addfont(bundled_font_path())
-        _FONT_FAMILY = font_manager.FontProperties(fname=bundled_font_path()).get_name()
+        font_manager.fontManager.addfont(shipped_font_path())
+        _FONT_FAMILY = font_manager.FontProperties(fname=shipped_font_path()).get_name()
     return _FONT_FAMILY
 
 

@@ -3,10 +3,10 @@
 import os
 
 from chartwiz.errors import ChartWizValueError
+from chartwiz.names import CHAT_TEMPLATES
 
 
 _TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
-CHAT_TEMPLATES = ("synatra_mini", "vicuna_v1")
 
 
 def load_chat_template(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from functools import partial
 
+from chartwiz.names import shipped_font_path
+
 from .blocks import numeric, series_of, shown
 from .sampling import CHART_SIZE, SynthChart
 
@@ -18,10 +20,8 @@ def _setup_matplotlib():
     matplotlib.use("Agg")
     from matplotlib import font_manager, pyplot
 
-    from chartwiz_hf.image_processing_chartwiz import bundled_font_path
-
-    font_manager.fontManager.addfont(bundled_font_path())
-    pyplot.rcParams["font.family"] = font_manager.FontProperties(fname=bundled_font_path()).get_name()
+    font_manager.fontManager.addfont(shipped_font_path())
+    pyplot.rcParams["font.family"] = font_manager.FontProperties(fname=shipped_font_path()).get_name()
     pyplot.rcParams["axes.unicode_minus"] = False
     _FONT_READY = True
 

@@ -99,15 +99,21 @@ def _finish_value_axes(axes, block: dict, horizontal: bool):
         axes.spines[side].set_visible(False)
 
 
-def _draw_lines(figure, blocks: list[dict]):
+def _value_axes(figure, block: dict):
+    """The axes of a bar or line chart, and what both draw from: the series, category labels and positions, and the
+    largest value."""
     import numpy
 
     axes = figure.add_subplot(1, 1, 1)
-    block = blocks[0]
     series = series_of(block)
     labels = [label for label, _ in series[0][1]]
-    positions = numpy.arange(len(labels))
     largest = max(numeric(value) for _, pairs in series for _, value in pairs)
+    return axes, series, labels, numpy.arange(len(labels)), largest
+
+
+def _draw_lines(figure, blocks: list[dict]):
+    block = blocks[0]
+    axes, series, labels, positions, largest = _value_axes(figure, block)
     lines = [[numeric(value) for _, value in pairs] for _, pairs in series]
     for number, (name, pairs) in enumerate(series):
         (line,) = axes.plot(positions, lines[number], marker="o", linewidth=2.5, label=name or None)
@@ -126,12 +132,8 @@ def _draw_lines(figure, blocks: list[dict]):
 def _draw_bars(figure, blocks: list[dict], horizontal: bool, stacked: bool):
     import numpy
 
-    axes = figure.add_subplot(1, 1, 1)
     block = blocks[0]
-    series = series_of(block)
-    labels = [label for label, _ in series[0][1]]
-    positions = numpy.arange(len(labels))
-    largest = max(numeric(value) for _, pairs in series for _, value in pairs)
+    axes, series, labels, positions, largest = _value_axes(figure, block)
     width = 0.75 if stacked or len(series) == 1 else 0.84 / len(series)
     base = numpy.zeros(len(labels))
     for number, (name, pairs) in enumerate(series):

@@ -1,5 +1,6 @@
 """The tiny ChartWiz shipped in `examples/tiny-chartwiz`: a checkpoint that loads as users load one, and reads."""
 
+import inspect
 import json
 import os
 import re
@@ -70,12 +71,12 @@ def test_it_names_the_chart_type_of_most_held_out_charts_and_not_of_blank_images
 
 # The shipped folder was saved before the application moved out of `chartwiz_hf` (b8b1789): its `auto_map` names the
 # model files it carries, which stayed where they were, so it loads through the Auto classes both ways.
-_DESCRIBE = """
-import json
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
 def describe(folder, paths, question, **options):
+    """Greedy answers through the Auto classes alone, as the README's example; run here and, by its source, in an
+    interpreter without this package."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
     model = AutoModelForImageTextToText.from_pretrained(folder, **options).eval()
     processor = AutoProcessor.from_pretrained(folder, **options)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -85,7 +86,6 @@ def describe(folder, paths, question, **options):
     output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return {"answers": answers, "module": type(model).__module__}
-"""
 
 
 def test_a_checkpoint_saved_before_the_move_loads_with_the_package_and_with_remote_code_alone(held_out, tmp_path):
@@ -101,14 +101,12 @@ def test_a_checkpoint_saved_before_the_move_loads_with_the_package_and_with_remo
     for image, path in zip(images, paths):
         image.save(path)
     question = INSTRUCTIONS["description"][0]
-    call = f"describe({SHIPPED!r}, {paths!r}, {question!r}"
-    remote = run_without_chartwiz(_DESCRIBE + f"print(json.dumps({call}, trust_remote_code=True)))", tmp_path)
+    call = f"describe({SHIPPED!r}, {paths!r}, {question!r}, trust_remote_code=True)"
+    remote = run_without_chartwiz(f"import json\n{inspect.getsource(describe)}\nprint(json.dumps({call}))", tmp_path)
     assert not remote["module"].startswith("chartwiz"), "the checkpoint's own files, not this package"
 
     import chartwiz_hf  # noqa: F401  (registers the classes: no remote code)
 
-    namespace = {}
-    exec(_DESCRIBE, namespace)
-    package = namespace["describe"](SHIPPED, paths, question)
+    package = describe(SHIPPED, paths, question)
     assert package["module"] == "chartwiz_hf.modeling_chartwiz"
     assert remote["answers"] == package["answers"] and any(answer.strip() for answer in package["answers"])

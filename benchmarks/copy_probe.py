@@ -22,7 +22,13 @@ import time
 
 import torch
 from datasets import load_dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    get_cosine_schedule_with_warmup,
+)
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 
@@ -74,11 +80,8 @@ def main(argv=None) -> list[dict]:
     separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=0.0)
-    warmup = max(1, round(0.03 * args.steps))
-    # The recipes' schedule: linear warmup over 3% of the steps, then cosine to zero.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-    )
+    # The recipes' schedule (lr_scheduler_type cosine, warmup_ratio 0.03), from the function their Trainer uses.
+    schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.03 * args.steps), args.steps)
     model.train()
     results, started, losses = [], time.perf_counter(), []
     for step in range(1, args.steps + 1):

@@ -31,6 +31,7 @@ from transformers import (
     AutoTokenizer,
     Pix2StructConfig,
     Pix2StructForConditionalGeneration,
+    get_cosine_schedule_with_warmup,
 )
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
@@ -118,11 +119,8 @@ def main(argv=None) -> list[dict]:
     total = max(args.steps)
     trained = [parameter for parameter in reader.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=0.0)
-    warmup = max(1, round(0.03 * total))
-    # The recipes' schedule: linear warmup over 3% of the steps, then cosine to zero.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
-    )
+    # The recipes' schedule (lr_scheduler_type cosine, warmup_ratio 0.03), from the function their Trainer uses.
+    schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.03 * total), total)
     order = list(range(len(train)))
     random.Random(args.seed).shuffle(order)
     results, started = [], time.perf_counter()

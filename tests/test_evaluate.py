@@ -99,7 +99,7 @@ def test_evaluate_scores_every_row_of_the_split(tiny_dir, charts_dir, tmp_path, 
     } == by_type
     for task, scores in metrics["by_task"].items():
         values = [value for name, value in scores.items() if name != "n"]
-        assert len(values) == {"table": 4}.get(task, 2) and all(0 <= value <= 100 for value in values)
+        assert len(values) == {"table": 6}.get(task, 2) and all(0 <= value <= 100 for value in values)
 
     lines = read_lines(out / "predictions.jsonl")
     references = {row["id"]: row["completion"][0]["content"] for row in split}
@@ -348,6 +348,8 @@ def test_scoring_a_predictions_file(tmp_path, capsys):
         "rms_recall": 50.0,
         "rms_f1": 50.0,
         "rms_units_f1": 50.0,
+        "rms_cells_f1": 50.0,
+        "title_match": 50.0,
         "n": 2,
     }
     assert metrics["by_task"]["qa"] == {"relaxed_accuracy": 50.0, "exact_match": 0.0, "n": 2}

@@ -355,6 +355,9 @@ def test_rms_reports_the_mean_true_f1_in_percent():
     assert scores["rms_recall"] == pytest.approx(100 * (1 + 0.6 + 0) / 3)
     assert scores["rms_f1"] == pytest.approx(100 * (1 + 0.75 + 0) / 3)
     assert scores["rms_units_f1"] == pytest.approx(scores["rms_f1"])
+    # The cells alone: all four, two of four (precision 1, recall 0.5), none.
+    assert scores["rms_cells_f1"] == pytest.approx(100 * (1 + 2 / 3 + 0) / 3)
+    assert scores["title_match"] == pytest.approx(100 * 2 / 3)
     with pytest.raises(ValueError, match="2 predictions for 3 references"):
         rms([SHARES] * 3, predictions[:2])
 
@@ -448,6 +451,23 @@ def test_rouge_l_counts_korean_words():
     assert rouge_l(["가 나", "가 나"], ["가 나", ""]) == pytest.approx(50.0)
 
 
+def test_rms_separates_the_title_from_the_cells():
+    # SHARES has five datapoints (the title and four cells): its title line alone is one right datapoint of one
+    # predicted, F1 2 * 1 * (1/5) / (1 + 1/5) = 1/3, all of it from the title.
+    title_only = rms([SHARES], ["TITLE | 연도별 점유율"])
+    assert title_only["rms_f1"] == pytest.approx(100 / 3)
+    assert title_only["rms_cells_f1"] == 0
+    assert title_only["title_match"] == 100
+    # The cells right under another title: four of five datapoints, and every cell.
+    cells_only = rms([SHARES], [SHARES.replace("연도별 점유율", "지역별 인구")])
+    assert cells_only["rms_f1"] == pytest.approx(100 * 0.8)
+    assert cells_only["rms_cells_f1"] == pytest.approx(100)
+    assert cells_only["title_match"] == 0
+    # Titles are read as RMS reads them (lowercased, stripped); two tables without a title match.
+    assert rms(["TITLE | Sales\nA | 1"], ["title |  sales \nA | 2"])["title_match"] == 100
+    assert rms(["A | 1"], ["A | 1"])["title_match"] == 100
+
+
 def test_bleu_on_korean_words():
     reference = "서울의 인구는 950만 명으로 가장 많다"
     # The first four of six words: every n-gram precision is 1, the brevity penalty exp(1 - 6/4).
@@ -464,6 +484,8 @@ def test_score_task_reports_each_task_metric_with_n():
         "rms_recall": pytest.approx(100),
         "rms_f1": pytest.approx(100),
         "rms_units_f1": pytest.approx(100),
+        "rms_cells_f1": pytest.approx(100),
+        "title_match": pytest.approx(100),
         "n": 1,
     }
     assert set(score_task("summary", ["가 나"], ["가 나"])) == {"rouge_l", "bleu", "n"}

@@ -33,12 +33,13 @@ from .table_metrics import (
     table_datapoints,
     table_score,
     table_scores,
+    title_matches,
 )
 from .text_metrics import DEFAULT_BLEU_TOKENIZE, KoreanWordTokenizer, bleu, bleu_signature, korean_words, rouge_l
 
 
 TASK_METRICS = {
-    "table": ("rms_precision", "rms_recall", "rms_f1", "rms_units_f1"),
+    "table": ("rms_precision", "rms_recall", "rms_f1", "rms_units_f1", "rms_cells_f1", "title_match"),
     "description": ("rouge_l", "bleu"),
     "summary": ("rouge_l", "bleu"),
     "qa": ("relaxed_accuracy", "exact_match"),
@@ -108,4 +109,5 @@ __all__ = [
     "table_datapoints",
     "table_score",
     "table_scores",
+    "title_matches",
 ]

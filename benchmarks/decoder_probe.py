@@ -41,6 +41,7 @@ from transformers import (
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 from chartwiz.evaluation.table_metrics import rms
+from chartwiz_hf.configuration_chartwiz import ChartWizConfig
 from chartwiz_hf.modeling_chartwiz import ChartWizMultiModalProjector
 
 
@@ -99,7 +100,7 @@ class PrefixReader(torch.nn.Module):
             initializer_range=initializer_range,
         )
         self.language_model = LlamaForCausalLM(language_config)
-        projector_config = chartwiz.config.__class__(
+        projector_config = ChartWizConfig(
             vision_config=vision.to_dict(),
             text_config=language_config.to_dict(),
             projector_type="mlp2x_gelu",

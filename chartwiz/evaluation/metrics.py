@@ -33,7 +33,6 @@ from .table_metrics import (
     table_datapoints,
     table_score,
     table_scores,
-    title_matches,
 )
 from .text_metrics import DEFAULT_BLEU_TOKENIZE, KoreanWordTokenizer, bleu, bleu_signature, korean_words, rouge_l
 
@@ -109,5 +108,4 @@ __all__ = [
     "table_datapoints",
     "table_score",
     "table_scores",
-    "title_matches",
 ]

@@ -201,29 +201,38 @@ def _precision_recall_f1(score: float, target_count: int, predicted_count: int) 
     return TableScore(precision, recall, 2 * precision * recall / (precision + recall))
 
 
-def table_scores(target: str, prediction: str, title: bool = True) -> tuple[TableScore, TableScore]:
-    """
-    RMS of one predicted table text against its reference, as DePlot defines it and with units (`table_score`'s
-    two variants, sharing the parsing and the key matching). Without `title`, both tables' titles are left out and
-    only the data cells are scored.
-    """
-    target_points = table_datapoints(parse_table(target))
-    if not title:
-        target_points.pop("title", None)
+def _best_reading(target_points: dict[str, str], readings: list[dict[str, str]]) -> tuple[TableScore, TableScore]:
+    # The reading with the higher F1 is kept, the first (transposed) on a tie, as DePlot's order has it.
     best_plain = best_units = None
-    for transposed in (True, False):
-        predicted_points = table_datapoints(parse_table(prediction, transposed))
-        if not title:
-            predicted_points.pop("title", None)
+    for predicted_points in readings:
         plain, units = _datapoints_scores(target_points, predicted_points)
         best_plain = plain if best_plain is None or plain.f1 > best_plain.f1 else best_plain
         best_units = units if best_units is None or units.f1 > best_units.f1 else best_units
     return best_plain, best_units
 
 
-def title_matches(target: str, prediction: str) -> bool:
-    """Whether a predicted table's title is its reference's (lowercased and stripped, as RMS reads them)."""
-    return parse_table(target).title == parse_table(prediction).title
+def _without_title(points: dict[str, str]) -> dict[str, str]:
+    return {key: cell for key, cell in points.items() if key != "title"}
+
+
+def _pair_scores(target: str, prediction: str) -> tuple[TableScore, TableScore, TableScore, bool]:
+    """RMS, RMS with units, RMS of the cells alone and whether the titles match, each table parsed once."""
+    target_table = parse_table(target)
+    target_points = table_datapoints(target_table)
+    tables = [parse_table(prediction, transposed) for transposed in (True, False)]
+    readings = [table_datapoints(table) for table in tables]
+    plain, units = _best_reading(target_points, readings)
+    cells, _ = _best_reading(_without_title(target_points), [_without_title(points) for points in readings])
+    return plain, units, cells, target_table.title == tables[0].title
+
+
+def table_scores(target: str, prediction: str) -> tuple[TableScore, TableScore]:
+    """
+    RMS of one predicted table text against its reference, as DePlot defines it and with units (`table_score`'s
+    two variants, sharing the parsing and the key matching).
+    """
+    target_points = table_datapoints(parse_table(target))
+    return _best_reading(target_points, [table_datapoints(parse_table(prediction, t)) for t in (True, False)])
 
 
 def table_score(target: str, prediction: str, units: bool = False) -> TableScore:
@@ -250,15 +259,14 @@ def rms(references: Sequence[str], predictions: Sequence[str]) -> dict[str, floa
     reader of titles that writes no value shows as a high `title_match` and a `rms_cells_f1` near 0.
     """
     check_lengths(references, predictions)
-    pairs = list(zip(references, predictions))
-    scores = [table_scores(reference, prediction) for reference, prediction in pairs]
+    scores = [_pair_scores(reference, prediction) for reference, prediction in zip(references, predictions)]
     return {
-        "rms_precision": mean_percent([plain.precision for plain, _ in scores]),
-        "rms_recall": mean_percent([plain.recall for plain, _ in scores]),
-        "rms_f1": mean_percent([plain.f1 for plain, _ in scores]),
-        "rms_units_f1": mean_percent([units.f1 for _, units in scores]),
-        "rms_cells_f1": mean_percent([table_scores(*pair, title=False)[0].f1 for pair in pairs]),
-        "title_match": mean_percent([title_matches(*pair) for pair in pairs]),
+        "rms_precision": mean_percent([plain.precision for plain, *_ in scores]),
+        "rms_recall": mean_percent([plain.recall for plain, *_ in scores]),
+        "rms_f1": mean_percent([plain.f1 for plain, *_ in scores]),
+        "rms_units_f1": mean_percent([units.f1 for _, units, *_ in scores]),
+        "rms_cells_f1": mean_percent([cells.f1 for _, _, cells, _ in scores]),
+        "title_match": mean_percent([title_match for *_, title_match in scores]),
     }
 
 
@@ -277,5 +285,4 @@ __all__ = [
     "table_datapoints",
     "table_score",
     "table_scores",
-    "title_matches",
 ]

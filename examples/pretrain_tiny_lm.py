@@ -50,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument(
+        "--initializer-range",
+        type=float,
+        default=0.02,
+        help="standard deviation of the initial weights (Llama's 0.02; docs/reading.md measures 0.1)",
+    )
     parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (smoke runs)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -122,6 +128,7 @@ def main(argv=None):
         hidden_size=args.hidden_size,
         num_hidden_layers=args.layers,
         tokenizer=tokenizer,
+        initializer_range=args.initializer_range,
     )
 
     def tokenized(texts):
@@ -205,8 +212,9 @@ tags: [llama, chartwiz]
 # tiny-lm
 
 The tiny language model of ChartWiz's quickstart: `LlamaForCausalLM` ({parameters:,} parameters, {args.layers} layers
-of width {args.hidden_size}, attention heads of 32) with a {vocabulary}-token byte-level BPE tokenizer, trained
-from scratch as a causal language model on {train_documents:,} texts (each a question and its answer: tables,
+of width {args.hidden_size}, attention heads of 32, initial weights of standard deviation {args.initializer_range:g})
+with a {vocabulary}-token byte-level BPE tokenizer, trained from scratch as a causal language model on
+{train_documents:,} texts (each a question and its answer: tables,
 descriptions, summaries, question answering) of the ChartWiz datasets built from {args.charts:,} synthetic charts
 that `chartwiz synth --seed {args.seed}` draws; no image. {args.epochs:g} epoch(s), batch {args.batch_size}, AdamW at
 {args.learning_rate:g} with a cosine schedule, by `examples/pretrain_tiny_lm.py` on a 2-core CPU ({phases}):

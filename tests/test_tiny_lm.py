@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from chartwiz.commands.cli import main as chartwiz
-from chartwiz.models.tiny import build_tiny_tokenizer
+from chartwiz.models.tiny import build_tiny_tokenizer, make_tiny_language_model
 from dataset_builder.synth import make_chart
 
 
@@ -90,3 +90,13 @@ def test_chartwiz_compose_joins_it_to_the_tiny_deplot_unchanged(tmp_path):
     for table in tables:
         assert processor.tokenizer(table).input_ids == tokenizer(table).input_ids
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
+@pytest.mark.parametrize("initializer_range", [0.02, 0.1])
+def test_the_language_model_starts_from_the_initial_weights_asked_for(initializer_range, tmp_path):
+    model, _ = make_tiny_language_model(str(tmp_path), hidden_size=128, initializer_range=initializer_range)
+    assert model.config.initializer_range == initializer_range
+    saved = LlamaForCausalLM.from_pretrained(tmp_path)
+    for name in ("q_proj", "k_proj", "o_proj"):
+        weight = getattr(saved.model.layers[0].self_attn, name).weight
+        assert abs(weight.std().item() - initializer_range) < 0.1 * initializer_range, (name, weight.std().item())

@@ -226,12 +226,15 @@ def make_tiny_language_model(
     head_dim: int = 32,
     num_hidden_layers: int = 2,
     tokenizer: PreTrainedTokenizerFast | None = None,
+    initializer_range: float = 0.02,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """
     Builds (and, with `output_dir`, saves) the language model half of the tiny ChartWiz alone: a random Llama of
     `num_hidden_layers` layers with attention heads of `head_dim` and its tokenizer (`tokenizer`, or one trained on
     `corpus` when given, as in `make_tiny_chartwiz`), a `--text` for `chartwiz compose` beside a pretrained Pix2Struct
-    encoder.
+    encoder. `initializer_range` is the standard deviation of its initial weights: Llama's 0.02 starts every attention
+    logit of a model this narrow near zero, and such a model, composed, learns to read a chart's title far later than
+    one started at 0.1 (docs/reading.md).
     """
     if hidden_size % head_dim or hidden_size // head_dim < 2:
         raise ChartWizValueError(
@@ -251,6 +254,7 @@ def make_tiny_language_model(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
+        initializer_range=initializer_range,
     )
     tokenizer.model_max_length = text_config.max_position_embeddings
     return _finish(LlamaForCausalLM(text_config), tokenizer, tokenizer, output_dir), tokenizer

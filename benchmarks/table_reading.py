@@ -12,8 +12,9 @@ side (docs/reading.md).
     python benchmarks/table_reading.py --model outputs/tables-only --dataset outputs/charts
     python benchmarks/table_reading.py --model outputs/tables-only --dataset outputs/charts --ask instruction
 
-The conversation goes through the checkpoint's chat template and the images through its processor, as every ChartWiz
-entry point builds them.
+Asked as trained, the prompt is the row's own, made multimodal by TRL's `prepare_multimodal_messages` as the
+recipes' collator makes it; asked the instruction, it is `chartwiz.inference`'s prompt, as `ask` and `evaluate` build
+it. Both go through the checkpoint's chat template, and the images through its processor.
 """
 
 import argparse
@@ -23,23 +24,27 @@ import torch
 from datasets import load_dataset
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl.data_utils import prepare_multimodal_messages
 
 import chartwiz_hf  # noqa: F401  (registers ChartWiz with the Auto classes)
 from chartwiz.evaluation.table_metrics import rms
+from chartwiz.inference.prompts import build_prompt
 from chartwiz.names import INSTRUCTIONS
 
 
-def conversation(ask: str) -> list[dict]:
-    # A `pretrain` row's prompt is an empty user turn; TRL's vision collator puts the image first in it.
-    words = INSTRUCTIONS["table"][0] if ask == "instruction" else ""
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": words}]}]
+def prompt_for(processor, row_prompt: list[dict], ask: str) -> str:
+    if ask == "instruction":
+        return build_prompt(processor, INSTRUCTIONS["table"][0])
+    messages = prepare_multimodal_messages(row_prompt, images=[None])
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def read_tables(model, processor, images, prompt: str, max_new_tokens: int, batch_size: int) -> list[str]:
+def read_tables(model, processor, images, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     tables = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        inputs = processor(images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True)
+        text = prompts[start : start + batch_size]
+        inputs = processor(images=batch, text=text, return_tensors="pt", padding=True)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         tables += processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -63,7 +68,7 @@ def main(argv=None) -> dict:
     rows = load_dataset(args.dataset, "pretrain", split="test")
     rows = rows.select(range(min(args.charts, len(rows))))
     references = [row["completion"][0]["content"] for row in rows]
-    prompt = processor.apply_chat_template(conversation(args.ask), add_generation_prompt=True, tokenize=False)
+    prompts = [prompt_for(processor, row["prompt"], args.ask) for row in rows]
 
     charts = [row["image"].convert("RGB") for row in rows]
     shown = {
@@ -73,7 +78,7 @@ def main(argv=None) -> dict:
     }
     figures = {"model": args.model, "ask": args.ask, "charts": len(rows)}
     for ablation, images in shown.items():
-        tables = read_tables(model, processor, images, prompt, args.max_new_tokens, args.batch_size)
+        tables = read_tables(model, processor, images, prompts, args.max_new_tokens, args.batch_size)
         scores = rms(references, tables)
         figures[ablation] = {key: round(scores[key], 1) for key in ("rms_f1", "rms_cells_f1", "title_match")}
         if ablation == "chart":

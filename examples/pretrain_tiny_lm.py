@@ -214,10 +214,10 @@ tags: [llama, chartwiz]
 The tiny language model of ChartWiz's quickstart: `LlamaForCausalLM` ({parameters:,} parameters, {args.layers} layers
 of width {args.hidden_size}, attention heads of 32, initial weights of standard deviation {args.initializer_range:g})
 with a {vocabulary}-token byte-level BPE tokenizer, trained from scratch as a causal language model on
-{train_documents:,} texts (each a question and its answer: tables,
-descriptions, summaries, question answering) of the ChartWiz datasets built from {args.charts:,} synthetic charts
-that `chartwiz synth --seed {args.seed}` draws; no image. {args.epochs:g} epoch(s), batch {args.batch_size}, AdamW at
-{args.learning_rate:g} with a cosine schedule, by `examples/pretrain_tiny_lm.py` on a 2-core CPU ({phases}):
+{train_documents:,} texts (each a question and its answer: tables, descriptions, summaries, question answering) of
+the ChartWiz datasets built from {args.charts:,} synthetic charts that `chartwiz synth --seed {args.seed}` draws; no
+image. {args.epochs:g} epoch(s), batch {args.batch_size}, AdamW at {args.learning_rate:g} with a cosine schedule, by
+`examples/pretrain_tiny_lm.py` on a 2-core CPU ({phases}):
 
 ```bash
 {command}   # again: the same weights, on the same machine

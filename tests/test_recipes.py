@@ -778,6 +778,23 @@ def test_a_config_the_dataset_folder_lacks_is_refused(tiny_dir, chart_data, tmp_
     assert not (tmp_path / "out").exists(), "nothing written for a run that never started"
 
 
+def test_dataset_tasks_keeps_the_rows_of_those_tasks_and_is_part_of_the_run(tiny_dir, chart_data, tmp_path):
+    from datasets import load_dataset
+
+    finetune = load_dataset(chart_data, "finetune")
+    assert len(set(finetune["train"]["task"])) > 1, "the finetune rows mix tasks, so that keeping one is a test"
+    arguments = fast(FINETUNE, tiny_dir, chart_data, tmp_path / "out", dataset_tasks="table", max_eval_samples=1000)
+    trainer, _ = sft.build_trainer(*arguments)
+    for split, kept in (("train", trainer.train_dataset), ("test", trainer.eval_dataset)):
+        tables = finetune[split].filter(lambda task: task == "table", input_columns="task")
+        assert sorted(kept["id"]) == sorted(tables["id"]), split
+    # Another choice of tasks is another run: its checkpoints are not resumed by a run of every task.
+    everything = training.run_definition(*fast(FINETUNE, tiny_dir, chart_data, tmp_path / "out")[::2])
+    assert training.run_definition(arguments[0], arguments[2]) != everything
+    with pytest.raises(sft.RecipeError, match=r"has no rows of the tasks \['chart'\] \(it has .*table"):
+        sft.build_trainer(*fast(FINETUNE, tiny_dir, chart_data, tmp_path / "other", dataset_tasks="chart"))
+
+
 def test_a_missing_or_empty_split_is_refused(tiny_dir, chart_data, tmp_path, monkeypatch):
     from datasets import DatasetDict, load_dataset
 

@@ -25,6 +25,9 @@ class ChartWizScriptArguments(ScriptArguments):
         tune (`str`, *optional*, defaults to `"projector_and_language_model"`):
             What to train: `projector` (stage 1), `projector_and_language_model` (stage 2) or `all` (the vision
             encoder too). Everything else is frozen: no gradients, no optimizer state.
+        dataset_tasks (`list[str]`, *optional*):
+            Train and evaluate on the rows of these tasks only (the `task` column: `table`, `description`, `summary`,
+            `qa`), for instance a stage of tables asked with their instruction before the instruction mix.
         projector_learning_rate (`float`, *optional*):
             The projector's own learning rate (the original's LoRA stage used 2e-5); defaults to `learning_rate`.
         max_train_samples (`int`, *optional*):
@@ -40,6 +43,9 @@ class ChartWizScriptArguments(ScriptArguments):
     tune: str = field(
         default="projector_and_language_model",
         metadata={"help": "What to train; the rest is frozen.", "choices": list(TUNE_CHOICES)},
+    )
+    dataset_tasks: Optional[list[str]] = field(
+        default=None, metadata={"help": "Use only the rows of these tasks (the `task` column), e.g. `table`."}
     )
     projector_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Learning rate of the projector (defaults to learning_rate)."}
@@ -59,6 +65,8 @@ class ChartWizScriptArguments(ScriptArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecipeError(f"{name} must be at least 1, got {value}.")
+        if self.dataset_tasks is not None and not self.dataset_tasks:
+            raise RecipeError("dataset_tasks is empty: name at least one task, or leave it out to use every row.")
 
 
 _SFT_CONFIG_FIELDS = {config_field.name for config_field in fields(SFTConfig)}

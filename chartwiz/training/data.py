@@ -13,7 +13,7 @@ from .checks import RecipeError
 REQUIRED_COLUMNS = ("image", "prompt", "completion")
 
 
-def _split(dataset, name: str, config: str, split: str, max_samples: Optional[int]):
+def _split(dataset, name: str, config: str, split: str, max_samples: Optional[int], tasks: Optional[list]):
     if split not in dataset:
         raise RecipeError(f"Dataset {name} ({config}) has no split {split!r}; it has {', '.join(dataset)}.")
     data = dataset[split]
@@ -25,9 +25,27 @@ def _split(dataset, name: str, config: str, split: str, max_samples: Optional[in
             f"Split {split!r} of dataset {name} ({config}) lacks the columns {missing}: ChartWiz trains on "
             "prompt-completion rows with an image, as `chartwiz data build` writes them."
         )
+    if tasks:
+        data = _rows_of_tasks(data, name, config, split, tasks)
     if max_samples is not None:
         data = data.select(range(min(max_samples, len(data))))
     return data
+
+
+def _rows_of_tasks(data, name: str, config: str, split: str, tasks: list):
+    if "task" not in data.column_names:
+        raise RecipeError(
+            f"--dataset_tasks needs a `task` column, and split {split!r} of dataset {name} ({config}) has none."
+        )
+    present = set(data.unique("task"))
+    unknown = sorted(set(tasks) - present)
+    if unknown:
+        raise RecipeError(
+            f"Split {split!r} of dataset {name} ({config}) has no rows of the tasks {unknown} (it has "
+            f"{', '.join(sorted(present))}): check --dataset_tasks and --dataset_config."
+        )
+    wanted = set(tasks)
+    return data.filter(lambda task: task in wanted, input_columns="task", desc=f"Keeping the {split} rows of {tasks}")
 
 
 def load_chart_splits(script_args, training_args):
@@ -59,10 +77,15 @@ def load_chart_splits(script_args, training_args):
             f"Dataset {name} ({config}) cannot be loaded: no such folder here, and as a Hub dataset: {reason}. Build "
             f"it with `chartwiz data build --out {name} ...`, or pass --dataset_name."
         ) from None
-    train_dataset = _split(dataset, name, config, script_args.dataset_train_split, script_args.max_train_samples)
+    tasks = script_args.dataset_tasks
+    train_dataset = _split(
+        dataset, name, config, script_args.dataset_train_split, script_args.max_train_samples, tasks
+    )
     eval_dataset = None
     if training_args.eval_strategy != "no" or training_args.do_eval:
-        eval_dataset = _split(dataset, name, config, script_args.dataset_test_split, script_args.max_eval_samples)
+        eval_dataset = _split(
+            dataset, name, config, script_args.dataset_test_split, script_args.max_eval_samples, tasks
+        )
     return train_dataset, eval_dataset
 
 

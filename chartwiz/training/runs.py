@@ -54,6 +54,7 @@ def run_definition(script_args, model_args) -> dict:
         "dataset_config": script_args.dataset_config,
         "dataset_train_split": script_args.dataset_train_split,
         "max_train_samples": script_args.max_train_samples,
+        "dataset_tasks": sorted(script_args.dataset_tasks) if script_args.dataset_tasks else None,
         "tune": script_args.tune,
         "use_peft": model_args.use_peft,
         "model_fingerprint": checkpoint_fingerprint(model) if model and os.path.isdir(model) else None,

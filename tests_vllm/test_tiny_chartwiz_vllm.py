@@ -8,7 +8,7 @@ import sys
 from chartwiz.batch.run_store import read_jsonl
 from chartwiz.inference import answer_questions, load_chart_image, load_chartwiz
 from chartwiz.names import INSTRUCTIONS
-from dataset_builder.aihub import image_dir
+from dataset_builder.aihub import image_dir, table_text, text_dir
 from dataset_builder.synth import FOLDER_OF_TYPE, MANIFEST_NAME, described_chart_type, generate
 
 from .conftest import SERVER_START_SECONDS, VLLM_ENV
@@ -20,15 +20,19 @@ MAX_NEW_TOKENS = 64
 
 
 def test_vllm_answers_held_out_charts_as_transformers_does(tmp_path):
-    # Six charts of the quickstart's draw, which the shipped model never saw: a description and a question each.
+    # Six charts of the quickstart's draw, which the shipped model never saw: a description, a question and a table.
+    asked = (INSTRUCTIONS["description"][0], "가장 큰 값은 무엇인가요?", INSTRUCTIONS["table"][0])
     generate(str(tmp_path / "synth"), 6, seed=0, test_fraction=0.0, progress=False)
     with open(tmp_path / "synth" / MANIFEST_NAME, encoding="utf-8") as file:
         entries = [json.loads(line) for line in file]
-    questions, images = [], []
+    questions, images, titles = [], [], {}
     for entry in entries:
-        folder = image_dir(str(tmp_path / "synth"), entry["split"], FOLDER_OF_TYPE[entry["chart_type"]])
-        path = os.path.join(folder, f"{entry['stem']}.jpg")
-        for number, text in enumerate((INSTRUCTIONS["description"][0], "가장 큰 값은 무엇인가요?")):
+        folder = FOLDER_OF_TYPE[entry["chart_type"]]
+        path = os.path.join(image_dir(str(tmp_path / "synth"), entry["split"], folder), f"{entry['stem']}.jpg")
+        label = os.path.join(text_dir(str(tmp_path / "synth"), entry["split"], folder), f"{entry['stem']}.json")
+        with open(label, encoding="utf-8") as file:
+            titles[entry["stem"]] = table_text(json.load(file), folder).splitlines()[0]
+        for number, text in enumerate(asked):
             relative = os.path.relpath(path, tmp_path)
             questions.append({"id": f"{entry['stem']}-{number}", "image": relative, "text": text})
             images.append(load_chart_image(path))
@@ -53,3 +57,6 @@ def test_vllm_answers_held_out_charts_as_transformers_does(tmp_path):
     # What is compared are readings: most descriptions name their own chart's type.
     named = sum(described_chart_type(served[f"{entry['stem']}-0"]) == entry["chart_type"] for entry in entries)
     assert named > len(entries) / 2, f"{named} of {len(entries)} chart types named"
+    # Most tables begin with their own chart's title line (`TITLE | ...`), read off the image.
+    read = sum(served[f"{entry['stem']}-2"].strip().startswith(titles[entry["stem"]]) for entry in entries)
+    assert read > len(entries) / 2, f"{read} of {len(entries)} titles read"

@@ -1,4 +1,8 @@
-"""PyTorch ChartWiz model: a Pix2Struct (DePlot) encoder, a projector and a causal language model."""
+"""PyTorch ChartWiz model: a Pix2Struct (DePlot) encoder, a projector and a causal language model.
+
+One module, not several: it is the modeling file a checkpoint carries as remote code, and transformers' model folders
+keep a model's classes in one `modeling_*.py` that imports nothing of its package but the configuration.
+"""
 
 import functools
 import inspect
@@ -344,7 +348,7 @@ class ChartWizModel(ChartWizPreTrainedModel):
 
     def _check_context_length(self, inputs_embeds: torch.Tensor, past_key_values: Optional[Cache]):
         # The guard of direct `model(...)` and `generate` calls, at every step. The entry points check the prompt and
-        # the new tokens before generating with `chartwiz_hf.inference.fit_in_context`; this file travels with
+        # the new tokens before generating with `chartwiz.inference.fit_in_context`; this file travels with
         # checkpoints and imports nothing from the package, so it keeps its own check of the sequence it is given.
         context = getattr(self.config.text_config, "max_position_embeddings", None)
         # Lengths from shapes only: reading a position tensor would wait on the GPU at every decoding step.

@@ -183,10 +183,10 @@ def main(argv=None) -> dict:
     base, stage1, tables, stage2, reports = (
         os.path.join(work, name) for name in ("chartwiz-tiny", "stage1", "tables", "stage2", "reports")
     )
-    names = ("text", "text_weights", "text_initializer_range", "text_seed", "charts", "seed", "max_patches")
-    settings = {key: getattr(args, key) for key in (*names, "stage1_steps", "table_steps", "table_learning_rate")}
-    settings["stage2_steps"] = args.stage2_steps
-    settings.update(curve=sorted(args.curve), threads=args.threads, max_new_tokens=args.max_new_tokens)
+    names = ("text_weights", "text_initializer_range", "text_seed", "charts", "seed", "max_patches", "stage1_steps")
+    settings = {key: getattr(args, key) for key in (*names, "table_steps", "table_learning_rate", "stage2_steps")}
+    settings.update(text=os.path.abspath(args.text), curve=sorted(args.curve), threads=args.threads)
+    settings["max_new_tokens"] = args.max_new_tokens
     threads = str(args.threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     progress = Progress(work, settings, env=env)
@@ -295,11 +295,12 @@ def model_card(args, curve: dict, shipped: dict, seconds: dict) -> str:
         )
     else:
         language_model = f"the tiny pretrained Korean language model {text}"
-    stage1 = (
-        f"stage 1, {args.stage1_steps} steps of chart -> table with the projector alone; "
-        if args.stage1_steps
-        else "no stage 1 (with new language model weights, the projector alone has nothing to align to); "
-    )
+    if args.stage1_steps:
+        stage1 = f"stage 1, {args.stage1_steps} steps of chart -> table with the projector alone; "
+    elif args.text_weights == "new":
+        stage1 = "no stage 1 (with new language model weights, the projector alone has nothing to align to); "
+    else:
+        stage1 = "no stage 1; "
     about = textwrap.fill(
         "A tiny ChartWiz trained to read synthetic charts: the shipped tiny DePlot encoder (`examples/tiny-deplot`) "
         f"and {language_model} composed with a new `mlp2x_gelu` projector ({args.max_patches} image tokens), then "

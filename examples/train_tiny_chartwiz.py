@@ -195,7 +195,14 @@ def main(argv=None) -> dict:
         text = args.text
         if args.text_weights == "new":
             text = os.path.join(work, "language-model")
-            new_language_model(args.text, text, args.text_initializer_range, args.text_seed)
+            progress.run(
+                "0 A language model of the tiny one's shape and tokenizer, with new weights",
+                chartwiz(
+                    "init-tiny", text, "--language-model-only", "--like", args.text,
+                    "--initializer-range", str(args.text_initializer_range), "--seed", str(args.text_seed),
+                    "--overwrite",
+                ),
+            )  # fmt: skip
         progress.run(
             "1 ChartWiz from the tiny pretrained DePlot encoder and the language model, and a new projector",
             chartwiz(
@@ -211,9 +218,10 @@ def main(argv=None) -> dict:
                 recipe("pretrain", base, data_dir, stage1, args.seed, args.stage1_steps, progress.is_new("2")),
             )
         start = stage1
-    # The finetune recipe on its table rows alone: the same rows, prompt and trained parts as in the mix after it.
-    table_stage = recipe("finetune", start, data_dir, tables, args.seed, args.table_steps, progress.is_new("3"))
-    table_stage += ["--dataset_tasks", "table", "--learning_rate", str(args.table_learning_rate)]
+    # The finetune recipe's table rows alone (the tiny `tables` recipe): the same rows, prompt and trained parts as in
+    # the mix after it.
+    table_stage = recipe("tables", start, data_dir, tables, args.seed, args.table_steps, progress.is_new("3"))
+    table_stage += ["--learning_rate", str(args.table_learning_rate)]
     with timings.measure("stage 2 tables"):
         progress.run("3 Stage 2, first its tables: chart -> table asked with the table instruction", table_stage)
     # Every curve point is kept as a checkpoint: the saving interval is their greatest common divisor.
@@ -240,34 +248,6 @@ def main(argv=None) -> dict:
         file.write(model_card(args, curve, shipped, timings.seconds))
     print(f"\n{curve_table(curve, shipped)}\n\nSaved {args.out}", flush=True)
     return curve
-
-
-def new_language_model(pretrained: str, out: str, initializer_range: float, seed: int) -> None:
-    """
-    A language model of `pretrained`'s shape and tokenizer with new weights of standard deviation `initializer_range`,
-    saved to `out` (made again each run: the seed fixes it). Composed and trained on tables, such a language model read
-    the title of 93 held-out charts of 100 where the tiny one pretrained from Llama's 0.02 read 2, and one pretrained
-    from 0.1 read 16, in the same 1,200 steps (docs/reading.md): what it knows of the texts it learns in stage 2.
-    """
-    from transformers import AutoConfig, AutoTokenizer
-
-    from chartwiz.models.tiny import make_tiny_language_model
-
-    config = AutoConfig.from_pretrained(pretrained)
-    make_tiny_language_model(
-        out,
-        seed=seed,
-        hidden_size=config.hidden_size,
-        head_dim=config.head_dim,
-        num_hidden_layers=config.num_hidden_layers,
-        tokenizer=AutoTokenizer.from_pretrained(pretrained),
-        initializer_range=initializer_range,
-    )
-    print(
-        f"\n=== 0 A language model of {pretrained}'s shape and tokenizer, new weights (std {initializer_range:g}, "
-        f"seed {seed}), in {out}",
-        flush=True,
-    )
 
 
 def _gcd(numbers) -> int:

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
@@ -155,6 +156,35 @@ def test_init_tiny_language_model_only_is_a_text_for_compose(pretrained_parts, t
         assert torch.equal(model.model.vision_tower.state_dict()[name], value), name
     assert main(["init-tiny", str(tmp_path / "odd"), "--language-model-only", "--hidden-size", "80"]) == 2
     assert "hidden_size must be a multiple of head_dim=32" in capsys.readouterr().err
+
+
+def test_init_tiny_like_makes_new_weights_of_a_language_models_shape_and_tokenizer(tmp_path, capsys):
+    pretrained = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "tiny-lm")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        argv = ["init-tiny", str(folder), "--language-model-only", "--like", pretrained, "--initializer-range", "0.1"]
+        assert main(argv) == 0
+    assert "shape and tokenizer with new weights (std 0.1, seed 0" in capsys.readouterr().out
+    reference = AutoModelForCausalLM.from_pretrained(pretrained)
+    made = AutoModelForCausalLM.from_pretrained(first)
+    for name in ("hidden_size", "head_dim", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        assert getattr(made.config, name) == getattr(reference.config, name), name
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(pretrained).get_vocab()
+    weights, pretrained_weights = made.state_dict(), reference.state_dict()
+    assert weights.keys() == pretrained_weights.keys()
+    embeddings = weights["model.embed_tokens.weight"]
+    assert not torch.equal(embeddings, pretrained_weights["model.embed_tokens.weight"]), "new weights, not its own"
+    assert abs(embeddings.std().item() - 0.1) < 0.01
+    again = AutoModelForCausalLM.from_pretrained(second).state_dict()
+    assert all(torch.equal(weights[key], again[key]) for key in weights), "the same seed, the same weights"
+    # Options that need the language model alone, or that contradict --like, are refused before anything is written.
+    assert main(["init-tiny", str(tmp_path / "full"), "--like", pretrained]) == 2
+    assert "add --language-model-only" in capsys.readouterr().err
+    argv = ["init-tiny", str(tmp_path / "both"), "--language-model-only", "--like", pretrained, "--corpus", str(first)]
+    assert main(argv) == 2
+    assert "--corpus would train another" in capsys.readouterr().err
+    assert not (tmp_path / "full").exists() and not (tmp_path / "both").exists()
 
 
 @pytest.mark.slow

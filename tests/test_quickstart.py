@@ -41,7 +41,7 @@ def quickstart(tmp_path_factory):
 
 def test_every_step_runs_and_each_model_is_scored_on_the_whole_test_split(quickstart, capsys):
     out, result = quickstart
-    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/13" for n in range(1, 14)]
+    assert [title.split(" ", 1)[0] for title, _ in result["timings"]] == [f"{n}/14" for n in range(1, 15)]
     test_rows = load_dataset(os.path.join(out, "charts"), "all", split="test")
     expected = {}
     for task in test_rows["task"]:
@@ -80,32 +80,53 @@ def test_the_table_compares_the_models_and_the_chart_types(quickstart):
 
 def test_each_stage_starts_from_the_last_and_the_result_loads_with_the_auto_class(quickstart):
     out, _ = quickstart
-    for stage in ("pretrain", "finetune"):
+    for stage in ("tables", "finetune"):
         with open(os.path.join(out, f"chartwiz-tiny-{stage}", "train_results.json"), encoding="utf-8") as file:
             assert json.load(file)["train_loss"] > 0
+    with open(os.path.join(out, "chartwiz-tiny-tables", "chartwiz_run.json"), encoding="utf-8") as file:
+        assert json.load(file)["dataset_tasks"] == ["table"], "the first part trains on the table rows alone"
     model = AutoModelForImageTextToText.from_pretrained(os.path.join(out, "chartwiz-tiny-finetune"))
     text = model.config.text_config
     assert text.hidden_size == 128 and text.head_dim == 32, "heads of 32, as vLLM's CPU attention takes"
-    # The encoder is the shipped tiny DePlot, frozen in both stages: its weights are the shipped ones.
+    # The encoder is the shipped tiny DePlot, frozen in both parts: its weights are the shipped ones.
     shipped = load_file(os.path.join(REPO, "examples", "tiny-deplot", "model.safetensors"))
     encoder = model.model.vision_tower.state_dict()
     assert {f"encoder.{key}" for key in encoder} <= set(shipped)
     assert all(torch.equal(tensor, shipped[f"encoder.{key}"].to(tensor.dtype)) for key, tensor in encoder.items())
-    # The language model is the shipped tiny one, frozen in stage 1 (the projector alone trains), trained in stage 2.
-    language_model = load_file(os.path.join(REPO, "examples", "tiny-lm", "model.safetensors"))
+    # The language model has the shipped tiny one's shape and tokenizer and new weights (those of `init-tiny --like`,
+    # std 0.1), composed as they are and trained in each part.
+    tiny = load_file(os.path.join(REPO, "examples", "tiny-lm", "model.safetensors"))
+    new = load_file(os.path.join(out, "language-model", "model.safetensors"))
+    assert {key: value.shape for key, value in new.items()} == {key: value.shape for key, value in tiny.items()}
+    assert not torch.equal(new["model.embed_tokens.weight"], tiny["model.embed_tokens.weight"])
+    assert 0.08 < new["model.embed_tokens.weight"].std() < 0.12
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "chartwiz-tiny-finetune"))
+    assert (
+        tokenizer.get_vocab() == AutoTokenizer.from_pretrained(os.path.join(REPO, "examples", "tiny-lm")).get_vocab()
+    )
     stages = {
-        stage: AutoModelForImageTextToText.from_pretrained(os.path.join(out, f"chartwiz-tiny-{stage}"))
-        for stage in ("pretrain", "finetune")
+        stage: AutoModelForImageTextToText.from_pretrained(os.path.join(out, name))
+        for stage, name in (
+            ("composed", "chartwiz-tiny"),
+            ("tables", "chartwiz-tiny-tables"),
+            ("mix", "chartwiz-tiny-finetune"),
+        )
     }
 
-    def same_language_model(candidate):
+    def language_model_weights(candidate):
         weights = {f"model.{key}": value for key, value in candidate.model.language_model.state_dict().items()}
         weights["lm_head.weight"] = candidate.lm_head.weight
-        assert weights.keys() == language_model.keys()
-        return all(torch.equal(weights[key], language_model[key].to(weights[key].dtype)) for key in weights)
+        assert weights.keys() == new.keys()
+        return weights
 
-    assert same_language_model(stages["pretrain"])
-    assert not same_language_model(stages["finetune"])
+    def same(first, second):
+        return all(torch.equal(first[key], second[key].to(first[key].dtype)) for key in first)
+
+    composed, after_tables, after_mix = (
+        language_model_weights(stages[name]) for name in ("composed", "tables", "mix")
+    )
+    assert same(composed, new)
+    assert not same(after_tables, composed) and not same(after_mix, after_tables)
 
 
 def test_init_tiny_with_a_corpus_learns_the_datasets_language(quickstart, tmp_path):
@@ -161,9 +182,9 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
     progress_file = os.path.join(out, "quickstart.json")
     with open(progress_file, encoding="utf-8") as file:
         state = json.load(file)
-    assert state["done"] == [f"{n}/13" for n in range(1, 14)]
+    assert state["done"] == [f"{n}/14" for n in range(1, 15)]
     # As if killed during the evaluation of the shipped model on shuffled charts: it started, it did not finish.
-    state["done"] = state["done"][:11]
+    state["done"] = state["done"][:12]
     with open(progress_file, "w", encoding="utf-8") as file:
         json.dump(state, file)
     trained = os.path.join(out, "chartwiz-tiny-finetune", "model.safetensors")
@@ -171,7 +192,7 @@ def test_rerunning_an_interrupted_quickstart_continues_where_it_stopped(quicksta
 
     arguments = ["--out", out, "--charts", str(CHARTS), "--num-proc", "1", "--max-steps", "2"]
     second = load_quickstart().main([*arguments, "--max-new-tokens", "8"])
-    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["12/13", "13/13"]
+    assert [title.split(" ", 1)[0] for title, _ in second["timings"]] == ["13/14", "14/14"]
     assert os.stat(trained).st_mtime_ns == stamp, "the trained model was not trained again"
     # The resumed evaluation answered nothing twice: the same rows, the same scores.
     assert second["metrics"] == first["metrics"]

@@ -170,7 +170,9 @@ def test_every_yaml_recipe_parses_into_the_script_dataclasses(gpu_training_argum
         stage = path.parent.name
         # Every recipe, the tiny ones included (on the shipped tiny DePlot), keeps the encoder frozen.
         assert script_args.tune == ("projector" if stage == "pretrain" else "projector_and_language_model"), path
-        assert script_args.dataset_config == ("pretrain" if stage == "pretrain" else "all"), path
+        # The tiny `tables` recipe is stage 2's table rows alone, asked with their instruction, before the mix.
+        assert script_args.dataset_config == {"pretrain": "pretrain", "tables": "finetune"}.get(stage, "all"), path
+        assert script_args.dataset_tasks == (["table"] if stage == "tables" else None), path
         assert model_args.use_peft == path.name.endswith("_lora.yaml"), path
         # Batches of similar length hold same-shaped tables, whose shape is then learnt as a per-batch prior instead
         # of being read off the chart (docs/reading.md): every recipe draws its batches at random.

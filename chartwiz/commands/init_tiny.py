@@ -24,13 +24,31 @@ class InitTinyArguments:
             "help": "save only the language model (heads of 32) and its tokenizer, a --text for `chartwiz compose`"
         },
     )
+    like: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "with --language-model-only: a saved tiny language model whose shape and tokenizer the new "
+            "weights take (its weights are not read)"
+        },
+    )
+    initializer_range: float = field(
+        default=0.02, metadata={"help": "with --language-model-only: standard deviation of the new weights"}
+    )
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 def run(args: InitTinyArguments):
+    from chartwiz.errors import ChartWizValueError
     from chartwiz.models.tiny import dataset_corpus
 
-    with replacing_folder(args.out, args.overwrite, inputs=(args.corpus,) if args.corpus else ()):
+    if not args.language_model_only and (args.like or args.initializer_range != 0.02):
+        raise ChartWizValueError(
+            "--like and --initializer-range make a language model alone: add --language-model-only."
+        )
+    if args.like and args.corpus:
+        raise ChartWizValueError("--like takes the tokenizer of that language model; --corpus would train another.")
+    inputs = tuple(folder for folder in (args.corpus, args.like) if folder)
+    with replacing_folder(args.out, args.overwrite, inputs=inputs):
         corpus = list(dataset_corpus(args.corpus)) if args.corpus else None
         message = _save(args, corpus)
     print(message)
@@ -38,11 +56,24 @@ def run(args: InitTinyArguments):
 
 def _save(args: InitTinyArguments, corpus) -> str:
     # The options passed one by one, not by `same_named`: the functions' `corpus` is the texts of the --corpus folder.
-    from chartwiz.models.tiny import make_tiny_chartwiz, make_tiny_language_model
+    from chartwiz.models.tiny import make_language_model_like, make_tiny_chartwiz, make_tiny_language_model
 
+    if args.like:
+        model, _ = make_language_model_like(
+            args.like, args.out, seed=args.seed, initializer_range=args.initializer_range
+        )
+        return (
+            f"Saved a language model of {args.like}'s shape and tokenizer with new weights (std "
+            f"{args.initializer_range:g}, seed {args.seed}; {model.num_parameters():,} parameters) to {args.out}"
+        )
     if args.language_model_only:
         model, _ = make_tiny_language_model(
-            args.out, seed=args.seed, hidden_size=args.hidden_size, vocab_size=args.vocab_size, corpus=corpus
+            args.out,
+            seed=args.seed,
+            hidden_size=args.hidden_size,
+            vocab_size=args.vocab_size,
+            corpus=corpus,
+            initializer_range=args.initializer_range,
         )
         return (
             f"Saved a tiny random language model ({model.num_parameters():,} parameters) and its tokenizer to "

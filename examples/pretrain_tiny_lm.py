@@ -1,6 +1,7 @@
 """
-Pretrains the tiny language model that `make quickstart` composes with the tiny DePlot (`examples/tiny-lm`): a
-Llama with attention heads of 32 and a byte-level BPE tokenizer, trained from scratch as a plain causal language
+Pretrains the tiny language model shipped in `examples/tiny-lm`, whose shape and tokenizer `make quickstart` and the
+tiny ChartWiz take with new weights, and which the tiny `pretrain` recipe composes as it is: a Llama with attention
+heads of 32 and a byte-level BPE tokenizer, trained from scratch as a plain causal language
 model on the texts of the ChartWiz datasets (questions, tables, descriptions, summaries and answers; no images) built
 from synthetic charts that `chartwiz synth` draws with a seed no quickstart or test split uses. It is the offline
 stand-in for the pretrained Korean language model of the real recipes: it speaks the data's language, it has never
@@ -211,13 +212,14 @@ tags: [llama, chartwiz]
 
 # tiny-lm
 
-The tiny language model of ChartWiz's quickstart: `LlamaForCausalLM` ({parameters:,} parameters, {args.layers} layers
-of width {args.hidden_size}, attention heads of 32, initial weights of standard deviation {args.initializer_range:g})
-with a {vocabulary}-token byte-level BPE tokenizer, trained from scratch as a causal language model on
-{train_documents:,} texts (each a question and its answer: tables, descriptions, summaries, question answering) of
-the ChartWiz datasets built from {args.charts:,} synthetic charts that `chartwiz synth --seed {args.seed}` draws; no
-image. {args.epochs:g} epoch(s), batch {args.batch_size}, AdamW at {args.learning_rate:g} with a cosine schedule, by
-`examples/pretrain_tiny_lm.py` on a 2-core CPU ({phases}):
+The tiny pretrained language model that ChartWiz's tiny `pretrain` recipe composes (the quickstart and the tiny
+ChartWiz take its shape and tokenizer with new weights): `LlamaForCausalLM` ({parameters:,} parameters, {args.layers}
+layers of width {args.hidden_size}, attention heads of 32, initial weights of standard deviation
+{args.initializer_range:g}) with a {vocabulary}-token byte-level BPE tokenizer, trained from scratch as a causal
+language model on {train_documents:,} texts (each a question and its answer: tables, descriptions, summaries, question
+answering) of the ChartWiz datasets built from {args.charts:,} synthetic charts that `chartwiz synth --seed
+{args.seed}` draws; no image. {args.epochs:g} epoch(s), batch {args.batch_size}, AdamW at {args.learning_rate:g} with
+a cosine schedule, by `examples/pretrain_tiny_lm.py` on a 2-core CPU ({phases}):
 
 ```bash
 {command}   # again: the same weights, on the same machine

@@ -35,7 +35,17 @@ import textwrap
 # DePlot's script keeps the time of each phase and the tiny language model's draws and builds the charts.
 from pretrain_tiny_deplot import Timings
 from pretrain_tiny_lm import draw_and_build
-from quickstart import REPO, TINY_DEPLOT, TINY_LM, Progress, chartwiz, evaluate_command, read_metrics, recipe
+from quickstart import (
+    REPO,
+    TEXT_INITIALIZER_RANGE,
+    TINY_DEPLOT,
+    TINY_LM,
+    Progress,
+    chartwiz,
+    evaluate_command,
+    read_metrics,
+    recipe,
+)
 
 from chartwiz.names import BUILT_CONFIGS
 
@@ -83,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="new",
         help="new: --text's shape and tokenizer with new weights (--text-initializer-range); pretrained: its weights",
     )
-    parser.add_argument("--text-initializer-range", type=float, default=0.1, help="std of the new weights")
+    parser.add_argument(
+        "--text-initializer-range", type=float, default=TEXT_INITIALIZER_RANGE, help="std of the new weights"
+    )
     parser.add_argument("--text-seed", type=int, default=0, help="seed of the new weights")
     parser.add_argument(
         "--stage1-steps",

@@ -31,8 +31,9 @@ class InitTinyArguments:
             "weights take (its weights are not read)"
         },
     )
-    initializer_range: float = field(
-        default=0.02, metadata={"help": "with --language-model-only: standard deviation of the new weights"}
+    initializer_range: Optional[float] = field(
+        default=None,
+        metadata={"help": "with --language-model-only: standard deviation of the new weights (none: Llama's 0.02)"},
     )
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
@@ -41,7 +42,7 @@ def run(args: InitTinyArguments):
     from chartwiz.errors import ChartWizValueError
     from chartwiz.models.tiny import dataset_corpus
 
-    if not args.language_model_only and (args.like or args.initializer_range != 0.02):
+    if not args.language_model_only and (args.like or args.initializer_range is not None):
         raise ChartWizValueError(
             "--like and --initializer-range make a language model alone: add --language-model-only."
         )
@@ -58,13 +59,14 @@ def _save(args: InitTinyArguments, corpus) -> str:
     # The options passed one by one, not by `same_named`: the functions' `corpus` is the texts of the --corpus folder.
     from chartwiz.models.tiny import make_language_model_like, make_tiny_chartwiz, make_tiny_language_model
 
+    # Given only when asked for: otherwise the functions' own default (Llama's) holds.
+    initialization = {} if args.initializer_range is None else {"initializer_range": args.initializer_range}
     if args.like:
-        model, _ = make_language_model_like(
-            args.like, args.out, seed=args.seed, initializer_range=args.initializer_range
-        )
+        model, _ = make_language_model_like(args.like, args.out, seed=args.seed, **initialization)
         return (
             f"Saved a language model of {args.like}'s shape and tokenizer with new weights (std "
-            f"{args.initializer_range:g}, seed {args.seed}; {model.num_parameters():,} parameters) to {args.out}"
+            f"{model.config.initializer_range:g}, seed {args.seed}; {model.num_parameters():,} parameters) to "
+            f"{args.out}"
         )
     if args.language_model_only:
         model, _ = make_tiny_language_model(
@@ -73,7 +75,7 @@ def _save(args: InitTinyArguments, corpus) -> str:
             hidden_size=args.hidden_size,
             vocab_size=args.vocab_size,
             corpus=corpus,
-            initializer_range=args.initializer_range,
+            **initialization,
         )
         return (
             f"Saved a tiny random language model ({model.num_parameters():,} parameters) and its tokenizer to "
